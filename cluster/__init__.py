@@ -1,0 +1,1 @@
+"""Ray connection, settings, job submission and resource placement."""

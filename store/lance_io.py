@@ -1,0 +1,98 @@
+"""Two-phase Lance writes: workers write fragments, the driver commits them as one atomic append.
+
+Readers never see a half-written batch: a fragment is invisible until a manifest that names it
+is committed, and a crashed worker's orphan files are simply never referenced.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterable
+
+import lance
+import pyarrow as pa
+from lance.fragment import FragmentMetadata, write_fragments
+
+log = logging.getLogger(__name__)
+
+
+def table_uri(store_uri: str, table: str) -> str:
+    """URI of one table of the store: `<store>/<table>.lance` (local path or s3://...)."""
+    return f"{store_uri.rstrip('/')}/{table}.lance"
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def table_exists(store_uri: str, table: str, storage_options: dict | None = None) -> bool:
+    try:
+        open_table(store_uri, table, storage_options)
+        return True
+    except (FileNotFoundError, ValueError, OSError):
+        return False
+
+
+def open_table(
+    store_uri: str, table: str, storage_options: dict | None = None, version: int | None = None
+) -> lance.LanceDataset:
+    """Open one table; raises FileNotFoundError naming the table and what creates it."""
+    uri = table_uri(store_uri, table)
+    if _is_local(uri) and not os.path.exists(uri.removeprefix("file://")):
+        raise FileNotFoundError(
+            f"table {table!r} does not exist in store {store_uri!r} ({uri}); "
+            "run the stage that writes it first (see `hyvid --help`)"
+        )
+    return lance.dataset(uri, version=version, storage_options=storage_options)
+
+
+def write_table_fragments(
+    store_uri: str, table: str, data: pa.Table, storage_options: dict | None = None
+) -> list[FragmentMetadata]:
+    """Worker side: write `data` as new fragment files, visible to nobody until committed."""
+    if data.num_rows == 0:
+        return []
+    return write_fragments(
+        data, table_uri(store_uri, table), schema=data.schema, storage_options=storage_options
+    )
+
+
+def commit_fragments(
+    store_uri: str,
+    table: str,
+    fragments: Iterable[FragmentMetadata],
+    schema: pa.Schema,
+    storage_options: dict | None = None,
+) -> int:
+    """Driver side: commit fragments as one atomic append (creating the table if needed).
+
+    Returns the new table version.
+    """
+    fragments = list(fragments)
+    uri = table_uri(store_uri, table)
+    if table_exists(store_uri, table, storage_options):
+        ds = open_table(store_uri, table, storage_options)
+        op = lance.LanceOperation.Append(fragments)
+        ds = lance.LanceDataset.commit(uri, op, read_version=ds.version, storage_options=storage_options)
+    else:
+        op = lance.LanceOperation.Overwrite(schema, fragments)
+        ds = lance.LanceDataset.commit(uri, op, storage_options=storage_options)
+    log.debug("committed %d fragment(s) to %s -> version %d", len(fragments), uri, ds.version)
+    return ds.version
+
+
+def append_rows(
+    store_uri: str, table: str, data: pa.Table, storage_options: dict | None = None
+) -> int:
+    """Driver-side convenience for small tables: write and commit in one step."""
+    frags = write_table_fragments(store_uri, table, data, storage_options)
+    return commit_fragments(store_uri, table, frags, data.schema, storage_options)
+
+
+def table_versions(store_uri: str, tables: Iterable[str], storage_options: dict | None = None) -> dict[str, int]:
+    """Current version of each existing table: the lineage a run logs."""
+    out = {}
+    for t in tables:
+        if table_exists(store_uri, t, storage_options):
+            out[t] = open_table(store_uri, t, storage_options).version
+    return out

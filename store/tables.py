@@ -1,0 +1,113 @@
+"""Every table of the store: its name and its one schema. Readers and writers import from here.
+
+Column names are module constants so nobody spells them from memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+# Flow is clipped to ±FLOW_BOUND pixels/frame and mapped linearly to uint8 (two-stream convention).
+FLOW_BOUND = 20.0
+
+SUBSETS = ("train", "val", "test")
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    schema: pa.Schema
+
+
+VIDEOS = Table(
+    "videos",
+    pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),  # stable: derived from the relative path
+            pa.field("path", pa.string()),  # absolute path (or URI) of the source file
+            pa.field("class_name", pa.string()),  # "A|B" for multi-label videos
+            pa.field("label", pa.int32()),  # first (or only) class index, -1 when unknown
+            pa.field("labels", pa.list_(pa.int32())),  # all class indices (multi-label)
+            pa.field("group", pa.string()),  # UCF-101 gXX group; validation is carved by group
+            # One entry per official split the video belongs to: {split: 1, subset: "train"}.
+            pa.field("splits", pa.list_(pa.struct([("split", pa.int32()), ("subset", pa.string())]))),
+            pa.field("n_frames", pa.int32()),
+            pa.field("fps", pa.float32()),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("n_positions", pa.int32()),  # sampled positions stored in `clips`
+            pa.field("clamped", pa.bool_()),  # too short for frames + L: positions were clamped
+            pa.field("status", pa.string()),  # "ok" | "failed"
+            pa.field("error", pa.string()),  # readable reason for failed videos
+            pa.field("extract_config", pa.string()),  # hash of the extraction settings
+            pa.field("flow_bound", pa.float32()),  # the ± clip bound used to quantize flow
+            pa.field("node_id", pa.string()),  # Ray node that extracted it (spread record)
+        ]
+    ),
+)
+
+CLIPS_COLUMNS = ("video_id", "position", "frame_index", "timestamp", "frame", "flow_stack")
+
+
+def clips_schema() -> pa.Schema:
+    """Rows of (video, sampled position): the RGB frame and the 2L-channel flow stack there.
+
+    `frame` is an encoded image (see the `frame_encoding` schema metadata); `flow_stack` is raw
+    uint8 of shape (2L, H, W) with channels x0, y0, x1, y1, ...; 128 means zero flow.
+    """
+    return pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("position", pa.int32()),  # 0..n_positions-1
+            pa.field("frame_index", pa.int32()),  # index of the source frame
+            pa.field("timestamp", pa.float64()),  # seconds
+            pa.field("frame", pa.binary()),
+            pa.field("flow_stack", pa.binary()),
+            pa.field("height", pa.int32()),
+            pa.field("width", pa.int32()),
+            pa.field("stack", pa.int32()),  # L: flows in the stack (2L channels)
+        ]
+    )
+
+
+CLIPS = Table("clips", clips_schema())
+
+
+def frame_features_schema(spatial_dim: int, motion_dim: int) -> pa.Schema:
+    """Per-frame CNN features: the output of each stream CNN's first FC layer."""
+    return pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("position", pa.int32()),
+            pa.field("frame_index", pa.int32()),
+            pa.field("timestamp", pa.float64()),
+            pa.field("spatial", pa.list_(pa.float32(), spatial_dim)),
+            pa.field("motion", pa.list_(pa.float32(), motion_dim)),
+            pa.field("spatial_run_id", pa.string()),
+            pa.field("motion_run_id", pa.string()),
+        ]
+    )
+
+
+FRAME_FEATURES_NAME = "frame_features"
+
+VIDEO_SCORES = Table(
+    "video_scores",
+    pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("model", pa.string()),  # a name from models.registry.MODEL_NAMES
+            pa.field("split", pa.int32()),
+            pa.field("subset", pa.string()),  # train | val | test
+            pa.field("run_id", pa.string()),  # MLflow run that produced the scores
+            pa.field("scores", pa.list_(pa.float32())),  # one score per class
+            pa.field("label", pa.int32()),
+            pa.field("labels", pa.list_(pa.int32())),
+        ]
+    ),
+)
+
+TABLE_NAMES = (VIDEOS.name, CLIPS.name, FRAME_FEATURES_NAME, VIDEO_SCORES.name)
