@@ -49,6 +49,12 @@ VIDEOS = Table(
     ),
 )
 
+# Class index -> name, in label order (UCF-101: classInd.txt order, 0-based here).
+CLASSES = Table(
+    "classes",
+    pa.schema([pa.field("label", pa.int32(), nullable=False), pa.field("class_name", pa.string())]),
+)
+
 CLIPS_COLUMNS = ("video_id", "position", "frame_index", "timestamp", "frame", "flow_stack")
 
 
@@ -110,4 +116,4 @@ VIDEO_SCORES = Table(
     ),
 )
 
-TABLE_NAMES = (VIDEOS.name, CLIPS.name, FRAME_FEATURES_NAME, VIDEO_SCORES.name)
+TABLE_NAMES = (VIDEOS.name, CLASSES.name, CLIPS.name, FRAME_FEATURES_NAME, VIDEO_SCORES.name)
