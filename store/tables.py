@@ -61,9 +61,12 @@ CLIPS_COLUMNS = ("video_id", "position", "frame_index", "timestamp", "frame", "f
 def clips_schema() -> pa.Schema:
     """Rows of (video, sampled position): the RGB frame and the 2L-channel flow stack there.
 
-    `frame` is an encoded image (see the `frame_encoding` schema metadata); `flow_stack` is raw
-    uint8 of shape (2L, H, W) with channels x0, y0, x1, y1, ...; 128 means zero flow.
+    `frame` is an encoded image (see the `frame_encoding` schema metadata); `flow_stack` is
+    uint8 of shape (2L, H, W) with channels x0, y0, x1, y1, ...; 128 means zero flow, stored
+    as `flow_encoding` says. Decode both with `store.clips.decode_frame` / `decode_flow_stack`.
     """
+    from store.clips import clips_schema_metadata  # lazy: store.clips imports OpenCV
+
     return pa.schema(
         [
             pa.field("video_id", pa.string(), nullable=False),
@@ -75,7 +78,8 @@ def clips_schema() -> pa.Schema:
             pa.field("height", pa.int32()),
             pa.field("width", pa.int32()),
             pa.field("stack", pa.int32()),  # L: flows in the stack (2L channels)
-        ]
+        ],
+        metadata=clips_schema_metadata(),
     )
 
 
