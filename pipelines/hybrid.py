@@ -1,0 +1,462 @@
+"""The hybrid framework (Sec. 4.2.3): a linear fusion of the models' prediction scores.
+
+The paper fuses the scores of the spatial LSTM, the motion LSTM and the regularized fusion
+network linearly, with weights "estimated by cross-validation". Here the weights are searched on
+the validation subset (carved from the training split by group, so test is never looked at)
+over a grid on the simplex, then the chosen combination is evaluated once on test. The stage
+also computes the simple late average fusions of Table 1 (CNN+LSTM per stream and all four).
+
+Scores are read from the store's `video_scores` (written by `hyvid features` for the CNNs and
+`hyvid train` for the rest), so no model is re-run here.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from models.registry import (
+    CNN_MODELS,
+    FUSION,
+    HYBRID,
+    LSTM_MODELS,
+    MODEL_NAMES,
+    MOTION_CNN,
+    MOTION_LSTM,
+    SPATIAL_CNN,
+    SPATIAL_LSTM,
+    check_model_names,
+)
+from pipelines import metrics as M
+from pipelines import plots, tracking
+from store.tables import VIDEO_SCORES, VIDEOS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODELS = (SPATIAL_LSTM, MOTION_LSTM, FUSION)
+SEARCH_METRICS = ("accuracy", "mean_class_accuracy", "map", "top5")
+STAGE = "hybrid"
+LATE_FUSION_STAGE = "late_fusion"
+# Table 1's late average fusions ("+"): row name -> the models averaged.
+LATE_FUSIONS: dict[str, tuple[str, ...]] = {
+    f"{SPATIAL_CNN}+{SPATIAL_LSTM}": (SPATIAL_CNN, SPATIAL_LSTM),
+    f"{MOTION_CNN}+{MOTION_LSTM}": (MOTION_CNN, MOTION_LSTM),
+    f"{SPATIAL_CNN}+{MOTION_CNN}+{SPATIAL_LSTM}+{MOTION_LSTM}": (SPATIAL_CNN, MOTION_CNN, SPATIAL_LSTM, MOTION_LSTM),
+}
+# Metric name prefix on the hybrid run for each model's own test metrics, recomputed from
+# video_scores: `report` falls back to them for models whose own run logged no test metric.
+EVAL_PREFIX = "eval."
+# Ties within this tolerance count as equal when picking the best candidate.
+TIE_TOL = 1e-9
+
+
+# -- the weight search (pure) --------------------------------------------------------------------
+def simplex_grid(k: int, step: float) -> np.ndarray:
+    """Every weight vector of k non-negative multiples of `step` summing to 1, as [M, k].
+
+    M = C(n + k - 1, k - 1) for n = 1/step: 231 for 3 models at 0.05, 1,771 for 4, 10,626 for 5.
+    """
+    if k < 1:
+        raise ValueError(f"need at least one score set, got {k}")
+    n = _grid_steps(step)
+    rows = []
+    # Stars and bars: k-1 bar positions among n + k - 1 slots.
+    for bars in itertools.combinations(range(n + k - 1), k - 1):
+        edges = (-1, *bars, n + k - 1)
+        rows.append([edges[i + 1] - edges[i] - 1 for i in range(k)])
+    return np.asarray(rows, dtype=np.float64) / n
+
+
+def _grid_steps(step: float) -> int:
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1], got {step}")
+    n = round(1 / step)
+    if abs(n * step - 1) > 1e-6:
+        raise ValueError(f"step {step} does not divide 1 evenly; use e.g. 0.05, 0.1, 0.125 or 0.25")
+    return n
+
+
+def combine(scores_list: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """The hybrid scores: sum_k weights[k] * scores_list[k] (all [N, C], same row order)."""
+    if len(scores_list) != len(weights):
+        raise ValueError(f"{len(scores_list)} score sets but {len(weights)} weights")
+    shapes = {np.shape(s) for s in scores_list}
+    if len(shapes) != 1:
+        raise ValueError(f"score sets must have one shape [videos, classes], got {sorted(shapes)}")
+    out = np.zeros(np.shape(scores_list[0]), dtype=np.float64)
+    for s, w in zip(scores_list, weights):
+        out += float(w) * np.asarray(s, dtype=np.float64)
+    return out
+
+
+def _metric_fn(metric: str, labels: np.ndarray | None, labels_multi) -> Callable[[np.ndarray], float]:
+    if metric not in SEARCH_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {list(SEARCH_METRICS)}")
+    if metric == "map":
+        if labels_multi is None:
+            if labels is None:
+                raise ValueError("metric 'map' needs labels or labels_multi")
+            labels_multi = [[int(v)] for v in labels]
+        y_cache: dict[int, np.ndarray] = {}
+
+        def _map(s: np.ndarray) -> float:
+            y = y_cache.setdefault(s.shape[1], M.label_matrix(labels_multi, s.shape[1]))
+            return M.mean_average_precision(s, y)
+
+        return _map
+    if labels is None:
+        raise ValueError(f"metric {metric!r} needs integer labels")
+    if metric == "accuracy":
+        return lambda s: M.accuracy(s, labels)
+    if metric == "mean_class_accuracy":
+        return lambda s: M.mean_class_accuracy(s, labels)
+    return lambda s: M.top_k_accuracy(s, labels, min(5, s.shape[1]))
+
+
+def _evaluate_candidates(stacked: np.ndarray, cands: np.ndarray, fn, labels, metric: str) -> np.ndarray:
+    """Metric of every candidate; accuracy is vectorised (one tensordot per chunk)."""
+    if metric == "accuracy":
+        out = np.empty(len(cands))
+        chunk = max(1, int(2e7 // max(stacked[0].size, 1)))  # bound the [m, N, C] temporary
+        for a in range(0, len(cands), chunk):
+            comb = np.tensordot(cands[a:a + chunk], stacked, axes=(1, 0))  # [m, N, C]
+            out[a:a + chunk] = (comb.argmax(axis=2) == labels[None, :]).mean(axis=1)
+        return out
+    return np.array([fn(np.tensordot(w, stacked, axes=(0, 0))) for w in cands])
+
+
+def _pick(cands: np.ndarray, values: np.ndarray) -> int:
+    """Index of the best candidate; ties go to the one closest to the uniform average.
+
+    On a small validation set accuracy is a step function with wide plateaus. Among equally
+    good weights the plain average is the least fitted choice, so the tie-break shrinks
+    toward it; any remaining tie goes to the first candidate in grid order (deterministic).
+    """
+    finite = np.where(np.isnan(values), -np.inf, values)
+    best = finite.max()
+    tied = np.flatnonzero(finite >= best - TIE_TOL)
+    k = cands.shape[1]
+    dist = np.linalg.norm(cands[tied] - 1.0 / k, axis=1)
+    return int(tied[np.argmin(np.round(dist, 12))])
+
+
+def _refine_candidates(center: np.ndarray, step: float, factor: int = 4) -> np.ndarray:
+    """The finer lattice (step/factor) on the simplex within ±step of `center` in each weight."""
+    n_f = _grid_steps(step) * factor
+    base = np.round(center * n_f).astype(int)
+    k = len(center)
+    span = factor if k <= 4 else factor // 2  # keep 5+ model refinements to ~10^4 points
+    rows = []
+    for off in itertools.product(range(-span, span + 1), repeat=k - 1):
+        head = base[:-1] + np.asarray(off)
+        last = n_f - head.sum()
+        if (head >= 0).all() and last >= 0 and abs(last - base[-1]) <= span:
+            rows.append([*head, last])
+    return np.asarray(rows, dtype=np.float64) / n_f
+
+
+def search_weights(
+    val_scores: Sequence[np.ndarray],
+    labels: np.ndarray | None,
+    step: float = 0.05,
+    metric: str = "accuracy",
+    labels_multi: Sequence[Sequence[int]] | None = None,
+    refine: bool = False,
+    names: Sequence[str] | None = None,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Linear fusion weights that maximise `metric` on validation scores.
+
+    Every point of the simplex grid (weights >= 0, sum 1, multiples of `step`) is scored; the
+    best wins, ties going to the candidate closest to the plain average. With `refine`, a lattice
+    4x finer is then searched within ±step of the winner. Returns the weights [K] and a table of
+    every candidate: one column per score set (`names`, default w0..wK-1), the metric as
+    `val_<metric>`, and `stage` ("grid" or "refine").
+    """
+    if not val_scores:
+        raise ValueError("search_weights needs at least one score set")
+    names = list(names) if names is not None else [f"w{i}" for i in range(len(val_scores))]
+    if len(names) != len(val_scores):
+        raise ValueError(f"{len(val_scores)} score sets but {len(names)} names")
+    stacked = np.stack([np.asarray(s, dtype=np.float64) for s in val_scores])  # [K, N, C]
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+        M._check(stacked[0], labels)
+    fn = _metric_fn(metric, labels, labels_multi)
+    cands = simplex_grid(len(val_scores), step)
+    values = _evaluate_candidates(stacked, cands, fn, labels, metric)
+    stages = ["grid"] * len(cands)
+    if refine and len(val_scores) > 1:
+        fine = _refine_candidates(cands[_pick(cands, values)], step)
+        # Drop fine points already on the coarse grid so each weight vector is listed once.
+        seen = {tuple(np.round(c, 9)) for c in cands}
+        fine = np.array([f for f in fine if tuple(np.round(f, 9)) not in seen]).reshape(-1, cands.shape[1])
+        if len(fine):
+            cands = np.vstack([cands, fine])
+            values = np.concatenate([values, _evaluate_candidates(stacked, fine, fn, labels, metric)])
+            stages += ["refine"] * len(fine)
+    best = _pick(cands, values)
+    table = pd.DataFrame(cands, columns=names)
+    table[f"val_{metric}"] = values
+    table["stage"] = stages
+    table["chosen"] = np.arange(len(cands)) == best
+    return cands[best].copy(), table
+
+
+# -- the stage ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HybridConfig:
+    """Settings of `hyvid hybrid`: which score sets to fuse, for which split, and where to log."""
+
+    store_uri: str
+    split: int = 1
+    models: tuple[str, ...] = DEFAULT_MODELS
+    step: float = 0.05
+    refine: bool = False
+    metric: str | None = None  # None: accuracy (single-label) or map (multi-label), the paper's
+    experiment: str = "hyvid"
+    tracking_uri: str | None = None
+    storage_options: dict | None = field(default=None, hash=False)
+    out_dir: str | None = None  # PNG/CSV files go here too; None: MLflow artifacts only
+    late_fusion: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(self.models))
+        check_model_names(self.models)
+        if HYBRID in self.models:
+            raise ValueError(f"models must not include {HYBRID!r} itself, got {list(self.models)}")
+        if len(self.models) < 2 or len(set(self.models)) != len(self.models):
+            raise ValueError(f"the hybrid needs at least 2 distinct models, got {list(self.models)}")
+        if self.split not in (1, 2, 3):
+            raise ValueError(f"split must be 1, 2 or 3, got {self.split}")
+        _grid_steps(self.step)
+        n_cands = math.comb(round(1 / self.step) + len(self.models) - 1, len(self.models) - 1)
+        if n_cands > 200_000:
+            raise ValueError(
+                f"{len(self.models)} models at step {self.step} make {n_cands} weight candidates; "
+                "use a coarser --step (e.g. 0.1) or fewer models")
+        if self.metric is not None and self.metric not in SEARCH_METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; choose from {list(SEARCH_METRICS)}")
+
+
+@dataclass(frozen=True)
+class HybridResult:
+    """What `hybrid` chose and measured; `files` maps a plot/table name to its path on disk."""
+
+    run_id: str
+    split: int
+    models: tuple[str, ...]
+    weights: dict[str, float]
+    metric: str
+    val_metric: float
+    test_metrics: dict[str, float]
+    val_metrics: dict[str, float]
+    late_fusion: dict[str, dict[str, float]]  # Table 1 row -> test metrics
+    components: dict[str, dict[str, float]]  # each model in video_scores -> test metrics
+    candidates: pd.DataFrame
+    files: dict[str, str]
+    multilabel: bool
+
+
+@dataclass(frozen=True)
+class _Aligned:
+    video_ids: list[str]
+    scores: dict[str, np.ndarray]
+    labels: np.ndarray
+    labels_multi: list[list[int]]
+    run_ids: dict[str, str]
+
+
+def _producer(model: str) -> str:
+    """The command that writes a model's scores, for error messages."""
+    if model in CNN_MODELS:
+        return "hyvid features"
+    return f"hyvid train --models {model}"
+
+
+def _load_aligned(fs, models: Sequence[str], split: int, subset: str) -> _Aligned:
+    """Scores of `models` for one subset, restricted to the videos they all have, in one order."""
+    sets, missing = {}, []
+    for m in models:
+        try:
+            sets[m] = fs.scores(m, split, subset)
+        except FileNotFoundError:
+            missing.append(m)
+    if missing:
+        raise FileNotFoundError(
+            f"no {subset} scores for split {split} in store {fs.uri!r} for model(s) {missing}; "
+            "produce them first with " + "; ".join(f"`{_producer(m)}` ({m})" for m in missing))
+    common = set.intersection(*(set(s.video_ids) for s in sets.values()))
+    if not common:
+        raise ValueError(f"models {list(models)} share no {subset} video in split {split}; "
+                         "were they fitted on the same store and split?")
+    for m, s in sets.items():
+        if len(s.video_ids) != len(common):
+            log.warning("%s: %d of %d %s videos lack scores of the other models; using the %d in common",
+                        m, len(s.video_ids) - len(common), len(s.video_ids), subset, len(common))
+    ids = sorted(common)
+    scores, run_ids = {}, {}
+    ref = None
+    for m, s in sets.items():
+        pos = {v: i for i, v in enumerate(s.video_ids)}
+        idx = np.array([pos[v] for v in ids])
+        scores[m] = np.asarray(s.scores, dtype=np.float64)[idx]
+        run_ids[m] = s.run_id
+        if ref is None:
+            ref = (s.labels[idx], [s.labels_multi[i] for i in idx])
+        elif not np.array_equal(ref[0], s.labels[idx]):
+            raise ValueError(f"labels of {m} disagree with {models[0]} on split {split} {subset}; "
+                             "the score sets come from different stores or extractions")
+    n_cls = {v.shape[1] for v in scores.values()}
+    if len(n_cls) != 1:
+        raise ValueError(f"models {list(models)} have different class counts {sorted(n_cls)}")
+    return _Aligned(ids, scores, ref[0], ref[1], run_ids)
+
+
+def _models_in_store(fs, split: int) -> list[str]:
+    t = fs.table(VIDEO_SCORES.name).to_table(columns=["model", "split"])
+    present = {m for m, s in zip(t.column("model").to_pylist(), t.column("split").to_pylist()) if s == split}
+    return [m for m in MODEL_NAMES if m in present and m != HYBRID]
+
+
+def _class_names(fs, n: int) -> list[str]:
+    try:
+        names = fs.class_names()
+    except FileNotFoundError:
+        names = []
+    return names if len(names) == n else [str(i) for i in range(n)]
+
+
+def _log_metrics(prefix: str, subset: str, values: dict[str, float]) -> None:
+    mlflow.log_metrics({prefix + tracking.metric_name(subset, k): float(v)
+                        for k, v in values.items() if v is not None and not math.isnan(v)})
+
+
+def hybrid(cfg: HybridConfig) -> HybridResult:
+    """Search the hybrid weights on val, evaluate on test, log it all to MLflow, store the scores."""
+    from store.feature_store import FeatureStore
+    from store.scores import upsert_video_scores
+
+    fs = FeatureStore(cfg.store_uri, cfg.storage_options)
+    models = list(cfg.models)
+    val = _load_aligned(fs, models, cfg.split, "val")
+    test = _load_aligned(fs, models, cfg.split, "test")
+    multilabel = fs.is_multilabel()
+    metric = cfg.metric or M.primary_metric(multilabel)
+    n_classes = next(iter(test.scores.values())).shape[1]
+    class_names = _class_names(fs, n_classes)
+    log.info("hybrid split %d: searching weights of %s on %d val videos (%s, step %g)",
+             cfg.split, models, len(val.video_ids), metric, cfg.step)
+
+    weights, table = search_weights(
+        [val.scores[m] for m in models], val.labels, cfg.step, metric,
+        labels_multi=val.labels_multi if multilabel else None, refine=cfg.refine, names=models)
+    wdict = {m: float(w) for m, w in zip(models, weights)}
+    val_hyb = combine([val.scores[m] for m in models], weights)
+    test_hyb = combine([test.scores[m] for m in models], weights)
+
+    def ev(s: np.ndarray, a: _Aligned) -> dict[str, float]:
+        return M.evaluate(s, a.labels, a.labels_multi, multilabel)
+
+    val_metrics, test_metrics = ev(val_hyb, val), ev(test_hyb, test)
+
+    # Every model in the store, evaluated on the same test videos: the late fusions need the
+    # CNNs too, and `report` falls back to these for models whose own run logged no test metric.
+    present = _models_in_store(fs, cfg.split)
+    comp_test = {m: _load_aligned(fs, [m], cfg.split, "test") for m in present}
+    components = {m: ev(a.scores[m], a) for m, a in comp_test.items()}
+    late: dict[str, dict[str, float]] = {}
+    if cfg.late_fusion:
+        for row, members in LATE_FUSIONS.items():
+            if all(m in present for m in members):
+                a = _load_aligned(fs, list(members), cfg.split, "test")
+                late[row] = ev(combine([a.scores[m] for m in members], [1 / len(members)] * len(members)), a)
+            else:
+                log.info("late fusion %s skipped: no scores for %s", row, [m for m in members if m not in present])
+
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
+    tracking.setup(tracking_uri, cfg.experiment)
+    tmp = tempfile.TemporaryDirectory(prefix="hyvid_hybrid_")
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(tmp.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    try:
+        with tracking.start_run(HYBRID, STAGE, cfg.split, cfg.store_uri) as run:
+            run_id = run.info.run_id
+            tracking.log_params_safe({
+                "models": ",".join(models), "step": cfg.step, "refine": cfg.refine, "metric": metric,
+                "multilabel": multilabel, "n_val": len(val.video_ids), "n_test": len(test.video_ids),
+                "n_candidates": len(table),
+                **{f"weight.{m}": round(w, 6) for m, w in wdict.items()},
+                **{f"component.{m}.run_id": val.run_ids[m] or test.run_ids[m] for m in models},
+            })
+            tracking.log_lineage(cfg.store_uri, [VIDEOS.name, VIDEO_SCORES.name], cfg.storage_options)
+            _log_metrics("", "val", val_metrics)
+            _log_metrics("", "test", test_metrics)
+            for m, vals in components.items():
+                _log_metrics(f"{EVAL_PREFIX}{m}.", "test", vals)
+
+            files["candidates"] = str(out_dir / f"hybrid_candidates_split{cfg.split}.csv")
+            table.to_csv(files["candidates"], index=False)
+            mlflow.log_artifact(files["candidates"])
+            mlflow.log_table(table, "hybrid_candidates.json")
+            mlflow.log_dict({"weights": wdict, "metric": metric, "val": val_metrics, "test": test_metrics,
+                             "late_fusion": late, "components": components}, "hybrid_summary.json")
+
+            files["weights"] = plots.weight_surface(
+                table, models, f"val_{metric}", out_dir / f"hybrid_weights_split{cfg.split}.png", best=weights)
+            # Fig. 4: per-class accuracy (UCF-101) or AP (CCV) of the LSTMs, fusion and hybrid.
+            fig4_models = [m for m in (SPATIAL_LSTM, MOTION_LSTM, FUSION) if m in comp_test]
+            per_class = {}
+            for m in fig4_models:
+                a = comp_test[m]
+                per_class[m] = _per_class(a.scores[m], a, multilabel)
+            per_class[HYBRID] = _per_class(test_hyb, test, multilabel)
+            files["per_class"] = plots.per_class_bars(
+                per_class, class_names, "AP" if multilabel else "accuracy",
+                out_dir / f"hybrid_per_class_split{cfg.split}.png",
+                title=f"per-class {'AP' if multilabel else 'accuracy'} on test, split {cfg.split}")
+            cm = M.confusion_matrix(test_hyb, test.labels, n_classes)
+            files["confusion"] = plots.confusion_matrix_plot(
+                cm, class_names, out_dir / f"hybrid_confusion_split{cfg.split}.png",
+                title=f"hybrid, test split {cfg.split}" + (" (first label)" if multilabel else ""))
+            for key in ("weights", "per_class", "confusion"):
+                mlflow.log_artifact(files[key], "plots")
+
+            for row, vals in late.items():
+                with tracking.start_run(row, LATE_FUSION_STAGE, cfg.split, cfg.store_uri, nested=True):
+                    mlflow.log_params({"members": ",".join(LATE_FUSIONS[row]), "fusion": "average"})
+                    _log_metrics("", "test", vals)
+
+            ids = val.video_ids + test.video_ids
+            upsert_video_scores(
+                cfg.store_uri, HYBRID, cfg.split, run_id, ids,
+                ["val"] * len(val.video_ids) + ["test"] * len(test.video_ids),
+                np.vstack([val_hyb, test_hyb]).astype(np.float32),
+                np.concatenate([val.labels, test.labels]),
+                val.labels_multi + test.labels_multi,
+                storage_options=cfg.storage_options,
+            )
+    finally:
+        if not cfg.out_dir:
+            files = {}  # the temp files are gone; they live on as MLflow artifacts
+        tmp.cleanup()
+    log.info("hybrid split %d: weights %s, val %s %.4f, test %s", cfg.split, wdict, metric,
+             val_metrics[metric], {k: round(v, 4) for k, v in test_metrics.items()})
+    return HybridResult(
+        run_id=run_id, split=cfg.split, models=tuple(models), weights=wdict, metric=metric,
+        val_metric=float(val_metrics[metric]), test_metrics=test_metrics, val_metrics=val_metrics,
+        late_fusion=late, components=components, candidates=table, files=files, multilabel=multilabel)
+
+
+def _per_class(scores: np.ndarray, a: _Aligned, multilabel: bool) -> np.ndarray:
+    if multilabel:
+        return M.per_class_ap(scores, M.label_matrix(a.labels_multi, scores.shape[1]))
+    return M.per_class_accuracy(scores, a.labels)

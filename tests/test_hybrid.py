@@ -1,0 +1,101 @@
+"""The hybrid weight search on constructed scores, and the hybrid stage end to end on a tiny store."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipelines import hybrid as H
+from pipelines import metrics as M
+
+
+def _planted(weights, n=300, c=5, noise=20.0, seed=0):
+    """Three score sets whose weighted sum with `weights` (and nothing near it) is the clean signal.
+
+    S_k = T + D_k with sum_k w_k D_k = 0, so sum_k w_k S_k = T (one-hot labels). Moving any
+    weight by one grid step adds 0.05 * D of noise with std ~ noise/20 = 1 >> the margin,
+    which breaks the classification of many videos.
+    """
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    t = np.eye(c)[labels]
+    d1, d2 = rng.normal(0, noise, (n, c)), rng.normal(0, noise, (n, c))
+    d3 = -(weights[0] * d1 + weights[1] * d2) / weights[2]
+    return [t + d1, t + d2, t + d3], labels
+
+
+def test_simplex_grid_counts_and_sums():
+    g = H.simplex_grid(3, 0.05)
+    assert g.shape == (math.comb(22, 2), 3) == (231, 3)
+    np.testing.assert_allclose(g.sum(1), 1.0)
+    assert (g >= 0).all()
+    assert len({tuple(r) for r in np.round(g, 9)}) == len(g)
+    assert H.simplex_grid(2, 0.25).tolist() == [[0, 1], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1, 0]]
+    with pytest.raises(ValueError, match="does not divide 1"):
+        H.simplex_grid(3, 0.3)
+
+
+@pytest.mark.parametrize("true_w", [(0.5, 0.3, 0.2), (0.15, 0.25, 0.6)])
+def test_search_finds_planted_weights(true_w):
+    scores, labels = _planted(true_w)
+    w, table = H.search_weights(scores, labels, step=0.05, names=["a", "b", "c"])
+    np.testing.assert_allclose(w, true_w, atol=1e-9)
+    assert table["chosen"].sum() == 1 and len(table) == 231
+    assert table.loc[table["chosen"], "val_accuracy"].item() == 1.0
+    # Only the planted point separates the classes: the runner-up is far below.
+    assert np.sort(table["val_accuracy"].to_numpy())[-2] < 0.9
+    # And the plain average of the three is no good.
+    assert M.accuracy(H.combine(scores, [1 / 3] * 3), labels) < 0.6
+
+
+def test_refinement_finds_off_grid_weights():
+    true_w = (0.4125, 0.3375, 0.25)  # on the 0.0125 lattice, not on the 0.05 grid
+    scores, labels = _planted(true_w, noise=60.0)
+    coarse, _ = H.search_weights(scores, labels, step=0.05)
+    fine, table = H.search_weights(scores, labels, step=0.05, refine=True)
+    np.testing.assert_allclose(fine, true_w, atol=1e-9)
+    assert np.abs(coarse - np.asarray(true_w)).max() > 1e-6
+    assert set(table["stage"]) == {"grid", "refine"}
+    assert M.accuracy(H.combine(scores, fine), labels) > M.accuracy(H.combine(scores, coarse), labels)
+
+
+def test_ties_go_to_the_plain_average():
+    # Three identical, perfect score sets: every candidate scores 1.0.
+    labels = np.arange(6) % 3
+    s = np.eye(3)[labels]
+    w, table = H.search_weights([s, s, s], labels, step=0.1)
+    assert (table["val_accuracy"] == 1.0).all()
+    np.testing.assert_allclose(w, [0.3, 0.3, 0.4], atol=1e-9)  # the grid point nearest (1/3, 1/3, 1/3)
+    w2, _ = H.search_weights([s, s], labels, step=0.1)
+    np.testing.assert_allclose(w2, [0.5, 0.5])
+
+
+def test_search_by_map_on_multilabel_scores():
+    rng = np.random.default_rng(3)
+    n, c = 200, 4
+    y = (rng.random((n, c)) < 0.35).astype(int)
+    good = y + rng.normal(0, 0.3, (n, c))
+    bad = rng.normal(0, 1, (n, c))
+    labels_multi = [list(np.flatnonzero(r)) for r in y]
+    w, table = H.search_weights([bad, good], None, step=0.1, metric="map", labels_multi=labels_multi)
+    assert w[1] >= 0.9  # nearly all the weight on the informative set
+    assert "val_map" in table
+
+
+def test_combine_checks_shapes():
+    with pytest.raises(ValueError, match="2 score sets but 1 weights"):
+        H.combine([np.zeros((2, 3)), np.zeros((2, 3))], [1.0])
+    with pytest.raises(ValueError, match="one shape"):
+        H.combine([np.zeros((2, 3)), np.zeros((3, 3))], [0.5, 0.5])
+
+
+def test_config_validation_names_the_bad_value():
+    with pytest.raises(ValueError, match="unknown model name"):
+        H.HybridConfig(store_uri="s", models=("spatial_lstm", "nope"))
+    with pytest.raises(ValueError, match="at least 2 distinct"):
+        H.HybridConfig(store_uri="s", models=("fusion",))
+    with pytest.raises(ValueError, match="does not divide 1"):
+        H.HybridConfig(store_uri="s", step=0.07)
+    with pytest.raises(ValueError, match="unknown metric"):
+        H.HybridConfig(store_uri="s", metric="f1")
