@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from pipelines import hybrid as H
 from pipelines import metrics as M
 
 
-def _planted(weights, n=300, c=5, noise=20.0, seed=0):
+def _planted(weights, n=300, c=5, noise=20.0, seed=0, labels=None):
     """Three score sets whose weighted sum with `weights` (and nothing near it) is the clean signal.
 
     S_k = T + D_k with sum_k w_k D_k = 0, so sum_k w_k S_k = T (one-hot labels). Moving any
@@ -18,7 +19,7 @@ def _planted(weights, n=300, c=5, noise=20.0, seed=0):
     which breaks the classification of many videos.
     """
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, c, n)
+    labels = rng.integers(0, c, n) if labels is None else labels
     t = np.eye(c)[labels]
     d1, d2 = rng.normal(0, noise, (n, c)), rng.normal(0, noise, (n, c))
     d3 = -(weights[0] * d1 + weights[1] * d2) / weights[2]
@@ -99,3 +100,102 @@ def test_config_validation_names_the_bad_value():
         H.HybridConfig(store_uri="s", step=0.07)
     with pytest.raises(ValueError, match="unknown metric"):
         H.HybridConfig(store_uri="s", metric="f1")
+
+
+# -- the stage, end to end on a tiny store ---------------------------------------------------------
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CLASSES = ["jump", "run", "swim", "wave"]
+
+
+def _make_store(root, true_w=(0.5, 0.3, 0.2), n_val=120, n_test=120, extra=True, seed=0):
+    """A store with videos, classes and video_scores of the LSTMs, fusion and (optionally) CNNs."""
+    import pyarrow as pa
+
+    from store.lance_io import append_rows
+    from store.scores import upsert_video_scores
+    from store.tables import CLASSES as CLASSES_T
+    from store.tables import VIDEOS
+
+    c = len(CLASSES)
+    store = str(root / "store")
+    rows, ids, subsets = [], [], []
+    for subset, n in (("val", n_val), ("test", n_test)):
+        for i in range(n):
+            vid = f"{subset}_{i:03d}"
+            ids.append(vid)
+            subsets.append(subset)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, len(ids))
+    for vid, lab in zip(ids, labels):
+        rows.append({"video_id": vid, "class_name": CLASSES[lab], "label": int(lab), "labels": [int(lab)],
+                     "group": "g01", "status": "ok"})
+    append_rows(store, VIDEOS.name, pa.Table.from_pylist(rows, schema=VIDEOS.schema))
+    append_rows(store, CLASSES_T.name, pa.Table.from_pylist(
+        [{"label": i, "class_name": n} for i, n in enumerate(CLASSES)], schema=CLASSES_T.schema))
+    scores, _ = _planted(true_w, n=len(ids), c=c, seed=seed, labels=labels)
+    t = np.eye(c)[labels]
+    named = dict(zip(("spatial_lstm", "motion_lstm", "fusion"), scores))
+    if extra:
+        named["spatial_cnn"] = t * 0.6 + rng.random((len(ids), c))
+        named["motion_cnn"] = t * 0.4 + rng.random((len(ids), c))
+    for m, s in named.items():
+        upsert_video_scores(store, m, 1, f"run_{m}", ids, subsets, s, labels.tolist())
+    return store, labels, named
+
+
+def test_hybrid_stage_end_to_end(tmp_path, tracking_uri):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from store.feature_store import FeatureStore
+
+    store, labels, named = _make_store(tmp_path)
+    out = tmp_path / "plots"
+    res = H.hybrid(H.HybridConfig(store_uri=store, experiment="exp", tracking_uri=tracking_uri,
+                                  out_dir=str(out)))
+    assert res.weights == pytest.approx({"spatial_lstm": 0.5, "motion_lstm": 0.3, "fusion": 0.2})
+    assert res.val_metric == 1.0 and res.test_metrics["accuracy"] == 1.0
+    assert set(res.late_fusion) == set(H.LATE_FUSIONS)
+    assert res.components["spatial_lstm"]["accuracy"] < 0.9  # a component alone is noisy
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(res.run_id)
+    assert run.data.tags["hyvid.model"] == "hybrid" and run.data.tags["hyvid.stage"] == "hybrid"
+    assert run.data.tags["hyvid.split"] == "1"
+    assert float(run.data.params["weight.spatial_lstm"]) == pytest.approx(0.5)
+    assert run.data.params["component.fusion.run_id"] == "run_fusion"
+    assert run.data.metrics["test_accuracy"] == 1.0
+    assert run.data.metrics["eval.spatial_cnn.test_accuracy"] == pytest.approx(res.components["spatial_cnn"]["accuracy"])
+    assert "lineage.video_scores.version" in run.data.params
+
+    arts = {a.path for a in client.list_artifacts(res.run_id)}
+    assert {"hybrid_candidates.json", "hybrid_summary.json", "plots"} <= arts
+    plots_logged = {a.path for a in client.list_artifacts(res.run_id, "plots")}
+    assert len(plots_logged) == 3
+    for key in ("weights", "per_class", "confusion"):
+        with open(res.files[key], "rb") as f:
+            assert f.read(8) == PNG_MAGIC
+        assert f"plots/{os.path.basename(res.files[key])}" in plots_logged
+    local = mlflow.artifacts.download_artifacts(run_id=res.run_id, artifact_path="plots", tracking_uri=tracking_uri)
+    import matplotlib.image
+
+    img = matplotlib.image.imread(f"{local}/{os.path.basename(res.files['weights'])}")
+    assert img.shape[0] > 100 and img.shape[1] > 100
+
+    children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{res.run_id}'")
+    by_model = {r.data.tags["hyvid.model"]: r for r in children}
+    assert set(by_model) == set(H.LATE_FUSIONS)
+    four = by_model["spatial_cnn+motion_cnn+spatial_lstm+motion_lstm"]
+    avg = H.combine([named[m][len(labels) // 2:] for m in H.LATE_FUSIONS[four.data.tags["hyvid.model"]]], [0.25] * 4)
+    assert four.data.metrics["test_accuracy"] == pytest.approx(M.accuracy(avg, labels[len(labels) // 2:]))
+
+    hyb = FeatureStore(store).scores("hybrid", 1, "test")
+    assert hyb.run_id == res.run_id and len(hyb.video_ids) == len(labels) // 2
+    assert M.accuracy(hyb.scores, hyb.labels) == 1.0
+
+
+def test_hybrid_stage_names_missing_models(tmp_path, tracking_uri):
+    store, _, _ = _make_store(tmp_path, extra=False)
+    with pytest.raises(FileNotFoundError, match=r"motion_cnn.*hyvid features"):
+        H.hybrid(H.HybridConfig(store_uri=store, models=("spatial_lstm", "motion_cnn"),
+                                tracking_uri=tracking_uri))
