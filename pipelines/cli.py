@@ -161,6 +161,68 @@ COMMANDS["similar"] = (
 
 # === train ===
 # === hybrid ===
+def _split_list(text: str | None, default: int) -> list[int]:
+    """`--splits 1,2,3` -> [1, 2, 3]; absent -> [default]."""
+    if not text:
+        return [default]
+    try:
+        splits = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--splits {text!r}: expected comma-separated split numbers such as 1,2,3") from None
+    bad = [x for x in splits if x not in (1, 2, 3)]
+    if bad or not splits:
+        raise ValueError(f"--splits {text!r}: splits are 1, 2 and 3")
+    return splits
+
+
+def _hybrid_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    # Defaults live in pipelines.hybrid (not imported here: it pulls in MLflow, slow for --help).
+    _common(p, s, address=False)
+    p.add_argument("--splits", help="several splits, e.g. 1,2,3 (overrides --split)")
+    p.add_argument("--models", help="score sets to fuse (default spatial_lstm,motion_lstm,fusion; CNN scores "
+                                    "may be added: spatial_cnn, motion_cnn, two_stream_cnn)")
+    p.add_argument("--step", type=float, help="weight grid step on the simplex (default 0.05)")
+    p.add_argument("--refine", action="store_true", help="then search a 4x finer grid around the best weights")
+    p.add_argument("--metric", help="validation metric to maximise: accuracy, mean_class_accuracy, map, top5 "
+                                    "(default: accuracy, or map for multi-label data)")
+    p.add_argument("--out", help="folder for the PNG/CSV files (default hyvid_plots; split<N>/ inside)")
+    p.add_argument("--no-late-fusion", action="store_true", help="skip Table 1's late average fusions")
+
+
+def _hybrid_run(args: argparse.Namespace, s: Settings) -> int:
+    from pipelines import tracking
+    from pipelines.hybrid import DEFAULT_OUT_DIR, HybridConfig, hybrid
+
+    opts = {}
+    if args.models:
+        opts["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if args.step is not None:
+        opts["step"] = args.step
+    out = (args.out or DEFAULT_OUT_DIR).rstrip("/")
+    for split in _split_list(args.splits, args.split):
+        res = hybrid(HybridConfig(
+            store_uri=args.store, split=split, refine=args.refine, metric=args.metric,
+            experiment=args.experiment, tracking_uri=tracking.resolve_tracking_uri(None, s),
+            storage_options=s.resolved_storage_options(), out_dir=f"{out}/split{split}",
+            late_fusion=not args.no_late_fusion, **opts))
+        print(f"split {split}: hybrid weights " + ", ".join(f"{m}={w:.3f}" for m, w in res.weights.items()))
+        print(f"  val {res.metric} {res.val_metric:.4f}; test " +
+              ", ".join(f"{k} {v:.4f}" for k, v in res.test_metrics.items()))
+        for row, vals in res.late_fusion.items():
+            print(f"  late fusion {row}: test " + ", ".join(f"{k} {v:.4f}" for k, v in vals.items()))
+        print(f"  MLflow run {res.run_id}; files in {out}/split{split}/")
+    return 0
+
+
+COMMANDS["hybrid"] = (
+    "fuse the models' scores linearly with weights searched on validation (Sec. 4.2.3)",
+    "  hyvid hybrid --store store\n"
+    "  hyvid hybrid --store store --splits 1,2,3 --models spatial_lstm,motion_lstm,fusion,spatial_cnn --step 0.1\n"
+    "  hyvid hybrid --store store --refine --experiment hyvid\n",
+    _hybrid_args,
+    _hybrid_run,
+)
+
 # === report ===
 # === predict ===
 # === run/demo ===
