@@ -42,6 +42,7 @@ from store.tables import VIDEO_SCORES, VIDEOS
 log = logging.getLogger(__name__)
 
 DEFAULT_MODELS = (SPATIAL_LSTM, MOTION_LSTM, FUSION)
+DEFAULT_OUT_DIR = "hyvid_plots"  # `hyvid hybrid --out` default: PNG/CSV files, split<N>/ inside
 SEARCH_METRICS = ("accuracy", "mean_class_accuracy", "map", "top5")
 STAGE = "hybrid"
 LATE_FUSION_STAGE = "late_fusion"

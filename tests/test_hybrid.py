@@ -199,3 +199,13 @@ def test_hybrid_stage_names_missing_models(tmp_path, tracking_uri):
     with pytest.raises(FileNotFoundError, match=r"motion_cnn.*hyvid features"):
         H.hybrid(H.HybridConfig(store_uri=store, models=("spatial_lstm", "motion_cnn"),
                                 tracking_uri=tracking_uri))
+
+
+def test_hybrid_cli_reports_missing_scores(tmp_path, tracking_uri, capsys):
+    from pipelines.cli import main
+
+    store, _, _ = _make_store(tmp_path, extra=False, n_val=8, n_test=8)
+    rc = main(["hybrid", "--store", store, "--models", "spatial_lstm,two_stream_cnn", "--out", str(tmp_path)])
+    assert rc == 2
+    assert "two_stream_cnn" in capsys.readouterr().err
+    assert main(["hybrid", "--store", store, "--splits", "1,4"]) == 2
