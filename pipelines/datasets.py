@@ -1,0 +1,230 @@
+"""Dataset discovery: which videos a dataset holds, their classes, groups and split membership.
+
+Two inputs are understood:
+- a **UCF-101 layout** directory, `ROOT/<Class>/<video>.avi` plus `ROOT/ucfTrainTestlist/`
+  (`classInd.txt`, `trainlist0{1,2,3}.txt`, `testlist0{1,2,3}.txt`). The official files' quirks are
+  handled: classInd is 1-based (labels here are 0-based), test lists carry no label (the class
+  comes from the folder), and list paths are matched to files case-insensitively because the
+  official lists and folders disagree on case (`HandstandPushups` vs `HandStandPushups`).
+  Without `ucfTrainTestlist/` the class folders still define the classes, and no split is known.
+- a **manifest CSV** with a header `path,labels[,subset][,group]`: paths relative to the CSV's
+  folder (or absolute), `labels` one class name or several joined by `|` (multi-label), `subset`
+  `train`/`test` (membership of split 1), `group` (videos of one group never straddle train/val).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv")
+UCF_LISTS_DIR = "ucfTrainTestlist"
+UCF_SPLITS = (1, 2, 3)
+OFFICIAL_SUBSETS = ("train", "test")
+_GROUP_RE = re.compile(r"_(g\d+)_", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    """One video of a dataset, before extraction."""
+
+    video_id: str  # relative path without extension, POSIX separators: stable across machines
+    path: str  # absolute path of the file
+    class_name: str  # "A|B" for multi-label videos
+    label: int  # first (or only) class index, 0-based
+    labels: tuple[int, ...]
+    group: str  # UCF-101 "gXX"; the manifest's group; else the video_id itself
+    splits: tuple[tuple[int, str], ...] = ()  # ((split, "train" | "test"), ...)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The videos of a dataset and its classes (index = label)."""
+
+    source: str
+    kind: str  # "ucf101" | "manifest"
+    classes: tuple[str, ...]
+    entries: tuple[VideoEntry, ...] = field(default_factory=tuple)
+
+    @property
+    def multi_label(self) -> bool:
+        return any(len(e.labels) > 1 for e in self.entries)
+
+
+def group_of(name: str, default: str) -> str:
+    """UCF-101 group of a file name (`v_X_g08_c01` -> `g08`), or `default` when it has none."""
+    m = _GROUP_RE.search(name)
+    return m.group(1).lower() if m else default
+
+
+def load_dataset(source: str | os.PathLike) -> Dataset:
+    """Discover a dataset: a manifest CSV file or a UCF-101-layout directory."""
+    p = Path(source)
+    if p.is_file() and p.suffix.lower() == ".csv":
+        return load_manifest(p)
+    if p.is_dir():
+        return load_ucf101(p)
+    if p.is_file():
+        raise ValueError(f"{source}: a dataset is a UCF-101-layout directory or a manifest .csv file")
+    raise FileNotFoundError(f"dataset {str(source)!r} does not exist")
+
+
+# --- UCF-101 -------------------------------------------------------------------------------------
+
+
+def _read_lines(path: Path) -> list[str]:
+    with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a BOM
+        return [ln.strip() for ln in f if ln.strip()]
+
+
+def _read_class_ind(path: Path) -> list[str]:
+    """classInd.txt: `<1-based index> <ClassName>` per line -> class names in label order."""
+    by_index: dict[int, str] = {}
+    for n, line in enumerate(_read_lines(path), 1):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ValueError(f"{path}:{n}: expected '<index> <ClassName>', got {line!r}")
+        by_index[int(parts[0])] = parts[1]
+    expected = list(range(1, len(by_index) + 1))
+    if sorted(by_index) != expected:
+        raise ValueError(f"{path}: class indices must run 1..{len(by_index)} (1-based), got {sorted(by_index)}")
+    return [by_index[i] for i in expected]
+
+
+def load_ucf101(root: str | os.PathLike) -> Dataset:
+    """Discover a UCF-101-layout dataset (see the module docstring for the quirks handled)."""
+    root = Path(root).resolve()
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name != UCF_LISTS_DIR and not d.name.startswith("."))
+    lists = root / UCF_LISTS_DIR
+    class_ind = lists / "classInd.txt"
+    if class_ind.exists():
+        classes = _read_class_ind(class_ind)
+    else:
+        log.warning("%s has no %s/classInd.txt: classes are the sorted folder names and no split is known",
+                    root, UCF_LISTS_DIR)
+        classes = [d.name for d in class_dirs]
+    label_of = {c.lower(): i for i, c in enumerate(classes)}
+
+    # Files on disk, keyed case-insensitively by relative path: the lists' spelling may differ.
+    files: dict[str, tuple[str, Path, int]] = {}
+    unknown_dirs = []
+    for d in class_dirs:
+        if d.name.lower() not in label_of:
+            unknown_dirs.append(d.name)
+            continue
+        for f in sorted(d.iterdir()):
+            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
+                rel = f"{d.name}/{f.name}"
+                files[rel.lower()] = (rel, f, label_of[d.name.lower()])
+    if unknown_dirs:
+        log.warning("%s: folders not in classInd.txt are ignored: %s", root, ", ".join(unknown_dirs[:10]))
+    if not files:
+        raise ValueError(
+            f"{root}: no video files found in class folders (expected ROOT/<Class>/<video>.avi, "
+            f"extensions {', '.join(VIDEO_EXTENSIONS)})"
+        )
+
+    membership: dict[str, list[tuple[int, str]]] = {k: [] for k in files}
+    missing: list[str] = []
+    for split in UCF_SPLITS:
+        for subset in OFFICIAL_SUBSETS:
+            lst = lists / f"{subset}list0{split}.txt"
+            if not lst.exists():
+                continue
+            for line in _read_lines(lst):
+                # trainlists: "<Class>/<file> <1-based label>"; testlists: "<Class>/<file>" only.
+                rel = line.split()[0].replace("\\", "/")
+                key = rel.lower()
+                if key in files:
+                    membership[key].append((split, subset))
+                else:
+                    missing.append(rel)
+    if missing:
+        log.warning("%d listed video(s) are not on disk under %s (first: %s)", len(missing), root, missing[:3])
+
+    entries = []
+    for key, (rel, f, label) in files.items():
+        vid = str(PurePosixPath(rel).with_suffix(""))
+        entries.append(
+            VideoEntry(
+                video_id=vid,
+                path=str(f),
+                class_name=classes[label],
+                label=label,
+                labels=(label,),
+                group=group_of(f.stem, vid),
+                splits=tuple(sorted(set(membership[key]))),
+            )
+        )
+    entries.sort(key=lambda e: e.video_id)
+    return Dataset(str(root), "ucf101", tuple(classes), tuple(entries))
+
+
+# --- manifest CSV --------------------------------------------------------------------------------
+
+
+def _video_id_for(path: Path, base: Path) -> str:
+    try:
+        rel = path.relative_to(base)
+    except ValueError:  # outside the CSV's folder: the absolute path, minus its anchor
+        rel = Path(*path.parts[1:])
+    return str(PurePosixPath(*rel.parts).with_suffix(""))
+
+
+def load_manifest(csv_path: str | os.PathLike) -> Dataset:
+    """Discover the videos listed in a manifest CSV (`path,labels[,subset][,group]`)."""
+    csv_path = Path(csv_path).resolve()
+    base = csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing_cols = {"path", "labels"} - set(header)
+        if missing_cols:
+            raise ValueError(
+                f"{csv_path}: the header must have columns path,labels[,subset][,group]; "
+                f"missing {sorted(missing_cols)} (got {header})"
+            )
+        rows = []
+        for n, raw in enumerate(reader, 2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            if not row.get("path"):
+                raise ValueError(f"{csv_path}:{n}: empty path")
+            names = [c.strip() for c in row.get("labels", "").split("|") if c.strip()]
+            if not names:
+                raise ValueError(f"{csv_path}:{n}: no label for {row['path']!r}")
+            subset = row.get("subset", "").lower()
+            if subset and subset not in OFFICIAL_SUBSETS:
+                raise ValueError(f"{csv_path}:{n}: subset must be train or test, got {row['subset']!r}")
+            rows.append((n, row, names, subset))
+    if not rows:
+        raise ValueError(f"{csv_path}: the manifest lists no videos")
+
+    classes = sorted({c for _, _, names, _ in rows for c in names})
+    label_of = {c: i for i, c in enumerate(classes)}
+    entries, seen = [], {}
+    for n, row, names, subset in rows:
+        p = Path(row["path"])
+        p = (p if p.is_absolute() else base / p).resolve()
+        vid = _video_id_for(p, base)
+        if vid in seen:
+            raise ValueError(f"{csv_path}:{n}: video {vid!r} is listed twice (first on line {seen[vid]})")
+        seen[vid] = n
+        labels = tuple(dict.fromkeys(label_of[c] for c in names))  # dedupe, keep order
+        entries.append(
+            VideoEntry(
+                video_id=vid,
+                path=str(p),
+                class_name="|".join(classes[i] for i in labels),
+                label=labels[0],
+                labels=labels,
+                group=row.get("group") or group_of(p.stem, vid),
+                splits=((1, subset),) if subset else (),
+            )
+        )
+    entries.sort(key=lambda e: e.video_id)
+    return Dataset(str(csv_path), "manifest", tuple(classes), tuple(entries))

@@ -1,0 +1,492 @@
+"""`hyvid extract`: videos -> sampled RGB frames + stacked optical flow in the store's `clips` table.
+
+How a run goes:
+1. The dataset is discovered (`pipelines.datasets`) and compared with the store: videos whose
+   `videos` row exists with the same settings hash are skipped, so a re-run adds nothing and a
+   killed run resumes. A store extracted with other settings is refused unless `overwrite`.
+2. Ray tasks, one per shard of a few videos, decode, sample and compute flow
+   (`pipelines.video.extract_clip_arrays`), write the `clips` rows as Lance fragment files
+   (invisible until committed) and return only the fragments' metadata and the small `videos` rows.
+3. The driver commits in batches: first the clips fragments, then the batch's `videos` rows, each
+   an atomic Lance append. A video counts as extracted only once its `videos` row exists, so
+   readers take clips of `ok` videos only; clips left by a run that died between the two commits
+   belong to videos without a row, and are deleted before those videos are extracted again.
+
+Bad files (empty, not a video, truncated, one frame) become `videos` rows with status `failed`
+and the reason; a worker process that dies is retried by Ray, then video by video, so one poison
+file cannot stop the run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.datasets import Dataset, VideoEntry, load_dataset
+from pipelines.video import (
+    DEFAULT_POSITIONS,
+    DEFAULT_SIZE,
+    DEFAULT_STACK,
+    DIS_PRESET,
+    FLOW_METHODS,
+    VideoError,
+    extract_clip_arrays,
+)
+from store import clips as clip_codec
+from store.lance_io import commit_fragments, open_table, table_exists, table_uri, write_table_fragments
+from store.tables import CLASSES, CLIPS, FLOW_BOUND, STATUS_FAILED, STATUS_OK, VIDEOS
+
+log = logging.getLogger(__name__)
+
+# Bump when stored bytes would differ for the same settings (sampling, codecs, quantization).
+FORMAT_VERSION = 1
+MAX_SHARD = 8  # videos per task: a killed worker loses at most this many (~4 s of work at 320x240)
+SHARDS_PER_WORKER = 4  # at least this many shards per worker, so the last ones balance
+COMMIT_EVERY_VIDEOS = 256
+COMMIT_EVERY_S = 20.0  # bounds the work a dead driver loses
+TASK_RETRIES = 3  # Ray retries a task whose worker or node died
+SETTINGS_METADATA_KEY = b"hyvid.extract_settings"
+# Test hook: "<flag file>|<video_id>" makes the worker extracting that video die once (os._exit),
+# creating the flag file first, so tests can kill a worker mid-run deterministically.
+CRASH_ONCE_ENV = "HYVID_TEST_CRASH_ONCE"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Settings of one extraction run. Only frames/stack/flow/size (and the codecs) enter the hash."""
+
+    dataset: str  # UCF-101-layout directory or manifest CSV
+    store_uri: str
+    split: int = 1  # informational: all three splits' membership is recorded
+    frames: int = DEFAULT_POSITIONS  # sampled positions per video
+    stack: int = DEFAULT_STACK  # L flows per stack
+    flow: str = "dis"
+    size: int = DEFAULT_SIZE  # stored short side, pixels
+    address: str | None = None  # Ray address; None starts a local Ray
+    workers: int | None = None  # concurrent tasks; None = the cluster's CPUs
+    overwrite: bool = False
+    storage_options: dict | None = None
+    use_ray: bool = True  # False: extract in this process (benchmarks, debugging)
+    shard_size: int | None = None  # videos per task; None = automatic (<= MAX_SHARD)
+    task_env: dict | None = None  # extra environment variables for the extraction tasks
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.dataset:
+            raise ValueError("dataset must name a UCF-101-layout directory or a manifest CSV")
+        if not self.store_uri:
+            raise ValueError("store_uri must be set (a directory or s3://bucket/prefix)")
+        if self.split not in (1, 2, 3):
+            raise ValueError(f"split must be 1, 2 or 3, got {self.split}")
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if self.stack < 1:
+            raise ValueError(f"stack must be >= 1, got {self.stack}")
+        if self.flow not in FLOW_METHODS:
+            raise ValueError(f"flow must be one of {', '.join(FLOW_METHODS)}, got {self.flow!r}")
+        if self.size < 16:
+            raise ValueError(f"size (stored short side) must be >= 16 pixels, got {self.size}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.shard_size is not None and self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+
+    def settings(self) -> dict:
+        """What determines the stored bytes: the settings that the hash covers."""
+        return {
+            "format": FORMAT_VERSION,
+            "frames": self.frames,
+            "stack": self.stack,
+            "flow": self.flow,
+            "dis_preset": int(DIS_PRESET) if self.flow == "dis" else None,
+            "size": self.size,
+            "flow_bound": FLOW_BOUND,
+            "frame_encoding": clip_codec.FRAME_ENCODING,
+            "frame_quality": clip_codec.FRAME_JPEG_QUALITY,
+            "flow_encoding": clip_codec.FLOW_ENCODING,
+        }
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.settings(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class ExtractResult:
+    """Summary of a run: counts, failures with reasons, throughput and where the work ran."""
+
+    total: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (video_id, reason)
+    frames: int = 0  # source frames decoded
+    clips: int = 0  # clip rows committed
+    seconds: float = 0.0
+    node_spread: dict[str, int] = field(default_factory=dict)  # node id -> videos extracted
+    config_hash: str = ""
+    versions: dict[str, int] = field(default_factory=dict)
+    orphans_deleted: int = 0
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 unless nothing at all could be extracted."""
+        return 1 if self.total > 0 and self.ok == 0 and self.skipped == 0 else 0
+
+
+# --- worker side ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardResult:
+    clip_fragments: list  # lance FragmentMetadata, not yet committed
+    videos: pa.Table  # one row per video of the shard (ok or failed)
+    frames: int  # source frames decoded
+    clips: int
+    seconds: float
+
+
+def _videos_row(e: VideoEntry, *, status: str, error: str | None, config_hash: str, node_id: str,
+                ca=None, n_positions: int = 0) -> dict:
+    return {
+        "video_id": e.video_id,
+        "path": e.path,
+        "class_name": e.class_name,
+        "label": e.label,
+        "labels": list(e.labels),
+        "group": e.group,
+        "splits": [{"split": s, "subset": sub} for s, sub in e.splits],
+        "n_frames": ca.n_frames if ca is not None else None,
+        "fps": ca.fps if ca is not None else None,
+        "width": ca.width if ca is not None else None,
+        "height": ca.height if ca is not None else None,
+        "n_positions": n_positions,
+        "clamped": ca.clamped if ca is not None else None,
+        "status": status,
+        "error": error,
+        "extract_config": config_hash,
+        "flow_bound": FLOW_BOUND,
+        "node_id": node_id,
+    }
+
+
+def _maybe_crash(video_id: str) -> None:
+    spec = os.environ.get(CRASH_ONCE_ENV)
+    if not spec:
+        return
+    flag, _, target = spec.partition("|")
+    if target == video_id and not os.path.exists(flag):
+        open(flag, "w").close()
+        log.warning("%s: simulating a worker crash on %s", CRASH_ONCE_ENV, video_id)
+        os._exit(137)
+
+
+def extract_shard(entries: list[VideoEntry], store_uri: str, settings: dict, config_hash: str,
+                  storage_options: dict | None, node_id: str) -> ShardResult:
+    """Extract a few videos: write their clips as uncommitted fragments, return the metadata."""
+    t0 = time.perf_counter()
+    clip_rows: dict[str, list] = {name: [] for name in CLIPS.schema.names}
+    video_rows, frames = [], 0
+    for e in entries:
+        _maybe_crash(e.video_id)
+        try:
+            ca = extract_clip_arrays(e.path, settings["frames"], settings["stack"], settings["size"], settings["flow"])
+        except VideoError as err:
+            video_rows.append(_videos_row(e, status=STATUS_FAILED, error=err.reason, config_hash=config_hash,
+                                          node_id=node_id))
+            continue
+        except Exception as err:  # an OpenCV error on a strange file must not stop the shard
+            log.exception("unexpected error extracting %s", e.path)
+            video_rows.append(_videos_row(e, status=STATUS_FAILED, error=f"{type(err).__name__}: {err}",
+                                          config_hash=config_hash, node_id=node_id))
+            continue
+        frames += ca.n_frames
+        h, w = ca.frames.shape[1:3]
+        for p in range(len(ca.frame_indices)):
+            clip_rows["video_id"].append(e.video_id)
+            clip_rows["position"].append(p)
+            clip_rows["frame_index"].append(int(ca.frame_indices[p]))
+            clip_rows["timestamp"].append(float(ca.timestamps[p]))
+            clip_rows["frame"].append(clip_codec.encode_frame(ca.frames[p]))
+            clip_rows["flow_stack"].append(clip_codec.encode_flow_stack(ca.flow_stacks[p]))
+            clip_rows["height"].append(h)
+            clip_rows["width"].append(w)
+            clip_rows["stack"].append(ca.stack)
+        video_rows.append(_videos_row(e, status=STATUS_OK, error=None, config_hash=config_hash, node_id=node_id,
+                                      ca=ca, n_positions=len(ca.frame_indices)))
+    clips = pa.Table.from_pydict(clip_rows, schema=CLIPS.schema)
+    fragments = write_table_fragments(store_uri, CLIPS.name, clips, storage_options)
+    videos = pa.Table.from_pylist(video_rows, schema=VIDEOS.schema)
+    return ShardResult(fragments, videos, frames, clips.num_rows, time.perf_counter() - t0)
+
+
+def _shard_task(entries, store_uri, settings, config_hash, storage_options) -> ShardResult:
+    import cv2
+    import ray
+
+    # One task per CPU: OpenCV's own threads would only fight the other tasks for cores.
+    cv2.setNumThreads(1)
+    node_id = ray.get_runtime_context().get_node_id()
+    return extract_shard(entries, store_uri, settings, config_hash, storage_options, node_id)
+
+
+# --- driver side ---------------------------------------------------------------------------------
+
+
+def _store_state(cfg: ExtractConfig, config_hash: str) -> tuple[dict[str, str], dict | None]:
+    """{video_id: extract_config} of the rows in `videos`, and the settings recorded there."""
+    so = cfg.storage_options
+    if not table_exists(cfg.store_uri, VIDEOS.name, so):
+        return {}, None
+    ds = open_table(cfg.store_uri, VIDEOS.name, so)
+    meta = (ds.schema.metadata or {}).get(SETTINGS_METADATA_KEY)
+    t = ds.to_table(columns=["video_id", "extract_config"])
+    return dict(zip(t["video_id"].to_pylist(), t["extract_config"].to_pylist())), (json.loads(meta) if meta else None)
+
+
+def _videos_schema(cfg: ExtractConfig) -> pa.Schema:
+    meta = dict(VIDEOS.schema.metadata or {})
+    meta[SETTINGS_METADATA_KEY] = json.dumps(cfg.settings(), sort_keys=True).encode()
+    return VIDEOS.schema.with_metadata(meta)
+
+
+def _empty_table(cfg: ExtractConfig, name: str, schema: pa.Schema, *, truncate: bool) -> None:
+    """Create an empty table, or (truncate) empty an existing one; old versions stay readable.
+
+    Creating the tables up front lets workers write fragments into an existing dataset.
+    """
+    import lance
+
+    so = cfg.storage_options
+    exists = table_exists(cfg.store_uri, name, so)
+    if exists and not truncate:
+        return
+    read_version = open_table(cfg.store_uri, name, so).version if exists else None
+    lance.LanceDataset.commit(table_uri(cfg.store_uri, name), lance.LanceOperation.Overwrite(schema, []),
+                              read_version=read_version, storage_options=so)
+
+
+def _write_classes(cfg: ExtractConfig, dataset: Dataset) -> None:
+    so = cfg.storage_options
+    classes = list(dataset.classes)
+    if table_exists(cfg.store_uri, CLASSES.name, so):
+        t = open_table(cfg.store_uri, CLASSES.name, so).to_table()
+        stored = [n for _, n in sorted(zip(t["label"].to_pylist(), t["class_name"].to_pylist()))]
+        if stored == classes:
+            return
+        if stored:
+            raise ValueError(
+                f"store {cfg.store_uri!r} holds {len(stored)} classes ({', '.join(stored[:5])}...) that differ from "
+                f"the {len(classes)} of dataset {dataset.source!r}; pass --overwrite to replace them, "
+                "or use a new --store"
+            )
+    data = pa.table({"label": pa.array(range(len(classes)), pa.int32()), "class_name": classes}, schema=CLASSES.schema)
+    frags = write_table_fragments(cfg.store_uri, CLASSES.name, data, so)
+    commit_fragments(cfg.store_uri, CLASSES.name, frags, CLASSES.schema, so)
+
+
+def _delete_orphan_clips(cfg: ExtractConfig, video_ids: list[str]) -> int:
+    """Delete clips rows of videos that have no `videos` row (a run died between its two commits)."""
+    so = cfg.storage_options
+    if not video_ids or not table_exists(cfg.store_uri, CLIPS.name, so):
+        return 0
+    ds = open_table(cfg.store_uri, CLIPS.name, so)
+    pred = pc.field("video_id").isin(pa.array(video_ids, pa.string()))
+    n = ds.count_rows(filter=pred)
+    if n:
+        log.warning("deleting %d clips rows left by an interrupted run (videos not committed)", n)
+        ds.delete(pred)
+    return n
+
+
+def _shard_size(cfg: ExtractConfig, n_pending: int, workers: int) -> int:
+    if cfg.shard_size:
+        return cfg.shard_size
+    return max(1, min(MAX_SHARD, math.ceil(n_pending / (workers * SHARDS_PER_WORKER))))
+
+
+class _Committer:
+    """Accumulates finished shards and commits them: clips first, then the `videos` rows."""
+
+    def __init__(self, cfg: ExtractConfig, result: ExtractResult):
+        self.cfg, self.result = cfg, result
+        self.fragments: list = []
+        self.videos: list[pa.Table] = []
+        self.n_videos = 0
+        self.last = time.monotonic()
+        self.start = time.perf_counter()
+        self.videos_schema = _videos_schema(cfg)
+
+    def progress(self, bar, n: int) -> None:
+        bar.update(n)
+        bar.set_postfix_str(f"{self.result.frames / max(1e-9, time.perf_counter() - self.start):.0f} frames/s")
+
+    def add(self, shard: ShardResult) -> None:
+        self.fragments.extend(shard.clip_fragments)
+        self.videos.append(shard.videos)
+        self.n_videos += shard.videos.num_rows
+        r = self.result
+        r.frames += shard.frames
+        r.clips += shard.clips
+        for row in shard.videos.select(["video_id", "status", "error", "node_id"]).to_pylist():
+            if row["status"] == STATUS_OK:
+                r.ok += 1
+                r.node_spread[row["node_id"]] = r.node_spread.get(row["node_id"], 0) + 1
+            else:
+                r.failed += 1
+                r.failures.append((row["video_id"], row["error"]))
+        if self.n_videos >= COMMIT_EVERY_VIDEOS or time.monotonic() - self.last >= COMMIT_EVERY_S:
+            self.commit()
+
+    def commit(self) -> None:
+        if not self.videos:
+            return
+        cfg, so = self.cfg, self.cfg.storage_options
+        if self.fragments:
+            self.result.versions[CLIPS.name] = commit_fragments(cfg.store_uri, CLIPS.name, self.fragments,
+                                                                CLIPS.schema, so)
+        videos = pa.concat_tables(self.videos).replace_schema_metadata(self.videos_schema.metadata)
+        frags = write_table_fragments(cfg.store_uri, VIDEOS.name, videos, so)
+        self.result.versions[VIDEOS.name] = commit_fragments(cfg.store_uri, VIDEOS.name, frags,
+                                                             self.videos_schema, so)
+        log.debug("committed %d videos", self.n_videos)
+        self.fragments, self.videos, self.n_videos, self.last = [], [], 0, time.monotonic()
+
+
+def _crash_row(e: VideoEntry, config_hash: str, reason: str) -> pa.Table:
+    row = _videos_row(e, status=STATUS_FAILED, error=reason, config_hash=config_hash, node_id="")
+    return pa.Table.from_pylist([row], schema=VIDEOS.schema)
+
+
+def _run_ray(cfg, shards, settings, config_hash, committer, bar) -> None:
+    """Keep `workers` shard tasks in flight; a task raising an ordinary error (the store cannot be
+    written, say) ends the run after committing what finished, as that would fail every video."""
+    import ray
+
+    # The worker process or its node died (or was killed for memory): Ray retried the task already.
+    crashes = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError)
+
+    from cluster.connect import connect
+
+    connect(cfg.address, cfg.workers)
+    workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    opts = {"num_cpus": 1, "max_retries": TASK_RETRIES}
+    if cfg.task_env:
+        opts["runtime_env"] = {"env_vars": {k: str(v) for k, v in cfg.task_env.items()}}
+    task = ray.remote(_shard_task).options(**opts)
+    queue = deque((s, False) for s in shards)  # (entries, retried alone)
+    inflight: dict = {}
+    while queue or inflight:
+        while queue and len(inflight) < workers:
+            entries, alone = queue.popleft()
+            ref = task.remote(entries, cfg.store_uri, settings, config_hash, cfg.storage_options)
+            inflight[ref] = (entries, alone)
+        ready, _ = ray.wait(list(inflight), num_returns=1)
+        for ref in ready:
+            entries, alone = inflight.pop(ref)
+            try:
+                shard = ray.get(ref)
+            except crashes as err:
+                if len(entries) > 1:
+                    # Retries are spent: find the culprit by extracting its videos one per task.
+                    log.warning("a shard of %d videos failed after %d retries (%s); retrying them one by one",
+                                len(entries), TASK_RETRIES, type(err).__name__)
+                    queue.extend(([e], True) for e in entries)
+                    continue
+                reason = f"extraction task failed {TASK_RETRIES + 1} times ({type(err).__name__}): {str(err)[:300]}"
+                shard = ShardResult([], _crash_row(entries[0], config_hash, reason), 0, 0, 0.0)
+            committer.add(shard)
+            committer.progress(bar, shard.videos.num_rows)
+
+
+def _run_local(cfg, shards, settings, config_hash, committer, bar) -> None:
+    for entries in shards:
+        shard = extract_shard(entries, cfg.store_uri, settings, config_hash, cfg.storage_options, "local")
+        committer.add(shard)
+        committer.progress(bar, len(entries))
+
+
+def extract(cfg: ExtractConfig, dataset: Dataset | None = None) -> ExtractResult:
+    """Extract every not-yet-extracted video of the dataset into the store (see the module docstring)."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    dataset = dataset or load_dataset(cfg.dataset)
+    config_hash = cfg.config_hash()
+    result = ExtractResult(total=len(dataset.entries), config_hash=config_hash)
+
+    for name, schema in ((CLIPS.name, CLIPS.schema), (CLASSES.name, CLASSES.schema),
+                         (VIDEOS.name, _videos_schema(cfg))):
+        _empty_table(cfg, name, schema, truncate=cfg.overwrite)
+    present, stored_settings = _store_state(cfg, config_hash)
+    other = {h for h in present.values() if h != config_hash}
+    if other:
+        raise ValueError(
+            f"store {cfg.store_uri!r} already holds {len(present)} videos extracted with other settings "
+            f"(extract_config {', '.join(sorted(other))}"
+            + (f": {json.dumps(stored_settings, sort_keys=True)}" if stored_settings else "")
+            + f"); this run's settings are {json.dumps(cfg.settings(), sort_keys=True)} ({config_hash}). "
+            "Pass --overwrite to re-extract into this store, or use a new --store."
+        )
+    _write_classes(cfg, dataset)
+
+    pending = [e for e in dataset.entries if e.video_id not in present]
+    result.skipped = len(dataset.entries) - len(pending)
+    result.orphans_deleted = _delete_orphan_clips(cfg, [e.video_id for e in pending])
+    if result.skipped:
+        log.info("%d of %d videos are already extracted with these settings: skipped",
+                 result.skipped, len(dataset.entries))
+
+    if pending:
+        workers = cfg.workers or (os.cpu_count() or 1)
+        size = _shard_size(cfg, len(pending), workers)
+        shards = [pending[i:i + size] for i in range(0, len(pending), size)]
+        settings = cfg.settings()
+        committer = _Committer(cfg, result)
+        with tqdm(total=len(pending), desc="extract", unit="video", disable=not cfg.progress) as bar:
+            try:
+                if cfg.use_ray:
+                    _run_ray(cfg, shards, settings, config_hash, committer, bar)
+                else:
+                    _run_local(cfg, shards, settings, config_hash, committer, bar)
+            finally:
+                # Whatever finished is kept, even on Ctrl-C: the next run resumes after it.
+                committer.commit()
+        _compact_videos(cfg)
+    result.seconds = time.perf_counter() - t0
+    log.info("extract: %d ok, %d failed, %d skipped, %.0f source frames/s", result.ok, result.failed,
+             result.skipped, result.frames_per_s)
+    return result
+
+
+def _compact_videos(cfg: ExtractConfig) -> None:
+    """Merge the small per-batch fragments of `videos` (a few KB each) so scans stay fast."""
+    ds = open_table(cfg.store_uri, VIDEOS.name, cfg.storage_options)
+    if len(ds.get_fragments()) > 16:
+        ds.optimize.compact_files()
+
+
+def ok_video_ids(store_uri: str, storage_options: dict | None = None) -> list[str]:
+    """Ids of the successfully extracted videos: readers take clips of these only."""
+    ds = open_table(store_uri, VIDEOS.name, storage_options)
+    t = ds.to_table(columns=["video_id"], filter=pc.field("status") == STATUS_OK)
+    return t["video_id"].to_pylist()
+
+
+def config_summary(cfg: ExtractConfig) -> str:
+    d = asdict(cfg)
+    d.pop("storage_options", None)  # may hold credentials
+    d.pop("task_env", None)
+    return json.dumps(d, sort_keys=True, default=str)
