@@ -46,7 +46,112 @@ def _common(p: argparse.ArgumentParser, s: Settings, *, store: bool = True, spli
 
 
 # === synth ===
+_SYNTH_EXAMPLES = """  hyvid synth data/synth                      # the demo's dataset: 10 classes x 15 videos
+  hyvid synth data/tiny --classes 4 --videos-per-class 2 --frames 40
+  hyvid synth data/big --classes 19 --videos-per-class 25 --size 320x240 --seed 7
+  hyvid synth data/synth --overwrite --seed 1   # replace a dataset made with other settings
+classes are named after the clue that separates them: Appearance* (static appearance),
+Motion* (short-term motion), Order* (order of two sub-actions; pairs). See docs/synth.md."""
+
+
+def _synth_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    from pipelines.synth import MAX_CLASSES, MIN_CLASSES, config_defaults
+
+    d = config_defaults()
+    p.add_argument("out", help="output directory (UCF-101 layout: OUT/<Class>/*.avi + OUT/ucfTrainTestlist/)")
+    p.add_argument("--classes", type=int, default=d["classes"],
+                   help=f"number of classes, {MIN_CLASSES}..{MAX_CLASSES} (default {d['classes']})")
+    p.add_argument("--videos-per-class", type=int, default=d["videos_per_class"],
+                   help=f"videos per class, spread over groups g01..g25 (default {d['videos_per_class']})")
+    p.add_argument("--frames", type=int, default=d["frames"],
+                   help=f"mean frames per video; each varies by ±20%% (default {d['frames']})")
+    p.add_argument("--size", default="x".join(map(str, d["size"])), help="WxH (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d["seed"], help="random seed (default %(default)s)")
+    p.add_argument("--stack", type=int, default=d["stack"],
+                   help="flow stack length L the order classes' pause must exceed (default %(default)s)")
+    p.add_argument("--workers", type=int, default=d["workers"], help="writer threads (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace a synth dataset made with other settings")
+
+
+def _synth_run(args: argparse.Namespace, s: Settings) -> int:
+    from collections import Counter
+
+    from pipelines.synth import SynthConfig, parse_size, synth
+
+    cfg = SynthConfig(out=args.out, classes=args.classes, videos_per_class=args.videos_per_class,
+                      frames=args.frames, size=parse_size(args.size), seed=args.seed, stack=args.stack,
+                      workers=args.workers, overwrite=args.overwrite)
+    res = synth(cfg)
+    kinds = Counter(c.kind for c in res.classes)
+    verb = "reused" if res.reused else "wrote"
+    print(f"{verb} {len(res.videos)} videos of {len(res.classes)} classes "
+          f"({', '.join(f'{n} {k}' for k, n in kinds.items())}) in {res.root} [{res.seconds:.1f} s]")
+    for c in res.classes:
+        print(f"  {c.label + 1:2d} {c.name:22s} {c.kind:10s} {c.description}")
+    print(f"next: hyvid extract {res.root} --store STORE")
+    return 0
+
+
+COMMANDS["synth"] = ("write a synthetic UCF-101-layout dataset whose classes need appearance, motion or order",
+                     _SYNTH_EXAMPLES, _synth_args, _synth_run)
 # === extract ===
+_EXTRACT_EXAMPLES = """  hyvid extract data/synth --store store                 # local Ray, all cores, 25 frames, L=10, DIS
+  hyvid extract /data/UCF-101 --store s3://bucket/ucf --address auto --workers 32
+  hyvid extract data/ccv/manifest.csv --store ccv_store --flow farneback --size 160
+  hyvid extract data/synth --store store --frames 25 --stack 10 --overwrite   # changed settings
+a dataset is a UCF-101 layout (ROOT/<Class>/*.avi + ROOT/ucfTrainTestlist/) or a manifest CSV
+`path,labels[,subset][,group]` (labels 'A|B' for multi-label). Re-running skips extracted videos."""
+
+
+def _extract_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    import os
+
+    from pipelines.video import DEFAULT_POSITIONS, DEFAULT_SIZE, DEFAULT_STACK, FLOW_METHODS
+
+    p.add_argument("dataset", help="UCF-101-layout directory or manifest .csv")
+    _common(p, s, experiment=False)
+    p.add_argument("--frames", type=int, default=DEFAULT_POSITIONS,
+                   help="positions sampled uniformly per video (default %(default)s)")
+    p.add_argument("--stack", type=int, default=DEFAULT_STACK, help="flows per stack, L (default %(default)s)")
+    p.add_argument("--flow", choices=FLOW_METHODS, default="dis",
+                   help="optical flow: dis (fast), farneback, tvl1 (~100x slower) (default %(default)s)")
+    p.add_argument("--size", type=int, default=DEFAULT_SIZE,
+                   help="stored short side in pixels, aspect kept (default %(default)s)")
+    cores = os.cpu_count() or 1
+    p.add_argument("--workers", type=int, default=s.workers_for("extract", cores),
+                   help="concurrent extraction tasks (default: settings workers.extract, else the cores)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="empty the store's videos/clips/classes and extract again (needed to change settings)")
+
+
+def _extract_run(args: argparse.Namespace, s: Settings) -> int:
+    from pipelines.extract import ExtractConfig, extract
+
+    cfg = ExtractConfig(dataset=args.dataset, store_uri=args.store, split=args.split, frames=args.frames,
+                        stack=args.stack, flow=args.flow, size=args.size, address=args.address,
+                        workers=args.workers, overwrite=args.overwrite,
+                        storage_options=s.resolved_storage_options())
+    r = extract(cfg)
+    print(f"extracted {r.ok} videos, {r.failed} failed, {r.skipped} skipped (already in the store) "
+          f"of {r.total} in {r.seconds:.1f} s: {r.frames_per_s:.0f} source frames/s, {r.clips} clips "
+          f"[settings {r.config_hash}]")
+    if r.node_spread:
+        print("videos per node: " + ", ".join(f"{n[:12]}={k}" for n, k in sorted(r.node_spread.items())))
+    if r.orphans_deleted:
+        print(f"removed {r.orphans_deleted} clips rows left by an interrupted run")
+    if r.failures:
+        print(f"failed videos ({len(r.failures)}):")
+        for vid, reason in r.failures[:50]:
+            print(f"  {vid}: {reason}")
+        if len(r.failures) > 50:
+            print(f"  ... and {len(r.failures) - 50} more (videos table, status = 'failed')")
+    if r.exit_code:
+        print("nothing could be extracted", file=sys.stderr)
+    return r.exit_code
+
+
+COMMANDS["extract"] = ("decode videos, sample frames and stack optical flow into the Lance store (Ray tasks)",
+                       _EXTRACT_EXAMPLES, _extract_args, _extract_run)
 # === train-cnn ===
 # === features ===
 # === query ===
@@ -224,6 +329,61 @@ COMMANDS["hybrid"] = (
 )
 
 # === report ===
+def _report_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    _common(p, s, store=False, split=False, address=False)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--split", type=int, choices=(1, 2, 3), help="report one split")
+    g.add_argument("--splits", help="report these splits and their mean, e.g. 1,2,3 (default: every split with runs)")
+    p.add_argument("--format", choices=("markdown", "json"), default="markdown",
+                   help="markdown: the paper's Tables 1-3 beside its numbers; json: {model: {metric: value}}")
+
+
+def _report_run(args: argparse.Namespace, s: Settings) -> int:
+    from pipelines import tracking
+    from pipelines.report import ReportConfig, report
+
+    splits = (args.split,) if args.split else (tuple(_split_list(args.splits, 1)) if args.splits else None)
+    print(report(ReportConfig(args.experiment, tracking.resolve_tracking_uri(None, s), splits, args.format)))
+    return 0
+
+
+def _runs_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    _common(p, s, store=False, split=False, address=False)
+    p.add_argument("--model", help="only runs of this model (e.g. fusion, spatial_cnn+spatial_lstm)")
+    p.add_argument("--stage", help="only runs of this stage (e.g. train-cnn, train, hybrid, late_fusion)")
+    p.add_argument("--limit", type=int, default=50, help="newest N runs (default 50)")
+    p.add_argument("--all-params", action="store_true", help="show every parameter, not the first 6")
+
+
+def _runs_run(args: argparse.Namespace, s: Settings) -> int:
+    from pipelines import tracking
+    from pipelines.runs import RunsConfig, format_table, list_runs
+
+    uri = tracking.resolve_tracking_uri(None, s)
+    rows = list_runs(RunsConfig(args.experiment, uri, args.model, args.stage, args.limit,
+                                0 if args.all_params else 6))
+    print(format_table(rows))
+    print(f"\n{len(rows)} run(s). Browse them: mlflow ui --backend-store-uri {tracking.redact(uri)}")
+    return 0
+
+
+COMMANDS["report"] = (
+    "the paper's Tables 1-3 from the experiment's MLflow runs, beside the paper's numbers",
+    "  hyvid report --experiment hyvid\n"
+    "  hyvid report --experiment hyvid --splits 1,2,3\n"
+    "  hyvid report --experiment hyvid --format json > results.json\n",
+    _report_args,
+    _report_run,
+)
+COMMANDS["runs"] = (
+    "compare an experiment's runs: parameters, test metrics, lineage",
+    "  hyvid runs --experiment hyvid\n"
+    "  hyvid runs --experiment hyvid --model fusion --all-params\n"
+    "  hyvid runs --stage hybrid --limit 5\n",
+    _runs_args,
+    _runs_run,
+)
+
 # === predict ===
 # === run/demo ===
 # === jobs ===
