@@ -55,7 +55,8 @@ COMMIT_EVERY_S = 20.0  # bounds the work a dead driver loses
 TASK_RETRIES = 3  # Ray retries a task whose worker or node died
 SETTINGS_METADATA_KEY = b"hyvid.extract_settings"
 # Test hook: "<flag file>|<video_id>" makes the worker extracting that video die once (os._exit),
-# creating the flag file first, so tests can kill a worker mid-run deterministically.
+# creating the flag file first, so tests can kill a worker mid-run deterministically;
+# "always|<video_id>" makes it die every time (a poison file).
 CRASH_ONCE_ENV = "HYVID_TEST_CRASH_ONCE"
 
 
@@ -77,6 +78,7 @@ class ExtractConfig:
     use_ray: bool = True  # False: extract in this process (benchmarks, debugging)
     shard_size: int | None = None  # videos per task; None = automatic (<= MAX_SHARD)
     task_env: dict | None = None  # extra environment variables for the extraction tasks
+    task_retries: int = TASK_RETRIES  # Ray retries of a task whose worker or node died
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -96,6 +98,8 @@ class ExtractConfig:
             raise ValueError(f"size (stored short side) must be >= 16 pixels, got {self.size}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.task_retries < 0:
+            raise ValueError(f"task_retries must be >= 0, got {self.task_retries}")
         if self.shard_size is not None and self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
 
@@ -187,7 +191,11 @@ def _maybe_crash(video_id: str) -> None:
     if not spec:
         return
     flag, _, target = spec.partition("|")
-    if target == video_id and not os.path.exists(flag):
+    if target != video_id:
+        return
+    if flag != "always":
+        if os.path.exists(flag):
+            return
         open(flag, "w").close()
         log.warning("%s: simulating a worker crash on %s", CRASH_ONCE_ENV, video_id)
         os._exit(137)
@@ -370,42 +378,37 @@ def _crash_row(e: VideoEntry, config_hash: str, reason: str) -> pa.Table:
     return pa.Table.from_pylist([row], schema=VIDEOS.schema)
 
 
-def _run_ray(cfg, shards, settings, config_hash, committer, bar) -> None:
+def _run_ray(cfg, shards, workers, settings, config_hash, committer, bar) -> None:
     """Keep `workers` shard tasks in flight; a task raising an ordinary error (the store cannot be
     written, say) ends the run after committing what finished, as that would fail every video."""
     import ray
 
     # The worker process or its node died (or was killed for memory): Ray retried the task already.
     crashes = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError)
-
-    from cluster.connect import connect
-
-    connect(cfg.address, cfg.workers)
-    workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    opts = {"num_cpus": 1, "max_retries": TASK_RETRIES}
+    opts = {"num_cpus": 1, "max_retries": cfg.task_retries}
     if cfg.task_env:
         opts["runtime_env"] = {"env_vars": {k: str(v) for k, v in cfg.task_env.items()}}
     task = ray.remote(_shard_task).options(**opts)
-    queue = deque((s, False) for s in shards)  # (entries, retried alone)
+    queue = deque(shards)
     inflight: dict = {}
     while queue or inflight:
         while queue and len(inflight) < workers:
-            entries, alone = queue.popleft()
-            ref = task.remote(entries, cfg.store_uri, settings, config_hash, cfg.storage_options)
-            inflight[ref] = (entries, alone)
+            entries = queue.popleft()
+            inflight[task.remote(entries, cfg.store_uri, settings, config_hash, cfg.storage_options)] = entries
         ready, _ = ray.wait(list(inflight), num_returns=1)
         for ref in ready:
-            entries, alone = inflight.pop(ref)
+            entries = inflight.pop(ref)
             try:
                 shard = ray.get(ref)
             except crashes as err:
                 if len(entries) > 1:
                     # Retries are spent: find the culprit by extracting its videos one per task.
                     log.warning("a shard of %d videos failed after %d retries (%s); retrying them one by one",
-                                len(entries), TASK_RETRIES, type(err).__name__)
-                    queue.extend(([e], True) for e in entries)
+                                len(entries), cfg.task_retries, type(err).__name__)
+                    queue.extend([e] for e in entries)
                     continue
-                reason = f"extraction task failed {TASK_RETRIES + 1} times ({type(err).__name__}): {str(err)[:300]}"
+                reason = (f"the worker process died {cfg.task_retries + 1} time(s) while extracting this video "
+                          f"({type(err).__name__}): the decoder may crash on this file, or memory ran out")
                 shard = ShardResult([], _crash_row(entries[0], config_hash, reason), 0, 0, 0.0)
             committer.add(shard)
             committer.progress(bar, shard.videos.num_rows)
@@ -451,6 +454,13 @@ def extract(cfg: ExtractConfig, dataset: Dataset | None = None) -> ExtractResult
 
     if pending:
         workers = cfg.workers or (os.cpu_count() or 1)
+        if cfg.use_ray:
+            import ray
+
+            from cluster.connect import connect
+
+            connect(cfg.address, cfg.workers)
+            workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         size = _shard_size(cfg, len(pending), workers)
         shards = [pending[i:i + size] for i in range(0, len(pending), size)]
         settings = cfg.settings()
@@ -458,7 +468,7 @@ def extract(cfg: ExtractConfig, dataset: Dataset | None = None) -> ExtractResult
         with tqdm(total=len(pending), desc="extract", unit="video", disable=not cfg.progress) as bar:
             try:
                 if cfg.use_ray:
-                    _run_ray(cfg, shards, settings, config_hash, committer, bar)
+                    _run_ray(cfg, shards, workers, settings, config_hash, committer, bar)
                 else:
                     _run_local(cfg, shards, settings, config_hash, committer, bar)
             finally:

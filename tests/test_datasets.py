@@ -1,0 +1,152 @@
+"""Dataset discovery: the UCF-101 layout with the official lists' quirks, and manifest CSVs."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from pipelines.datasets import group_of, load_dataset, load_manifest, load_ucf101
+
+
+def _touch(root: Path, rel: str) -> None:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"")  # discovery never decodes: empty files are enough
+
+
+@pytest.fixture
+def ucf(tmp_path) -> Path:
+    """Official-style lists: 1-based classInd, unlabelled test lists, and the HandstandPushups
+    mismatch (folder `HandstandPushups`, files `v_HandStandPushups_*`, lists spelled otherwise)."""
+    root = tmp_path / "UCF-101"
+    files = [
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi",
+        "HandstandPushups/v_HandStandPushups_g01_c01.avi",
+        "HandstandPushups/v_HandStandPushups_g02_c01.avi",
+        "HandstandPushups/v_HandStandPushups_g03_c02.avi",  # on disk, in no list
+        "YoYo/v_YoYo_g02_c03.avi",
+    ]
+    for f in files:
+        _touch(root, f)
+    (root / "YoYo" / "notes.txt").write_text("not a video extension: ignored")
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\r\n2 HandstandPushups\r\n3 YoYo\r\n")
+    (lists / "trainlist01.txt").write_text(
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi 1\n"
+        "HandStandPushups/v_HandStandPushups_g02_c01.avi 2\n"  # list spells the folder differently
+        "YoYo/v_YoYo_g02_c03.avi 3\n"
+    )
+    (lists / "testlist01.txt").write_text(
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n"
+        "HandstandPushups/v_HandstandPushups_g01_c01.avi\n"  # and the file name
+        "YoYo/v_YoYo_g09_c01.avi\n"  # listed, not on disk
+    )
+    (lists / "trainlist02.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi 1\n")
+    (lists / "testlist02.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi\n")
+    (lists / "testlist03.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi\n")
+    return root
+
+
+def test_ucf_layout_quirks(ucf, caplog):
+    with caplog.at_level(logging.WARNING):
+        ds = load_ucf101(ucf)
+    assert ds.kind == "ucf101"
+    assert ds.classes == ("ApplyEyeMakeup", "HandstandPushups", "YoYo")  # classInd order, 0-based labels
+    by_id = {e.video_id: e for e in ds.entries}
+    assert len(by_id) == 6  # every video file on disk, notes.txt ignored
+    hs = by_id["HandstandPushups/v_HandStandPushups_g01_c01"]  # id keeps the on-disk spelling
+    assert hs.label == 1 and hs.labels == (1,) and hs.class_name == "HandstandPushups"
+    assert hs.splits == ((1, "test"),)  # matched despite the case mismatch; class from the folder
+    assert by_id["HandstandPushups/v_HandStandPushups_g02_c01"].splits == ((1, "train"),)
+    assert by_id["HandstandPushups/v_HandStandPushups_g03_c02"].splits == ()
+    assert by_id["ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01"].label == 0
+    # membership in all three splits is recorded
+    assert by_id["ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01"].splits == ((1, "train"), (2, "test"), (3, "test"))
+    assert by_id["ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01"].splits == ((1, "test"), (2, "train"))
+    assert by_id["YoYo/v_YoYo_g02_c03"].group == "g02" and by_id["YoYo/v_YoYo_g02_c03"].label == 2
+    assert hs.path == str(ucf / "HandstandPushups" / "v_HandStandPushups_g01_c01.avi")
+    assert "1 listed video(s) are not on disk" in caplog.text
+    assert load_dataset(ucf).entries == ds.entries
+
+
+def test_ucf_without_lists_uses_folders(tmp_path):
+    _touch(tmp_path, "b/clip2.mp4")
+    _touch(tmp_path, "a/clip1.avi")
+    ds = load_ucf101(tmp_path)
+    assert ds.classes == ("a", "b")
+    assert [(e.video_id, e.label, e.group, e.splits) for e in ds.entries] == [
+        ("a/clip1", 0, "a/clip1", ()), ("b/clip2", 1, "b/clip2", ())]
+
+
+def test_ucf_bad_class_index_is_reported(ucf):
+    (ucf / "ucfTrainTestlist" / "classInd.txt").write_text("0 ApplyEyeMakeup\n1 HandstandPushups\n")
+    with pytest.raises(ValueError, match="1-based"):
+        load_ucf101(ucf)
+
+
+def test_ucf_empty_dataset_is_reported(tmp_path):
+    (tmp_path / "Empty").mkdir()
+    with pytest.raises(ValueError, match="no video files"):
+        load_ucf101(tmp_path)
+
+
+def test_manifest_multilabel_subset_group_and_relative_paths(tmp_path):
+    _touch(tmp_path, "videos/a.mp4")
+    _touch(tmp_path, "videos/sub/b.avi")
+    outside = tmp_path.parent / f"{tmp_path.name}_elsewhere" / "c.avi"
+    outside.parent.mkdir()
+    outside.write_bytes(b"")
+    csv = tmp_path / "manifest.csv"
+    csv.write_text(
+        "path,labels,subset,group\n"
+        "videos/a.mp4,Music|Dance,train,party1\n"
+        "videos/sub/b.avi,Sports,test,\n"
+        f"{outside},Dance,,\n"
+    )
+    ds = load_dataset(csv)
+    assert ds.kind == "manifest" and ds.classes == ("Dance", "Music", "Sports")  # sorted names
+    by_id = {e.video_id: e for e in ds.entries}
+    a = by_id["videos/a"]
+    assert a.labels == (1, 0) and a.label == 1 and a.class_name == "Music|Dance"
+    assert a.splits == ((1, "train"),) and a.group == "party1"
+    assert a.path == str((tmp_path / "videos" / "a.mp4").resolve())
+    b = by_id["videos/sub/b"]
+    assert b.splits == ((1, "test"),) and b.group == "videos/sub/b" and b.labels == (2,)
+    c = next(e for e in ds.entries if e.path == str(outside.resolve()))
+    assert c.splits == () and c.video_id.endswith(f"{tmp_path.name}_elsewhere/c") and "\\" not in c.video_id
+    assert ds.multi_label
+
+
+def test_manifest_without_optional_columns(tmp_path):
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,labels\nx.avi,A\ny.avi,B\n")
+    ds = load_manifest(csv)
+    assert [(e.video_id, e.label, e.splits) for e in ds.entries] == [("x", 0, ()), ("y", 1, ())]
+    assert not ds.multi_label
+
+
+@pytest.mark.parametrize("text,match", [
+    ("file,labels\nx.avi,A\n", r"missing \['path'\]"),
+    ("path,labels,subset\nx.avi,A,holdout\n", r"m.csv:2: subset must be train or test"),
+    ("path,labels\nx.avi,\n", r"m.csv:2: no label"),
+    ("path,labels\nx.avi,A\nx.avi,B\n", r"listed twice \(first on line 2\)"),
+    ("path,labels\n", "lists no videos"),
+])
+def test_manifest_errors_name_file_and_line(tmp_path, text, match):
+    csv = tmp_path / "m.csv"
+    csv.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_manifest(csv)
+
+
+def test_group_of_and_missing_dataset(tmp_path):
+    assert group_of("v_YoYo_g25_c04", "x") == "g25"
+    assert group_of("clip", "x") == "x"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset(tmp_path / "nothing")
+    (tmp_path / "list.txt").write_text("x")
+    with pytest.raises(ValueError, match="manifest .csv"):
+        load_dataset(tmp_path / "list.txt")

@@ -1,0 +1,91 @@
+"""Tiny real videos for the extraction tests, written with cv2.VideoWriter (no dependency on synth)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+W, H = 64, 48
+SQUARE = 12
+
+
+def texture(seed: int = 0, size: int = SQUARE) -> np.ndarray:
+    """A random RGB texture: gives optical flow something to lock on to."""
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def moving_square_frames(n: int, dx: int = 2, dy: int = 0, w: int = W, h: int = H, seed: int = 0) -> list[np.ndarray]:
+    """RGB frames of a textured square moving (dx, dy) pixels per frame over a smooth background."""
+    tex = texture(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    bg = np.stack([80 + 40 * np.sin(xx / 7.0), 90 + 30 * np.cos(yy / 5.0), np.full_like(xx, 100.0)], -1)
+    bg = bg.astype(np.uint8)
+    frames = []
+    for i in range(n):
+        f = bg.copy()
+        x = 4 + (dx * i) % (w - SQUARE - 8)
+        y = 4 + (dy * i) % (h - SQUARE - 8)
+        f[y:y + SQUARE, x:x + SQUARE] = tex
+        frames.append(f)
+    return frames
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 25.0, fourcc: str = "MJPG") -> Path:
+    """Write RGB frames as a real encoded video file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames[0].shape[:2]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert vw.isOpened(), f"cv2.VideoWriter cannot write {path} with {fourcc}"
+    for f in frames:
+        vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    vw.release()
+    return path
+
+
+def write_bad_files(folder: Path, prefix: str) -> dict[str, Path]:
+    """One file of each bad kind, named like UCF-101 videos: kind -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    out["empty"] = folder / f"{prefix}_g09_c01.avi"
+    out["empty"].write_bytes(b"")
+    out["text"] = folder / f"{prefix}_g09_c02.avi"
+    out["text"].write_text("this is a text file, not a video\n" * 20)
+    good = write_video(folder / f"{prefix}_g09_c03.tmp.avi", moving_square_frames(30))
+    data = good.read_bytes()
+    good.unlink()
+    out["truncated"] = folder / f"{prefix}_g09_c03.avi"
+    out["truncated"].write_bytes(data[: len(data) // 2])
+    out["one_frame"] = write_video(folder / f"{prefix}_g09_c04.avi", moving_square_frames(1))
+    return out
+
+
+def write_ucf(root: Path, classes: dict[str, str], groups=(1, 2), clips=(1,), n_frames: int = 20,
+              bad: bool = False) -> Path:
+    """A UCF-101-layout dataset: `classes` maps folder name -> the name used in video file names.
+
+    Split 1 puts g01 in test and the rest in train; splits 2 and 3 shift the test group.
+    """
+    root = Path(root)
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(classes)))
+    names = []
+    for ci, (folder, file_name) in enumerate(classes.items()):
+        for g in groups:
+            for c in clips:
+                rel = f"{folder}/v_{file_name}_g{g:02d}_c{c:02d}.avi"
+                dx = 2 if ci % 2 == 0 else -2
+                write_video(root / rel, moving_square_frames(n_frames + g + c, dx=dx, seed=ci))
+                names.append((rel, ci, g))
+    for split in (1, 2, 3):
+        test_group = groups[(split - 1) % len(groups)]
+        train = [f"{rel} {ci + 1}" for rel, ci, g in names if g != test_group]
+        test = [rel for rel, ci, g in names if g == test_group]
+        (lists / f"trainlist0{split}.txt").write_text("\n".join(train) + "\n")
+        (lists / f"testlist0{split}.txt").write_text("\n".join(test) + "\n")
+    if bad:
+        folder, file_name = next(iter(classes.items()))
+        write_bad_files(root / folder, f"v_{file_name}")
+    return root
