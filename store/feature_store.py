@@ -275,7 +275,9 @@ class FeatureStore:
             flt &= pc.field("position") < int(stop)
         if columns is not None and "position" not in columns:
             columns = [*columns, "position"]
-        t = self.table(table).scanner(columns=columns, filter=flt).to_table()
+        # Late materialization: find the few matching rows by index first, then read their
+        # (large) vector columns, instead of decoding vectors of rows the filter drops.
+        t = self.table(table).scanner(columns=columns, filter=flt, late_materialization=True).to_table()
         return t.sort_by("position")
 
     def clips(self, video_id: str, columns: list[str] | None = None) -> pa.Table:
