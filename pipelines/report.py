@@ -1,0 +1,231 @@
+"""`hyvid report`: the paper's Tables 1-3 rebuilt from the MLflow runs of an experiment.
+
+Every stage tags its runs with `hyvid.model` / `hyvid.split` and logs `test_<metric>` (see
+pipelines.tracking), so the report needs no knowledge of the stages: for each (model, split) it
+takes the latest finished run that has a test metric, and averages over the splits when there
+are several (the UCF-101 protocol). A model whose own run logged no test metric falls back to
+the metrics the hybrid stage recomputed from `video_scores` (`eval.<model>.test_*` on the
+hybrid run). The paper's UCF-101 accuracy and CCV mAP (models.registry.PAPER_RESULTS) stand
+beside each row.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+
+import mlflow
+from mlflow.entities import Run, RunStatus
+
+from models import registry as R
+from pipelines import tracking
+from pipelines.hybrid import EVAL_PREFIX, LATE_FUSIONS
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("markdown", "json")
+REPORT_METRICS = ("accuracy", "mean_class_accuracy", "map", "top5")
+_ALL_FOUR = f"{R.SPATIAL_CNN}+{R.MOTION_CNN}+{R.SPATIAL_LSTM}+{R.MOTION_LSTM}"
+
+# (title, [(model name, the paper's row label)]) in the paper's order.
+TABLES: list[tuple[str, list[tuple[str, str]]]] = [
+    ("Table 1: CNNs, LSTMs and their late average fusion", [
+        (R.SPATIAL_CNN, "Spatial CNN"),
+        (R.SPATIAL_LSTM, "Spatial LSTM"),
+        (R.MOTION_CNN, "Motion CNN"),
+        (R.MOTION_LSTM, "Motion LSTM"),
+        (f"{R.SPATIAL_CNN}+{R.SPATIAL_LSTM}", "CNN + LSTM (spatial)"),
+        (f"{R.MOTION_CNN}+{R.MOTION_LSTM}", "CNN + LSTM (motion)"),
+        (_ALL_FOUR, "CNN + LSTM (both streams)"),
+    ]),
+    ("Table 2: fusion of the two streams", [
+        (R.TWO_STREAM_CNN, "Two-stream CNN"),
+        (R.SVM_EF, "SVM-EF"),
+        (R.SVM_LF, "SVM-LF"),
+        (R.NN_EF, "NN-EF"),
+        (R.NN_LF, "NN-LF"),
+        (R.FUSION_NOREG, "Non-regularized fusion network"),
+        (R.FUSION, "Regularized fusion network"),
+    ]),
+    ("Table 3: the hybrid framework", [
+        (R.HYBRID, "Hybrid (LSTMs + fusion network)"),
+    ]),
+]
+assert set(LATE_FUSIONS) <= {m for _, rows in TABLES for m, _ in rows}
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Which experiment (and splits) to report, and how."""
+
+    experiment: str
+    tracking_uri: str | None = None
+    splits: tuple[int, ...] | None = None  # None: every split that has runs
+    format: str = "markdown"
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; choose from {list(FORMATS)}")
+        if self.splits is not None:
+            object.__setattr__(self, "splits", tuple(int(s) for s in self.splits))
+            bad = [s for s in self.splits if s not in (1, 2, 3)]
+            if bad or not self.splits:
+                raise ValueError(f"splits must be among 1, 2, 3; got {list(self.splits)}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model's test metrics on one split, and where they came from."""
+
+    metrics: dict[str, float]
+    run_id: str
+    source: str  # "run" (the model's own run) or "hybrid-eval" (recomputed by the hybrid stage)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Per model: split -> Entry, and the mean over the chosen splits."""
+
+    experiment: str
+    splits: tuple[int, ...]
+    entries: dict[str, dict[int, Entry]] = field(default_factory=dict)
+
+    def mean(self, model: str) -> dict[str, float | None]:
+        """Mean of each metric over the splits that have it (None when no split has it)."""
+        out: dict[str, float | None] = {}
+        per = self.entries.get(model, {})
+        for m in REPORT_METRICS:
+            vals = [e.metrics[m] for s, e in per.items() if s in self.splits and m in e.metrics]
+            out[m] = sum(vals) / len(vals) if vals else None
+        return out
+
+    def models(self) -> list[str]:
+        ordered = [m for _, rows in TABLES for m, _ in rows]
+        present = [m for m in self.entries if any(s in self.splits for s in self.entries[m])]
+        return [m for m in ordered if m in present] + sorted(set(present) - set(ordered))
+
+
+def _test_metrics(run: Run, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for m in REPORT_METRICS:
+        v = run.data.metrics.get(prefix + tracking.metric_name("test", m))
+        if v is not None and not math.isnan(v):
+            out[m] = float(v)
+    return out
+
+
+def _split_of(run: Run) -> int | None:
+    try:
+        return int(run.data.tags.get(tracking.TAG_SPLIT, ""))
+    except ValueError:
+        return None
+
+
+def fetch_runs(experiment: str, tracking_uri: str | None = None) -> list[Run]:
+    """Every finished run of the experiment, newest first; ValueError names unknown experiments."""
+    mlflow.set_tracking_uri(tracking.resolve_tracking_uri(tracking_uri))
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in mlflow.search_experiments()]
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking.redact(mlflow.get_tracking_uri())}; "
+                         f"experiments there: {names}")
+    runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="list",
+                              order_by=["attributes.start_time DESC"])
+    return [r for r in runs if r.info.status == RunStatus.to_string(RunStatus.FINISHED)]
+
+
+def collect(cfg: ReportConfig) -> Report:
+    """The latest test metrics per (model, split) from the experiment's runs."""
+    runs = fetch_runs(cfg.experiment, cfg.tracking_uri)
+    own: dict[str, dict[int, Entry]] = {}
+    fallback: dict[str, dict[int, Entry]] = {}
+    for run in runs:  # newest first: the first entry kept per (model, split) is the latest
+        model, split = run.data.tags.get(tracking.TAG_MODEL), _split_of(run)
+        if not model or split is None:
+            continue
+        metrics = _test_metrics(run)
+        if metrics:
+            own.setdefault(model, {}).setdefault(split, Entry(metrics, run.info.run_id, "run"))
+        if model == R.HYBRID:
+            for name in R.MODEL_NAMES:
+                m = _test_metrics(run, f"{EVAL_PREFIX}{name}.")
+                if m:
+                    fallback.setdefault(name, {}).setdefault(split, Entry(m, run.info.run_id, "hybrid-eval"))
+    entries = {m: dict(v) for m, v in own.items()}
+    for model, per in fallback.items():
+        for split, e in per.items():
+            entries.setdefault(model, {}).setdefault(split, e)
+    found = sorted({s for per in entries.values() for s in per})
+    splits = cfg.splits or tuple(found)
+    if not entries:
+        raise ValueError(f"experiment {cfg.experiment!r} has no finished run with test metrics and "
+                         f"{tracking.TAG_MODEL}/{tracking.TAG_SPLIT} tags; run the training stages first")
+    missing = [s for s in splits if s not in found]
+    if missing:
+        log.warning("no run of experiment %r is tagged with split(s) %s (found %s)", cfg.experiment, missing, found)
+    return Report(cfg.experiment, tuple(splits), entries)
+
+
+def to_json(rep: Report) -> dict[str, dict[str, float | None]]:
+    """{model: {"accuracy", "mean_class_accuracy", "map", "top5"}}: means over the splits, as fractions."""
+    return {m: rep.mean(m) for m in rep.models()}
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def _paper(model: str) -> tuple[str, str]:
+    p = R.PAPER_RESULTS.get(model)
+    return ("—", "—") if p is None else (f"{p[0]:.1f}", f"{p[1]:.1f}")
+
+
+def to_markdown(rep: Report) -> str:
+    """The three tables as markdown, our numbers (percent) beside the paper's."""
+    several = len(rep.splits) > 1
+    mean_note = f" (mean over splits {', '.join(map(str, rep.splits))})" if several else ""
+    lines = [
+        f"# hyvid report: experiment `{rep.experiment}`, split{'s' if several else ''} "
+        f"{', '.join(map(str, rep.splits))}",
+        "",
+        f"Test metrics in percent{mean_note}, from the latest finished run per (model, split). "
+        "Paper columns: Wu et al. 2015, UCF-101 accuracy and CCV mAP. — means no run.",
+        "",
+    ]
+    split_cols = [f"acc. split {s}" for s in rep.splits] if several else []
+    header = ["model", "row", *split_cols, "accuracy", "mean class acc.", "mAP", "top-5",
+              "paper UCF-101", "paper CCV"]
+    partial = False
+    for title, rows in TABLES:
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for model, label in rows:
+            mean = rep.mean(model)
+            per = rep.entries.get(model, {})
+            cells = [f"`{model}`", label]
+            cells += [_pct(per[s].metrics.get("accuracy")) if s in per else "—" for s in rep.splits] if several else []
+            metric_cells = [_pct(mean[k]) for k in REPORT_METRICS]
+            if several and per and any(s not in per for s in rep.splits):
+                metric_cells = [c if c == "—" else c + " ²" for c in metric_cells]
+                partial = True
+            cells += metric_cells + list(_paper(model))
+            if any(e.source == "hybrid-eval" for s, e in per.items() if s in rep.splits):
+                cells[1] += " ¹"
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if any(e.source == "hybrid-eval" for per in rep.entries.values() for e in per.values()):
+        lines += ["¹ recomputed by the hybrid stage from `video_scores` (the model's own run logged no test metric).", ""]
+    if partial:
+        lines += ["² mean over only the splits that have a run of this model.", ""]
+    extra = [m for m in rep.models() if m not in {m for _, rows in TABLES for m, _ in rows}]
+    if extra:
+        lines += ["Other runs: " + ", ".join(f"`{m}` {_pct(rep.mean(m)['accuracy'])}" for m in extra), ""]
+    return "\n".join(lines)
+
+
+def report(cfg: ReportConfig) -> str:
+    """The report text in the configured format."""
+    rep = collect(cfg)
+    if cfg.format == "json":
+        return json.dumps(to_json(rep), indent=2)
+    return to_markdown(rep)
