@@ -128,14 +128,28 @@ class SubmitConfig:
         return env
 
 
-def submit(cfg: SubmitConfig) -> str:
-    """Submit the command; returns the job's submission id."""
-    job_id = client(cfg.address).submit_job(
-        entrypoint=cfg.entrypoint(),
-        runtime_env=cfg.runtime_env(),
-        submission_id=cfg.submission_id,
-        metadata={"hyvid.command": cfg.args[0]},
-    )
+def submit(cfg: SubmitConfig, agent_wait_s: float = 60.0) -> str:
+    """Submit the command; returns the job's submission id.
+
+    Right after `ray up` (or `ray start`) the dashboard answers before the node's job agent is
+    ready, and Ray refuses with "No available agent": that case is retried for `agent_wait_s`.
+    """
+    c = client(cfg.address)
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            job_id = c.submit_job(
+                entrypoint=cfg.entrypoint(),
+                runtime_env=cfg.runtime_env(),
+                submission_id=cfg.submission_id,
+                metadata={"hyvid.command": cfg.args[0]},
+            )
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            log.info("the cluster's job agent is not ready yet; retrying")
+            time.sleep(2.0)
     log.info("submitted %s as %s to %s", cfg.args[0], job_id, cfg.address)
     return job_id
 

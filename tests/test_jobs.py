@@ -1,0 +1,249 @@
+"""Stages as Ray jobs against a real, token-authenticated Ray head on 127.0.0.1.
+
+The head runs in its own process session (never `ray.init` here, never `ray stop`, which would
+stop every Ray on the machine): teardown kills exactly the processes of that session.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from cluster import jobs
+from pipelines import cli
+
+slow = pytest.mark.slow
+integration = pytest.mark.integration
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_pids(sid: int) -> list[int]:
+    """Processes whose session id is `sid` (the head's `ray start` made itself a session leader)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[3]) == sid:
+            pids.append(int(d))
+    return pids
+
+
+def kill_session(sid: int, grace_s: float = 5.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in session_pids(sid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(
+            Path(f"/proc/{p}/stat").exists() and " Z " not in Path(f"/proc/{p}/stat").read_text()
+            for p in session_pids(sid)
+        ):
+            time.sleep(0.2)
+
+
+class RayHead:
+    def __init__(self, dashboard: str, token: str, proc: subprocess.Popen, temp_dir: str):
+        self.dashboard, self.token, self.proc, self.temp_dir = dashboard, token, proc, temp_dir
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """`ray start --head --block` on 127.0.0.1 with token auth, its own token and ports."""
+    token = secrets.token_hex(16)  # this cluster's own token: ~/.ray/auth_token is left alone
+    temp_dir = tempfile.mkdtemp(prefix="hvj", dir="/tmp")  # short: Ray's unix sockets live here
+    dash_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")  # the jobs' `python` is this venv's
+    cmd = [
+        str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+        f"--port={free_port()}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash_port}", f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    log_path = Path(temp_dir) / "head.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = RayHead(f"http://127.0.0.1:{dash_port}", token, proc, temp_dir)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray start exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                r = requests.get(f"{head.dashboard}/api/version", timeout=2,
+                                 headers={"Authorization": f"Bearer {token}"})
+                if r.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dashboard not up after 120 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield head
+    finally:
+        kill_session(proc.pid)
+        proc.wait(timeout=10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def as_client(ray_head, monkeypatch):
+    """This process talks to the test head with the head's token (as a user with RAY_AUTH_TOKEN)."""
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head.token)
+    monkeypatch.setenv("HYVID_DASHBOARD", ray_head.dashboard)
+    return ray_head
+
+
+def test_auth_token_found_where_ray_looks(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    assert jobs.auth_headers() == {}
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    assert jobs.auth_headers() == {"Authorization": "Bearer from-home"}
+    (tmp_path / "tok").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
+    assert jobs.auth_token() == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert jobs.auth_token() == "from-env"
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="RAY_AUTH_TOKEN_PATH"):
+        jobs.auth_token()
+
+
+def test_submit_config_refuses_secrets_and_builds_the_entrypoint():
+    cfg = jobs.SubmitConfig(address="http://h:8265", args=("extract", "my data", "--store", "s3://b/s"),
+                            working_dir=str(jobs.default_working_dir()), env={"HYVID_STORE": "s3://b/s"})
+    assert cfg.entrypoint() == "python -m pipelines.cli extract 'my data' --store s3://b/s"
+    rt = cfg.runtime_env()
+    assert rt["working_dir"] == str(jobs.default_working_dir()) and rt["env_vars"] == {"HYVID_STORE": "s3://b/s"}
+    assert {".venv", "*.lance", "mlruns"} <= set(rt["excludes"])
+    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY"):
+        jobs.SubmitConfig(address="http://h:8265", args=("extract",), env={"AWS_SECRET_ACCESS_KEY": "x"})
+    with pytest.raises(ValueError, match="nothing to submit"):
+        jobs.SubmitConfig(address="http://h:8265", args=())
+    with pytest.raises(ValueError, match="http://HOST:8265"):
+        jobs.client("127.0.0.1:6379")
+
+
+@slow
+@integration
+def test_auth_stays_on(ray_head, monkeypatch):
+    # No header at all: the Jobs API refuses (token auth is on for the head).
+    assert requests.get(f"{ray_head.dashboard}/api/jobs/", timeout=5).status_code == 401
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+    with pytest.raises(Exception, match="(?i)forbidden|invalid"):
+        jobs.client(ray_head.dashboard)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head.token)
+    assert requests.get(f"{ray_head.dashboard}/api/jobs/", headers=jobs.auth_headers(), timeout=5).status_code == 200
+
+
+@slow
+@integration
+def test_failed_stage_fails_the_job(as_client, capsys):
+    rc = cli.main(["submit", "--submission-id", "hyvid-bad-1", "--wait", "--", "query", "--no-such-flag"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "job hyvid-bad-1: FAILED" in out
+    assert jobs.status(as_client.dashboard, "hyvid-bad-1") == "FAILED"
+
+
+@slow
+@integration
+def test_stop_a_running_job(as_client, capsys):
+    # A job that would run for minutes, submitted with the SDK; `hyvid stop` ends it.
+    job_id = jobs.client(as_client.dashboard).submit_job(entrypoint="sleep 300", submission_id="hyvid-sleep-1")
+    deadline = time.monotonic() + 60
+    while jobs.status(as_client.dashboard, job_id) != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert cli.main(["stop", job_id]) == 0
+    assert "stop requested" in capsys.readouterr().out
+    assert jobs.wait(as_client.dashboard, job_id, timeout_s=60) == "STOPPED"
+
+
+def _tiny_videos(root: Path, per_class: int = 2) -> Path:
+    """A manifest dataset of real encoded videos: a square moving right or down."""
+    import cv2
+    import numpy as np
+
+    rows = []
+    for cls, (dx, dy) in {"right": (2, 0), "down": (0, 2)}.items():
+        for i in range(per_class):
+            path = root / cls / f"{cls}_{i}.avi"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+            for t in range(16):
+                frame = np.full((48, 64, 3), 40 + 30 * i, np.uint8)
+                x, y = 8 + dx * t, 8 + dy * t
+                frame[y:y + 10, x:x + 10] = 230
+                w.write(frame)
+            w.release()
+            rows.append({"path": f"{cls}/{cls}_{i}.avi", "labels": cls,
+                         "subset": "train" if i else "test", "group": f"{cls}{i}"})
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=["path", "labels", "subset", "group"])
+        wr.writeheader()
+        wr.writerows(rows)
+    return manifest
+
+
+@slow
+@integration
+def test_submit_extract_fills_the_store(as_client, tmp_path, capsys):
+    """`hyvid submit --wait -- extract ...` on a tiny dataset; the job's logs, listing and store."""
+    import pyarrow.compute as pc
+
+    from store.lance_io import open_table
+    from store.tables import STATUS_OK, VIDEOS
+
+    manifest = _tiny_videos(tmp_path / "data")
+    store = tmp_path / "store"  # absolute: the job runs in a copy of the working dir
+    stage = ["extract", str(manifest), "--store", str(store), "--frames", "4", "--stack", "2",
+             "--size", "64", "--workers", "2"]
+    rc = cli.main(["submit", "--submission-id", "hyvid-extract-1", "--wait", "--", *stage])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    assert "submitted hyvid-extract-1: python -m pipelines.cli extract" in out
+    assert "extracted 4 videos, 0 failed" in out and "job hyvid-extract-1: SUCCEEDED" in out
+
+    videos = open_table(str(store), VIDEOS.name).to_table()
+    ids = videos.column("video_id").to_pylist()
+    assert len(ids) == 4 and len(set(ids)) == 4
+    assert pc.all(pc.equal(videos.column("status"), STATUS_OK)).as_py(), videos.column("error").to_pylist()
+
+    assert cli.main(["logs", "hyvid-extract-1"]) == 0
+    assert "extracted 4 videos" in capsys.readouterr().out
+    assert cli.main(["jobs"]) == 0
+    listing = [line for line in capsys.readouterr().out.splitlines() if line.startswith("hyvid-extract-1")]
+    assert len(listing) == 1 and "SUCCEEDED" in listing[0] and "pipelines.cli extract" in listing[0]
