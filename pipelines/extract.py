@@ -197,8 +197,8 @@ def _maybe_crash(video_id: str) -> None:
         if os.path.exists(flag):
             return
         open(flag, "w").close()
-        log.warning("%s: simulating a worker crash on %s", CRASH_ONCE_ENV, video_id)
-        os._exit(137)
+    log.warning("%s: simulating a worker crash on %s", CRASH_ONCE_ENV, video_id)
+    os._exit(137)
 
 
 def extract_shard(entries: list[VideoEntry], store_uri: str, settings: dict, config_hash: str,
