@@ -1,0 +1,311 @@
+"""The feature-fusion baselines of Table 2, on the same video-level features as the fusion network.
+
+* NN-EF (:class:`EarlyFusionMLP`): the streams' features concatenated into one MLP.
+* NN-LF (:class:`LateFusionMLP`): one MLP per stream, trained independently, class scores averaged.
+* SVM-EF (:class:`SVMEarlyFusion`): a χ² kernel per stream, the kernels averaged, one SVM on the average.
+* SVM-LF (:class:`SVMLateFusion`): one χ²-kernel SVM per stream, decision scores averaged. With a single stream
+  it is Table 2's "Spatial SVM" / "Motion SVM".
+* The non-regularized fusion network (``fusion_noreg``) is :class:`models.fusion.RegularizedFusionNet` trained
+  with lam2 = lam3 = 0; it has no class of its own.
+
+The MLPs are pure PyTorch: ``head_logits(xs) -> [H, B, C]`` (H = 1 head for EF, one per stream for LF), ``forward(xs)
+-> [B, C]`` scores (softmax, or sigmoid when ``multilabel=True``, averaged over heads), and :func:`mlp_loss` trains
+every head against the labels; since the LF heads share no parameters, that is the same as training each stream's
+MLP on its own.
+
+The SVMs have a scikit-learn-style API on lists of per-stream arrays:
+``SVMEarlyFusion(C=1.0).fit([X_spatial, X_motion], y).predict_scores([X_spatial_test, X_motion_test]) -> [N, C]``.
+They are one-vs-rest over classes (one binary ``SVC(kernel="precomputed")`` per class), which makes multi-label data
+(CCV) cost the same as single-label data. Scores are SVM decision values (signed margins, not probabilities).
+Cost: the kernels are O(N² D) to build and O(N²) floats to hold, so they suit the demo and moderate N.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics.pairwise import additive_chi2_kernel
+from sklearn.metrics.pairwise import chi2_kernel as _sk_chi2_kernel
+from sklearn.preprocessing import MultiLabelBinarizer
+from sklearn.svm import SVC
+from torch import nn
+
+# Below this, a feature value is treated as float noise around 0 and clipped; above it in magnitude, a negative value
+# means the features are not post-ReLU activations (e.g. they were standardized) and χ² is meaningless on them.
+_NEGATIVE_TOLERANCE = 1e-6
+
+
+# ---------------------------------------------------------------------------------------------- neural baselines
+
+
+def _mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers)
+
+
+class _FusionMLP(nn.Module):
+    def __init__(self, input_dims: Sequence[int], num_classes: int, hidden: Sequence[int], dropout: float, multilabel: bool) -> None:
+        super().__init__()
+        input_dims = tuple(int(d) for d in input_dims)
+        hidden = tuple(int(h) for h in hidden)
+        if not input_dims or any(d <= 0 for d in input_dims):
+            raise ValueError(f"input_dims must be a non-empty sequence of positive widths, got {input_dims}")
+        if num_classes <= 0 or any(h <= 0 for h in hidden):
+            raise ValueError(f"num_classes and hidden sizes must be positive, got num_classes={num_classes}, hidden={hidden}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.input_dims = input_dims
+        self.num_classes = int(num_classes)
+        self.multilabel = bool(multilabel)
+
+    def _check(self, xs: Sequence[torch.Tensor]) -> None:
+        if len(xs) != len(self.input_dims):
+            raise ValueError(f"expected {len(self.input_dims)} streams, got {len(xs)}")
+        for i, (x, d) in enumerate(zip(xs, self.input_dims)):
+            if x.dim() != 2 or x.shape[1] != d:
+                raise ValueError(f"stream {i}: expected shape [B, {d}], got {tuple(x.shape)}")
+
+    def head_logits(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Class scores ``[B, C]``: per-head softmax (sigmoid if multi-label), averaged over heads."""
+        logits = self.head_logits(xs)
+        probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
+        return probs.mean(dim=0)
+
+
+class EarlyFusionMLP(_FusionMLP):
+    """NN-EF: concatenate the streams' video-level features, then one MLP (ReLU hidden layers)."""
+
+    def __init__(
+        self,
+        input_dims: Sequence[int],
+        num_classes: int,
+        hidden: Sequence[int] = (200,),
+        dropout: float = 0.0,
+        multilabel: bool = False,
+    ) -> None:
+        super().__init__(input_dims, num_classes, hidden, dropout, multilabel)
+        self.net = _mlp((sum(self.input_dims), *hidden, num_classes), dropout)
+
+    def head_logits(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[1, B, C]``: the single head's logits."""
+        self._check(xs)
+        return self.net(torch.cat(list(xs), dim=1))[None]
+
+
+class LateFusionMLP(_FusionMLP):
+    """NN-LF: one MLP per stream; their softmax (or sigmoid) scores are averaged."""
+
+    def __init__(
+        self,
+        input_dims: Sequence[int],
+        num_classes: int,
+        hidden: Sequence[int] = (200,),
+        dropout: float = 0.0,
+        multilabel: bool = False,
+    ) -> None:
+        super().__init__(input_dims, num_classes, hidden, dropout, multilabel)
+        self.nets = nn.ModuleList(_mlp((d, *hidden, num_classes), dropout) for d in self.input_dims)
+
+    def head_logits(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[S, B, C]``: each stream's own logits."""
+        self._check(xs)
+        return torch.stack([net(x) for net, x in zip(self.nets, xs)])
+
+
+def mlp_loss(model: EarlyFusionMLP | LateFusionMLP, xs: Sequence[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """Training loss of NN-EF / NN-LF: cross-entropy per head (BCE-with-logits if ``model.multilabel``), summed over
+    heads and averaged over the batch.
+
+    ``y`` is ``[B]`` class indices, or ``[B, C]`` multi-hot for a multi-label model. Summing over the LF heads trains
+    each stream's MLP exactly as if alone (their parameters are disjoint).
+    """
+    logits = model.head_logits(xs)
+    y = y.to(logits.device)
+    if model.multilabel:
+        if y.shape != logits.shape[1:]:
+            raise ValueError(f"multi-label y must be [B, {model.num_classes}] multi-hot, got {tuple(y.shape)}")
+        return sum(nn.functional.binary_cross_entropy_with_logits(h, y.to(h.dtype)) for h in logits)
+    if y.dim() != 1:
+        raise ValueError(f"single-label y must be [B] class indices, got {tuple(y.shape)}; build the model with multilabel=True for multi-hot")
+    return sum(nn.functional.cross_entropy(h, y.long()) for h in logits)
+
+
+# ---------------------------------------------------------------------------------------------- χ² kernel SVMs
+
+
+def _non_negative(X: np.ndarray, what: str) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D [N, D] feature array, got shape {X.shape}")
+    if X.size and X.min() < -_NEGATIVE_TOLERANCE:
+        raise ValueError(
+            f"{what}: the χ² kernel needs non-negative features (post-ReLU fc1 outputs), but the minimum is {X.min():.4g}; "
+            "pass the raw averaged CNN features, not standardized ones"
+        )
+    return np.clip(X, 0.0, None)  # float noise just below 0 would make the χ² terms wrong-signed
+
+
+def chi2_kernel(X: np.ndarray, Y: np.ndarray | None = None, gamma: float = 1.0) -> np.ndarray:
+    """χ² kernel ``exp(-gamma * Σ_k (x_k - y_k)² / (x_k + y_k))`` between the rows of X and Y (sklearn's).
+
+    Features must be non-negative (CNN fc1 outputs are post-ReLU; their averages too). Values within 1e-6 below 0
+    are clipped to 0; clearly negative input is an error, as the kernel is not defined for it.
+    """
+    X = _non_negative(X, "chi2_kernel X")
+    Y = X if Y is None else _non_negative(Y, "chi2_kernel Y")
+    return _sk_chi2_kernel(X, Y, gamma=gamma)
+
+
+def chi2_gamma(X: np.ndarray, max_rows: int = 1000, seed: int = 0) -> float:
+    """The usual χ² bandwidth, 1 / mean χ² distance between training samples (estimated on <= max_rows rows)."""
+    X = _non_negative(X, "chi2_gamma X")
+    if len(X) > max_rows:
+        X = X[np.random.default_rng(seed).choice(len(X), max_rows, replace=False)]
+    mean_dist = float(-additive_chi2_kernel(X).mean())
+    return 1.0 / mean_dist if mean_dist > 0 else 1.0
+
+
+def encode_labels(y, num_classes: int | None = None) -> np.ndarray:
+    """Labels -> ``[N, C]`` 0/1 indicator matrix.
+
+    Accepts ``[N]`` class indices (single-label), a ``[N, C]`` 0/1 array, or a list of label lists (multi-label).
+    ``num_classes`` fixes C (default: the largest label + 1, or the array's width).
+    """
+    if isinstance(y, (list, tuple)) and y and isinstance(y[0], (list, tuple, set, np.ndarray)):
+        labels = [list(map(int, r)) for r in y]
+        top = max((max(r) for r in labels if r), default=-1) + 1
+        C = top if num_classes is None else num_classes
+        if top > C:
+            raise ValueError(f"label {top - 1} is out of range for num_classes={C}")
+        return MultiLabelBinarizer(classes=list(range(C))).fit_transform(labels).astype(np.int8)
+    arr = np.asarray(y)
+    if arr.ndim == 2:
+        if num_classes is not None and arr.shape[1] != num_classes:
+            raise ValueError(f"indicator labels have {arr.shape[1]} columns, expected num_classes={num_classes}")
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError("a 2-D label array must be a 0/1 indicator matrix [N, C]")
+        return arr.astype(np.int8)
+    if arr.ndim != 1:
+        raise ValueError(f"labels must be [N] class indices, [N, C] indicators or a list of label lists, got shape {arr.shape}")
+    arr = arr.astype(np.int64)
+    C = int(arr.max()) + 1 if num_classes is None else num_classes
+    if arr.size and (arr.min() < 0 or arr.max() >= C):
+        raise ValueError(f"class indices must lie in [0, {C}), got min {arr.min()}, max {arr.max()}")
+    out = np.zeros((len(arr), C), dtype=np.int8)
+    out[np.arange(len(arr)), arr] = 1
+    return out
+
+
+class _OneVsRestKernelSVM:
+    """One binary ``SVC(kernel="precomputed")`` per class column; classes with a single label value get a constant."""
+
+    def __init__(self, C: float) -> None:
+        self.C = C
+
+    def fit(self, K: np.ndarray, Y: np.ndarray) -> "_OneVsRestKernelSVM":
+        self.models_: list[SVC | float] = []
+        for c in range(Y.shape[1]):
+            col = Y[:, c]
+            if col.min() == col.max():
+                # No positive (or no negative) training example: a constant margin on the far side, not a crash.
+                self.models_.append(1.0 if col[0] else -1.0)
+            else:
+                self.models_.append(SVC(kernel="precomputed", C=self.C).fit(K, col))
+        return self
+
+    def decision(self, K: np.ndarray) -> np.ndarray:
+        cols = [np.full(len(K), m) if isinstance(m, float) else m.decision_function(K) for m in self.models_]
+        return np.stack(cols, axis=1)
+
+
+class _SVMFusionBase:
+    def __init__(self, C: float = 1.0, gamma: float | Sequence[float] | None = None) -> None:
+        if C <= 0:
+            raise ValueError(f"SVM C must be > 0, got {C}")
+        self.C = float(C)
+        self.gamma = gamma
+
+    def _gammas(self, xs: Sequence[np.ndarray]) -> list[float]:
+        if self.gamma is None:
+            return [chi2_gamma(x) for x in xs]
+        if np.isscalar(self.gamma):
+            return [float(self.gamma)] * len(xs)
+        if len(self.gamma) != len(xs):
+            raise ValueError(f"gamma has {len(self.gamma)} values for {len(xs)} streams")
+        return [float(g) for g in self.gamma]
+
+    def _check_streams(self, xs: Sequence[np.ndarray], fitted: bool) -> list[np.ndarray]:
+        xs = [_non_negative(x, f"stream {i}") for i, x in enumerate(xs)]
+        if not xs:
+            raise ValueError("expected at least one feature stream")
+        if len({len(x) for x in xs}) != 1:
+            raise ValueError(f"all streams must have the same number of rows, got {[len(x) for x in xs]}")
+        if fitted:
+            if len(xs) != len(self.train_):
+                raise ValueError(f"fitted on {len(self.train_)} streams, got {len(xs)}")
+            for i, (x, t) in enumerate(zip(xs, self.train_)):
+                if x.shape[1] != t.shape[1]:
+                    raise ValueError(f"stream {i}: fitted on width {t.shape[1]}, got {x.shape[1]}")
+        return xs
+
+    def _kernels(self, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [chi2_kernel(x, t, g) for x, t, g in zip(xs, self.train_, self.gammas_)]
+
+
+class SVMEarlyFusion(_SVMFusionBase):
+    """SVM-EF: one χ² kernel per stream, averaged, then one-vs-rest SVMs on the precomputed average.
+
+    Args:
+        C: the SVM's soft-margin constant.
+        gamma: χ² bandwidth, one for all streams or one per stream; None estimates each stream's as
+            1 / (mean χ² distance on the training set).
+    """
+
+    def fit(self, xs: Sequence[np.ndarray], y, num_classes: int | None = None) -> "SVMEarlyFusion":
+        """``xs``: per-stream ``[N, D_i]`` non-negative features; ``y``: see :func:`encode_labels`."""
+        xs = self._check_streams(xs, fitted=False)
+        Y = encode_labels(y, num_classes)
+        if len(Y) != len(xs[0]):
+            raise ValueError(f"{len(Y)} labels for {len(xs[0])} samples")
+        self.train_ = xs
+        self.gammas_ = self._gammas(xs)
+        self.num_classes_ = Y.shape[1]
+        self.svm_ = _OneVsRestKernelSVM(self.C).fit(np.mean(self._kernels(xs), axis=0), Y)
+        return self
+
+    def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+        """``[N, num_classes]`` decision values (higher = more likely), one column per class index."""
+        xs = self._check_streams(xs, fitted=True)
+        return self.svm_.decision(np.mean(self._kernels(xs), axis=0))
+
+
+class SVMLateFusion(_SVMFusionBase):
+    """SVM-LF: one χ²-kernel one-vs-rest SVM per stream; their decision values are averaged.
+
+    With a single stream this is a single-feature SVM (Table 2's "Spatial SVM" / "Motion SVM").
+    Args as :class:`SVMEarlyFusion`.
+    """
+
+    def fit(self, xs: Sequence[np.ndarray], y, num_classes: int | None = None) -> "SVMLateFusion":
+        """``xs``: per-stream ``[N, D_i]`` non-negative features; ``y``: see :func:`encode_labels`."""
+        xs = self._check_streams(xs, fitted=False)
+        Y = encode_labels(y, num_classes)
+        if len(Y) != len(xs[0]):
+            raise ValueError(f"{len(Y)} labels for {len(xs[0])} samples")
+        self.train_ = xs
+        self.gammas_ = self._gammas(xs)
+        self.num_classes_ = Y.shape[1]
+        self.svms_ = [_OneVsRestKernelSVM(self.C).fit(K, Y) for K in self._kernels(xs)]
+        return self
+
+    def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+        """``[N, num_classes]`` decision values averaged over the streams' SVMs."""
+        xs = self._check_streams(xs, fitted=True)
+        return np.mean([svm.decision(K) for svm, K in zip(self.svms_, self._kernels(xs))], axis=0)
