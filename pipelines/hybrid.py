@@ -12,9 +12,11 @@ Scores are read from the store's `video_scores` (written by `hyvid features` for
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -37,7 +39,7 @@ from models.registry import (
 )
 from pipelines import metrics as M
 from pipelines import plots, tracking
-from store.tables import VIDEO_SCORES, VIDEOS
+from store.tables import FRAME_FEATURES_NAME, VIDEO_SCORES, VIDEOS
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,11 @@ LATE_FUSIONS: dict[str, tuple[str, ...]] = {
 # Metric name prefix on the hybrid run for each model's own test metrics, recomputed from
 # video_scores: `report` falls back to them for models whose own run logged no test metric.
 EVAL_PREFIX = "eval."
+# What `hyvid predict` reads back from the hybrid run (see _provenance).
+EXTRACT_PREFIX = "extract."  # params extract.frames, extract.stack, extract.flow, extract.size, ...
+CNN_PREFIX = "cnn."  # params cnn.spatial_cnn.run_id, cnn.motion_cnn.run_id
+EXTRACT_ARTIFACT = "extract_settings.json"
+CLASSES_ARTIFACT = "classes.json"
 # Ties within this tolerance count as equal when picking the best candidate.
 TIE_TOL = 1e-9
 
@@ -335,6 +342,34 @@ def _class_names(fs, n: int) -> list[str]:
     return names if len(names) == n else [str(i) for i in range(n)]
 
 
+def _provenance(fs) -> tuple[dict, dict[str, str]]:
+    """The store's extraction settings and the CNN runs behind its frame features.
+
+    `hyvid predict` starts from the hybrid run and must prepare a new video exactly as the
+    training videos were (frames, L, flow method, size) and run the same CNNs, so both are
+    recorded on the hybrid run rather than looked up in a store that may be gone by then.
+    """
+    from pipelines.extract import SETTINGS_METADATA_KEY
+
+    settings: dict = {}
+    meta = fs.table(VIDEOS.name).schema.metadata or {}
+    if meta.get(SETTINGS_METADATA_KEY):
+        settings = json.loads(meta[SETTINGS_METADATA_KEY])
+    cnn_runs: dict[str, str] = {}
+    try:
+        t = fs.table(FRAME_FEATURES_NAME).to_table(columns=["spatial_run_id", "motion_run_id"])
+    except FileNotFoundError:
+        return settings, cnn_runs
+    pairs = Counter(zip(t.column("spatial_run_id").to_pylist(), t.column("motion_run_id").to_pylist()))
+    if pairs:
+        (s_run, m_run), _ = pairs.most_common(1)[0]
+        if len(pairs) > 1:
+            log.warning("frame_features mixes %d pairs of CNN runs; recording the most common (%s, %s)",
+                        len(pairs), s_run, m_run)
+        cnn_runs = {SPATIAL_CNN: s_run, MOTION_CNN: m_run}
+    return settings, cnn_runs
+
+
 def _log_metrics(prefix: str, subset: str, values: dict[str, float]) -> None:
     mlflow.log_metrics({prefix + tracking.metric_name(subset, k): float(v)
                         for k, v in values.items() if v is not None and not math.isnan(v)})
@@ -399,6 +434,11 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
                 **{f"component.{m}.run_id": val.run_ids[m] or test.run_ids[m] for m in models},
             })
             tracking.log_lineage(cfg.store_uri, [VIDEOS.name, VIDEO_SCORES.name], cfg.storage_options)
+            settings, cnn_runs = _provenance(fs)
+            tracking.log_params_safe({**{f"{EXTRACT_PREFIX}{k}": v for k, v in settings.items()},
+                                      **{f"{CNN_PREFIX}{m}.run_id": r for m, r in cnn_runs.items()}})
+            mlflow.log_dict(settings, EXTRACT_ARTIFACT)
+            mlflow.log_dict({"class_names": class_names}, CLASSES_ARTIFACT)
             _log_metrics("", "val", val_metrics)
             _log_metrics("", "test", test_metrics)
             for m, vals in components.items():

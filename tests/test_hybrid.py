@@ -1,6 +1,7 @@
 """The hybrid weight search on constructed scores, and the hybrid stage end to end on a tiny store."""
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -129,7 +130,8 @@ def _make_store(root, true_w=(0.5, 0.3, 0.2), n_val=120, n_test=120, extra=True,
     for vid, lab in zip(ids, labels):
         rows.append({"video_id": vid, "class_name": CLASSES[lab], "label": int(lab), "labels": [int(lab)],
                      "group": "g01", "status": "ok"})
-    append_rows(store, VIDEOS.name, pa.Table.from_pylist(rows, schema=VIDEOS.schema))
+    meta = {b"hyvid.extract_settings": json.dumps({"frames": 6, "stack": 2, "flow": "dis", "size": 32}).encode()}
+    append_rows(store, VIDEOS.name, pa.Table.from_pylist(rows, schema=VIDEOS.schema.with_metadata(meta)))
     append_rows(store, CLASSES_T.name, pa.Table.from_pylist(
         [{"label": i, "class_name": n} for i, n in enumerate(CLASSES)], schema=CLASSES_T.schema))
     scores, _ = _planted(true_w, n=len(ids), c=c, seed=seed, labels=labels)
@@ -167,9 +169,11 @@ def test_hybrid_stage_end_to_end(tmp_path, tracking_uri):
     assert run.data.metrics["test_accuracy"] == 1.0
     assert run.data.metrics["eval.spatial_cnn.test_accuracy"] == pytest.approx(res.components["spatial_cnn"]["accuracy"])
     assert "lineage.video_scores.version" in run.data.params
+    # What `hyvid predict` needs to prepare a new video like the training ones.
+    assert run.data.params["extract.stack"] == "2" and run.data.params["extract.flow"] == "dis"
 
     arts = {a.path for a in client.list_artifacts(res.run_id)}
-    assert {"hybrid_candidates.json", "hybrid_summary.json", "plots"} <= arts
+    assert {"hybrid_candidates.json", "hybrid_summary.json", "plots", "extract_settings.json", "classes.json"} <= arts
     plots_logged = {a.path for a in client.list_artifacts(res.run_id, "plots")}
     assert len(plots_logged) == 3
     for key in ("weights", "per_class", "confusion"):
