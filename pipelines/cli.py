@@ -385,7 +385,112 @@ COMMANDS["runs"] = (
 )
 
 # === predict ===
+def _predict_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files to classify")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--experiment", default=s.experiment,
+                   help=f"use the latest hybrid run of this MLflow experiment (default: {s.experiment})")
+    g.add_argument("--model", help="a hybrid run: runs:/<run id> (see `hyvid runs --stage hybrid`)")
+    p.add_argument("--split", type=int, choices=(1, 2, 3), help="the latest hybrid run of this split (default: any)")
+    p.add_argument("--top", type=int, default=5, help="classes to print per video (default 5)")
+    p.add_argument("--batch-size", type=int, default=8, help="videos per CNN/LSTM batch (default 8)")
+    p.add_argument("--json", action="store_true", help="print JSON (predictions and timing) instead of text")
+
+
+def _predict_run(args: argparse.Namespace, s: Settings) -> int:
+    from pipelines import tracking
+    from pipelines.predict import PredictConfig, format_json, format_text, predict
+
+    res = predict(PredictConfig(tuple(args.videos), args.experiment, args.model, args.split,
+                                tracking.resolve_tracking_uri(None, s), args.top, args.batch_size))
+    print(format_json(res) if args.json else format_text(res))
+    for p in res.predictions:
+        if not p.ok:
+            print(f"hyvid predict: error: {p.error}", file=sys.stderr)
+    return res.exit_code()
+
+
+COMMANDS["predict"] = (
+    "classify new video files with the latest hybrid (decode, flow, CNNs, LSTMs, fusion) and time each step",
+    "  hyvid predict clip.avi\n"
+    "  hyvid predict a.avi b.mp4 --top 3 --json\n"
+    "  hyvid predict clip.avi --model runs:/0123456789abcdef0123456789abcdef\n",
+    _predict_args,
+    _predict_run,
+)
+
 # === run/demo ===
+def _run_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    p.add_argument("dataset", help="UCF-101-layout folder or manifest CSV")
+    _common(p, s)
+    p.add_argument("--splits", default=None, help="comma-separated splits, e.g. 1,2,3 (the UCF-101 protocol); overrides --split")
+    p.add_argument("--frames", type=int, default=25, help="sampled positions per video (default 25)")
+    p.add_argument("--stack", type=int, default=10, help="L flows per stack (default 10)")
+    p.add_argument("--flow", default="dis", choices=("dis", "farneback", "tvl1"))
+    p.add_argument("--cnn-epochs", type=int, default=3)
+    p.add_argument("--models", default="spatial_lstm,motion_lstm,fusion,baselines",
+                   help="models for `train` (default: spatial_lstm,motion_lstm,fusion,baselines)")
+    p.add_argument("--plots", default=None, help="folder for the hybrid's PNG plots (also MLflow artifacts)")
+
+
+def _splits_of(args: argparse.Namespace) -> tuple[int, ...]:
+    if getattr(args, "splits", None):
+        return tuple(int(x) for x in args.splits.split(",") if x.strip())
+    return (args.split,)
+
+
+def _run_run(args: argparse.Namespace, s: Settings) -> int:
+    from pipelines.run import RunConfig, run
+
+    res = run(RunConfig(
+        dataset=args.dataset, store_uri=args.store, splits=_splits_of(args), experiment=args.experiment,
+        address=args.address, storage_options=s.resolved_storage_options(), frames=args.frames,
+        stack=args.stack, flow=args.flow, cnn_epochs=args.cnn_epochs,
+        models=tuple(m for m in args.models.split(",") if m), out_dir=args.plots,
+    ))
+    print("\nstage seconds:", ", ".join(f"{k}: {v}" for k, v in res.seconds.items()))
+    for split, m in res.test_metrics.items():
+        print(f"hybrid split {split}: " + ", ".join(f"{k}={v:.3f}" for k, v in m.items()))
+    return 0
+
+
+COMMANDS["run"] = (
+    "run extract, train-cnn, features, train and hybrid in order, resuming what is done",
+    "  hyvid run data/synth --store store --experiment exp1\n"
+    "  hyvid run /data/UCF-101 --store s3://bucket/ucf --splits 1,2,3\n",
+    _run_args, _run_run,
+)
+
+
+def _demo_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    p.add_argument("--out", default="demo_out", help="folder for the data, store, MLflow db and plots")
+    p.add_argument("--classes", type=int, default=None, help="synthetic classes (default: synth's)")
+    p.add_argument("--videos-per-class", type=int, default=None)
+    p.add_argument("--splits", default="1", help="comma-separated splits (default 1)")
+    p.add_argument("--experiment", default="hyvid-demo")
+
+
+def _demo_run(args: argparse.Namespace, s: Settings) -> int:
+    from pipelines.run import DemoConfig, demo, next_steps
+    from store.feature_store import FeatureStore
+
+    cfg = DemoConfig(out=args.out, classes=args.classes, videos_per_class=args.videos_per_class,
+                     splits=_splits_of(args), experiment=args.experiment)
+    res, md = demo(cfg)
+    print("\n" + md)
+    print("stage seconds:", ", ".join(f"{k}: {v}" for k, v in res.seconds.items()))
+    ids = FeatureStore(cfg.paths()["store"]).videos(split=cfg.splits[0], subset="test")["video_id"].to_pylist()
+    print("\n" + next_steps(cfg, ids[0] if ids else None))
+    return 0
+
+
+COMMANDS["demo"] = (
+    "generate a synthetic dataset and run the whole pipeline on it, locally",
+    "  hyvid demo --out demo_out\n  hyvid demo --out /tmp/d --classes 6 --videos-per-class 8\n",
+    _demo_args, _demo_run,
+)
+
+
 # === jobs ===
 _JOB_COMMANDS = ("submit", "jobs", "logs", "stop")
 

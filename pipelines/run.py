@@ -1,0 +1,257 @@
+"""`hyvid run` and `hyvid demo`: the whole chain, stage after stage, resuming what is done.
+
+extract -> train-cnn -> features -> train -> hybrid, per split. Each stage is the same function
+its own command calls; this module only decides what still needs doing:
+- extract and features are idempotent by construction (they skip committed videos);
+- train-cnn and train are skipped for a model whose finished MLflow run, in this experiment and
+  split, read the same Lance versions of its input tables (its lineage) as the store has now;
+- hybrid always runs: it only reads `video_scores` and takes seconds.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import RunStatus
+
+from cluster.connect import connect
+from models import registry as R
+from pipelines import tracking
+
+log = logging.getLogger(__name__)
+
+STAGES = ("extract", "train-cnn", "features", "train", "hybrid")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole chain on one dataset. Stage settings not named here keep their own defaults."""
+
+    dataset: str
+    store_uri: str
+    splits: tuple[int, ...] = (1,)
+    experiment: str = "hyvid"
+    tracking_uri: str | None = None
+    address: str | None = None
+    storage_options: dict | None = None
+    # extract
+    frames: int = 25
+    stack: int = 10
+    flow: str = "dis"
+    size: int | None = None  # None: the extractor's default
+    # train-cnn
+    cnn_epochs: int = 3
+    finetune: str = "head"
+    # train
+    models: tuple[str, ...] = ("spatial_lstm", "motion_lstm", "fusion", "baselines")
+    lstm_epochs: int | None = None  # None: the train stage's defaults
+    video_epochs: int | None = None
+    # hybrid
+    hybrid_step: float = 0.05
+    out_dir: str | None = None  # plots of the hybrid stage
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "splits", tuple(int(s) for s in self.splits))
+        bad = [s for s in self.splits if s not in (1, 2, 3)]
+        if bad or not self.splits:
+            raise ValueError(f"splits must be among 1, 2, 3; got {list(self.splits)}")
+        if not os.path.exists(self.dataset):
+            raise FileNotFoundError(
+                f"dataset {self.dataset!r} does not exist; give a UCF-101-layout folder or a manifest "
+                "CSV (`hyvid synth OUT` writes a synthetic one)"
+            )
+
+
+@dataclass
+class RunResult:
+    seconds: dict[str, float] = field(default_factory=dict)  # stage (and split) -> wall seconds
+    skipped: list[str] = field(default_factory=list)
+    hybrid_run_ids: dict[int, str] = field(default_factory=dict)
+    test_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+def _finished_runs(experiment: str, stage: str, split: int, store_uri: str) -> dict[str, mlflow.entities.Run]:
+    """Latest finished run per model of a stage/split/store (filtered in Python: no value pasting)."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    runs = mlflow.search_runs(
+        experiment_ids=[exp.experiment_id], output_format="list", order_by=["attributes.start_time DESC"]
+    )
+    out: dict[str, mlflow.entities.Run] = {}
+    for r in runs:
+        t = r.data.tags
+        if (
+            r.info.status == RunStatus.to_string(RunStatus.FINISHED)
+            and t.get(tracking.TAG_STAGE) == stage
+            and t.get(tracking.TAG_SPLIT) == str(split)
+            and t.get(tracking.TAG_STORE) == tracking.redact(store_uri)
+            and "mlflow.parentRunId" not in t
+        ):
+            out.setdefault(t.get(tracking.TAG_MODEL, ""), r)
+    return out
+
+
+def _up_to_date(run: mlflow.entities.Run | None, versions: dict[str, int], tables: tuple[str, ...]) -> bool:
+    """A fit is current when it read the Lance versions the store has now."""
+    if run is None:
+        return False
+    p = run.data.params
+    return all(p.get(f"{tracking.LINEAGE_PREFIX}{t}.version") == str(versions.get(t)) for t in tables)
+
+
+def run(cfg: RunConfig) -> RunResult:
+    """Run every stage for every split, skipping fits that are already current."""
+    from pipelines.extract import ExtractConfig, extract
+    from pipelines.features import FeaturesConfig, extract_features
+    from pipelines.hybrid import HybridConfig, hybrid
+    from pipelines.train import TrainConfig, expand_models, train
+    from pipelines.train_cnn import TrainCNNConfig, train_cnn
+    from store.feature_store import FeatureStore
+
+    res = RunResult()
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
+    tracking.setup(tracking_uri, cfg.experiment)
+    connect(cfg.address)
+    fs = FeatureStore(cfg.store_uri, storage_options=cfg.storage_options)
+
+    def timed(name: str, fn, *a, **kw):
+        t0 = time.perf_counter()
+        print(f"\n== {name} ==", flush=True)
+        out = fn(*a, **kw)
+        res.seconds[name] = round(time.perf_counter() - t0, 1)
+        return out
+
+    ex_kw = dict(frames=cfg.frames, stack=cfg.stack, flow=cfg.flow)
+    if cfg.size:
+        ex_kw["size"] = cfg.size
+    ex = timed(
+        "extract", extract,
+        ExtractConfig(dataset=cfg.dataset, store_uri=cfg.store_uri, address=cfg.address,
+                      storage_options=cfg.storage_options, **ex_kw),
+    )
+    print(f"extract: {ex.ok} ok, {ex.failed} failed, {ex.skipped} already there", flush=True)
+    if ex.exit_code != 0:
+        raise ValueError(f"extract: no video of {cfg.dataset!r} could be extracted: {ex.failures[:5]}")
+
+    for split in cfg.splits:
+        versions = fs.versions()
+        cnn_runs = _finished_runs(cfg.experiment, "train-cnn", split, cfg.store_uri)
+        streams = [
+            s for s, m in (("spatial", R.SPATIAL_CNN), ("motion", R.MOTION_CNN))
+            if not _up_to_date(cnn_runs.get(m), versions, ("videos", "clips"))
+        ]
+        if streams:
+            timed(
+                f"train-cnn split {split}", train_cnn,
+                TrainCNNConfig(store_uri=cfg.store_uri, stream="both" if len(streams) == 2 else streams[0],
+                               split=split, epochs=cfg.cnn_epochs, finetune=cfg.finetune,
+                               experiment=cfg.experiment, tracking_uri=tracking_uri,
+                               storage_options=cfg.storage_options, address=cfg.address),
+            )
+        else:
+            res.skipped.append(f"train-cnn split {split}")
+            print(f"\n== train-cnn split {split}: current runs found, skipped ==", flush=True)
+
+        timed(
+            f"features split {split}", extract_features,
+            FeaturesConfig(store_uri=cfg.store_uri, split=split, experiment=cfg.experiment,
+                           tracking_uri=tracking_uri, storage_options=cfg.storage_options,
+                           address=cfg.address),
+        )
+
+        versions = fs.versions()
+        fit_runs = _finished_runs(cfg.experiment, "train", split, cfg.store_uri)
+        todo = tuple(
+            m for m in expand_models(cfg.models)
+            if not _up_to_date(fit_runs.get(m), versions, ("videos", "frame_features"))
+        )
+        if todo:
+            kw = {}
+            if cfg.lstm_epochs:
+                kw["lstm_epochs"] = cfg.lstm_epochs
+            if cfg.video_epochs:
+                kw["video_epochs"] = cfg.video_epochs
+            timed(
+                f"train split {split}", train,
+                TrainConfig(store_uri=cfg.store_uri, split=split, models=todo, experiment=cfg.experiment,
+                            tracking_uri=tracking_uri, storage_options=cfg.storage_options,
+                            address=cfg.address, **kw),
+            )
+        else:
+            res.skipped.append(f"train split {split}")
+            print(f"\n== train split {split}: current runs found, skipped ==", flush=True)
+
+        hy = timed(
+            f"hybrid split {split}", hybrid,
+            HybridConfig(store_uri=cfg.store_uri, split=split, step=cfg.hybrid_step,
+                         experiment=cfg.experiment, tracking_uri=tracking_uri,
+                         storage_options=cfg.storage_options, out_dir=cfg.out_dir),
+        )
+        res.hybrid_run_ids[split] = hy.run_id
+        res.test_metrics[split] = dict(hy.test_metrics)
+    return res
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """`hyvid demo`: synth + run with everything (data, store, MLflow db, plots) under `out`."""
+
+    out: str = "demo_out"
+    classes: int | None = None  # None: synth's defaults
+    videos_per_class: int | None = None
+    splits: tuple[int, ...] = (1,)
+    experiment: str = "hyvid-demo"
+
+    def paths(self) -> dict[str, str]:
+        out = Path(self.out).resolve()
+        return {
+            "data": str(out / "data"),
+            "store": str(out / "store"),
+            "tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
+            "plots": str(out / "plots"),
+        }
+
+
+def demo(cfg: DemoConfig) -> tuple[RunResult, str]:
+    """Generate the synthetic dataset, run the chain on it, and return (result, report markdown)."""
+    from pipelines.report import ReportConfig, report
+    from pipelines.synth import SynthConfig, synth
+
+    p = cfg.paths()
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    kw = {}
+    if cfg.classes:
+        kw["classes"] = cfg.classes
+    if cfg.videos_per_class:
+        kw["videos_per_class"] = cfg.videos_per_class
+    t0 = time.perf_counter()
+    print("== synth ==", flush=True)
+    s = synth(SynthConfig(out=Path(p["data"]), **kw))
+    print(f"synth: {len(s.videos)} videos of {len(s.classes)} classes in {p['data']}", flush=True)
+    res = run(RunConfig(dataset=p["data"], store_uri=p["store"], splits=cfg.splits,
+                        experiment=cfg.experiment, tracking_uri=p["tracking_uri"], out_dir=p["plots"]))
+    res.seconds["total"] = round(time.perf_counter() - t0, 1)
+    md = report(ReportConfig(experiment=cfg.experiment, tracking_uri=p["tracking_uri"], splits=cfg.splits))
+    return res, md
+
+
+def next_steps(cfg: DemoConfig, video_id: str | None) -> str:
+    """The commands a user runs next on the demo's outputs."""
+    p = cfg.paths()
+    env = f"MLFLOW_TRACKING_URI={p['tracking_uri']}"
+    vid = f"'{video_id}'" if video_id else "VIDEO_ID"
+    return "\n".join([
+        "Next:",
+        f"  hyvid query --store {p['store']} --video {vid} --frames 0:5",
+        f"  hyvid similar --store {p['store']} --video {vid} --frame 0 -k 5",
+        f"  {env} hyvid runs --experiment {cfg.experiment}",
+        f"  {env} hyvid report --experiment {cfg.experiment} --format json",
+        f"  {env} hyvid predict {p['data']}/<Class>/<video>.avi --experiment {cfg.experiment}",
+        f"  mlflow ui --backend-store-uri {p['tracking_uri']} --host 127.0.0.1 --port 5000",
+        f"  plots: {p['plots']}",
+    ])
