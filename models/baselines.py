@@ -48,7 +48,9 @@ def _mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
 
 
 class _FusionMLP(nn.Module):
-    def __init__(self, input_dims: Sequence[int], num_classes: int, hidden: Sequence[int], dropout: float, multilabel: bool) -> None:
+    def __init__(
+        self, input_dims: Sequence[int], num_classes: int, hidden: Sequence[int], dropout: float, multilabel: bool
+    ) -> None:
         super().__init__()
         input_dims = tuple(int(d) for d in input_dims)
         hidden = tuple(int(h) for h in hidden)

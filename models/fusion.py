@@ -119,7 +119,9 @@ class RegularizedFusionNet(nn.Module):
         return torch.sigmoid(self.logits(xs))
 
 
-def fusion_objective(model: RegularizedFusionNet, xs: Sequence[torch.Tensor], y_onehot: torch.Tensor, lam1: float) -> torch.Tensor:
+def fusion_objective(
+    model: RegularizedFusionNet, xs: Sequence[torch.Tensor], y_onehot: torch.Tensor, lam1: float
+) -> torch.Tensor:
     """The smooth part of Eq. 3: squared loss (Eq. 1) + ``lam1`` * Σ ||W||_F² over every layer's weight.
 
     ``y_onehot`` is ``[B, num_classes]`` one-hot (or multi-hot for multi-label data). The squared loss is the

@@ -192,7 +192,9 @@ class StreamLSTM(nn.Module):
     def pool(self, step_logits: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Per-step logits ``[B, T, C]`` -> video logits ``[B, C]`` with this model's pooling."""
         B, T, _ = step_logits.shape
-        lengths = torch.full((B,), T, dtype=torch.long) if lengths is None else torch.as_tensor(lengths).to("cpu", torch.long)
+        if lengths is None:
+            lengths = torch.full((B,), T, dtype=torch.long)
+        lengths = torch.as_tensor(lengths).to("cpu", torch.long)
         if self.pooling == "last":
             idx = (lengths - 1).to(step_logits.device)
             return step_logits[torch.arange(B, device=step_logits.device), idx]
