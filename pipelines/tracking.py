@@ -53,12 +53,13 @@ def resolve_tracking_uri(explicit: str | None = None, settings: Settings | None 
 
 
 def setup(tracking_uri: str, experiment: str) -> str:
-    """Point MLflow at `tracking_uri` and make sure `experiment` exists; returns its id."""
+    """Point MLflow at `tracking_uri`, make sure `experiment` exists and make it the active one
+    (so `start_run` logs there, not in "Default"); returns its id."""
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        return mlflow.create_experiment(experiment)
-    return exp.experiment_id
+    exp_id = mlflow.create_experiment(experiment) if exp is None else exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
 
 
 @contextlib.contextmanager
