@@ -1,0 +1,434 @@
+"""`hyvid features`: run the trained stream CNNs over every stored clip and store what they say.
+
+For each ok video of the split, Ray tasks (spread over the cluster) read its clips from Lance,
+run the spatial CNN on the frames and the motion CNN on the flow stacks, and write
+
+- `frame_features`: one row per (video, position) with both fc1 features and the two CNNs'
+  MLflow run ids (fragments written by the tasks, committed by the driver in atomic batches);
+- the video-level scores of `spatial_cnn`, `motion_cnn` and `two_stream_cnn` into
+  `video_scores` (mean of the per-position softmax scores; the two-stream score averages the
+  two streams, the paper's "Two-stream CNN").
+
+Idempotent and resumable: videos whose features exist from the same pair of runs are skipped
+(a re-run adds no rows), and so are scores already stored for those runs. The table holds one
+pair of CNNs' features per video: a video whose rows came from other runs has them replaced in
+the same atomic commit that adds the new ones.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch import nn
+
+from models.cnn import motion_input, spatial_input, two_stream_scores
+from models.registry import MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
+from pipelines.train_cnn import STAGE as TRAIN_STAGE
+from pipelines.train_cnn import TAG_MODEL_LOGGED, abs_local
+from store.tables import CLIPS, FRAME_FEATURES_NAME, VIDEO_SCORES, frame_features_schema
+
+log = logging.getLogger(__name__)
+
+STAGE = "features"
+_CLIP_COLUMNS = ["video_id", "position", "frame_index", "timestamp", "frame", "flow_stack", "stack", "height",
+                 "width"]
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Which store and CNN runs `extract_features` uses, and how it spreads the work."""
+
+    store_uri: str
+    split: int = 1
+    spatial_run_id: str | None = None  # None: the latest finished train-cnn run of the split
+    motion_run_id: str | None = None
+    experiment: str = "hyvid"
+    tracking_uri: str | None = None
+    workers: int | None = None  # tasks in flight; None: the cluster's CPUs
+    videos_per_task: int = 16
+    batch_size: int = 64  # clips per CNN forward pass
+    commit_every: int = 4  # finished tasks per atomic commit
+    use_gpu: bool | None = None  # None: GPUs when the cluster has them
+    storage_options: dict[str, str] | None = None
+    address: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.split not in (1, 2, 3):
+            raise ValueError(f"split must be 1, 2 or 3, got {self.split!r}")
+        for name in ("videos_per_task", "batch_size", "commit_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers!r}")
+
+
+@dataclass(frozen=True)
+class FeaturesResult:
+    """What a `features` run did; `node_tasks` counts tasks per Ray node (the spread record)."""
+
+    spatial_run_id: str
+    motion_run_id: str
+    n_videos: int  # ok videos of the split
+    n_features_written: int  # videos whose frame features this run wrote
+    n_skipped: int  # videos whose features and scores were already there
+    n_rows_written: int
+    n_scored: int  # videos whose three CNN scores this run stored
+    spatial_dim: int
+    motion_dim: int
+    frame_features_version: int | None
+    video_scores_version: int | None
+    node_tasks: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The CNN forward pass, shared with `predict`.
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def cnn_forward(
+    spatial_model: nn.Module,
+    motion_model: nn.Module,
+    frames: np.ndarray,
+    flow_stacks: np.ndarray,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Both CNNs over P positions: frames uint8 [P, H, W, 3], flow stacks uint8 [P, 2L, H, W].
+
+    Returns float32 (spatial_feats [P, Ds], motion_feats [P, Dm], spatial_probs [P, C],
+    motion_probs [P, C]); features are fc1 outputs, probs softmax scores. Models run in eval
+    mode on the device their parameters are on.
+    """
+    if len(frames) != len(flow_stacks):
+        raise ValueError(f"got {len(frames)} frames but {len(flow_stacks)} flow stacks; one of each per position")
+    outs: dict[str, list[list[np.ndarray]]] = {"spatial": [[], []], "motion": [[], []]}
+    for name, model, data, prep in (("spatial", spatial_model, frames, spatial_input),
+                                    ("motion", motion_model, flow_stacks, motion_input)):
+        model.eval()
+        device = _device_of(model)
+        with torch.inference_mode():
+            for i in range(0, len(data), batch_size):
+                feats, logits = model.features_and_logits(prep(data[i:i + batch_size]).to(device))
+                outs[name][0].append(feats.float().cpu().numpy())
+                outs[name][1].append(logits.float().softmax(1).cpu().numpy())
+    sf, sp = (np.concatenate(a) for a in outs["spatial"])
+    mf, mp = (np.concatenate(a) for a in outs["motion"])
+    return sf, mf, sp, mp
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the CNN runs.
+
+
+def latest_cnn_run(model: str, split: int, experiment: str, store_uri: str) -> str:
+    """Id of the newest finished `train-cnn` run of `model` on this split and store, with a model."""
+    import mlflow
+
+    from pipelines import tracking
+
+    # Only registry constants and an int go into the filter; the store is compared in Python.
+    flt = (f"tags.`{tracking.TAG_MODEL}` = '{model}' AND tags.`{tracking.TAG_STAGE}` = '{TRAIN_STAGE}' "
+           f"AND tags.`{tracking.TAG_SPLIT}` = '{int(split)}' AND tags.`{TAG_MODEL_LOGGED}` = 'true' "
+           "AND attributes.status = 'FINISHED'")
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=flt,
+                              order_by=["attributes.start_time DESC"], output_format="list")
+    store_tag = tracking.redact(store_uri)
+    for run in runs:
+        if run.data.tags.get(tracking.TAG_STORE) == store_tag:
+            return run.info.run_id
+    others = f" ({len(runs)} run(s) on other stores)" if runs else ""
+    raise FileNotFoundError(
+        f"no finished `hyvid train-cnn` run of {model} for split {split} on store {store_tag!r} in MLflow "
+        f"experiment {experiment!r}{others}; train it first or pass its run id explicitly"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The Ray task.
+
+
+def _load_models(tracking_uri: str, spatial_run_id: str, motion_run_id: str, device: torch.device):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    models = []
+    for run_id in (spatial_run_id, motion_run_id):
+        m = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location=device)
+        models.append(m.to(device).eval())
+    return models
+
+
+def _features_task(
+    store_uri: str,
+    clips_version: int,
+    video_ids: list[str],
+    write_ids: list[str],
+    spatial_run_id: str,
+    motion_run_id: str,
+    tracking_uri: str,
+    batch_size: int,
+    storage_options: dict | None,
+) -> dict[str, Any]:
+    """Ray task: the CNNs over some videos' clips; writes `write_ids`' feature fragments.
+
+    Returns small metadata only: fragments to commit, per-video mean softmax scores, node id.
+    """
+    import ray
+
+    from store.clips import decode_flow_stack, decode_frame
+    from store.lance_io import open_table, write_table_fragments
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    spatial, motion = _load_models(tracking_uri, spatial_run_id, motion_run_id, device)
+    ds = open_table(store_uri, CLIPS.name, storage_options, version=clips_version)
+    rows = ds.scanner(columns=_CLIP_COLUMNS, filter=pc.field("video_id").isin(video_ids)).to_table()
+    rows = rows.sort_by([("video_id", "ascending"), ("position", "ascending")])
+    vids = rows.column("video_id").to_pylist()
+    h, w, stack = (rows.column(c).to_pylist() for c in ("height", "width", "stack"))
+    frames = np.stack([decode_frame(b, hh, ww) for b, hh, ww in zip(rows.column("frame").to_pylist(), h, w)])
+    flows = np.stack([decode_flow_stack(b, s, hh, ww)
+                      for b, s, hh, ww in zip(rows.column("flow_stack").to_pylist(), stack, h, w)])
+    sf, mf, sp, mp = cnn_forward(spatial, motion, frames, flows, batch_size)
+
+    vid_arr = np.asarray(vids, dtype=object)
+    scores = {}
+    for v in dict.fromkeys(vids):
+        m = vid_arr == v
+        scores[v] = (sp[m].mean(0), mp[m].mean(0))
+    keep = np.isin(vid_arr, np.asarray(write_ids, dtype=object))
+    fragments, n_rows = [], int(keep.sum())
+    if n_rows:
+        schema = frame_features_schema(sf.shape[1], mf.shape[1])
+        n = n_rows
+        table = pa.table(
+            {
+                "video_id": rows.column("video_id").filter(pa.array(keep)),
+                "position": rows.column("position").filter(pa.array(keep)),
+                "frame_index": rows.column("frame_index").filter(pa.array(keep)),
+                "timestamp": rows.column("timestamp").filter(pa.array(keep)),
+                "spatial": pa.FixedSizeListArray.from_arrays(pa.array(sf[keep].reshape(-1)), sf.shape[1]),
+                "motion": pa.FixedSizeListArray.from_arrays(pa.array(mf[keep].reshape(-1)), mf.shape[1]),
+                "spatial_run_id": pa.array([spatial_run_id] * n, pa.string()),
+                "motion_run_id": pa.array([motion_run_id] * n, pa.string()),
+            },
+            schema=schema,
+        )
+        fragments = write_table_fragments(store_uri, FRAME_FEATURES_NAME, table, storage_options)
+    missing = sorted(set(video_ids) - set(vids))
+    return {
+        "fragments": fragments,
+        "n_rows": n_rows,
+        "written": sorted(set(write_ids) & set(vids)),
+        "scores": scores,
+        "missing": missing,
+        "dims": (int(sf.shape[1]), int(mf.shape[1])),
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver.
+
+
+def _existing_features(store_uri: str, storage_options: dict | None) -> tuple[dict[str, set], tuple | None]:
+    """video id -> set of (spatial_run_id, motion_run_id) it has rows from; and the table's dims."""
+    from store.lance_io import open_table, table_exists
+
+    if not table_exists(store_uri, FRAME_FEATURES_NAME, storage_options):
+        return {}, None
+    ds = open_table(store_uri, FRAME_FEATURES_NAME, storage_options)
+    t = ds.to_table(columns=["video_id", "spatial_run_id", "motion_run_id"])
+    out: dict[str, set] = {}
+    for v, s, m in zip(*(t.column(c).to_pylist() for c in ("video_id", "spatial_run_id", "motion_run_id"))):
+        out.setdefault(v, set()).add((s, m))
+    dims = (ds.schema.field("spatial").type.list_size, ds.schema.field("motion").type.list_size)
+    return out, dims
+
+
+def _existing_scores(store_uri: str, split: int, runs: dict[str, str], storage_options: dict | None) -> set[str]:
+    """Videos that already have all three CNN scores of this split from these runs."""
+    from store.lance_io import open_table, table_exists
+
+    if not table_exists(store_uri, VIDEO_SCORES.name, storage_options):
+        return set()
+    ds = open_table(store_uri, VIDEO_SCORES.name, storage_options)
+    done: set[str] | None = None
+    for model, run_id in runs.items():
+        flt = (pc.field("model") == model) & (pc.field("split") == int(split)) & (pc.field("run_id") == run_id)
+        vids = set(ds.scanner(columns=["video_id"], filter=flt).to_table().column("video_id").to_pylist())
+        done = vids if done is None else done & vids
+    return done or set()
+
+
+def _commit_features(store_uri: str, fragments: list, replace_ids: list[str], schema: pa.Schema,
+                     storage_options: dict | None) -> int:
+    """One atomic commit: append the new fragments, removing `replace_ids`' older rows if any."""
+    import lance
+
+    from store.lance_io import commit_fragments, open_table, table_uri
+
+    if not replace_ids:
+        return commit_fragments(store_uri, FRAME_FEATURES_NAME, fragments, schema, storage_options)
+    ds = open_table(store_uri, FRAME_FEATURES_NAME, storage_options)
+    addrs = ds.scanner(columns=["video_id"], filter=pc.field("video_id").isin(replace_ids),
+                       with_row_address=True).to_table().column("_rowaddr").to_numpy()
+    removed, updated = [], []
+    frag_ids = addrs >> np.uint64(32)
+    for fid in np.unique(frag_ids):
+        offsets = (addrs[frag_ids == fid] & np.uint64(0xFFFFFFFF)).astype(np.int64).tolist()
+        new = ds.get_fragment(int(fid)).delete_rows(offsets)
+        if new is None:
+            removed.append(int(fid))
+        else:
+            updated.append(new)
+    op = lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated,
+                                     new_fragments=list(fragments))
+    out = lance.LanceDataset.commit(table_uri(store_uri, FRAME_FEATURES_NAME), op, read_version=ds.version,
+                                    storage_options=storage_options)
+    log.info("replaced the features of %d video(s) from other CNN runs", len(replace_ids))
+    return out.version
+
+
+def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
+    """Per-frame CNN features into `frame_features` and CNN scores into `video_scores`."""
+    import mlflow
+    import ray
+    from tqdm import tqdm
+
+    from cluster.connect import connect
+    from pipelines import tracking
+    from store.feature_store import FeatureStore
+    from store.lance_io import open_table
+    from store.scores import upsert_video_scores
+
+    t0 = time.perf_counter()
+    store_uri = abs_local(cfg.store_uri)
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    s_run = cfg.spatial_run_id or latest_cnn_run(SPATIAL_CNN, cfg.split, cfg.experiment, store_uri)
+    m_run = cfg.motion_run_id or latest_cnn_run(MOTION_CNN, cfg.split, cfg.experiment, store_uri)
+    runs = {SPATIAL_CNN: s_run, MOTION_CNN: m_run, TWO_STREAM_CNN: f"{s_run}+{m_run}"}
+
+    fs = FeatureStore(store_uri, cfg.storage_options)
+    videos = fs.videos(split=cfg.split)
+    ids = videos.column("video_id").to_pylist()
+    if not ids:
+        raise ValueError(f"no ok video in split {cfg.split} of store {store_uri!r}; run `hyvid extract` first")
+    info = {v: (s, lab, labs) for v, s, lab, labs in zip(
+        ids, videos.column("subset").to_pylist(), videos.column("label").to_pylist(),
+        videos.column("labels").to_pylist())}
+    clips_version = open_table(store_uri, CLIPS.name, cfg.storage_options).version
+
+    existing, table_dims = _existing_features(store_uri, cfg.storage_options)
+    have_scores = _existing_scores(store_uri, cfg.split, runs, cfg.storage_options)
+    need_features = [v for v in ids if existing.get(v) != {(s_run, m_run)}]
+    need_scores = [v for v in ids if v not in have_scores]
+    replace = {v for v in need_features if v in existing}
+    todo = [v for v in ids if v in set(need_features) | set(need_scores)]
+    log.info("features: %d ok videos in split %d; %d need features (%d replacing other runs'), %d need scores",
+             len(ids), cfg.split, len(need_features), len(replace), len(need_scores))
+
+    node_tasks: Counter = Counter()
+    n_rows = n_written = n_scored = 0
+    dims: tuple[int, int] | None = None
+    ff_version: int | None = None
+    vs_version: int | None = None
+    if todo:
+        resources = connect(cfg.address)
+        n_gpus = float(resources.get("GPU", 0) or 0)
+        use_gpu = (n_gpus > 0) if cfg.use_gpu is None else bool(cfg.use_gpu)
+        if use_gpu and n_gpus == 0:
+            raise ValueError("use_gpu=True but the Ray cluster has no GPU; leave use_gpu unset (auto)")
+        in_flight = cfg.workers or max(1, int(float(resources.get("CPU", 1))))
+        opts: dict[str, Any] = {"scheduling_strategy": "SPREAD", "num_cpus": 1, "max_retries": 2}
+        if use_gpu:
+            opts["num_gpus"] = min(1.0, n_gpus / in_flight)
+        task = ray.remote(_features_task).options(**opts)
+        need_f = set(need_features)
+        chunks = [todo[i:i + cfg.videos_per_task] for i in range(0, len(todo), cfg.videos_per_task)]
+        pending_chunks = list(reversed(chunks))
+        running: dict[Any, list[str]] = {}
+        batch: list[dict[str, Any]] = []
+
+        def launch() -> None:
+            while pending_chunks and len(running) < in_flight:
+                c = pending_chunks.pop()
+                ref = task.remote(store_uri, clips_version, c, [v for v in c if v in need_f], s_run, m_run,
+                                  tracking_uri, cfg.batch_size, cfg.storage_options)
+                running[ref] = c
+
+        def flush() -> None:
+            nonlocal ff_version, vs_version, n_rows, n_written, n_scored, dims, table_dims
+            if not batch:
+                return
+            dims = batch[0]["dims"]
+            if table_dims is not None and tuple(table_dims) != tuple(dims):
+                raise ValueError(
+                    f"frame_features in {store_uri!r} holds features of dims {table_dims} but these CNNs give "
+                    f"{dims}; train with the same --feature-dim, or delete the table to start over")
+            frags = [f for r in batch for f in r["fragments"]]
+            written = [v for r in batch for v in r["written"]]
+            if frags:
+                ff_version = _commit_features(store_uri, frags, [v for v in written if v in replace],
+                                              frame_features_schema(*dims), cfg.storage_options)
+                table_dims = dims
+            n_rows += sum(r["n_rows"] for r in batch)
+            n_written += len(written)
+            scored = {v: s for r in batch for v, s in r["scores"].items() if v in info}
+            sv = sorted(scored)
+            if sv:
+                sp = np.stack([scored[v][0] for v in sv])
+                mp = np.stack([scored[v][1] for v in sv])
+                subsets = [info[v][0] for v in sv]
+                labels = [info[v][1] if info[v][1] is not None else -1 for v in sv]
+                multi = [list(info[v][2] or [lab]) for v, lab in zip(sv, labels)]
+                for model, s in ((SPATIAL_CNN, sp), (MOTION_CNN, mp), (TWO_STREAM_CNN, two_stream_scores(sp, mp))):
+                    vs_version = upsert_video_scores(store_uri, model, cfg.split, runs[model], sv, subsets, s,
+                                                     labels, multi, storage_options=cfg.storage_options)
+                n_scored += len(sv)
+            batch.clear()
+
+        launch()
+        with tqdm(total=len(todo), desc="features", unit="video", disable=not cfg.progress) as bar:
+            while running:
+                done, _ = ray.wait(list(running), num_returns=1)
+                ref = done[0]
+                chunk = running.pop(ref)
+                res = ray.get(ref)
+                if res["missing"]:
+                    log.warning("%d video(s) have no clips at clips version %d, e.g. %s", len(res["missing"]),
+                                clips_version, res["missing"][:3])
+                node_tasks[res["node_id"]] += 1
+                batch.append(res)
+                bar.update(len(chunk))
+                launch()
+                if len(batch) >= cfg.commit_every:
+                    flush()
+            flush()
+
+    if dims is None:
+        dims = table_dims or (0, 0)
+    if ff_version is None:
+        ds_ver = fs.versions()
+        ff_version = ds_ver.get(FRAME_FEATURES_NAME)
+        vs_version = vs_version or ds_ver.get(VIDEO_SCORES.name)
+    return FeaturesResult(
+        spatial_run_id=s_run, motion_run_id=m_run, n_videos=len(ids), n_features_written=n_written,
+        n_skipped=len(ids) - len(todo), n_rows_written=n_rows, n_scored=n_scored, spatial_dim=int(dims[0]),
+        motion_dim=int(dims[1]), frame_features_version=ff_version, video_scores_version=vs_version,
+        node_tasks=dict(node_tasks), seconds=time.perf_counter() - t0,
+    )

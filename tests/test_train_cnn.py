@@ -1,0 +1,205 @@
+"""End to end on a tiny real store: extract -> train-cnn (Ray Train, both streams) -> features.
+
+Real Ray, real Lance tables in tmp_path, real MLflow (sqlite in tmp_path), real videos written
+with OpenCV. The videos are tiny (64x48, 20 frames) and stored at 32 px so it all runs on 2 CPUs.
+"""
+from __future__ import annotations
+
+import csv
+
+import cv2
+import lance
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from models.cnn import MotionCNN, SpatialCNN
+from models.registry import CNN_MODELS, MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
+from pipelines.features import FeaturesConfig, _commit_features, extract_features
+from pipelines.train_cnn import TrainCNNConfig, train_cnn
+from store.feature_store import FeatureStore
+from store.lance_io import open_table, table_uri
+from store.tables import frame_features_schema
+
+CLASSES = ("redright", "greenleft", "bluedown")
+N_POSITIONS, STACK, SIZE = 4, 3, 32
+
+
+def _write_video(path, cls: int, seed: int, n_frames: int = 20, w: int = 64, h: int = 48) -> None:
+    """A coloured square moving one way per class, on a noisy background."""
+    rng = np.random.default_rng(seed)
+    colour = [(0, 0, 255), (0, 255, 0), (255, 0, 0)][cls]  # BGR
+    dx, dy = [(2, 0), (-2, 0), (0, 2)][cls]
+    x0, y0 = int(rng.integers(12, 40)), int(rng.integers(8, 24))
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (w, h))
+    assert vw.isOpened()
+    for t in range(n_frames):
+        img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+        x, y = (x0 + dx * t) % (w - 12), (y0 + dy * t) % (h - 12)
+        img[y:y + 12, x:x + 12] = colour
+        vw.write(img)
+    vw.release()
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory, ray_session):
+    """3 classes x 4 groups of videos, extracted into a Lance store (split 1: g4 is test)."""
+    from pipelines.extract import ExtractConfig, extract
+
+    root = tmp_path_factory.mktemp("tiny")
+    rows = []
+    for c, name in enumerate(CLASSES):
+        for g in range(1, 5):
+            p = root / "videos" / f"v_{name}_g{g:02d}_c01.avi"
+            p.parent.mkdir(exist_ok=True)
+            _write_video(p, c, seed=10 * c + g)
+            rows.append({"path": str(p.relative_to(root)), "labels": name,
+                         "subset": "test" if g == 4 else "train", "group": f"g{g:02d}"})
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "labels", "subset", "group"])
+        w.writeheader()
+        w.writerows(rows)
+    store = str(root / "store")
+    res = extract(ExtractConfig(dataset=str(manifest), store_uri=store, frames=N_POSITIONS, stack=STACK,
+                                size=SIZE, workers=2, progress=False))
+    assert res.ok == 12 and res.failed == 0
+    return store
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow artifacts land in tmp_path
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = tiny_store
+    clips_version = open_table(store, "clips").version
+    n_clips = open_table(store, "clips").count_rows()
+    assert n_clips == 12 * N_POSITIONS
+
+    # --- train-cnn: both streams, concurrently, one epoch --------------------------------------
+    res = train_cnn(TrainCNNConfig(store_uri=store, stream="both", epochs=1, batch_size=8, feature_dim=48,
+                                   experiment="t", tracking_uri=tracking_uri))
+    assert set(res.run_ids) == {"spatial", "motion"}
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    for stream, model_name, cls in (("spatial", SPATIAL_CNN, SpatialCNN), ("motion", MOTION_CNN, MotionCNN)):
+        run = client.get_run(res.run_ids[stream])
+        assert run.info.status == "FINISHED"
+        assert run.info.experiment_id == mlflow.get_experiment_by_name("t").experiment_id
+        assert run.info.run_name == model_name
+        assert run.data.tags["hyvid.model"] == model_name and run.data.tags["hyvid.stage"] == "train-cnn"
+        assert run.data.params["lineage.clips.version"] == str(clips_version)
+        assert int(run.data.params["lineage.videos.version"]) >= 1
+        assert run.data.params["num_classes"] == "3"
+        for key in ("train_loss", "train_accuracy", "val_accuracy"):
+            hist = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in hist] == [0], key
+        assert np.isfinite(run.data.metrics["train_loss"]) and run.data.metrics["train_loss"] > 0
+        assert 0.0 <= run.data.metrics["val_accuracy"] <= 1.0
+        model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+        assert isinstance(model, cls) and model.num_classes == 3 and model.feature_dim == 48
+        assert res.metrics[stream]["epoch"] == 0
+
+    # --- features -----------------------------------------------------------------------------
+    fcfg = FeaturesConfig(store_uri=store, experiment="t", tracking_uri=tracking_uri, videos_per_task=5,
+                          batch_size=16, progress=False)
+    fr = extract_features(fcfg)
+    assert (fr.spatial_run_id, fr.motion_run_id) == (res.run_ids["spatial"], res.run_ids["motion"])
+    assert fr.n_videos == 12 and fr.n_features_written == 12 and fr.n_rows_written == n_clips
+    assert (fr.spatial_dim, fr.motion_dim) == (48, 48)
+    assert sum(fr.node_tasks.values()) == 3  # ceil(12 / 5) tasks, each recorded with its node
+    ff = lance.dataset(table_uri(store, "frame_features"))
+    t = ff.to_table()
+    assert t.num_rows == n_clips
+    assert t.schema.field("spatial").type == pa.list_(pa.float32(), 48)
+    keys = set(zip(t.column("video_id").to_pylist(), t.column("position").to_pylist()))
+    clips = open_table(store, "clips").to_table(columns=["video_id", "position", "frame_index"])
+    assert keys == set(zip(clips.column("video_id").to_pylist(), clips.column("position").to_pylist()))
+    assert set(t.column("spatial_run_id").to_pylist()) == {res.run_ids["spatial"]}
+    assert set(t.column("motion_run_id").to_pylist()) == {res.run_ids["motion"]}
+    sp = np.stack(t.column("spatial").to_numpy(zero_copy_only=False))
+    assert sp.shape == (n_clips, 48) and (sp >= 0).all() and sp.max() > 0  # post-ReLU fc1
+
+    # The stored feature is what the logged model computes for that frame.
+    fs = FeatureStore(store)
+    vid = t.column("video_id")[0].as_py()
+    from store.clips import decode_frame
+
+    row = fs.clips(vid).slice(0, 1)
+    frame = decode_frame(row.column("frame")[0].as_py())
+    model = mlflow.pytorch.load_model(f"runs:/{res.run_ids['spatial']}/model")
+    from models.cnn import spatial_input
+
+    import torch
+
+    with torch.no_grad():
+        expect = model.features(spatial_input(frame[None]))[0].numpy()
+    got = np.asarray(fs.frame_features(vid, 0, 1).column("spatial")[0].as_py(), np.float32)
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-5)
+
+    # --- video_scores: three CNN models for every ok video of the split -------------------------
+    for model_name in CNN_MODELS:
+        ss = fs.scores(model_name, split=1)
+        assert len(ss.video_ids) == 12
+        assert ss.scores.shape == (12, 3)
+        np.testing.assert_allclose(ss.scores.sum(1), 1.0, rtol=1e-5)
+        assert set(ss.subsets) == {"train", "val", "test"}
+    two = fs.scores(TWO_STREAM_CNN, 1).scores
+    np.testing.assert_allclose(two, (fs.scores(SPATIAL_CNN, 1).scores + fs.scores(MOTION_CNN, 1).scores) / 2,
+                               rtol=1e-5, atol=1e-6)
+
+    # --- a re-run adds nothing ------------------------------------------------------------------
+    v_ff, v_vs = ff.version, open_table(store, "video_scores").version
+    again = extract_features(fcfg)
+    assert again.n_rows_written == 0 and again.n_skipped == 12 and again.n_scored == 0
+    assert open_table(store, "frame_features").version == v_ff
+    assert open_table(store, "frame_features").count_rows() == n_clips
+    assert open_table(store, "video_scores").version == v_vs
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_train_cnn_resumes_from_checkpoint(tiny_store, tmp_path, monkeypatch):
+    """A resumed fit continues after the checkpointed epoch instead of starting over."""
+    monkeypatch.chdir(tmp_path)
+    base = dict(store_uri=tiny_store, stream="motion", batch_size=8, feature_dim=16, experiment="r",
+                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", checkpoint_path=str(tmp_path / "ckpt"),
+                resume=True)
+    first = train_cnn(TrainCNNConfig(epochs=1, **base))
+    second = train_cnn(TrainCNNConfig(epochs=2, **base))
+    h1, h2 = first.history["motion"], second.history["motion"]
+    assert [m["epoch"] for m in h1] == [0] and [m["epoch"] for m in h2] == [0, 1]
+    assert h2[0] == h1[0]  # epoch 0 was not re-run: its metrics come from the checkpoint
+    mlflow.set_tracking_uri(base["tracking_uri"])
+    hist = mlflow.MlflowClient().get_metric_history(second.run_ids["motion"], "train_loss")
+    assert [m.step for m in hist] == [0, 1]
+
+
+def test_commit_features_replaces_rows_of_other_runs(tmp_path):
+    """Features from another CNN pair are swapped for the new ones in one atomic commit."""
+    from store.lance_io import append_rows, write_table_fragments
+
+    store = str(tmp_path)
+    schema = frame_features_schema(2, 2)
+
+    def rows(vid: str, run: str, n: int) -> pa.Table:
+        return pa.table({
+            "video_id": [vid] * n, "position": list(range(n)), "frame_index": list(range(n)),
+            "timestamp": [0.0] * n,
+            "spatial": pa.FixedSizeListArray.from_arrays(pa.array([1.0] * 2 * n, pa.float32()), 2),
+            "motion": pa.FixedSizeListArray.from_arrays(pa.array([1.0] * 2 * n, pa.float32()), 2),
+            "spatial_run_id": [run] * n, "motion_run_id": [run] * n,
+        }, schema=schema)
+
+    append_rows(store, "frame_features", pa.concat_tables([rows("a", "old", 3), rows("b", "old", 3)]))
+    v0 = open_table(store, "frame_features").version
+    frags = write_table_fragments(store, "frame_features", rows("a", "new", 3))
+    v1 = _commit_features(store, frags, ["a"], schema, None)
+    assert v1 == v0 + 1
+    t = open_table(store, "frame_features").to_table()
+    got = sorted(zip(t.column("video_id").to_pylist(), t.column("spatial_run_id").to_pylist()))
+    assert got == [("a", "new")] * 3 + [("b", "old")] * 3
+    # The previous version is intact (readers of v0 never saw a half-replaced video).
+    assert open_table(store, "frame_features", version=v0).count_rows() == 6
