@@ -1,0 +1,290 @@
+"""Placement (CPU/GPU requests) and multi-node behaviour on a real 3-node `ray.cluster_utils.Cluster`.
+
+The multi-node part runs in a subprocess (this file run as a script): Ray can be initialised once
+per process, and the session's `ray_session` must not be disturbed. The subprocess's cluster
+uses token authentication with its own token and its own temp dir, and is shut down by it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.resources import cluster_has_gpus, scaling_config, split_resources, task_options
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE = "GPU_fake"  # a custom resource standing in for GPUs: Ray schedules it the same way
+
+
+# --- placement rules, no Ray needed ---------------------------------------------------------------
+
+def test_gpus_asked_for_only_when_the_cluster_has_them():
+    cpu_only, gpus = {"CPU": 8.0}, {"CPU": 8.0, "GPU": 2.0}
+    assert not cluster_has_gpus(cluster=cpu_only) and cluster_has_gpus(cluster=gpus)
+    assert task_options("features", cluster=cpu_only) == {"num_cpus": 1}
+    assert task_options("features", cluster=gpus) == {"num_cpus": 1, "num_gpus": 1.0}
+    # Eight tasks in flight share the two GPUs instead of queueing.
+    assert task_options("features", in_flight=8, cluster=gpus)["num_gpus"] == 0.25
+    # CPU-bound stages never hold a GPU, even where there are some...
+    assert "num_gpus" not in task_options("extract", cluster=gpus)
+    # ...unless asked, and asking for one that is not there is an error that says so.
+    assert task_options("extract", use_gpu=True, cluster=gpus)["num_gpus"] == 1.0
+    with pytest.raises(ValueError, match="no GPU"):
+        task_options("features", use_gpu=True, cluster=cpu_only)
+    with pytest.raises(ValueError, match="unknown kind"):
+        task_options("extrakt", cluster=gpus)
+
+
+def test_custom_accelerator_and_extra_resources():
+    cluster = {"CPU": 4.0, FAKE: 1.0}
+    assert cluster_has_gpus(FAKE, cluster=cluster) and not cluster_has_gpus(cluster=cluster)
+    assert task_options("train", {"highmem": 1}, accelerator=FAKE, cluster=cluster) == {
+        "num_cpus": 1, "resources": {"highmem": 1, FAKE: 1.0}}
+    assert task_options("baselines", accelerator=FAKE, cluster=cluster) == {"num_cpus": 1}
+
+
+def test_scaling_config():
+    sc = scaling_config(2, cluster={"CPU": 8.0, "GPU": 4.0}, cpus_per_worker=2)
+    assert sc.num_workers == 2 and sc.use_gpu and sc.resources_per_worker == {"CPU": 2, "GPU": 1.0}
+    sc = scaling_config(2, cluster={"CPU": 8.0})
+    assert not sc.use_gpu and sc.resources_per_worker == {"CPU": 1}
+    sc = scaling_config(2, accelerator=FAKE, cluster={"CPU": 8.0, FAKE: 1.0})
+    assert not sc.use_gpu and sc.resources_per_worker == {"CPU": 1, FAKE: 0.5}
+
+
+@pytest.mark.parametrize(
+    "n, cpus, gpus, want_cpus, want_gpus",
+    [
+        (3, 8, 0, [3, 3, 2], None),
+        (4, 2, 0, [1, 1, 1, 1], None),  # more fits than cores: one each, Ray queues the rest
+        (2, 16, 1, [8, 8], 0.5),
+        (2, 4, 5, [2, 2], 2.0),
+    ],
+)
+def test_split_resources(n, cpus, gpus, want_cpus, want_gpus):
+    parts = split_resources(n, cpus, gpus)
+    assert [p["num_cpus"] for p in parts] == want_cpus
+    if cpus >= n:
+        assert sum(p["num_cpus"] for p in parts) == cpus
+    assert all(p.get("num_gpus") == want_gpus for p in parts)
+    if gpus:
+        assert sum(p["num_gpus"] for p in parts) <= gpus
+
+
+def test_split_resources_rejects_nonsense():
+    with pytest.raises(ValueError, match="n_models"):
+        split_resources(0, 4)
+    with pytest.raises(ValueError, match="total_cpus"):
+        split_resources(2, 0)
+
+
+# --- a real 3-node cluster ------------------------------------------------------------------------
+
+def _tiny_dataset(root: Path, n: int) -> Path:
+    import csv
+
+    import cv2
+    import numpy as np
+
+    rows = []
+    for i in range(n):
+        cls = ("right", "down")[i % 2]
+        path = root / cls / f"{cls}_{i}.avi"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+        for t in range(16):
+            frame = np.full((48, 64, 3), 30 + 10 * i, np.uint8)
+            x, y = (8 + 2 * t, 8) if cls == "right" else (8, 4 + 2 * t)
+            frame[y:y + 8, x:x + 8] = 230
+            w.write(frame)
+        w.release()
+        rows.append({"path": f"{cls}/{cls}_{i}.avi", "labels": cls, "subset": "train", "group": f"g{i}"})
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=["path", "labels", "subset", "group"])
+        wr.writeheader()
+        wr.writerows(rows)
+    return manifest
+
+
+def _make_probe(marker: str, head_id: str):
+    """Wraps extract's shard task: the first task to finish on a worker node writes its clips
+    fragments, announces itself in `marker`, and hangs, so the test kills its node at the worst
+    moment: fragments on disk, result not yet back to the driver."""
+    from pipelines import extract as ex
+
+    original = ex._shard_task
+
+    def probe(*args):
+        import os
+        import time
+
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        result = original(*args)
+        if node != head_id:
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return result
+            os.write(fd, node.encode())
+            os.close(fd)
+            time.sleep(600)
+        return result
+
+    return probe
+
+
+def _scenario(work: Path) -> dict:
+    """Runs in the subprocess: placement on a fake-GPU node, a trainer there, and extract losing a node."""
+    import threading
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from pipelines import extract as ex
+    from store.lance_io import open_table
+    from store.tables import CLIPS, VIDEOS
+
+    out: dict = {}
+    t_start = time.perf_counter()
+    temp_dir = tempfile.mkdtemp(prefix="hvc", dir="/tmp")  # short: Ray's unix sockets live here
+    common = {"temp_dir": temp_dir, "object_store_memory": 80 * 1024 * 1024}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, **common})
+    try:
+        gpu_node = cluster.add_node(num_cpus=1, resources={FAKE: 1}, **common)
+        cluster.add_node(num_cpus=1, **common)
+        ray.init(address=cluster.address, log_to_driver=False)
+        out["startup_s"] = time.perf_counter() - t_start
+        head_id = cluster.head_node.node_id
+        out.update(head=head_id, gpu_node=gpu_node.node_id,
+                   nodes=sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]))
+
+        # 1. Placement: accelerated work goes where the accelerator is; CPU work anywhere.
+        @ray.remote
+        def where() -> str:
+            return ray.get_runtime_context().get_node_id()
+
+        out["has_fake"] = cluster_has_gpus(FAKE)
+        out["has_gpu"] = cluster_has_gpus()
+        opts = task_options("features", in_flight=2, accelerator=FAKE)
+        out["features_opts"] = opts
+        out["features_nodes"] = ray.get([where.options(**opts).remote() for _ in range(6)])
+        out["extract_opts"] = task_options("extract", accelerator=FAKE)
+
+        # 2. Trainer workers: Ray Train reserves one bundle of `resources_per_worker` per worker
+        #    in a placement group; reserve the same bundles and see where they land.
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        sc = scaling_config(2, accelerator=FAKE, cpus_per_worker=0.5)  # the node has 1 CPU
+        out["trainer_bundle"] = sc.resources_per_worker
+        pg = placement_group([sc.resources_per_worker] * sc.num_workers, strategy="PACK")
+        ray.get(pg.ready(), timeout=120)
+        out["trainer_nodes"] = ray.get([
+            where.options(num_cpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(pg, i)).remote()
+            for i in range(sc.num_workers)])
+        remove_placement_group(pg)
+
+        # 3. Extract over the cluster; a worker node dies holding written, uncommitted fragments.
+        manifest = _tiny_dataset(work / "data", 9)
+        store = str(work / "store")
+        marker = str(work / "victim")
+        ex._shard_task = _make_probe(marker, head_id)
+        cfg = ex.ExtractConfig(dataset=str(manifest), store_uri=store, frames=4, stack=2, size=64,
+                               address=cluster.address, workers=3, shard_size=1, progress=False)
+        box: dict = {}
+        runner = threading.Thread(target=lambda: box.update(result=ex.extract(cfg)), daemon=True)
+        t0 = time.perf_counter()
+        runner.start()
+        while not os.path.exists(marker) and runner.is_alive():
+            time.sleep(0.1)
+        time.sleep(0.2)  # the marker's node id is written just after the file appears
+        victim_id = Path(marker).read_text() if os.path.exists(marker) else None
+        out["victim"] = victim_id
+        victim = [n for n in cluster.worker_nodes if n.node_id == victim_id]
+        if victim:
+            cluster.remove_node(victim[0], allow_graceful=False)
+        runner.join(timeout=240)
+        out["extract_s"] = time.perf_counter() - t0
+        r = box["result"]
+        out["extract"] = {"ok": r.ok, "failed": r.failed, "total": r.total, "node_spread": r.node_spread}
+        videos = open_table(store, VIDEOS.name).to_table(columns=["video_id", "status", "n_positions", "node_id"])
+        clips = open_table(store, CLIPS.name).to_table(columns=["video_id", "position"])
+        out["videos"] = videos.to_pylist()
+        out["clips"] = sorted([c["video_id"], c["position"]] for c in clips.to_pylist())
+        data_dir = Path(store) / f"{CLIPS.name}.lance" / "data"
+        out["clip_files_on_disk"] = len(list(data_dir.glob("*.lance")))
+        out["clip_fragments_committed"] = len(open_table(store, CLIPS.name).get_fragments())
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("cluster")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex(), RAY_USAGE_STATS_ENABLED="0",
+               PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}", RAY_DEDUP_LOGS="0")
+    proc = subprocess.run([sys.executable, __file__, str(work)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=420, start_new_session=True)
+    out_file = work / "result.json"
+    assert proc.returncode == 0 and out_file.exists(), f"scenario failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(out_file.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_accelerated_tasks_and_trainers_land_on_the_accelerator_node(cluster_run):
+    r = cluster_run
+    assert len(r["nodes"]) == 3
+    assert r["has_fake"] and not r["has_gpu"]
+    assert r["features_opts"] == {"num_cpus": 1, "resources": {FAKE: 0.5}}
+    assert set(r["features_nodes"]) == {r["gpu_node"]}
+    assert r["extract_opts"] == {"num_cpus": 1}
+    # Two trainer workers share the one fake GPU (half each) and both sit on its node.
+    assert r["trainer_bundle"] == {"CPU": 0.5, FAKE: 0.5}
+    assert r["trainer_nodes"] == [r["gpu_node"]] * 2
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_extract_survives_a_worker_node_dying_mid_stage(cluster_run):
+    r = cluster_run
+    victim = r["victim"]
+    assert victim and victim != r["head"], "no extraction task ran on a worker node"
+    ex = r["extract"]
+    assert (ex["ok"], ex["failed"], ex["total"]) == (9, 0, 9)
+    # Every video exactly once, every clip position exactly once.
+    ids = [v["video_id"] for v in r["videos"]]
+    assert len(ids) == 9 == len(set(ids)) and all(v["status"] == "ok" for v in r["videos"])
+    want = sorted([v["video_id"], p] for v in r["videos"] for p in range(v["n_positions"]))
+    assert r["clips"] == want
+    # The dead node's fragments were written but never committed: atomic commits left them out.
+    assert r["clip_files_on_disk"] > r["clip_fragments_committed"]
+    # The work was spread over the surviving nodes, and none of it is credited to the dead one.
+    spread = ex["node_spread"]
+    assert victim not in spread and len(spread) == 2 and sum(spread.values()) == 9
+    assert {v["node_id"] for v in r["videos"]} == set(spread)
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    work_dir = Path(sys.argv[1])
+    result = _scenario(work_dir)
+    (work_dir / "result.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("videos", "clips")}, indent=2))
