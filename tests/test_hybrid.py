@@ -164,6 +164,7 @@ def test_hybrid_stage_end_to_end(tmp_path, tracking_uri):
     run = client.get_run(res.run_id)
     assert run.data.tags["hyvid.model"] == "hybrid" and run.data.tags["hyvid.stage"] == "hybrid"
     assert run.data.tags["hyvid.split"] == "1"
+    assert client.get_experiment(run.info.experiment_id).name == "exp"
     assert float(run.data.params["weight.spatial_lstm"]) == pytest.approx(0.5)
     assert run.data.params["component.fusion.run_id"] == "run_fusion"
     assert run.data.metrics["test_accuracy"] == 1.0

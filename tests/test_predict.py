@@ -1,0 +1,157 @@
+"""`hyvid predict` on generated videos, with tiny models logged to MLflow the way the stages log them.
+
+The CNNs, LSTMs and fusion net are built directly (untrained, seeded) and logged as runs with the
+stages' tags; a tiny store holds their val/test scores and one frame_features row naming the
+CNN runs; the real `hybrid` stage then makes the hybrid run that predict starts from. So the
+test covers the whole contract between the stages and predict without the slow training.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from video_fixtures import moving_square_frames, write_video
+
+from models import registry as R
+from pipelines import tracking
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # five models logged to MLflow, the hybrid stage, videos
+
+CLASSES = ["left", "right", "still"]
+EXTRACT = {"frames": 6, "stack": 2, "flow": "dis", "size": 32}
+DS, DM = 16, 8  # feature dims
+
+
+def _log_model(model: torch.nn.Module, name: str, stage: str, experiment_id: str) -> str:
+    import mlflow.pytorch
+
+    with tracking.start_run(name, stage, 1, "store") as run:
+        mlflow.pytorch.log_model(model.eval(), name="model", serialization_format="pickle",
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    from models.cnn import MotionCNN, SpatialCNN
+    from models.fusion import RegularizedFusionNet
+    from models.lstm import StreamLSTM
+    from pipelines.hybrid import HybridConfig, hybrid
+    from store.lance_io import append_rows
+    from store.scores import upsert_video_scores
+    from store.tables import CLASSES as CLASSES_T
+    from store.tables import FRAME_FEATURES_NAME, VIDEOS, frame_features_schema
+
+    root = tmp_path_factory.mktemp("predict")
+    uri = f"sqlite:///{root}/mlflow.db"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    exp_id = tracking.setup(uri, "exp")
+    torch.manual_seed(0)
+    c = len(CLASSES)
+    models = {
+        R.SPATIAL_CNN: SpatialCNN(c, feature_dim=DS, pretrained=False),
+        R.MOTION_CNN: MotionCNN(c, stack=EXTRACT["stack"], feature_dim=DM, widths=(4, 4, 4, 4, 4)),
+        R.SPATIAL_LSTM: StreamLSTM(DS, c, hidden=(8,)),
+        R.MOTION_LSTM: StreamLSTM(DM, c, hidden=(8, 6)),
+        R.FUSION: RegularizedFusionNet([DS, DM], c, abstraction=4, fusion=4),
+    }
+    run_ids = {m: _log_model(mod, m, "train-cnn" if m in R.CNN_MODELS else "train", exp_id)
+               for m, mod in models.items()}
+
+    store = str(root / "store")
+    ids = [f"{s}_{i}" for s in ("val", "test") for i in range(12)]
+    subsets = [v.split("_")[0] for v in ids]
+    labels = np.arange(len(ids)) % c
+    meta = {b"hyvid.extract_settings": json.dumps(EXTRACT).encode()}
+    append_rows(store, VIDEOS.name, pa.Table.from_pylist(
+        [{"video_id": v, "class_name": CLASSES[lab], "label": int(lab), "labels": [int(lab)], "status": "ok"}
+         for v, lab in zip(ids, labels)], schema=VIDEOS.schema.with_metadata(meta)))
+    append_rows(store, CLASSES_T.name, pa.Table.from_pylist(
+        [{"label": i, "class_name": n} for i, n in enumerate(CLASSES)], schema=CLASSES_T.schema))
+    append_rows(store, FRAME_FEATURES_NAME, pa.Table.from_pylist(
+        [{"video_id": ids[0], "position": 0, "frame_index": 0, "timestamp": 0.0, "spatial": [0.0] * DS,
+          "motion": [0.0] * DM, "spatial_run_id": run_ids[R.SPATIAL_CNN], "motion_run_id": run_ids[R.MOTION_CNN]}],
+        schema=frame_features_schema(DS, DM)))
+    # Val scores where only 0.6 * spatial_lstm + 0.4 * fusion is right: distinctive weights to find.
+    rng = np.random.default_rng(0)
+    onehot = np.eye(c)[labels]
+    noise = rng.normal(0, 5, (len(ids), c))
+    scores = {R.SPATIAL_LSTM: onehot + noise, R.FUSION: onehot - 1.5 * noise,
+              R.MOTION_LSTM: rng.normal(0, 5, (len(ids), c))}
+    for m, s in scores.items():
+        upsert_video_scores(store, m, 1, run_ids[m], ids, subsets, s, labels.tolist())
+    res = hybrid(HybridConfig(store_uri=store, experiment="exp", tracking_uri=uri, late_fusion=False))
+
+    videos = root / "videos"
+    good = [write_video(videos / "a.avi", moving_square_frames(30, dx=2, seed=1)),
+            write_video(videos / "b.avi", moving_square_frames(24, dx=-2, seed=2))]
+    bad = videos / "bad.avi"
+    bad.write_text("not a video\n" * 10)
+    yield {"uri": uri, "hybrid": res, "run_ids": run_ids, "models": models, "good": [str(p) for p in good],
+           "bad": str(bad)}
+    mp.undo()
+
+
+def test_hybrid_run_names_everything_predict_needs(logged):
+    from pipelines.predict import load_hybrid
+
+    w = logged["hybrid"].weights
+    assert sum(w.values()) == pytest.approx(1.0) and w[R.FUSION] > 0.2 and w[R.MOTION_LSTM] <= 0.1
+    h = load_hybrid(logged["uri"], "exp")
+    assert h.run_id == logged["hybrid"].run_id
+    assert h.extract == EXTRACT
+    assert h.cnn_run_ids == {R.SPATIAL_CNN: logged["run_ids"][R.SPATIAL_CNN],
+                             R.MOTION_CNN: logged["run_ids"][R.MOTION_CNN]}
+    assert set(h.components) == {R.SPATIAL_LSTM, R.MOTION_LSTM, R.FUSION}
+    assert h.class_names == CLASSES and not h.multilabel
+
+
+def test_predict_matches_the_models_and_isolates_a_bad_file(logged):
+    from pipelines.features import cnn_forward
+    from pipelines.predict import PredictConfig, load_hybrid, predict
+    from pipelines.video import extract_clip_arrays
+
+    h = load_hybrid(logged["uri"], "exp")
+    paths = [logged["good"][0], logged["bad"], logged["good"][1]]
+    res = predict(PredictConfig(tuple(paths), "exp", top=2, batch_size=2), loaded=h)
+    a, bad, b = res.predictions
+    assert a.ok and b.ok and not bad.ok
+    assert "bad.avi" in bad.error and "cannot be opened" in bad.error
+    assert res.exit_code() == 0 and res.timing["n_failed"] == 1
+    assert len(a.top) == 2 and {c for c, _ in a.top} <= set(CLASSES)
+
+    # The same numbers, computed by hand from the logged models and the hybrid weights.
+    m, w = logged["models"], logged["hybrid"].weights
+    for pred, path in ((a, paths[0]), (b, paths[2])):
+        clip = extract_clip_arrays(path, EXTRACT["frames"], EXTRACT["stack"], EXTRACT["size"], EXTRACT["flow"])
+        sf, mf, _, _ = cnn_forward(m[R.SPATIAL_CNN], m[R.MOTION_CNN], clip.frames, clip.flow_stacks)
+        with torch.no_grad():
+            sl = m[R.SPATIAL_LSTM].video_logits(torch.from_numpy(sf)[None]).softmax(1)[0].numpy()
+            ml = m[R.MOTION_LSTM].video_logits(torch.from_numpy(mf)[None]).softmax(1)[0].numpy()
+            fu = m[R.FUSION]([torch.from_numpy(sf.mean(0))[None], torch.from_numpy(mf.mean(0))[None]])[0].numpy()
+        expected = w[R.SPATIAL_LSTM] * sl + w[R.MOTION_LSTM] * ml + w[R.FUSION] * fu
+        np.testing.assert_allclose(pred.scores, expected, rtol=1e-4, atol=1e-5)
+        assert pred.top[0][0] == CLASSES[int(expected.argmax())]
+    for key in ("frames_flow_s", "cnn_s", "lstm_fusion_s", "total_s", "load_s"):
+        assert res.timing[key] >= 0
+
+
+def test_cli_json_and_exit_codes(logged, capsys):
+    from pipelines.cli import main
+
+    assert main(["predict", *logged["good"], logged["bad"], "--json", "--experiment", "exp"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [v["ok"] for v in out["videos"]] == [True, True, False]
+    assert out["hybrid_run_id"] == logged["hybrid"].run_id and len(out["videos"][0]["top"]) == 3
+    assert set(out["timing"]) >= {"frames_flow_s", "cnn_s", "lstm_fusion_s", "total_s", "load_s"}
+
+    assert main(["predict", logged["bad"], "--model", f"runs:/{logged['hybrid'].run_id}"]) == 1
+    err = capsys.readouterr().err
+    assert "bad.avi" in err
+    # A run that is not a hybrid is refused with a pointer to the right runs.
+    assert main(["predict", logged["good"][0], "--model", f"runs:/{logged['run_ids'][R.FUSION]}"]) == 2
+    assert "not a hybrid run" in capsys.readouterr().err
