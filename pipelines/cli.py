@@ -153,7 +153,114 @@ def _extract_run(args: argparse.Namespace, s: Settings) -> int:
 COMMANDS["extract"] = ("decode videos, sample frames and stack optical flow into the Lance store (Ray tasks)",
                        _EXTRACT_EXAMPLES, _extract_args, _extract_run)
 # === train-cnn ===
+_TRAIN_CNN_EXAMPLES = """  hyvid train-cnn --store store                          # both streams at once, 3 epochs, local Ray
+  hyvid train-cnn --store store --stream spatial --finetune all --epochs 5 --lr 1e-3
+  hyvid train-cnn --store s3://bucket/ucf --address auto --workers 4 --split 2
+  hyvid train-cnn --store store --stream motion --epochs 10 --resume   # continue an interrupted fit
+each stream is one Ray Train fit (GPUs when the cluster has them) and one MLflow run named
+spatial_cnn / motion_cnn with per-epoch metrics, lineage and the model; then run `hyvid features`."""
+
+
+def _train_cnn_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    from pipelines.train_cnn import STREAM_CHOICES, TrainCNNConfig
+
+    d = TrainCNNConfig(store_uri=s.store_uri)
+    _common(p, s)
+    p.add_argument("--stream", choices=STREAM_CHOICES, default=d.stream, help="which CNN(s) (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="SGD learning rate (default: 1e-2 spatial head / motion, 1e-3 spatial --finetune all)")
+    p.add_argument("--finetune", choices=("head", "all"), default=d.finetune,
+                   help="spatial CNN: train fc1+classifier on the frozen ImageNet backbone, or all (default %(default)s)")
+    p.add_argument("--feature-dim", type=int, default=d.feature_dim, help="fc1 width = feature size (default %(default)s)")
+    p.add_argument("--workers", type=int, default=s.workers_for("train-cnn", d.workers),
+                   help="Ray Train workers per stream (default: settings workers.train-cnn, else %(default)s)")
+    p.add_argument("--cpus-per-worker", type=int, default=None, help="default: the cluster's CPUs shared out")
+    p.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="require GPUs (default: auto)")
+    p.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="train on CPUs even if GPUs exist")
+    p.add_argument("--checkpoint-path", default=None, help="Ray Train storage (default: STORE/_checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue the last fit of this stream/split from its checkpoint")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: settings / MLFLOW_TRACKING_URI)")
+
+
+def _train_cnn_run(args: argparse.Namespace, s: Settings) -> int:
+    from pipelines import tracking
+    from pipelines.train_cnn import TrainCNNConfig, train_cnn
+
+    cfg = TrainCNNConfig(
+        store_uri=args.store, stream=args.stream, split=args.split, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, finetune=args.finetune, feature_dim=args.feature_dim, workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu, experiment=args.experiment,
+        tracking_uri=tracking.resolve_tracking_uri(args.tracking_uri, s), storage_options=s.resolved_storage_options(),
+        checkpoint_path=args.checkpoint_path, resume=args.resume, address=args.address,
+    )
+    r = train_cnn(cfg)
+    for stream, run_id in r.run_ids.items():
+        m = r.metrics.get(stream, {})
+        val = f", val accuracy {m['val_accuracy']:.3f}" if "val_accuracy" in m else ""
+        print(f"{stream} CNN: MLflow run {run_id}; epoch {int(m.get('epoch', -1)) + 1}: train loss "
+              f"{m.get('train_loss', float('nan')):.3f}, train accuracy {m.get('train_accuracy', float('nan')):.3f}{val}")
+    print(f"next: hyvid features --store {args.store} --split {args.split}")
+    return 0
+
+
+COMMANDS["train-cnn"] = ("fine-tune the spatial CNN and train the motion CNN on stored clips (Ray Train + MLflow)",
+                         _TRAIN_CNN_EXAMPLES, _train_cnn_args, _train_cnn_run)
 # === features ===
+_FEATURES_EXAMPLES = """  hyvid features --store store                 # the latest train-cnn runs of the split
+  hyvid features --store store --run SPATIAL_RUN_ID,MOTION_RUN_ID
+  hyvid features --store s3://bucket/ucf --address auto --workers 32 --split 2
+writes frame_features (one row per video and sampled position: fc1 features of both CNNs) and the
+spatial_cnn / motion_cnn / two_stream_cnn rows of video_scores. Re-running skips finished videos."""
+
+
+def _features_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    from pipelines.features import FeaturesConfig
+
+    d = FeaturesConfig(store_uri=s.store_uri)
+    _common(p, s)
+    p.add_argument("--run", default=None, metavar="SPATIAL_RUN,MOTION_RUN",
+                   help="MLflow run ids of the two CNNs (default: the latest train-cnn runs of the split)")
+    p.add_argument("--spatial-run", default=None, help="spatial CNN run id (overrides --run)")
+    p.add_argument("--motion-run", default=None, help="motion CNN run id (overrides --run)")
+    w = s.workers_for("features", 0)
+    p.add_argument("--workers", type=int, default=w or None, help="tasks in flight (default: the cluster's CPUs)")
+    p.add_argument("--videos-per-task", type=int, default=d.videos_per_task, help="default %(default)s")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per forward pass (default %(default)s)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: settings / MLFLOW_TRACKING_URI)")
+
+
+def _features_run(args: argparse.Namespace, s: Settings) -> int:
+    from pipelines import tracking
+    from pipelines.features import FeaturesConfig, extract_features
+
+    spatial_run = motion_run = None
+    if args.run:
+        parts = [x.strip() for x in args.run.split(",")]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"--run {args.run!r}: expected SPATIAL_RUN_ID,MOTION_RUN_ID")
+        spatial_run, motion_run = parts
+    cfg = FeaturesConfig(
+        store_uri=args.store, split=args.split, spatial_run_id=args.spatial_run or spatial_run,
+        motion_run_id=args.motion_run or motion_run, experiment=args.experiment,
+        tracking_uri=tracking.resolve_tracking_uri(args.tracking_uri, s), workers=args.workers,
+        videos_per_task=args.videos_per_task, batch_size=args.batch_size,
+        storage_options=s.resolved_storage_options(), address=args.address,
+    )
+    r = extract_features(cfg)
+    print(f"features of {r.n_features_written} videos written ({r.n_rows_written} frame rows, dims "
+          f"{r.spatial_dim}/{r.motion_dim}), {r.n_skipped} already there, CNN scores of {r.n_scored} videos "
+          f"stored [{r.seconds:.1f} s]")
+    print(f"CNN runs: spatial {r.spatial_run_id}, motion {r.motion_run_id}")
+    if r.node_tasks:
+        print("tasks per node: " + ", ".join(f"{n[:12]}={k}" for n, k in sorted(r.node_tasks.items())))
+    print(f"next: hyvid train --store {args.store} --split {args.split}")
+    return 0
+
+
+COMMANDS["features"] = ("run both CNNs over every stored clip: frame_features + CNN video_scores (Ray tasks)",
+                        _FEATURES_EXAMPLES, _features_args, _features_run)
 # === query ===
 def _positions(text: str | None) -> tuple[int, int | None]:
     """`A:B` -> [A, B); `A:` / `:B` open-ended; `A` -> just position A."""

@@ -394,10 +394,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
         per_worker["GPU"] = min(1.0, n_gpus / n_workers)
     storage = abs_local(cfg.checkpoint_path or f"{store_uri.rstrip('/')}/_checkpoints")
 
-    import mlflow
-
-    exp_id = tracking.setup(tracking.resolve_tracking_uri(cfg.tracking_uri), cfg.experiment)
-    mlflow.set_experiment(experiment_id=exp_id)  # setup() only makes sure it exists
+    tracking.setup(tracking.resolve_tracking_uri(cfg.tracking_uri), cfg.experiment)
     jobs: list[_StreamJob] = []
     for stream in cfg.streams:
         lr = cfg.lr_for(stream)
