@@ -278,7 +278,10 @@ class FeatureStore:
         # Late materialization: find the few matching rows by index first, then read their
         # (large) vector columns, instead of decoding vectors of rows the filter drops.
         t = self.table(table).scanner(columns=columns, filter=flt, late_materialization=True).to_table()
-        return t.sort_by("position")
+        pos = t.column("position").to_numpy()
+        if len(pos) > 1 and not (pos[1:] >= pos[:-1]).all():  # rows usually come in write order already
+            t = t.sort_by("position")
+        return t
 
     def clips(self, video_id: str, columns: list[str] | None = None) -> pa.Table:
         """One video's stored frames and flow stacks, ordered by position (all columns by default)."""
