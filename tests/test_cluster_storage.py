@@ -1,0 +1,180 @@
+"""A store on S3: Lance two-phase writes and `hyvid extract` against a local S3 server (moto) on 127.0.0.1.
+
+Credentials reach Lance only through `${VAR}` references in ray_config.yaml's settings block,
+expanded from the environment; they must not appear in output, logs or MLflow params.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import requests
+import yaml
+
+from cluster.settings import DEFAULT_CONFIG, load_settings
+from store import lance_io
+
+BUCKET = "hyvid-test"
+# Fake, but treated as real secrets: they must never show up anywhere.
+KEY_ID = "AKIAHYVIDTESTKEY0001"
+SECRET = "hyvid-moto-secret-d41d8cd98f00"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1:<free port> with one bucket; killed at the end."""
+    import boto3
+
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(endpoint, timeout=1)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start on {endpoint}") from None
+                time.sleep(0.3)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=KEY_ID,
+                     aws_secret_access_key=SECRET).create_bucket(Bucket=BUCKET)
+        yield endpoint
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def s3_settings(s3_endpoint, tmp_path, monkeypatch):
+    """A ray_config.yaml whose settings point at the bucket, credentials as ${VAR} references."""
+    with open(DEFAULT_CONFIG) as f:
+        doc = yaml.safe_load(f)
+    doc = copy.deepcopy(doc)
+    doc["metadata"]["hyvid"].update(
+        store_uri=f"s3://{BUCKET}/{tmp_path.name}",
+        storage_options={
+            "aws_access_key_id": "${AWS_ACCESS_KEY_ID}",
+            "aws_secret_access_key": "${AWS_SECRET_ACCESS_KEY}",
+            "aws_endpoint": "${HYVID_S3_ENDPOINT}",
+            "aws_region": "us-east-1",
+            "allow_http": "true",  # moto speaks plain http on 127.0.0.1
+        },
+    )
+    path = tmp_path / "ray_config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    for var in ("HYVID_STORE", "MLFLOW_TRACKING_URI", "HYVID_EXPERIMENT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HYVID_CONFIG", str(path))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("HYVID_S3_ENDPOINT", s3_endpoint)
+    s = load_settings()
+    assert SECRET not in path.read_text() and SECRET not in repr(s)
+    return s
+
+
+def test_two_phase_lance_writes_on_s3(s3_settings):
+    store, so = s3_settings.store_uri, s3_settings.resolved_storage_options()
+    assert so["aws_secret_access_key"] == SECRET and store.startswith("s3://")
+    schema = pa.schema([("video_id", pa.string()), ("x", pa.int32())])
+    # Two "workers" write fragments; nothing is visible until the driver commits them at once.
+    f1 = lance_io.write_table_fragments(store, "t", pa.table({"video_id": ["a", "b"], "x": [1, 2]}, schema), so)
+    f2 = lance_io.write_table_fragments(store, "t", pa.table({"video_id": ["c"], "x": [3]}, schema), so)
+    assert not lance_io.table_exists(store, "t", so)
+    v1 = lance_io.commit_fragments(store, "t", f1 + f2, schema, so)
+    assert lance_io.open_table(store, "t", so).to_table().column("video_id").to_pylist() == ["a", "b", "c"]
+    v2 = lance_io.append_rows(store, "t", pa.table({"video_id": ["d"], "x": [4]}, schema), so)
+    assert v2 == v1 + 1 and lance_io.table_versions(store, ["t", "missing"], so) == {"t": v2}
+    # Time travel works on the object store too.
+    assert lance_io.open_table(store, "t", so, version=v1).count_rows() == 3
+    # Without the credentials' endpoint the store is simply not there (no silent local fallback).
+    assert not lance_io.table_exists(store, "t", {**so, "aws_endpoint": "http://127.0.0.1:9"})
+
+
+def _tiny_manifest(root: Path) -> Path:
+    import cv2
+    import numpy as np
+
+    rows = []
+    for i, cls in enumerate(["right", "down", "right", "down"]):
+        path = root / f"{cls}_{i}.avi"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+        for t in range(14):
+            frame = np.full((48, 64, 3), 50 + 20 * i, np.uint8)
+            x, y = (6 + 2 * t, 10) if cls == "right" else (10, 4 + 2 * t)
+            frame[y:y + 8, x:x + 8] = 220
+            w.write(frame)
+        w.release()
+        rows.append({"path": path.name, "labels": cls, "subset": "train" if i < 2 else "test", "group": f"g{i}"})
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=["path", "labels", "subset", "group"])
+        wr.writeheader()
+        wr.writerows(rows)
+    return manifest
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_extract_into_s3_via_settings(ray_session, s3_settings, tmp_path, capsys, caplog):
+    """`hyvid extract` with the store and credentials from the settings file: rows land on S3 once."""
+    import logging
+
+    import mlflow
+    import pyarrow.compute as pc
+
+    from pipelines import cli, tracking
+    from store.tables import CLIPS, STATUS_OK, VIDEOS
+
+    caplog.set_level(logging.DEBUG)
+    manifest = _tiny_manifest(tmp_path / "data")
+    args = ["extract", str(manifest), "--frames", "3", "--stack", "2", "--size", "64", "--workers", "2"]
+    assert cli.main(args) == 0  # no --store: it comes from the settings block
+    assert cli.main(args) == 0  # idempotent on S3 as on disk
+    out = capsys.readouterr().out
+    assert "extracted 4 videos, 0 failed" in out and "0 videos, 0 failed, 4 skipped" in out
+
+    store, so = s3_settings.store_uri, s3_settings.resolved_storage_options()
+    videos = lance_io.open_table(store, VIDEOS.name, so).to_table()
+    assert sorted(videos.column("video_id").to_pylist()) == sorted(set(videos.column("video_id").to_pylist()))
+    assert videos.num_rows == 4 and pc.all(pc.equal(videos.column("status"), STATUS_OK)).as_py()
+    assert lance_io.open_table(store, CLIPS.name, so).count_rows() == 4 * 3
+    assert not Path(store.removeprefix("s3://")).exists()  # nothing went to a local path of that name
+
+    # Lineage of a run over the S3 store, and the settings as params: no credential in MLflow.
+    tracking.setup(f"sqlite:///{tmp_path}/mlflow.db", "s3-test")
+    with tracking.start_run("spatial_cnn", "test", split=1, store_uri=store) as run:
+        tracking.log_lineage(store, [VIDEOS.name, CLIPS.name], so)
+        tracking.log_params_safe({f"storage.{k}": v for k, v in so.items()})
+    params = mlflow.get_run(run.info.run_id).data.params
+    assert params["lineage.videos.version"] and params["lineage.store_uri"] == store
+    assert "storage.aws_secret_access_key" not in params and "storage.aws_access_key_id" not in params
+    dumped = repr(params) + repr(mlflow.get_run(run.info.run_id).data.tags)
+    assert SECRET not in dumped and KEY_ID not in dumped
+
+    # Never printed or logged in full either.
+    everything = out + capsys.readouterr().err + "\n".join(r.getMessage() for r in caplog.records)
+    assert SECRET not in everything and KEY_ID not in everything
