@@ -115,6 +115,21 @@ def test_rerun_is_idempotent(extracted, dataset):
     _assert_each_video_once(store, N_GOOD + 4, N_GOOD)
 
 
+def test_cli_extract_prints_summary(dataset, tmp_path, capsys, ray_session):
+    """Runs while the plain workers are warm (before the tests that start workers with a test env)."""
+    store = tmp_path / "s"
+    code = cli_main(["extract", str(dataset), "--store", str(store), "--frames", str(P), "--stack", str(L),
+                     "--size", str(SIZE), "--workers", "2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"extracted {N_GOOD} videos, 4 failed, 0 skipped" in out
+    assert "Jump/v_Jump_g09_c01: file is empty (0 bytes)" in out
+    assert "videos per node:" in out
+    code = cli_main(["extract", str(dataset), "--store", str(store), "--frames", str(P), "--stack", str(L + 1),
+                     "--size", str(SIZE)])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+
+
 def test_changed_settings_need_overwrite(dataset, tmp_path):
     store = tmp_path / "s"
     extract(_cfg(dataset, store, use_ray=False))
@@ -128,6 +143,7 @@ def test_changed_settings_need_overwrite(dataset, tmp_path):
     _assert_each_video_once(store, N_GOOD + 4, N_GOOD)
 
 
+@pytest.mark.slow  # worker restarts: ~10 s idle, 20+ s on a loaded machine
 def test_resume_after_a_worker_is_killed(dataset, tmp_path, ray_session):
     """The worker extracting one video dies mid-shard; Ray retries the shard and no row doubles."""
     flag = tmp_path / "crashed"
@@ -140,6 +156,7 @@ def test_resume_after_a_worker_is_killed(dataset, tmp_path, ray_session):
     assert extract(_cfg(dataset, store)).skipped == N_GOOD + 4
 
 
+@pytest.mark.slow  # two worker deaths and restarts
 def test_poison_file_is_isolated_and_failed(dataset, tmp_path, ray_session):
     """A file that kills its worker every time is found by retrying its shard video by video."""
     store = tmp_path / "s"
@@ -181,17 +198,3 @@ def test_manifest_multilabel(tmp_path, dataset):
     row = next(v for v in _videos(tmp_path / "s") if v["video_id"] == "videos/a")
     assert row["labels"] == [1, 0] and row["class_name"] == "Music|Dance"
     assert row["splits"] == [{"split": 1, "subset": "train"}]
-
-
-def test_cli_extract_prints_summary(dataset, tmp_path, capsys, ray_session):
-    store = tmp_path / "s"
-    code = cli_main(["extract", str(dataset), "--store", str(store), "--frames", str(P), "--stack", str(L),
-                     "--size", str(SIZE), "--workers", "2"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert f"extracted {N_GOOD} videos, 4 failed, 0 skipped" in out
-    assert "Jump/v_Jump_g09_c01: file is empty (0 bytes)" in out
-    assert "videos per node:" in out
-    code = cli_main(["extract", str(dataset), "--store", str(store), "--frames", str(P), "--stack", str(L + 1),
-                     "--size", str(SIZE)])
-    assert code == 2 and "--overwrite" in capsys.readouterr().err
