@@ -1,11 +1,8 @@
 """The query API over real Lance tables written in tmp_path (no extraction or CNN stage needed)."""
 from __future__ import annotations
 
-import io
 import json
-from contextlib import redirect_stdout
 
-import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
