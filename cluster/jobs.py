@@ -128,6 +128,29 @@ class SubmitConfig:
         return env
 
 
+def relative_path_warnings(args: tuple[str, ...] | list[str], default_store: str) -> list[str]:
+    """Warnings for paths a job would resolve inside its temporary copy of the working dir.
+
+    A job runs in a fresh directory on the head, so a relative store (the local default
+    `hyvid_store`, say) would be written there and vanish with the job.
+    """
+    out = []
+    args = list(args)
+    store = default_store
+    for i, a in enumerate(args):
+        if a == "--store" and i + 1 < len(args):
+            store = args[i + 1]
+        elif a.startswith("--store="):
+            store = a.split("=", 1)[1]
+    if "://" not in store and not store.startswith("/"):
+        out.append(
+            f"the store {store!r} is a relative path: on the cluster it would land in the job's temporary "
+            "working dir. Use --store s3://bucket/prefix (or an absolute path on a shared filesystem), "
+            "or set store_uri in ray_config.yaml's metadata.hyvid"
+        )
+    return out
+
+
 def submit(cfg: SubmitConfig, agent_wait_s: float = 60.0) -> str:
     """Submit the command; returns the job's submission id.
 

@@ -657,6 +657,11 @@ def _submit_run(args: argparse.Namespace, s: Settings) -> int:
         address=args.address, args=tuple(command), working_dir=working_dir, pip=tuple(args.pip),
         env=env, python=args.python, submission_id=args.submission_id,
     )
+    probe = argparse.ArgumentParser(add_help=False)
+    COMMANDS[command[0]][2](probe, s)
+    if probe.get_default("store") is not None:  # the stage reads a store: warn about relative paths
+        for warning in jobs.relative_path_warnings(command, s.store_uri):
+            print(f"hyvid submit: warning: {warning}", file=sys.stderr)
     try:
         job_id = jobs.submit(cfg)
     except ConnectionError as e:

@@ -156,6 +156,14 @@ def test_submit_config_refuses_secrets_and_builds_the_entrypoint():
         jobs.client("127.0.0.1:6379")
 
 
+def test_relative_store_paths_are_flagged():
+    warn = jobs.relative_path_warnings
+    assert warn(["extract", "data", "--store", "rel"], "s3://b/x") and warn(["train"], "hyvid_store")
+    assert "'rel'" in warn(["extract", "d", "--store=rel"], "s3://b/x")[0]
+    assert warn(["extract", "d", "--store", "s3://b/x"], "hyvid_store") == []
+    assert warn(["extract", "d", "--store", "/shared/store"], "hyvid_store") == []
+
+
 @slow
 @integration
 def test_auth_stays_on(ray_head, monkeypatch):
