@@ -433,10 +433,12 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
             ),
         )
         log.info("fitting %s (Ray Train run %s, %d worker(s) x %s)", job.stream, name, cfg.workers, per_worker)
+        t0 = time.perf_counter()
         try:
             job.result = trainer.fit()
         except BaseException as e:  # recorded in its MLflow run, re-raised after the other stream ends
             job.error = e
+        log.info("%s fit %s in %.1f s", job.stream, "failed" if job.error else "done", time.perf_counter() - t0)
 
     if len(jobs) == 1:
         fit(jobs[0])

@@ -166,3 +166,14 @@ def test_two_stream_and_video_scores():
     np.testing.assert_allclose(two_stream_scores(s.numpy(), m.numpy()), ts.numpy())
     with pytest.raises(ValueError, match="differ in shape"):
         two_stream_scores(s, m[:, :1])
+
+
+def test_cli_train_cnn_and_features_flags(tmp_path, capsys):
+    from pipelines.cli import build_parser, main
+
+    args = build_parser().parse_args(["train-cnn", "--store", "s", "--stream", "motion", "--epochs", "2",
+                                      "--no-gpu", "--finetune", "all"])
+    assert (args.stream, args.epochs, args.use_gpu, args.finetune) == ("motion", 2, False, "all")
+    assert build_parser().parse_args(["train-cnn"]).use_gpu is None  # auto
+    assert main(["features", "--store", str(tmp_path), "--run", "only-one-id"]) == 2
+    assert "SPATIAL_RUN_ID,MOTION_RUN_ID" in capsys.readouterr().err

@@ -79,8 +79,9 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
     assert n_clips == 12 * N_POSITIONS
 
     # --- train-cnn: both streams, concurrently, one epoch --------------------------------------
-    res = train_cnn(TrainCNNConfig(store_uri=store, stream="both", epochs=1, batch_size=8, feature_dim=48,
-                                   experiment="t", tracking_uri=tracking_uri))
+    base = dict(store_uri=store, batch_size=8, feature_dim=48, experiment="t", tracking_uri=tracking_uri,
+                checkpoint_path=str(tmp_path / "ckpt"), resume=True)
+    res = train_cnn(TrainCNNConfig(stream="both", epochs=1, **base))
     assert set(res.run_ids) == {"spatial", "motion"}
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
@@ -158,23 +159,20 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
     assert open_table(store, "frame_features").count_rows() == n_clips
     assert open_table(store, "video_scores").version == v_vs
 
-
-@pytest.mark.slow
-@pytest.mark.integration
-def test_train_cnn_resumes_from_checkpoint(tiny_store, tmp_path, monkeypatch):
-    """A resumed fit continues after the checkpointed epoch instead of starting over."""
-    monkeypatch.chdir(tmp_path)
-    base = dict(store_uri=tiny_store, stream="motion", batch_size=8, feature_dim=16, experiment="r",
-                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", checkpoint_path=str(tmp_path / "ckpt"),
-                resume=True)
-    first = train_cnn(TrainCNNConfig(epochs=1, **base))
-    second = train_cnn(TrainCNNConfig(epochs=2, **base))
-    h1, h2 = first.history["motion"], second.history["motion"]
+    # --- resume: a second epoch continues from the checkpoint instead of starting over ----------
+    more = train_cnn(TrainCNNConfig(stream="motion", epochs=2, **base))
+    h1, h2 = res.history["motion"], more.history["motion"]
     assert [m["epoch"] for m in h1] == [0] and [m["epoch"] for m in h2] == [0, 1]
     assert h2[0] == h1[0]  # epoch 0 was not re-run: its metrics come from the checkpoint
-    mlflow.set_tracking_uri(base["tracking_uri"])
-    hist = mlflow.MlflowClient().get_metric_history(second.run_ids["motion"], "train_loss")
-    assert [m.step for m in hist] == [0, 1]
+    assert [m.step for m in client.get_metric_history(more.run_ids["motion"], "train_loss")] == [0, 1]
+
+    # --- features from the newer motion CNN replace the old rows (still one row per clip) --------
+    newer = extract_features(fcfg)
+    assert newer.motion_run_id == more.run_ids["motion"] and newer.spatial_run_id == res.run_ids["spatial"]
+    assert newer.n_rows_written == n_clips and newer.n_scored == 12
+    t = open_table(store, "frame_features").to_table(columns=["video_id", "motion_run_id"])
+    assert t.num_rows == n_clips and set(t.column("motion_run_id").to_pylist()) == {more.run_ids["motion"]}
+    assert fs.scores(MOTION_CNN, 1).run_id == more.run_ids["motion"]
 
 
 def test_commit_features_replaces_rows_of_other_runs(tmp_path):
