@@ -43,18 +43,22 @@ def weight_surface(
         x, y = w[:, 1] + w[:, 2] / 2, w[:, 2] * h
         sc = ax.tricontourf(x, y, v, levels=20, cmap="viridis") if len(v) >= 3 and np.ptp(v) > 0 else None
         pts = ax.scatter(x, y, c=v, cmap="viridis", s=14, edgecolors="k", linewidths=0.2)
-        fig.colorbar(sc or pts, ax=ax, label=value)
+        fig.colorbar(sc or pts, ax=ax, label=value, shrink=0.8)
         ax.plot([0, 1, 0.5, 0], [0, 0, h, 0], "k-", lw=0.8)
-        for (cx, cy), name, ha in zip([(0, 0), (1, 0), (0.5, h)], names, ["right", "left", "center"]):
-            ax.annotate(name, (cx, cy), xytext=(0, -12 if cy == 0 else 6), textcoords="offset points",
-                        ha=ha, fontsize=9)
+        for (cx, cy), name in zip([(0, 0), (1, 0), (0.5, h)], names):
+            ax.annotate(name, (cx, cy), xytext=(0, -14 if cy == 0 else 8), textcoords="offset points",
+                        ha="center", va="top" if cy == 0 else "bottom", fontsize=9)
         if best is not None:
             ax.plot(best[1] + best[2] / 2, best[2] * h, marker="*", color="red", ms=16, mec="white",
                     label="chosen weights")
             ax.legend(loc="upper right", fontsize=8)
+        ax.set_xlim(-0.12, 1.12)
+        ax.set_ylim(-0.24, h + 0.12)
         ax.set_aspect("equal")
         ax.axis("off")
-        ax.set_title(f"{value} over the hybrid weights (ternary)")
+        ax.set_title(f"{value} over the hybrid weights", pad=14)
+        ax.text(0.5, -0.2, "each corner: that model alone; centre: the plain average", ha="center",
+                fontsize=8, color="0.3")
     elif len(names) == 2:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         order = np.argsort(w[:, 0])
