@@ -146,7 +146,7 @@ def latest_cnn_run(model: str, split: int, experiment: str, store_uri: str) -> s
            "AND attributes.status = 'FINISHED'")
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=flt,
                               order_by=["attributes.start_time DESC"], output_format="list")
-    store_tag = tracking.redact(store_uri)
+    store_tag = tracking.store_tag(store_uri)
     for run in runs:
         if run.data.tags.get(tracking.TAG_STORE) == store_tag:
             return run.info.run_id
@@ -198,6 +198,10 @@ def _features_task(
     rows = ds.scanner(columns=_CLIP_COLUMNS, filter=pc.field("video_id").isin(video_ids)).to_table()
     rows = rows.sort_by([("video_id", "ascending"), ("position", "ascending")])
     vids = rows.column("video_id").to_pylist()
+    node_id = ray.get_runtime_context().get_node_id()
+    if not vids:
+        return {"fragments": [], "n_rows": 0, "written": [], "scores": {}, "missing": sorted(video_ids),
+                "dims": None, "node_id": node_id}
     h, w, stack = (rows.column(c).to_pylist() for c in ("height", "width", "stack"))
     frames = np.stack([decode_frame(b, hh, ww) for b, hh, ww in zip(rows.column("frame").to_pylist(), h, w)])
     flows = np.stack([decode_flow_stack(b, s, hh, ww)
@@ -236,7 +240,7 @@ def _features_task(
         "scores": scores,
         "missing": missing,
         "dims": (int(sf.shape[1]), int(mf.shape[1])),
-        "node_id": ray.get_runtime_context().get_node_id(),
+        "node_id": node_id,
     }
 
 
@@ -375,7 +379,11 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
             nonlocal ff_version, vs_version, n_rows, n_written, n_scored, dims, table_dims
             if not batch:
                 return
-            dims = batch[0]["dims"]
+            got = [r["dims"] for r in batch if r["dims"] is not None]
+            if not got:
+                batch.clear()
+                return
+            dims = got[0]
             if table_dims is not None and tuple(table_dims) != tuple(dims):
                 raise ValueError(
                     f"frame_features in {store_uri!r} holds features of dims {table_dims} but these CNNs give "

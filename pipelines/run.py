@@ -89,7 +89,7 @@ def _finished_runs(experiment: str, stage: str, split: int, store_uri: str) -> d
             r.info.status == RunStatus.to_string(RunStatus.FINISHED)
             and t.get(tracking.TAG_STAGE) == stage
             and t.get(tracking.TAG_SPLIT) == str(split)
-            and t.get(tracking.TAG_STORE) == tracking.redact(store_uri)
+            and t.get(tracking.TAG_STORE) == tracking.store_tag(store_uri)
             and "mlflow.parentRunId" not in t
         ):
             out.setdefault(t.get(tracking.TAG_MODEL, ""), r)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import mlflow
 
 from cluster.settings import Settings
-from store.lance_io import table_versions
+from store.lance_io import canonical_store_uri, table_versions
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,31 @@ def redact(uri: str) -> str:
     return _CRED_RE.sub(lambda m: f"{m.group('scheme')}***@", uri or "")
 
 
+def store_tag(store_uri: str) -> str:
+    """The `hyvid.store` tag of a store: canonical and credential-free, so runs compare by string."""
+    return redact(canonical_store_uri(store_uri))
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """A relative sqlite/file tracking URI made absolute, so Ray workers open the same database."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(uri.removeprefix("sqlite:///"))
+    if "://" not in uri:
+        return os.path.abspath(uri)
+    return uri
+
+
 def resolve_tracking_uri(explicit: str | None = None, settings: Settings | None = None) -> str:
     """Flag > MLFLOW_TRACKING_URI > ray_config.yaml > sqlite:///mlflow.db in the working dir."""
     if explicit:
-        return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if settings is not None:
-        return settings.tracking_uri
-    return "sqlite:///mlflow.db"
+        uri = explicit
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+    elif settings is not None:
+        uri = settings.tracking_uri
+    else:
+        uri = "sqlite:///mlflow.db"
+    return absolute_tracking_uri(uri)
 
 
 def setup(tracking_uri: str, experiment: str) -> str:
@@ -77,7 +93,7 @@ def start_run(
     if split is not None:
         all_tags[TAG_SPLIT] = str(split)
     if store_uri:
-        all_tags[TAG_STORE] = redact(store_uri)
+        all_tags[TAG_STORE] = store_tag(store_uri)
     all_tags.update(tags or {})
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else model, nested=nested, tags=all_tags) as run:
         yield run
@@ -86,7 +102,7 @@ def start_run(
 def log_lineage(store_uri: str, tables: list[str], storage_options: dict | None = None) -> dict[str, Any]:
     """Log the store URI and the Lance version of every table a fit read (params + lineage.json)."""
     versions = table_versions(store_uri, tables, storage_options)
-    lineage = {"store_uri": redact(store_uri), "tables": versions}
+    lineage = {"store_uri": store_tag(store_uri), "tables": versions}
     params = {f"{LINEAGE_PREFIX}store_uri": lineage["store_uri"]}
     params.update({f"{LINEAGE_PREFIX}{t}.version": v for t, v in versions.items()})
     mlflow.log_params(params)

@@ -25,6 +25,14 @@ def _is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+def canonical_store_uri(uri: str) -> str:
+    """One spelling per store: local paths absolute (Ray workers run in other directories, and
+    MLflow tags compare stores as strings); object-store URIs unchanged."""
+    if _is_local(uri):
+        return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+    return uri.rstrip("/")
+
+
 def table_exists(store_uri: str, table: str, storage_options: dict | None = None) -> bool:
     try:
         open_table(store_uri, table, storage_options)
