@@ -233,9 +233,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Val videos are split among workers whole, so each can average its videos' clip scores.
     val_videos: list[np.ndarray] = []
     if val_data is not None and len(val_data):
-        _, first = np.unique(val_data.video_ids, return_index=True)
-        groups = np.split(np.arange(len(val_data)), np.sort(first)[1:])
-        val_videos = groups[rank::world]
+        rows_of: dict[str, list[int]] = {}
+        for i, v in enumerate(val_data.video_ids.tolist()):
+            rows_of.setdefault(v, []).append(i)
+        val_videos = [np.asarray(r, dtype=np.int64) for r in rows_of.values()][rank::world]
 
     crop = (config["crop"], config["crop"])
     loss_fn = nn.CrossEntropyLoss()
@@ -260,6 +261,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss_sum += float(loss.detach()) * len(y)
             correct += float((logits.argmax(1) == yt).sum())
             seen += len(y)
+        lr = opt.param_groups[0]["lr"]
         sched.step()
         v_correct, v_clip_correct, v_videos = _evaluate(
             core, stream, val_data, val_videos, config["batch_size"], config["num_classes"], device)
@@ -271,7 +273,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch": epoch,
             "train_loss": loss_sum / max(seen, 1.0),
             "train_accuracy": correct / max(seen, 1.0),
-            "lr": opt.param_groups[0]["lr"],
+            "lr": lr,
             "epoch_seconds": seconds,
             "train_clips_per_s": seen / max(seconds, 1e-9),
         }
@@ -325,27 +327,30 @@ def _split_data(store_uri: str, split: int, storage_options: dict | None):
     if not by_subset["train"]:
         raise ValueError(f"no labelled ok training video in split {split} of store {store_uri!r}; "
                          "run `hyvid extract` with a dataset that has this split")
-    num_classes = len(fs.class_names())
+    class_names = fs.class_names()
     clips = fs.table("clips")
     first = clips.to_table(columns=["stack"], limit=1)
     if first.num_rows == 0:
         raise ValueError(f"the clips table of store {store_uri!r} is empty; run `hyvid extract` first")
-    return by_subset["train"], by_subset["val"], num_classes, int(first.column("stack")[0].as_py())
+    return by_subset["train"], by_subset["val"], class_names, int(first.column("stack")[0].as_py())
 
 
-def _log_results(job: _StreamJob, cfg: TrainCNNConfig, num_classes: int, stack: int):
+def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_names: list[str], stack: int):
     """Driver side: per-epoch metrics and the final model into the stream's MLflow run."""
     import mlflow
 
     from pipelines import tracking
 
     model_name = MODEL_OF_STREAM[job.stream]
-    with tracking.start_run(model_name, STAGE, cfg.split, cfg.store_uri, run_id=job.run_id):
+    num_classes = len(class_names)
+    with tracking.start_run(model_name, STAGE, cfg.split, store_uri, run_id=job.run_id):
+        ckpt = job.result.checkpoint if job.error is None else None
+        if job.error is None and ckpt is None:
+            job.error = RuntimeError(f"the {job.stream} fit reported no checkpoint")
         if job.error is not None:
             mlflow.set_tag("hyvid.error", str(job.error)[:5000])
             mlflow.end_run(status="FAILED")
             return None, []
-        ckpt = job.result.checkpoint
         with ckpt.as_directory() as d:
             state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
         history = list(state["history"])
@@ -357,8 +362,8 @@ def _log_results(job: _StreamJob, cfg: TrainCNNConfig, num_classes: int, stack: 
         model.load_state_dict(state["model"])
         model.eval()
         mlflow.log_dict(
-            {"stream": job.stream, "num_classes": num_classes, "stack": stack, "feature_dim": cfg.feature_dim,
-             "finetune": cfg.finetune, "checkpoint": ckpt.path},
+            {"stream": job.stream, "num_classes": num_classes, "class_names": class_names, "stack": stack,
+             "feature_dim": cfg.feature_dim, "finetune": cfg.finetune, "checkpoint": ckpt.path},
             "cnn_config.json",
         )
         # Pickle (not pt2/torch.export) keeps the whole module, so `features()` is there on load.
@@ -378,7 +383,8 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
     from pipelines import tracking
 
     store_uri = abs_local(cfg.store_uri)
-    train_labels, val_labels, num_classes, stack = _split_data(store_uri, cfg.split, cfg.storage_options)
+    train_labels, val_labels, class_names, stack = _split_data(store_uri, cfg.split, cfg.storage_options)
+    num_classes = len(class_names)
     if num_classes < 2:
         raise ValueError(f"store {store_uri!r} has {num_classes} class(es); a classifier needs at least 2")
     resources = connect(cfg.address)
@@ -448,7 +454,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
 
     run_ids, metrics, history, checkpoints = {}, {}, {}, {}
     for job in jobs:
-        path, hist = _log_results(job, cfg, num_classes, stack)
+        path, hist = _log_results(job, cfg, store_uri, class_names, stack)
         run_ids[job.stream] = job.run_id
         if path is not None:
             checkpoints[job.stream] = path
