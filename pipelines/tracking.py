@@ -99,9 +99,17 @@ def start_run(
         yield run
 
 
-def log_lineage(store_uri: str, tables: list[str], storage_options: dict | None = None) -> dict[str, Any]:
-    """Log the store URI and the Lance version of every table a fit read (params + lineage.json)."""
-    versions = table_versions(store_uri, tables, storage_options)
+def log_lineage(store_uri: str, tables: list[str], storage_options: dict | None = None,
+                versions: dict[str, int] | None = None) -> dict[str, Any]:
+    """Log the store URI and the Lance version of every table a fit read (params + lineage.json).
+
+    `versions` (table -> version) records the versions a fit actually read when it pinned them
+    at load time; by default the tables' current versions are looked up.
+    """
+    if versions is None:
+        versions = table_versions(store_uri, tables, storage_options)
+    else:
+        versions = {t: int(versions[t]) for t in tables if t in versions}
     lineage = {"store_uri": store_tag(store_uri), "tables": versions}
     params = {f"{LINEAGE_PREFIX}store_uri": lineage["store_uri"]}
     params.update({f"{LINEAGE_PREFIX}{t}.version": v for t, v in versions.items()})

@@ -27,7 +27,8 @@ from tqdm import tqdm
 from models import registry as R
 from models.fusion import PAPER_LAM1, PAPER_LR
 from pipelines.fusion_cv import DEFAULT_LAM_GRID
-from pipelines.train_loops import LSTM_STREAM, SKLEARN_MODELS, STAGE, TAG_FIT_ID, VIDEO_LEVEL_MODELS
+from pipelines.train_loops import LSTM_STREAM, SKLEARN_MODELS, STAGE, TAG_FIT_ID
+from store.lance_io import canonical_store_uri
 
 log = logging.getLogger(__name__)
 
@@ -182,23 +183,9 @@ def _is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
-def absolute_store_uri(uri: str) -> str:
-    """Local store paths made absolute: Ray Train runs workers in their own working directory."""
-    return os.path.abspath(uri.removeprefix("file://")) if _is_local(uri) else uri
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """A relative sqlite/file tracking URI made absolute, so every worker opens the same store."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + os.path.abspath(uri.removeprefix("sqlite:///"))
-    if "://" not in uri:
-        return os.path.abspath(uri)
-    return uri
-
-
 def _storage_path(cfg: TrainConfig, store_uri: str) -> str:
     if cfg.storage_path:
-        return absolute_store_uri(cfg.storage_path)
+        return canonical_store_uri(cfg.storage_path)
     if _is_local(store_uri):
         return os.path.join(store_uri, "_train")
     # Single-node default for object-store stores; a multi-node cluster needs --storage-path on shared storage.
@@ -299,14 +286,14 @@ class _Fitter:
         from mlflow import MlflowClient
 
         from pipelines.fusion_cv import search_lambdas
-        from pipelines.tracking import TAG_MODEL, TAG_SPLIT, TAG_STAGE, TAG_STORE, redact
+        from pipelines.tracking import TAG_MODEL, TAG_SPLIT, TAG_STAGE, TAG_STORE, store_tag
 
         config = self.config(R.FUSION)
         client = MlflowClient(self.tracking_uri)
         parent = client.create_run(
             self.experiment_id, run_name=R.FUSION,
             tags={TAG_MODEL: R.FUSION, TAG_STAGE: STAGE, TAG_SPLIT: str(self.cfg.split),
-                  TAG_STORE: redact(self.store_uri), TAG_FIT_ID: config["fit_id"]},
+                  TAG_STORE: store_tag(self.store_uri), TAG_FIT_ID: config["fit_id"]},
         ).info.run_id
         try:
             if len(self.cfg.lam2_grid) * len(self.cfg.lam3_grid) > 1:
@@ -332,13 +319,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     from store.lance_io import open_table
     from store.tables import FRAME_FEATURES_NAME
 
-    store_uri = absolute_store_uri(cfg.store_uri)
+    store_uri = canonical_store_uri(cfg.store_uri)  # absolute: Ray Train workers run in their own directory
     fs = FeatureStore(store_uri, cfg.storage_options)
     open_table(store_uri, FRAME_FEATURES_NAME, cfg.storage_options)  # fail early: names the stage that makes it
     num_classes, multilabel = len(fs.class_names()), fs.is_multilabel()
     if num_classes < 2:
         raise ValueError(f"store {store_uri!r} has {num_classes} class(es) in its `classes` table; need >= 2")
-    tracking_uri = absolute_tracking_uri(tracking.resolve_tracking_uri(cfg.tracking_uri))
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)  # absolute, for the same reason
     experiment_id = tracking.setup(tracking_uri, cfg.experiment)
     connect(cfg.address)
     # Import Ray Train/Tune here, once: importing them from several fit threads at once races

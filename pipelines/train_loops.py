@@ -35,7 +35,7 @@ TAG_FIT_ID = "hyvid.fit_id"  # one uuid per fit: a restarted worker finds its ML
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag for nested runs
 STAGE = "train"
 CV_STAGE = "train-cv"  # fusion λ2/λ3 trials: nested runs, never mistaken for the final fit
-LINEAGE_TABLES = ["videos", "classes", "frame_features"]
+LINEAGE_TABLES = ["videos", "frame_features"]  # what a fit reads in its worker
 VIDEO_LEVEL_MODELS = (R.FUSION, R.FUSION_NOREG, R.NN_EF, R.NN_LF)
 SKLEARN_MODELS = (R.SVM_EF, R.SVM_LF)
 LSTM_STREAM = {R.SPATIAL_LSTM: "spatial", R.MOTION_LSTM: "motion"}
@@ -70,8 +70,13 @@ def target_matrix(labels: np.ndarray, labels_multi: list[list[int]], num_classes
     return y
 
 
-def load_subsets(config: dict) -> dict[str, Subset]:
-    """Read train/val/test (or train/val for CV trials) for one fit through the FeatureStore."""
+def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
+    """Read train/val/test (or train/val for CV trials) for one fit through the FeatureStore.
+
+    Returns the subsets and the Lance version of each table read (the fit's lineage): the store
+    is pinned at first use, so every subset comes from the same versions even if a writer commits
+    meanwhile.
+    """
     from store.feature_store import FeatureStore
 
     fs = FeatureStore(config["store_uri"], config.get("storage_options"), follow_latest=False)
@@ -86,7 +91,8 @@ def load_subsets(config: dict) -> dict[str, Subset]:
             vf = fs.video_features(split, sub, streams=R.STREAMS)
             xs = [torch.from_numpy(np.ascontiguousarray(vf.features[s])) for s in R.STREAMS]
             out[sub] = Subset(vf.video_ids, xs, vf.labels, vf.labels_multi)
-    return out
+    versions = {t: v for t, v in fs.versions().items() if t in LINEAGE_TABLES}
+    return out, versions
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +298,7 @@ def open_run(config: dict, stage: str = STAGE, extra_tags: dict | None = None) -
     A worker restarted by Ray Train's FailureConfig finds the run its first attempt created, so a
     resumed fit stays one run with one metric history.
     """
-    from pipelines.tracking import TAG_MODEL, TAG_SPLIT, TAG_STAGE, TAG_STORE, redact
+    from pipelines.tracking import TAG_MODEL, TAG_SPLIT, TAG_STAGE, TAG_STORE, store_tag
 
     client = _mlflow_setup(config)
     if config.get("run_id"):
@@ -302,7 +308,7 @@ def open_run(config: dict, stage: str = STAGE, extra_tags: dict | None = None) -
     if found:
         return found[0].info.run_id
     tags = {TAG_MODEL: config["model"], TAG_STAGE: stage, TAG_SPLIT: str(config["split"]),
-            TAG_STORE: redact(config["store_uri"]), TAG_FIT_ID: config["fit_id"], **(extra_tags or {})}
+            TAG_STORE: store_tag(config["store_uri"]), TAG_FIT_ID: config["fit_id"], **(extra_tags or {})}
     run = client.create_run(config["experiment_id"], run_name=config.get("run_name") or config["model"], tags=tags)
     return run.info.run_id
 
@@ -353,7 +359,7 @@ def fit_loop(config: dict, report: Callable, get_checkpoint: Callable, rank: int
     """
     torch.set_num_threads(int(config.get("torch_threads", 1)))  # one core per worker: fits share the machine
     torch.manual_seed(int(config["seed"]))  # the same init on every rank (then broadcast, to be sure)
-    data = load_subsets(config)
+    data, versions = load_subsets(config)
     model = build_model(config, data).to(device)
     opt = build_optimizer(config, model)
     state = _load_checkpoint(get_checkpoint())
@@ -408,7 +414,7 @@ def fit_loop(config: dict, report: Callable, get_checkpoint: Callable, rank: int
             os._exit(1)
     if not lead:
         return {}
-    return _finish(config, client, run_id, model.cpu(), best, data)
+    return _finish(config, client, run_id, model.cpu(), best, data, versions)
 
 
 def _report_due(config: dict, epoch: int, epochs: int, last_report: float, world: int, force: bool) -> bool:
@@ -435,7 +441,8 @@ def _metrics(values: dict[str, float], step: int):
     return [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and np.isfinite(v)]
 
 
-def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dict, data: dict[str, Subset]) -> dict:
+def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dict, data: dict[str, Subset],
+            versions: dict[str, int]) -> dict:
     """Rank 0, after the last epoch: best weights -> final metrics, model, scores, lineage."""
     import mlflow
 
@@ -463,7 +470,7 @@ def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dic
         client.set_terminated(run_id, "FINISHED")
         return {"run_id": run_id, "metrics": final}
     with mlflow.start_run(run_id=run_id):
-        log_lineage(config["store_uri"], LINEAGE_TABLES, config.get("storage_options"))
+        log_lineage(config["store_uri"], LINEAGE_TABLES, config.get("storage_options"), versions=versions)
         _log_torch_model(model)
     _write_scores(config, run_id, data, scores)
     client.set_terminated(run_id, "FINISHED")
@@ -542,7 +549,7 @@ def sklearn_fit(config: dict) -> dict:
     from models.baselines import SVMEarlyFusion, SVMLateFusion
     from pipelines.tracking import log_lineage, metric_name
 
-    data = load_subsets(config)
+    data, versions = load_subsets(config)
     client = _mlflow_setup(config)
     run_id = open_run(config)
     _log_fit_params(client, run_id, {**config, "world_size": 1})
@@ -559,7 +566,7 @@ def sklearn_fit(config: dict) -> dict:
             final[metric_name(sub, k)] = v
     client.log_batch(run_id, metrics=_metrics(final, step=0))
     with mlflow.start_run(run_id=run_id):
-        log_lineage(config["store_uri"], LINEAGE_TABLES, config.get("storage_options"))
+        log_lineage(config["store_uri"], LINEAGE_TABLES, config.get("storage_options"), versions=versions)
         _log_sklearn_model(est)
     _write_scores(config, run_id, data, scores)
     client.set_terminated(run_id, "FINISHED")
