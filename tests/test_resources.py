@@ -155,7 +155,9 @@ def _scenario(work: Path) -> dict:
 
     out: dict = {}
     t_start = time.perf_counter()
-    temp_dir = tempfile.mkdtemp(prefix="hvc", dir="/tmp")  # short: Ray's unix sockets live here
+    # RAY_TMPDIR (set by the fixture) keeps the sessions and the "current cluster" address file
+    # out of /tmp/ray, where another process's ray.init() would find this cluster and join it.
+    temp_dir = os.path.join(os.environ["RAY_TMPDIR"], "ray")
     common = {"temp_dir": temp_dir, "object_store_memory": 80 * 1024 * 1024}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, **common})
     try:
@@ -201,7 +203,14 @@ def _scenario(work: Path) -> dict:
         cfg = ex.ExtractConfig(dataset=str(manifest), store_uri=store, frames=4, stack=2, size=64,
                                address=cluster.address, workers=3, shard_size=1, progress=False)
         box: dict = {}
-        runner = threading.Thread(target=lambda: box.update(result=ex.extract(cfg)), daemon=True)
+
+        def run_extract() -> None:
+            try:
+                box["result"] = ex.extract(cfg)
+            except BaseException as e:  # surfaced below, with the scenario's other output
+                box["error"] = repr(e)
+
+        runner = threading.Thread(target=run_extract, daemon=True)
         t0 = time.perf_counter()
         runner.start()
         while not os.path.exists(marker) and runner.is_alive():
@@ -214,6 +223,8 @@ def _scenario(work: Path) -> dict:
             cluster.remove_node(victim[0], allow_graceful=False)
         runner.join(timeout=240)
         out["extract_s"] = time.perf_counter() - t0
+        if "result" not in box:
+            raise RuntimeError(f"extract did not finish: {box.get('error', 'still running after 240 s')}")
         r = box["result"]
         out["extract"] = {"ok": r.ok, "failed": r.failed, "total": r.total, "node_spread": r.node_spread}
         videos = open_table(store, VIDEOS.name).to_table(columns=["video_id", "status", "n_positions", "node_id"])
@@ -226,22 +237,51 @@ def _scenario(work: Path) -> dict:
     finally:
         ray.shutdown()
         cluster.shutdown()
-        import shutil
-
-        shutil.rmtree(temp_dir, ignore_errors=True)
     return out
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process whose session id is `sid` (the scenario leads its own session)."""
+    import signal
+
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[3]) == sid:
+            try:
+                os.kill(int(d), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.fixture(scope="module")
 def cluster_run(tmp_path_factory):
+    import shutil
+
     work = tmp_path_factory.mktemp("cluster")
+    ray_tmp = tempfile.mkdtemp(prefix="hvc", dir="/tmp")  # short: Ray's unix sockets live under it
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex(), RAY_USAGE_STATS_ENABLED="0",
-               PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}", RAY_DEDUP_LOGS="0")
-    proc = subprocess.run([sys.executable, __file__, str(work)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=420, start_new_session=True)
+               PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}", RAY_DEDUP_LOGS="0",
+               RAY_TMPDIR=ray_tmp)
+    proc = subprocess.Popen([sys.executable, __file__, str(work)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=420)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = "", "scenario timed out after 420 s"
+    finally:
+        # Whatever the scenario left (it shuts its cluster down, but may have died first): every
+        # process of its session, by id.
+        _kill_session(proc.pid)
+        proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     out_file = work / "result.json"
-    assert proc.returncode == 0 and out_file.exists(), f"scenario failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0 and out_file.exists(), f"scenario failed:\n{stdout[-3000:]}\n{stderr[-6000:]}"
     return json.loads(out_file.read_text())
 
 
