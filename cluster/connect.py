@@ -21,7 +21,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        # address="local": never attach silently to some other cluster left running on this machine.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=True)
     resources = ray.cluster_resources()
     log.info("Ray resources: %s", resources)
     return resources
