@@ -202,6 +202,8 @@ def load_hybrid(tracking_uri: str | None, experiment: str = "hyvid", model_uri: 
     from mlflow.tracking import MlflowClient
 
     t0 = time.perf_counter()
+    # Six small local artifact copies would each draw a progress bar over the CLI's output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(tracking.resolve_tracking_uri(tracking_uri))
     client = MlflowClient()
     if model_uri:

@@ -15,7 +15,7 @@ from mlflow.entities import Run
 from pipelines import tracking
 
 # Parameters that say where a run came from rather than how it was configured.
-_NOT_KEY = (tracking.LINEAGE_PREFIX, "component.")
+_NOT_KEY = (tracking.LINEAGE_PREFIX, "component.", "cnn.", "extract.")
 _METRIC_SHORT = {"accuracy": "acc", "mean_class_accuracy": "mca", "map": "mAP", "top5": "top5"}
 
 

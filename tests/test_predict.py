@@ -149,9 +149,10 @@ def test_cli_json_and_exit_codes(logged, capsys):
     assert out["hybrid_run_id"] == logged["hybrid"].run_id and len(out["videos"][0]["top"]) == 3
     assert set(out["timing"]) >= {"frames_flow_s", "cnn_s", "lstm_fusion_s", "total_s", "load_s"}
 
+    # Every file failed: exit code 1, the reason in the text output.
     assert main(["predict", logged["bad"], "--model", f"runs:/{logged['hybrid'].run_id}"]) == 1
-    err = capsys.readouterr().err
-    assert "bad.avi" in err
+    out = capsys.readouterr().out
+    assert "bad.avi: error:" in out and "0 of 1 video(s) classified" in out
     # A run that is not a hybrid is refused with a pointer to the right runs.
     assert main(["predict", logged["good"][0], "--model", f"runs:/{logged['run_ids'][R.FUSION]}"]) == 2
     assert "not a hybrid run" in capsys.readouterr().err
