@@ -586,9 +586,10 @@ def _predict_run(args: argparse.Namespace, s: Settings) -> int:
     res = predict(PredictConfig(tuple(args.videos), args.experiment, args.model, args.split,
                                 tracking.resolve_tracking_uri(None, s), args.top, args.batch_size))
     print(format_json(res) if args.json else format_text(res))
-    for p in res.predictions:
-        if not p.ok:
-            print(f"hyvid predict: error: {p.error}", file=sys.stderr)
+    if args.json:  # the text output lists failures inline already
+        for p in res.predictions:
+            if not p.ok:
+                print(f"hyvid predict: error: {p.error}", file=sys.stderr)
     return res.exit_code()
 
 
