@@ -18,7 +18,7 @@ from video_fixtures import moving_square_frames, write_video
 from models import registry as R
 from pipelines import tracking
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]  # five models logged to MLflow, the hybrid stage, videos
+pytestmark = pytest.mark.integration  # five models logged to MLflow, the real hybrid stage, real videos
 
 CLASSES = ["left", "right", "still"]
 EXTRACT = {"frames": 6, "stack": 2, "flow": "dis", "size": 32}
