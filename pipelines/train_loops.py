@@ -3,9 +3,10 @@
 * :func:`torch_train_loop` is the ``train_loop_per_worker`` of every ``TorchTrainer`` (the LSTMs,
   the fusion network, its non-regularized twin and the NN baselines). It reads its data through
   :class:`store.feature_store.FeatureStore` inside the worker, trains with per-epoch validation,
-  keeps the best-validation epoch's weights, checkpoints every epoch (so a killed worker resumes
-  from its last epoch), and on rank 0 logs everything to one MLflow run and writes the per-video
-  val/test scores to ``video_scores``.
+  keeps the best-validation epoch's weights, checkpoints after an epoch at most every few seconds
+  and after the last (so a killed worker resumes from its last checkpointed epoch, in the same
+  MLflow run), and on rank 0 logs everything to one MLflow run and writes the per-video val/test
+  scores to ``video_scores``. Several workers split each epoch and average their gradients.
 * :func:`cv_trial` is the Ray Tune trainable of the fusion net's λ2/λ3 search: the same loop on
   one process, validation only, logged as an MLflow run nested under the ``fusion`` parent.
 * :func:`sklearn_fit` fits the SVM baselines (run as a Ray task).
@@ -409,7 +410,12 @@ def fit_loop(config: dict, report: Callable, get_checkpoint: Callable, rank: int
             else:
                 report(metrics)
         if kill:
-            # Fault injection for tests and demos: die like a preempted node, right after a checkpoint.
+            # Fault injection for tests and demos: die like a preempted node, right after a checkpoint
+            # (once Ray Train has committed it: a report is only taken at the controller's next poll).
+            import ray.train
+            from ray.train import CheckpointConsistencyMode
+
+            ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED, timeout_s=120)
             log.warning("%s: simulating a killed worker after epoch %d", config["model"], epoch)
             os._exit(1)
     if not lead:

@@ -89,3 +89,251 @@ def build_toy_store(store_uri: str, videos_per_group: int = 4, noise: float = 0.
     )
     append_rows(store_uri, FRAME_FEATURES_NAME, table)
     return {"class_names": list(CLASS_NAMES), "order_labels": [CLASS_NAMES.index(c) for c in ORDER_CLASSES]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Fast checks of the configuration and the pure pieces
+# ------------------------------------------------------------------------------------------------
+def test_baselines_expand_and_bad_names_are_refused(tmp_path):
+    from models import registry as R
+    from pipelines.train import TrainConfig, expand_models
+
+    assert expand_models(["fusion", "baselines"]) == (R.FUSION, *R.BASELINE_MODELS)
+    assert expand_models(["nn_ef", "baselines", "nn_ef"]).count("nn_ef") == 1
+    with pytest.raises(ValueError, match="unknown model"):
+        TrainConfig(store_uri=str(tmp_path), models=("lstm",))
+    with pytest.raises(ValueError, match="train-cnn"):
+        TrainConfig(store_uri=str(tmp_path), models=("spatial_cnn",))
+    with pytest.raises(ValueError, match="lstm_pooling"):
+        TrainConfig(store_uri=str(tmp_path), lstm_pooling="max")
+    with pytest.raises(ValueError, match="lam2_grid"):
+        TrainConfig(store_uri=str(tmp_path), lam2_grid=(-1.0,))
+    with pytest.raises(ValueError, match="kill_after_epoch"):
+        TrainConfig(store_uri=str(tmp_path), models=("fusion",), kill_after_epoch={"nn_ef": 1})
+    paper = TrainConfig.paper(str(tmp_path))
+    assert paper.lstm_hidden == (1024, 512) and paper.lstm_lr == 1e-4 and paper.lstm_optimizer == "sgd"
+
+
+def test_cv_choice_prefers_val_then_loss_then_regularization():
+    from pipelines.fusion_cv import choose
+
+    trials = [(0.0, 0.0, 0.8, 0.30, "a"), (3e-5, 0.0, 0.9, 0.40, "b"), (3e-4, 0.0, 0.9, 0.35, "c")]
+    assert choose(trials)[:2] == (3e-4, 0.0)  # best val, then lower val loss
+    tied = [(0.0, 0.0, 0.9, 0.35, "a"), (3e-5, 3e-5, 0.9, 0.35, "b")]
+    assert choose(tied)[:2] == (3e-5, 3e-5)  # a full tie goes to the sparser net
+    with pytest.raises(ValueError, match="no finished"):
+        choose([])
+
+
+def test_cli_train_flags_parse(tmp_path):
+    from pipelines.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--store", str(tmp_path), "--models", "fusion,baselines", "--epochs", "3", "--paper-lstm",
+         "--lam-grid", "0,1e-4", "--workers-per-model", "2", "--sequential"]
+    )
+    assert args.command == "train" and args.epochs == 3 and args.paper_lstm and args.sequential
+    assert args.lam_grid == "0,1e-4" and args.workers_per_model == 2
+
+
+def test_missing_frame_features_names_the_stage(tmp_path):
+    from pipelines.train import TrainConfig, train
+
+    with pytest.raises(FileNotFoundError, match="frame_features"):
+        train(TrainConfig(store_uri=str(tmp_path / "empty"), tracking_uri=f"sqlite:///{tmp_path}/m.db"))
+
+
+# ------------------------------------------------------------------------------------------------
+# One real concurrent fit of every model, shared by the tests below
+# ------------------------------------------------------------------------------------------------
+EPOCHS_LSTM, EPOCHS_VIDEO, KILL_AT = 12, 30, 3
+LAM2_GRID = (0.0, 3e-4)
+EXPERIMENT = "train-test"
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, tmp_path_factory):
+    import mlflow
+
+    from pipelines.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("train")
+    store = str(root / "store")
+    info = build_toy_store(store)
+    uri = f"sqlite:///{root}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    # Artifacts under tmp (MLflow's default would be ./mlruns in the working directory).
+    mlflow.create_experiment(EXPERIMENT, artifact_location=str(root / "artifacts"))
+    cfg = TrainConfig(
+        store_uri=store, tracking_uri=uri, experiment=EXPERIMENT,
+        lstm_epochs=EPOCHS_LSTM, lstm_hidden=(32, 16), video_epochs=EPOCHS_VIDEO,
+        abstraction=32, fusion_units=32, nn_hidden=32, lam2_grid=LAM2_GRID, lam3_grid=(0.0,),
+        cpus_per_worker=0.5,  # 4 fits at a time on the 2-CPU test cluster
+        kill_after_epoch={"motion_lstm": KILL_AT},  # its worker dies once; Ray Train must resume it
+    )
+    result = train(cfg)
+    client = mlflow.MlflowClient(uri)
+    return {"result": result, "client": client, "store": store, "cfg": cfg, **info}
+
+
+def _run(trained, model):
+    return trained["client"].get_run(trained["result"].models[model].run_id)
+
+
+def _fit_windows(trained):
+    return {m: (_run(trained, m).info.start_time, _run(trained, m).info.end_time) for m in trained["result"].models}
+
+
+@pytest.mark.slow
+def test_every_model_is_one_finished_run_with_test_metrics(trained):
+    from models import registry as R
+
+    result = trained["result"]
+    assert tuple(result.models) == (R.SPATIAL_LSTM, R.MOTION_LSTM, R.FUSION, *R.BASELINE_MODELS)
+    for model, r in result.models.items():
+        run = _run(trained, model)
+        assert run.info.status == "FINISHED", model
+        assert run.data.tags["hyvid.model"] == model and run.data.tags["hyvid.stage"] == "train"
+        for key in ("val_accuracy", "test_accuracy", "test_mean_class_accuracy", "test_top5", "test_map"):
+            assert key in run.data.metrics, (model, key)
+            assert r.metrics[key] == pytest.approx(run.data.metrics[key]), (model, key)
+        # Static classes are easy for every model: anything below 0.6 means a broken fit.
+        assert r.metrics["test_accuracy"] >= 0.6, (model, r.metrics)
+
+
+@pytest.mark.slow
+def test_torch_fits_log_per_epoch_history(trained):
+    client = trained["client"]
+    for model, epochs in (("spatial_lstm", EPOCHS_LSTM), ("nn_ef", EPOCHS_VIDEO)):
+        run_id = trained["result"].models[model].run_id
+        for key in ("train_loss", "train_accuracy"):
+            steps = [m.step for m in client.get_metric_history(run_id, key)]
+            assert sorted(steps) == list(range(epochs)), (model, key, steps)
+        val_steps = {m.step for m in client.get_metric_history(run_id, "val_accuracy")}
+        assert val_steps == set(range(epochs + 1)), model  # every epoch, plus the selected epoch's at the end
+
+
+@pytest.mark.slow
+def test_logged_models_load_and_reproduce_the_stored_scores(trained):
+    import mlflow
+    import torch
+
+    from pipelines.train_loops import LSTM_STREAM
+    from store.feature_store import FeatureStore, collate_sequences
+
+    fs = FeatureStore(trained["store"])
+    vf = fs.video_features(1, "val")
+    xs = [torch.from_numpy(vf.features[s]) for s in ("spatial", "motion")]
+    for model, r in trained["result"].models.items():
+        stored = fs.scores(model, 1, "val")
+        assert stored.video_ids == vf.video_ids
+        uri = f"runs:/{r.run_id}/model"
+        if model in ("svm_ef", "svm_lf"):
+            got = mlflow.sklearn.load_model(uri).predict_scores([x.numpy() for x in xs])
+        else:
+            net = mlflow.pytorch.load_model(uri).eval()
+            with torch.no_grad():
+                if model in LSTM_STREAM:
+                    seq = fs.sequences(1, "val", streams=(LSTM_STREAM[model],))
+                    x, lengths, *_ = collate_sequences([seq[i] for i in range(len(seq))])
+                    got = torch.softmax(net.video_logits(x[LSTM_STREAM[model]], lengths), dim=1).numpy()
+                else:
+                    got = net(xs).numpy()
+        np.testing.assert_allclose(got, stored.scores, rtol=1e-4, atol=1e-5, err_msg=model)
+
+
+@pytest.mark.slow
+def test_fits_overlap_in_time(trained):
+    windows = _fit_windows(trained)
+    # Sweep line over the MLflow run windows: how many fits were training at once.
+    events = sorted([(s, 1) for s, _ in windows.values()] + [(e, -1) for _, e in windows.values()])
+    open_now = peak = 0
+    for _, step in events:
+        open_now += step
+        peak = max(peak, open_now)
+    assert peak >= 3, windows
+    for model in ("spatial_lstm", "motion_lstm", "fusion"):
+        s, e = windows[model]
+        others = [m for m, (s2, e2) in windows.items() if m != model and s2 < e and s < e2]
+        assert others, f"{model} ran alone: {windows}"
+
+
+@pytest.mark.slow
+def test_lineage_points_at_the_lance_versions_read(trained):
+    from store.feature_store import FeatureStore
+
+    versions = FeatureStore(trained["store"]).versions()
+    for model in trained["result"].models:
+        params = _run(trained, model).data.params
+        for table in ("videos", "frame_features"):
+            assert params[f"lineage.{table}.version"] == str(versions[table]), (model, table)
+        assert params["lineage.store_uri"].endswith("store")
+    import json
+
+    import mlflow
+
+    lineage = mlflow.artifacts.download_artifacts(run_id=trained["result"].models["fusion"].run_id,
+                                                  artifact_path="lineage.json", tracking_uri=trained["cfg"].tracking_uri)
+    with open(lineage) as f:
+        assert json.load(f)["tables"] == {"videos": versions["videos"], "frame_features": versions["frame_features"]}
+
+
+@pytest.mark.slow
+def test_video_scores_hold_val_and_test_rows_per_model(trained):
+    from store.feature_store import FeatureStore
+
+    fs = FeatureStore(trained["store"])
+    n = {sub: len(fs.videos(split=1, subset=sub)) for sub in ("val", "test")}
+    for model, r in trained["result"].models.items():
+        for sub in ("val", "test"):
+            s = fs.scores(model, 1, sub)
+            assert len(s.video_ids) == n[sub], (model, sub)
+            assert s.scores.shape == (n[sub], len(CLASS_NAMES))
+            assert s.run_id == r.run_id and set(s.subsets) == {sub}
+
+
+@pytest.mark.slow
+def test_fusion_cv_trials_are_nested_under_the_fusion_run(trained):
+    client, parent = trained["client"], trained["result"].models["fusion"].run_id
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    trials = [r for r in client.search_runs([exp.experiment_id])
+              if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert len(trials) == len(LAM2_GRID)
+    assert {float(t.data.params["lam2"]) for t in trials} == set(LAM2_GRID)
+    assert all(t.data.tags["hyvid.stage"] == "train-cv" and "val_accuracy" in t.data.metrics for t in trials)
+    assert all("test_accuracy" not in t.data.metrics for t in trials)  # selection never sees test
+    p = client.get_run(parent).data
+    assert float(p.params["lam2"]) in LAM2_GRID and float(p.params["lam3"]) == 0.0
+    assert trained["result"].models["fusion"].extra == {"lam2": float(p.params["lam2"]), "lam3": 0.0}
+    assert 0.0 <= p.metrics["fusion_zero_row_fraction"] <= 1.0
+    assert float(_run(trained, "fusion_noreg").data.params["lam2"]) == 0.0
+
+
+@pytest.mark.slow
+def test_killed_fit_resumed_from_its_checkpoint(trained):
+    run = _run(trained, "motion_lstm")
+    assert run.data.tags.get("hyvid.resumed_from_epoch") == str(KILL_AT)
+    steps = [m.step for m in trained["client"].get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(steps) == list(range(EPOCHS_LSTM))  # no epoch redone, none lost
+    exp = trained["client"].get_experiment_by_name(EXPERIMENT)
+    motion_runs = [r for r in trained["client"].search_runs([exp.experiment_id])
+                   if r.data.tags.get("hyvid.model") == "motion_lstm"]
+    assert len(motion_runs) == 1  # the restarted worker logged into the same run
+
+
+@pytest.mark.slow
+def test_lstm_beats_fusion_on_the_order_only_classes(trained):
+    from store.feature_store import FeatureStore
+
+    fs = FeatureStore(trained["store"])
+
+    def order_accuracy(model):
+        s = fs.scores(model, 1, "test")
+        keep = np.isin(s.labels, trained["order_labels"])
+        return float((s.scores[keep].argmax(1) == s.labels[keep]).mean())
+
+    fusion = order_accuracy("fusion")
+    for lstm in ("spatial_lstm", "motion_lstm"):
+        # Frame averages of the two order classes are identically distributed: the fusion net is at
+        # chance (0.5) between them, while the LSTM reads the order.
+        assert order_accuracy(lstm) >= 0.9 and order_accuracy(lstm) >= fusion + 0.25, (lstm, fusion)
