@@ -139,6 +139,8 @@ class ExtractResult:
     config_hash: str = ""
     versions: dict[str, int] = field(default_factory=dict)
     orphans_deleted: int = 0
+    task_seconds: float = 0.0  # wall time inside extraction tasks, summed
+    task_cpu_seconds: float = 0.0  # CPU time of those tasks: / seconds = cores really used
 
     @property
     def frames_per_s(self) -> float:
@@ -160,6 +162,7 @@ class ShardResult:
     frames: int  # source frames decoded
     clips: int
     seconds: float
+    cpu_seconds: float = 0.0  # CPU time the task's process used: shows whether it got a core
 
 
 def _videos_row(e: VideoEntry, *, status: str, error: str | None, config_hash: str, node_id: str,
@@ -204,7 +207,7 @@ def _maybe_crash(video_id: str) -> None:
 def extract_shard(entries: list[VideoEntry], store_uri: str, settings: dict, config_hash: str,
                   storage_options: dict | None, node_id: str) -> ShardResult:
     """Extract a few videos: write their clips as uncommitted fragments, return the metadata."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     clip_rows: dict[str, list] = {name: [] for name in CLIPS.schema.names}
     video_rows, frames = [], 0
     for e in entries:
@@ -237,7 +240,8 @@ def extract_shard(entries: list[VideoEntry], store_uri: str, settings: dict, con
     clips = pa.Table.from_pydict(clip_rows, schema=CLIPS.schema)
     fragments = write_table_fragments(store_uri, CLIPS.name, clips, storage_options)
     videos = pa.Table.from_pylist(video_rows, schema=VIDEOS.schema)
-    return ShardResult(fragments, videos, frames, clips.num_rows, time.perf_counter() - t0)
+    return ShardResult(fragments, videos, frames, clips.num_rows, time.perf_counter() - t0,
+                       time.process_time() - c0)
 
 
 def _shard_task(entries, store_uri, settings, config_hash, storage_options) -> ShardResult:
@@ -348,6 +352,8 @@ class _Committer:
         r = self.result
         r.frames += shard.frames
         r.clips += shard.clips
+        r.task_seconds += shard.seconds
+        r.task_cpu_seconds += shard.cpu_seconds
         for row in shard.videos.select(["video_id", "status", "error", "node_id"]).to_pylist():
             if row["status"] == STATUS_OK:
                 r.ok += 1
