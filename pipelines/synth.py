@@ -68,15 +68,19 @@ class ClassSpec:
 
 
 # The catalogue, in the order classes are taken from it. Photos: scikit-image's bundled data.
+def _appearance(name: str, photo: str, roi: tuple[float, float, float, float], what: str) -> ClassSpec:
+    return ClassSpec(f"Appearance{name}", KIND_APPEARANCE, f"a crop of {what} (skimage {photo})", photo, roi)
+
+
 APPEARANCE_CLASSES = (
-    ClassSpec("AppearanceCat", KIND_APPEARANCE, "a crop of a cat's face (skimage chelsea)", "chelsea", (0.05, 0.0, 0.8, 1.0)),
-    ClassSpec("AppearanceCoffee", KIND_APPEARANCE, "a crop of a coffee cup (skimage coffee)", "coffee", (0.1, 0.0, 0.85, 0.95)),
-    ClassSpec("AppearanceRocket", KIND_APPEARANCE, "a crop of a rocket on its pad (skimage rocket)", "rocket", (0.43, 0.15, 0.57, 0.95)),
-    ClassSpec("AppearanceAstronaut", KIND_APPEARANCE, "a crop of an astronaut (skimage astronaut)", "astronaut", (0.1, 0.0, 0.9, 1.0)),
-    ClassSpec("AppearanceMotorcycle", KIND_APPEARANCE, "a crop of a motorcycle (skimage stereo_motorcycle)", "motorcycle", (0.05, 0.35, 0.7, 0.95)),
-    ClassSpec("AppearanceTissue", KIND_APPEARANCE, "a crop of stained tissue (skimage immunohistochemistry)", "immunohistochemistry", (0.0, 0.0, 1.0, 1.0)),
-    ClassSpec("AppearanceGalaxies", KIND_APPEARANCE, "a crop of the Hubble deep field (skimage)", "hubble_deep_field", (0.0, 0.0, 1.0, 1.0)),
-    ClassSpec("AppearanceRetina", KIND_APPEARANCE, "a crop of a retina (skimage retina)", "retina", (0.18, 0.18, 0.82, 0.82)),
+    _appearance("Cat", "chelsea", (0.05, 0.0, 0.8, 1.0), "a cat's face"),
+    _appearance("Coffee", "coffee", (0.1, 0.0, 0.85, 0.95), "a coffee cup"),
+    _appearance("Rocket", "rocket", (0.43, 0.15, 0.57, 0.95), "a rocket on its pad"),
+    _appearance("Astronaut", "astronaut", (0.1, 0.0, 0.9, 1.0), "an astronaut"),
+    _appearance("Motorcycle", "motorcycle", (0.05, 0.35, 0.7, 0.95), "a motorcycle"),
+    _appearance("Tissue", "immunohistochemistry", (0.0, 0.0, 1.0, 1.0), "stained tissue"),
+    _appearance("Galaxies", "hubble_deep_field", (0.0, 0.0, 1.0, 1.0), "the Hubble deep field"),
+    _appearance("Retina", "retina", (0.18, 0.18, 0.82, 0.82), "a retina"),
 )
 # No two motion classes are horizontal mirror images: the CNNs train with horizontal flips
 # (flow x negated), which would merge Left with Right.
@@ -425,147 +429,215 @@ def _tri(n_half: int) -> np.ndarray:
     return np.concatenate([up, up[-2::-1]])
 
 
+@dataclass(frozen=True)
+class _Nuisance:
+    """Everything random about a video except its class, drawn from its seed in one fixed order.
+
+    Drawing all of it for every class (used or not) keeps the draws aligned: with one seed, any
+    two classes get the same length, start, background, drift, object crop, noise and so on.
+    """
+
+    T: int  # frames
+    # background and camera
+    bg_name: str
+    bg_lo: np.ndarray
+    bg_hi: np.ndarray
+    bg_scale: float
+    drift: np.ndarray  # (T, 2) camera offset per frame: a steady pan
+    # the object
+    obj_h: float
+    aspect: float
+    ellipse: bool
+    crop: tuple[float, float, float]  # side fraction, x and y position of the crop in its ROI
+    hflip: bool
+    saturation: float
+    obj_gain: float
+    neutral_name: str
+    nt_lo: np.ndarray
+    nt_hi: np.ndarray
+    contrast: float | None  # low-contrast videos: pull towards the background colour by this
+    alpha_max: float
+    start: np.ndarray  # (2,) scene position at frame 0
+    # motion
+    gen_angle: float  # appearance classes: one generic motion for all of them
+    gen_speed: float
+    speed_factor: float  # motion classes: per-video speed and direction jitter
+    angle_jitter: float
+    jitter: np.ndarray  # (T,) per-frame speed factor
+    halves: np.ndarray  # order classes, per sub-action: half-swing length as a fraction of T
+    swing_speed: np.ndarray  # per sub-action, px/frame (Left, Up)
+    zoom_amp: float
+    pause_extra: float  # fraction of T added to the minimal pause
+    lead_frac: float  # where the sub-actions start within the free frames
+    # extras
+    distractor: tuple | None  # (size, texture, lo, hi, start, angle, speed)
+    occluder: tuple | None  # (vertical, width fraction, position, texture, lo, hi)
+    gains: np.ndarray  # (T,) brightness per frame
+    noise_sigma: float
+    noise_seed: int
+    noise_picks: np.ndarray  # (T,) which bank field each frame uses
+    noise_sign: np.ndarray  # (T,) +-1
+
+    @classmethod
+    def draw(cls, seed: int, size: tuple[int, int], frames: int) -> "_Nuisance":
+        W, H = size
+        u = _unit(size)
+        rng = np.random.default_rng(seed)
+        U = rng.uniform
+        T = max(2, int(round(frames * U(0.8, 1.2))))
+        t = np.arange(T, dtype=np.float64)
+        bg_name = BACKGROUND_TEXTURES[rng.integers(len(BACKGROUND_TEXTURES))]
+        bg_lo, bg_hi, bg_scale = U(0, 90, 3), U(150, 255, 3), U(0.45, 0.8)
+        drift_a, drift_v = U(0, 2 * math.pi), U(0.0, 0.3) * u
+        small, obj_small, obj_normal = U() < 0.15, U(0.22, 0.32), U(0.32, 0.55)
+        aspect, ellipse = U(0.8, 1.25), U() < 0.5
+        crop, hflip = (U(0.5, 0.9), U(), U()), U() < 0.5
+        saturation, obj_gain = U(0.75, 1.25), U(0.85, 1.15)
+        neutral_name = NEUTRAL_TEXTURES[rng.integers(len(NEUTRAL_TEXTURES))]
+        nt_lo, nt_hi = U(0, 110, 3), U(140, 255, 3)
+        low_contrast, contrast, alpha_low = U() < 0.15, U(0.5, 0.75), U(0.85, 0.95)
+        start = np.array([U(0, W), U(0, H)])
+        gen_angle, gen_speed = U(0, 2 * math.pi), U(0.4, 2.4) * u
+        speed_factor, angle_jitter = U(0.85, 1.15), math.radians(rng.normal(0, 5))
+        jit_amp, jit_period, jit_phase = U(0.05, 0.2), U(12, 30), U(0, 2 * math.pi)
+        # Drawn per sub-action (not per slot): with one seed both classes of an order pair play
+        # the very same two swings, only in the other order.
+        halves = U(0.12, 0.16, len(SUB_ACTIONS))
+        swing_speed = U(1.5, 2.1, len(SUB_ACTIONS)) * u
+        zoom_amp, pause_extra, lead_frac = U(0.4, 0.6), U(0.0, 0.08), U()
+        has_distractor = U() < 0.15
+        distractor = (H * U(0.08, 0.14), NEUTRAL_TEXTURES[rng.integers(len(NEUTRAL_TEXTURES))],
+                      U(0, 110, 3), U(140, 255, 3), np.array([U(0, W), U(0, H)]), U(0, 2 * math.pi),
+                      U(0.3, 1.5) * u)
+        has_occluder = U() < 0.2
+        occluder = (U() < 0.5, U(0.08, 0.16), U(0.15, 0.85),
+                    BACKGROUND_TEXTURES[rng.integers(len(BACKGROUND_TEXTURES))], U(0, 90, 3), U(150, 255, 3))
+        gain, flicker, flicker_phase = U(0.75, 1.2), U(0.0, 0.03), U(0, 2 * math.pi)
+        noise_sigma, noise_seed = U(1.0, 6.0), int(rng.integers(2**31 - 1))
+        noise_pick, noise_step = int(rng.integers(_NOISE_BANK)), int(rng.integers(1, _NOISE_BANK))
+        return cls(
+            T=T, bg_name=bg_name, bg_lo=bg_lo, bg_hi=bg_hi, bg_scale=bg_scale,
+            drift=drift_v * np.column_stack([np.full(T, math.cos(drift_a)), np.full(T, math.sin(drift_a))]) * t[:, None],
+            obj_h=H * (obj_small if small else obj_normal), aspect=aspect, ellipse=ellipse, crop=crop,
+            hflip=hflip, saturation=saturation, obj_gain=obj_gain, neutral_name=neutral_name,
+            nt_lo=nt_lo, nt_hi=nt_hi, contrast=contrast if low_contrast else None,
+            alpha_max=alpha_low if low_contrast else 1.0, start=start,
+            gen_angle=gen_angle, gen_speed=gen_speed, speed_factor=speed_factor, angle_jitter=angle_jitter,
+            jitter=1.0 + jit_amp * np.sin(2 * math.pi * t / jit_period + jit_phase),
+            halves=halves, swing_speed=swing_speed, zoom_amp=zoom_amp, pause_extra=pause_extra,
+            lead_frac=lead_frac,
+            distractor=distractor if has_distractor else None,
+            occluder=occluder if has_occluder else None,
+            gains=gain * (1.0 + flicker * np.sin(2 * math.pi * t / 9.0 + flicker_phase)),
+            noise_sigma=noise_sigma, noise_seed=noise_seed,
+            noise_picks=(noise_pick + np.arange(T) * noise_step) % _NOISE_BANK,  # never twice in a row
+            noise_sign=rng.choice(np.array([-1.0, 1.0], np.float32), T),
+        )
+
+
+def _order_trajectory(spec: ClassSpec, nz: _Nuisance, stack: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scene position (T, 2), scale (T,) and phase (T,) of an order class: lead-in, swing A,
+    still pause, swing B, still tail."""
+    T = nz.T
+    which = [SUB_ACTIONS.index(a) for a in spec.order]
+    h = [max(_MIN_HALF_SWING, int(round(T * nz.halves[k]))) for k in which]
+    # Short videos give up the pause's extra length first, then shorten the swings; the pause
+    # never drops below _pause_frames(stack, 0), which is what hides the order.
+    pause = _pause_frames(stack, int(round(T * nz.pause_extra)))
+    pause = max(_pause_frames(stack, 0), min(pause, T - 2 - 2 * h[0] - 2 * h[1]))
+    while 2 * h[0] + 2 * h[1] + pause + 2 > T and max(h) > _MIN_HALF_SWING:
+        h = [max(_MIN_HALF_SWING, v - 1) for v in h]
+    if 2 * h[0] + 2 * h[1] + pause + 2 > T:
+        raise ValueError(f"a {T}-frame video cannot hold two sub-actions and a {pause}-frame pause: "
+                         f"raise --frames (>= {min_frames(stack)})")
+    t0 = int(nz.lead_frac * (T - (2 * h[0] + 2 * h[1] + pause + 1)))  # random start offset
+    disp, scale, phase = np.zeros((T, 2)), np.ones(T), np.zeros(T, np.int8)
+    for i, (action, k, t_a, hh) in enumerate(zip(spec.order, which, (t0, t0 + 2 * h[0] + pause), h)):
+        tri = _tri(hh)
+        sl = slice(t_a, t_a + len(tri))
+        if action == "Left":
+            disp[sl, 0] -= nz.swing_speed[k] * hh * tri
+        elif action == "Up":
+            disp[sl, 1] -= nz.swing_speed[k] * hh * tri
+        else:  # Zoom
+            scale[sl] *= 1.0 + nz.zoom_amp * tri
+        phase[t_a: t_a + 2 * hh] = i + 1
+    return nz.start + disp, scale, phase
+
+
+def _trajectory(spec: ClassSpec, nz: _Nuisance, stack: int, u: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scene position (T, 2), scale (T,) and sub-action phase (T,) of the object."""
+    if spec.kind == KIND_ORDER:
+        return _order_trajectory(spec, nz, stack)
+    if spec.kind == KIND_MOTION:
+        a, v = math.radians(spec.angle) + nz.angle_jitter, spec.speed * u * nz.speed_factor
+    else:  # appearance: one generic motion distribution for all classes
+        a, v = nz.gen_angle, nz.gen_speed
+    step = v * np.column_stack([np.cos(a) * nz.jitter, -np.sin(a) * nz.jitter])  # screen y points down
+    pos = nz.start + np.vstack([np.zeros((1, 2)), np.cumsum(step[:-1], 0)])
+    return pos, np.ones(nz.T), np.zeros(nz.T, np.int8)
+
+
+def _object_sprite(spec: ClassSpec, nz: _Nuisance, bg_mean: np.ndarray) -> np.ndarray:
+    """The object: a crop of its class photo (appearance) or of a shared neutral texture."""
+    oh, ow = max(6, int(round(nz.obj_h))), max(6, int(round(nz.obj_h * nz.aspect)))
+    side, fx, fy = nz.crop
+    if spec.kind == KIND_APPEARANCE:
+        tex = _crop(_photo(spec.photo), spec.roi, side, nz.aspect, fx, fy, ow, oh)
+        grey = tex.mean(2, keepdims=True)
+        tex = grey + (tex - grey) * nz.saturation
+    else:  # one shared pool: motion and order classes look alike
+        tex = _duotone(_crop(_photo(nz.neutral_name), (0, 0, 1, 1), side, nz.aspect, fx, fy, ow, oh), nz.nt_lo, nz.nt_hi)
+    if nz.hflip:
+        tex = tex[:, ::-1]
+    tex = np.clip(tex * nz.obj_gain, 0, 255)
+    if nz.contrast is not None:  # low contrast: pull the object towards the background's colour
+        tex = bg_mean + (tex - bg_mean) * nz.contrast
+    return _sprite(tex, _mask(oh, ow, nz.ellipse, 0.15 * oh) * nz.alpha_max)
+
+
 def render_video(spec: ClassSpec, seed: int, size: tuple[int, int] = (_REF_W, _REF_H),
                  frames: int = 72, stack: int = 10) -> RenderedVideo:
     """Render one video of a class. The nuisance depends on `seed` only, not on the class."""
     W, H = size
     u = _unit(size)
-    rng = np.random.default_rng(seed)
-    U = rng.uniform
-
-    # -- nuisance, drawn in one fixed order whatever the class ----------------------------------
-    T = max(2, int(round(frames * U(0.8, 1.2))))
-    bg_name = BACKGROUND_TEXTURES[rng.integers(len(BACKGROUND_TEXTURES))]
-    bg_lo, bg_hi = U(0, 90, 3), U(150, 255, 3)
-    bg_scale = U(0.45, 0.8)
-    drift_a, drift_v = U(0, 2 * math.pi), U(0.0, 0.45) * u
-    small = U() < 0.2
-    obj_h = H * (U(0.22, 0.32) if small else U(0.32, 0.55))
-    aspect = U(0.8, 1.25)
-    ellipse = U() < 0.5
-    side_frac, fx, fy, hflip = U(0.5, 0.9), U(), U(), U() < 0.5
-    saturation, obj_gain = U(0.75, 1.25), U(0.85, 1.15)
-    neutral_name = NEUTRAL_TEXTURES[rng.integers(len(NEUTRAL_TEXTURES))]
-    nt_lo, nt_hi = U(0, 110, 3), U(140, 255, 3)
-    low_contrast = U() < 0.2
-    contrast, alpha_max = (U(0.45, 0.7), U(0.8, 0.95)) if low_contrast else (1.0, 1.0)
-    start = np.array([U(0, W), U(0, H)])
-    gen_angle, gen_speed = U(0, 2 * math.pi), U(0.4, 2.4) * u  # appearance classes' motion
-    speed_factor, angle_jitter = U(0.85, 1.15), math.radians(rng.normal(0, 5))
-    jit_amp, jit_period, jit_phase = U(0.05, 0.2), U(12, 30), U(0, 2 * math.pi)
-    # Order classes: drawn per sub-action (not per slot), so with one seed both classes of a pair
-    # play the very same two swings, only in the other order.
-    halves = U(0.12, 0.16, len(SUB_ACTIONS))  # half-swing length, as a fraction of T
-    swing_speed = U(1.5, 2.1, len(SUB_ACTIONS)) * u  # px/frame (Left, Up)
-    zoom_amp = U(0.4, 0.6)  # Zoom: peak relative growth
-    pause_extra = U(0.0, 0.08)
-    lead_frac = U()
-    has_distractor = U() < 0.25
-    d_h = H * U(0.1, 0.16)
-    d_name = NEUTRAL_TEXTURES[rng.integers(len(NEUTRAL_TEXTURES))]
-    d_lo, d_hi = U(0, 110, 3), U(140, 255, 3)
-    d_start, d_angle, d_speed = np.array([U(0, W), U(0, H)]), U(0, 2 * math.pi), U(0.5, 2.0) * u
-    has_occluder = U() < 0.3
-    occ_vertical = U() < 0.5
-    occ_frac, occ_pos = U(0.1, 0.2), U(0.15, 0.85)
-    occ_name = BACKGROUND_TEXTURES[rng.integers(len(BACKGROUND_TEXTURES))]
-    occ_lo, occ_hi = U(0, 90, 3), U(150, 255, 3)
-    gain, flicker, flicker_phase = U(0.7, 1.25), U(0.0, 0.05), U(0, 2 * math.pi)
-    noise_sigma = U(2.0, 9.0)
-    noise_seed = int(rng.integers(2**31 - 1))
-    noise_pick, noise_step = int(rng.integers(_NOISE_BANK)), int(rng.integers(1, _NOISE_BANK))
-    noise_sign = rng.choice(np.array([-1.0, 1.0], np.float32), T)
-
-    # -- trajectory -----------------------------------------------------------------------------
-    t = np.arange(T, dtype=np.float64)
-    jitter = 1.0 + jit_amp * np.sin(2 * math.pi * t / jit_period + jit_phase)  # speed jitter
-    scale = np.ones(T)
-    phase = np.zeros(T, np.int8)
-    if spec.kind == KIND_ORDER:
-        which = [SUB_ACTIONS.index(a) for a in spec.order]
-        h = [max(_MIN_HALF_SWING, int(round(T * halves[k]))) for k in which]
-        # Short videos give up the pause's extra length first, then shorten the swings; the
-        # pause never drops below _pause_frames(stack, 0), which is what hides the order.
-        pause = _pause_frames(stack, int(round(T * pause_extra)))
-        pause = max(_pause_frames(stack, 0), min(pause, T - 2 - 2 * h[0] - 2 * h[1]))
-        while 2 * h[0] + 2 * h[1] + pause + 2 > T and max(h) > _MIN_HALF_SWING:
-            h = [max(_MIN_HALF_SWING, v - 1) for v in h]
-        if 2 * h[0] + 2 * h[1] + pause + 2 > T:
-            raise ValueError(f"a {T}-frame video cannot hold two sub-actions and a {pause}-frame pause: "
-                             f"raise --frames (>= {min_frames(stack)})")
-        slack = T - (2 * h[0] + 2 * h[1] + pause + 1)
-        t0 = int(lead_frac * slack)  # random start offset within the video
-        disp = np.zeros((T, 2))
-        starts = (t0, t0 + 2 * h[0] + pause)
-        for i, (action, k, t_a, hh) in enumerate(zip(spec.order, which, starts, h)):
-            tri = _tri(hh)
-            sl = slice(t_a, t_a + len(tri))
-            if action == "Left":
-                disp[sl, 0] -= swing_speed[k] * hh * tri
-            elif action == "Up":
-                disp[sl, 1] -= swing_speed[k] * hh * tri
-            else:  # Zoom
-                scale[sl] *= 1.0 + zoom_amp * tri
-            phase[t_a: t_a + 2 * hh] = i + 1
-        pos = start + disp
-    else:
-        if spec.kind == KIND_MOTION:
-            a, v = math.radians(spec.angle) + angle_jitter, spec.speed * u * speed_factor
-        else:  # appearance: one generic motion distribution for all classes
-            a, v = gen_angle, gen_speed
-        step = v * np.stack([np.cos(a) * jitter, -np.sin(a) * jitter], 1)  # screen y points down
-        pos = start + np.vstack([np.zeros((1, 2)), np.cumsum(step[:-1], 0)])
-    drift = drift_v * np.stack([np.full(T, math.cos(drift_a)), np.full(T, math.sin(drift_a))], 1) * t[:, None]
+    nz = _Nuisance.draw(seed, size, frames)
+    T, drift = nz.T, nz.drift
+    pos, scale, phase = _trajectory(spec, nz, stack, u)
     screen = pos - drift  # the camera pans by `drift`, so scene content moves by -drift
 
-    # -- sprites --------------------------------------------------------------------------------
-    oh = max(6, int(round(obj_h)))
-    ow = max(6, int(round(obj_h * aspect)))
-    if spec.kind == KIND_APPEARANCE:
-        tex = _crop(_photo(spec.photo), spec.roi, side_frac, aspect, fx, fy, ow, oh)
-        grey = tex.mean(2, keepdims=True)
-        tex = grey + (tex - grey) * saturation
-    else:
-        tex = _duotone(_crop(_photo(neutral_name), (0, 0, 1, 1), side_frac, aspect, fx, fy, ow, oh), nt_lo, nt_hi)
-    if hflip:
-        tex = tex[:, ::-1]
-    tex = np.clip(tex * obj_gain, 0, 255)
-    bg_src = _duotone(cv2.resize(_photo(bg_name), None, fx=bg_scale * u, fy=bg_scale * u,
-                                 interpolation=cv2.INTER_AREA), bg_lo, bg_hi)
-    if low_contrast:  # pull the object towards the background's mean colour
-        m = bg_src.reshape(-1, 3).mean(0)
-        tex = m + (tex - m) * contrast
-    obj = _sprite(tex, _mask(oh, ow, ellipse, 0.15 * oh) * alpha_max)
-    dist = None
-    if has_distractor:
+    bg_src = _duotone(cv2.resize(_photo(nz.bg_name), None, fx=nz.bg_scale * u, fy=nz.bg_scale * u,
+                                 interpolation=cv2.INTER_AREA), nz.bg_lo, nz.bg_hi)
+    obj = _object_sprite(spec, nz, bg_src.reshape(-1, 3).mean(0))
+    dist = occ = None
+    if nz.distractor is not None:
+        d_h, d_name, d_lo, d_hi, d_start, d_angle, d_speed = nz.distractor
         dh = max(4, int(round(d_h)))
-        dist = _sprite(_duotone(_crop(_photo(d_name), (0, 0, 1, 1), 0.7, 1.0, fx, fy, dh, dh), d_lo, d_hi),
+        dist = _sprite(_duotone(_crop(_photo(d_name), (0, 0, 1, 1), 0.7, 1.0, *nz.crop[1:], dh, dh), d_lo, d_hi),
                        _mask(dh, dh, True, 0.2 * dh))
-        d_pos = d_start + d_speed * np.stack([np.cos(d_angle) * t, -np.sin(d_angle) * t], 1) - drift
-    occ = None
-    if has_occluder:
-        ow_, oh_ = (max(4, int(W * occ_frac)), H + 8) if occ_vertical else (W + 8, max(4, int(H * occ_frac)))
-        occ_tex = _duotone(_crop(_photo(occ_name), (0, 0, 1, 1), 0.5, ow_ / oh_, fx, fy, ow_, oh_), occ_lo, occ_hi)
-        occ = _sprite(occ_tex, np.ones((oh_, ow_), np.float32))
-        occ_c = np.array([occ_pos * W, H / 2]) if occ_vertical else np.array([W / 2, occ_pos * H])
+        t = np.arange(T)
+        d_pos = d_start + d_speed * np.column_stack([np.cos(d_angle) * t, -np.sin(d_angle) * t]) - drift
+    if nz.occluder is not None:  # a bar fixed in the scene, drawn over the object
+        vertical, frac, where, o_name, o_lo, o_hi = nz.occluder
+        ow, oh = (max(4, int(W * frac)), H + 8) if vertical else (W + 8, max(4, int(H * frac)))
+        occ = _sprite(_duotone(_crop(_photo(o_name), (0, 0, 1, 1), 0.5, ow / oh, *nz.crop[1:], ow, oh), o_lo, o_hi),
+                      np.ones((oh, ow), np.float32))
+        occ_c = np.array([where * W, H / 2]) if vertical else np.array([W / 2, where * H])
 
-    # -- frames ---------------------------------------------------------------------------------
-    margin = int(math.ceil(drift_v * T)) + 2
-    if bg_src.shape[0] < H + 2 * margin or bg_src.shape[1] < W + 2 * margin:
-        bg_src = cv2.copyMakeBorder(bg_src, *([max(0, (H + 2 * margin - bg_src.shape[0] + 1) // 2)] * 2),
-                                    *([max(0, (W + 2 * margin - bg_src.shape[1] + 1) // 2)] * 2), cv2.BORDER_REFLECT)
-    bh, bw = bg_src.shape[:2]
-    bx0, by0 = (bw - W) / 2, (bh - H) / 2
-    gains = gain * (1.0 + flicker * np.sin(2 * math.pi * t / 9.0 + flicker_phase))
-    out = np.empty((T, H, W, 3), np.uint8)
+    # The background must hold the whole pan (getRectSubPix would replicate its border).
+    margin = int(math.ceil(np.abs(drift[-1]).max())) + 2
+    pad_y, pad_x = max(0, (H + 2 * margin - bg_src.shape[0] + 1) // 2), max(0, (W + 2 * margin - bg_src.shape[1] + 1) // 2)
+    if pad_y or pad_x:
+        bg_src = cv2.copyMakeBorder(bg_src, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_REFLECT)
+    bx0, by0 = (bg_src.shape[1] - W) / 2, (bg_src.shape[0] - H) / 2
     # Sensor noise from a small bank of fields, each used with a random sign and never twice in a
     # row: a fresh field per frame cost more than everything else together. Fields are not
     # shifted between frames, so the flow sees flicker rather than motion.
-    cv2.setRNGSeed(noise_seed)  # OpenCV's RNG is per thread: deterministic per video
+    cv2.setRNGSeed(nz.noise_seed)  # OpenCV's RNG is per thread: deterministic per video
     bank = np.empty((_NOISE_BANK, H, W, 3), np.float32)
     for b in bank:
-        cv2.randn(b.reshape(H, W * 3), 0.0, noise_sigma)  # one channel: a Scalar std would miss G, B
-    picks = (noise_pick + np.arange(T) * noise_step) % _NOISE_BANK
+        cv2.randn(b.reshape(H, W * 3), 0.0, nz.noise_sigma)  # one channel: a Scalar std would miss G, B
+    out = np.empty((T, H, W, 3), np.uint8)
     for i in range(T):
         # Sub-pixel crop of the viewport: frame(x, y) = bg(x + bx0 + drift_x, y + by0 + drift_y).
         frame = cv2.getRectSubPix(bg_src, (W, H), (bx0 + drift[i, 0] + (W - 1) / 2, by0 + drift[i, 1] + (H - 1) / 2))
@@ -574,7 +646,7 @@ def render_video(spec: ClassSpec, seed: int, size: tuple[int, int] = (_REF_W, _R
         _paste(frame, obj, screen[i, 0], screen[i, 1], scale[i], wrap=True)
         if occ is not None:
             _paste(frame, occ, occ_c[0] - drift[i, 0], occ_c[1] - drift[i, 1], 1.0, wrap=False)
-        frame = cv2.scaleAdd(frame, float(gains[i]), bank[picks[i]] * noise_sign[i])
+        frame = cv2.scaleAdd(frame, float(nz.gains[i]), bank[nz.noise_picks[i]] * nz.noise_sign[i])
         np.clip(frame, 0, 255, out=frame)
         np.copyto(out[i], frame, casting="unsafe")
     return RenderedVideo(out, phase, screen, scale, drift)
