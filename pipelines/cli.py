@@ -387,7 +387,9 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
                         "(default: %(default)s)")
     p.add_argument("--workers-per-model", type=int, default=s.workers_for("train", 1),
                    help="Ray Train workers (data-parallel ranks) per torch model (default: %(default)s)")
-    p.add_argument("--cpus-per-worker", type=float, help="CPUs each worker, SVM task and CV trial asks for (default 1)")
+    p.add_argument("--cpus-per-worker", type=float,
+                   help="CPUs each worker, SVM task and CV trial asks for (default: the cluster's CPUs shared "
+                        "evenly among all fits' workers, or all of them per fit with --sequential)")
     p.add_argument("--epochs", type=int, help="epochs of every model (sets --lstm-epochs and --video-epochs)")
     p.add_argument("--lstm-epochs", type=int, help="epochs of the LSTMs (default 30)")
     p.add_argument("--video-epochs", type=int, help="epochs of the fusion net and NN baselines (default 60)")

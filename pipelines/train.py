@@ -69,8 +69,9 @@ class TrainConfig:
     store_uri: str
     split: int = 1
     models: tuple[str, ...] = DEFAULT_MODELS
-    workers_per_model: int = 1  # Ray Train workers (DDP ranks) per torch model
-    cpus_per_worker: float = 1.0  # also the CPU share of each SVM task and each CV trial
+    workers_per_model: int = 1  # Ray Train workers (data-parallel ranks) per torch model
+    # CPUs per Ray Train worker, SVM task and CV trial. None: shared out automatically (see cpu_shares).
+    cpus_per_worker: float | None = None
     use_gpu: bool | None = None  # None: a GPU per worker when the cluster has GPUs
     concurrent: bool = True  # False fits one model after another (the benchmark's baseline)
     # Temporal LSTMs (Sec. 3.2).
@@ -119,8 +120,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every_s < 0:
             raise ValueError(f"checkpoint_every_s must be >= 0 (0: after every epoch), got {self.checkpoint_every_s}")
-        if self.cpus_per_worker <= 0:
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        object.__setattr__(self, "lstm_hidden", tuple(int(h) for h in self.lstm_hidden))
         if len(self.lstm_hidden) < 1 or any(h < 1 for h in self.lstm_hidden):
             raise ValueError(f"lstm_hidden must be positive layer widths, got {self.lstm_hidden}")
         if self.lstm_pooling not in ("last", "mean"):
@@ -192,11 +194,39 @@ def _storage_path(cfg: TrainConfig, store_uri: str) -> str:
     return os.path.join(tempfile.gettempdir(), "hyvid_train")
 
 
-def _scaling(cfg: TrainConfig):
+MIN_CPU_SHARE = 0.05  # below this Ray's fractional CPUs stop meaning anything
+
+
+def slots(cfg: TrainConfig, model: str) -> int:
+    """Ray workers one fit holds at once: its ranks, 1 for an SVM task, the CV trials for `fusion`."""
+    if model in SKLEARN_MODELS:
+        return 1
+    if model == R.FUSION:
+        return max(cfg.workers_per_model, len(cfg.lam2_grid) * len(cfg.lam3_grid))
+    return cfg.workers_per_model
+
+
+def cpu_shares(cfg: TrainConfig, total_cpus: float) -> dict[str, float]:
+    """CPUs each worker of each fit asks Ray for.
+
+    Concurrent: the cluster's CPUs divided evenly among every worker of every fit, so all of them
+    start at once. Their start-up (process spawn, imports, Ray Train's polls, MLflow writes) is
+    mostly waiting, which the others' compute fills; a fractional request oversubscribes nothing
+    that is busy. Sequential: each fit gets the whole cluster. `cfg.cpus_per_worker` overrides.
+    Each worker runs torch with floor(share) threads (at least 1).
+    """
+    if cfg.cpus_per_worker is not None:
+        return {m: float(cfg.cpus_per_worker) for m in cfg.models}
+    if cfg.concurrent:
+        share = max(MIN_CPU_SHARE, total_cpus / sum(slots(cfg, m) for m in cfg.models))
+        return {m: round(share, 4) for m in cfg.models}
+    return {m: round(max(MIN_CPU_SHARE, total_cpus / slots(cfg, m)), 4) for m in cfg.models}
+
+
+def _scaling(cfg: TrainConfig, cpus: float):
     from cluster.resources import scaling_config
 
-    return scaling_config(cfg.workers_per_model, kind="train", cpus_per_worker=cfg.cpus_per_worker,
-                          use_gpu=cfg.use_gpu)
+    return scaling_config(cfg.workers_per_model, kind="train", cpus_per_worker=cpus, use_gpu=cfg.use_gpu)
 
 
 def fit_config(cfg: TrainConfig, model: str, *, store_uri: str, tracking_uri: str, experiment_id: str,
@@ -222,27 +252,48 @@ class _Fitter:
     """Launches the fits of one `train` call; each method blocks until its fit is done."""
 
     def __init__(self, cfg: TrainConfig, store_uri: str, tracking_uri: str, experiment_id: str,
-                 num_classes: int, multilabel: bool) -> None:
+                 num_classes: int, multilabel: bool, shares: dict[str, float]) -> None:
         self.cfg, self.store_uri, self.tracking_uri, self.experiment_id = cfg, store_uri, tracking_uri, experiment_id
-        self.num_classes, self.multilabel = num_classes, multilabel
+        self.num_classes, self.multilabel, self.shares = num_classes, multilabel, shares
         self.storage_path = _storage_path(cfg, store_uri)
         self.batch_id = uuid.uuid4().hex[:8]
 
     def config(self, model: str) -> dict:
-        return fit_config(self.cfg, model, store_uri=self.store_uri, tracking_uri=self.tracking_uri,
-                          experiment_id=self.experiment_id, fit_id=f"{model}-{self.batch_id}",
-                          num_classes=self.num_classes, multilabel=self.multilabel)
+        config = fit_config(self.cfg, model, store_uri=self.store_uri, tracking_uri=self.tracking_uri,
+                            experiment_id=self.experiment_id, fit_id=f"{model}-{self.batch_id}",
+                            num_classes=self.num_classes, multilabel=self.multilabel)
+        config["cpus_per_worker"] = self.shares[model]
+        config["torch_threads"] = max(1, int(self.shares[model]))
+        return config
 
     def fit(self, model: str) -> ModelResult:
         start = time.time()
         extra: dict[str, Any] = {}
-        if model in SKLEARN_MODELS:
-            out = self._sklearn(model)
-        elif model == R.FUSION:
-            out, extra = self._fusion()
-        else:
-            out = self._torch(self.config(model))
+        try:
+            if model in SKLEARN_MODELS:
+                out = self._sklearn(model)
+            elif model == R.FUSION:
+                out, extra = self._fusion()
+            else:
+                out = self._torch(self.config(model))
+        except BaseException:
+            self._mark_failed(model)
+            raise
         return ModelResult(model, out["run_id"], out["metrics"], start, time.time(), extra)
+
+    def _mark_failed(self, model: str) -> None:
+        """A fit that gave up (after Ray Train's retries) leaves a FAILED run, not one RUNNING forever."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
+        fit_id = self.config(model)["fit_id"]
+        try:
+            # The fit id is a uuid made here, not a user value, so it is safe in a filter string.
+            for run in client.search_runs([self.experiment_id], filter_string=f"tags.`{TAG_FIT_ID}` = '{fit_id}'"):
+                if run.info.status == "RUNNING":
+                    client.set_terminated(run.info.run_id, "FAILED")
+        except Exception as e:  # noqa: BLE001 - the fit's own error is the one to report
+            log.warning("could not mark the MLflow run of %s as failed: %s", model, e)
 
     def _torch(self, config: dict) -> dict:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig
@@ -250,7 +301,7 @@ class _Fitter:
 
         from pipelines.train_loops import torch_train_loop
 
-        scaling = _scaling(self.cfg)
+        scaling = _scaling(self.cfg, config["cpus_per_worker"])
         trainer = TorchTrainer(
             torch_train_loop,
             train_loop_config={**config, "use_gpu": bool(scaling.use_gpu)},
@@ -277,7 +328,7 @@ class _Fitter:
 
         from cluster.resources import task_options
 
-        opts = task_options("baselines", num_cpus=self.cfg.cpus_per_worker)
+        opts = task_options("baselines", num_cpus=self.shares[model])
         task = ray.remote(sklearn_fit).options(**opts, name=f"fit-{model}")
         return ray.get(task.remote(self.config(model)))
 
@@ -298,7 +349,7 @@ class _Fitter:
         try:
             if len(self.cfg.lam2_grid) * len(self.cfg.lam3_grid) > 1:
                 cv = search_lambdas(config, self.cfg.lam2_grid, self.cfg.lam3_grid, parent, self.storage_path,
-                                    cpus_per_trial=self.cfg.cpus_per_worker)
+                                    cpus_per_trial=self.shares[R.FUSION])
                 lam2, lam3 = cv.lam2, cv.lam3
             else:
                 lam2, lam3 = self.cfg.lam2_grid[0], self.cfg.lam3_grid[0]
@@ -327,15 +378,17 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise ValueError(f"store {store_uri!r} has {num_classes} class(es) in its `classes` table; need >= 2")
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)  # absolute, for the same reason
     experiment_id = tracking.setup(tracking_uri, cfg.experiment)
-    connect(cfg.address)
+    resources = connect(cfg.address)
     # Import Ray Train/Tune here, once: importing them from several fit threads at once races
     # on their circular module imports.
     import ray.train.torch  # noqa: F401
     import ray.tune  # noqa: F401
 
-    fitter = _Fitter(cfg, store_uri, tracking_uri, experiment_id, num_classes, multilabel)
-    log.info("fitting %s on split %d of %s (%s)", ", ".join(cfg.models), cfg.split, tracking.redact(store_uri),
-             "concurrently" if cfg.concurrent else "one after another")
+    shares = cpu_shares(cfg, float(resources.get("CPU", 1)))
+    fitter = _Fitter(cfg, store_uri, tracking_uri, experiment_id, num_classes, multilabel, shares)
+    log.info("fitting %s on split %d of %s (%s; CPUs per worker: %s)", ", ".join(cfg.models), cfg.split,
+             tracking.redact(store_uri), "concurrently" if cfg.concurrent else "one after another",
+             ", ".join(f"{m} {c:g}" for m, c in shares.items()))
 
     t0 = time.time()
     results: dict[str, ModelResult] = {}

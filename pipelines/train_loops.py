@@ -327,6 +327,7 @@ def _log_fit_params(client, run_id: str, config: dict) -> None:
         keys += ["nn_lr", "nn_hidden", "nn_batch_size"]
     else:
         keys += ["svm_c"]
+    keys += ["cpus_per_worker"]
     existing = client.get_run(run_id).data.params
     params = {k: str(config[k]) for k in keys if k in config and k not in existing}
     for k, v in params.items():
@@ -358,7 +359,8 @@ def fit_loop(config: dict, report: Callable, get_checkpoint: Callable, rank: int
     ``report(metrics, checkpoint)`` and ``get_checkpoint()`` are Ray Train's (or Tune's).
     Returns (on rank 0) ``{"run_id", "metrics"}`` with the final val_*/test_* metrics.
     """
-    torch.set_num_threads(int(config.get("torch_threads", 1)))  # one core per worker: fits share the machine
+    # floor(this worker's CPU share) threads: concurrent fits share the machine's cores.
+    torch.set_num_threads(int(config.get("torch_threads", 1)))
     torch.manual_seed(int(config["seed"]))  # the same init on every rank (then broadcast, to be sure)
     data, versions = load_subsets(config)
     model = build_model(config, data).to(device)

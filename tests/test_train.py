@@ -114,6 +114,18 @@ def test_baselines_expand_and_bad_names_are_refused(tmp_path):
     assert paper.lstm_hidden == (1024, 512) and paper.lstm_lr == 1e-4 and paper.lstm_optimizer == "sgd"
 
 
+def test_cpu_shares_split_the_cluster_among_concurrent_workers(tmp_path):
+    from pipelines.train import TrainConfig, cpu_shares
+
+    cfg = TrainConfig(store_uri=str(tmp_path), lam2_grid=(0.0, 3e-4), lam3_grid=(0.0,))
+    # 2 LSTMs + fusion (2 CV trials at once) + fusion_noreg, nn_ef, nn_lf + 2 SVM tasks = 9 workers.
+    assert set(cpu_shares(cfg, 2.0).values()) == {round(2.0 / 9, 4)}
+    seq = cpu_shares(TrainConfig(store_uri=str(tmp_path), lam2_grid=(0.0, 3e-4), lam3_grid=(0.0,),
+                                 concurrent=False, workers_per_model=2), 8.0)
+    assert seq["spatial_lstm"] == 4.0 and seq["svm_ef"] == 8.0 and seq["fusion"] == 4.0
+    assert set(cpu_shares(TrainConfig(store_uri=str(tmp_path), cpus_per_worker=1.5), 2.0).values()) == {1.5}
+
+
 def test_cv_choice_prefers_val_then_loss_then_regularization():
     from pipelines.fusion_cv import choose
 
@@ -168,7 +180,6 @@ def trained(ray_session, tmp_path_factory):
         store_uri=store, tracking_uri=uri, experiment=EXPERIMENT,
         lstm_epochs=EPOCHS_LSTM, lstm_hidden=(32, 16), video_epochs=EPOCHS_VIDEO,
         abstraction=32, fusion_units=32, nn_hidden=32, lam2_grid=LAM2_GRID, lam3_grid=(0.0,),
-        cpus_per_worker=0.5,  # 4 fits at a time on the 2-CPU test cluster
         kill_after_epoch={"motion_lstm": KILL_AT},  # its worker dies once; Ray Train must resume it
     )
     result = train(cfg)
