@@ -36,6 +36,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from models.norm import Standardize
+
 PAPER_LR = 0.7
 PAPER_LAM1 = 3e-5
 
@@ -91,6 +93,7 @@ class RegularizedFusionNet(nn.Module):
             )
         self.input_dims = tuple(input_dims)
         self.num_classes = int(num_classes)
+        self.input_norms = nn.ModuleList(Standardize(d) for d in input_dims)
         self.abstractions = nn.ModuleList(nn.Linear(d, abstraction) for d in input_dims)
         self.fusion = nn.Linear(abstraction * len(input_dims), fusion)
         self.output = nn.Linear(fusion, num_classes)
@@ -103,6 +106,11 @@ class RegularizedFusionNet(nn.Module):
         """
         return self.fusion.weight
 
+    def fit_input_stats(self, xs: Sequence[torch.Tensor]) -> None:
+        """Standardize each stream's input with its training statistics (kept as buffers)."""
+        for norm, x in zip(self.input_norms, xs):
+            norm.fit(x)
+
     def logits(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Pre-sigmoid output ``[B, num_classes]``."""
         if len(xs) != len(self.abstractions):
@@ -110,7 +118,9 @@ class RegularizedFusionNet(nn.Module):
         for i, (x, d) in enumerate(zip(xs, self.input_dims)):
             if x.dim() != 2 or x.shape[1] != d:
                 raise ValueError(f"stream {i}: expected shape [B, {d}], got {tuple(x.shape)}")
-        h = torch.cat([torch.sigmoid(layer(x)) for layer, x in zip(self.abstractions, xs)], dim=1)
+        h = torch.cat(
+            [torch.sigmoid(layer(norm(x))) for layer, norm, x in zip(self.abstractions, self.input_norms, xs)], dim=1
+        )
         e = torch.sigmoid(self.fusion(h))
         return self.output(e)
 

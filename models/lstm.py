@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from models.norm import Standardize
+
 PAPER_HIDDEN = (1024, 512)
 PAPER_LR = 1e-4
 PAPER_MOMENTUM = 0.9
@@ -144,6 +146,7 @@ class StreamLSTM(nn.Module):
         self.peephole = bool(peephole)
         # nn.LSTM's num_layers needs one hidden size for all layers; the paper's 1024 -> 512 needs one module per layer.
         sizes = (self.input_dim, *hidden)
+        self.input_norm = Standardize(self.input_dim)
         if self.peephole:
             self.layers = nn.ModuleList(PeepholeLSTM(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         else:
@@ -171,6 +174,7 @@ class StreamLSTM(nn.Module):
         """
         lengths = self._check(x, lengths)
         T = x.shape[1]
+        x = self.input_norm(x)
         if self.peephole:
             h = x
             for layer in self.layers:
@@ -183,6 +187,10 @@ class StreamLSTM(nn.Module):
             h, _ = pad_packed_sequence(packed, batch_first=True, total_length=T)
         logits = self.classifier(h)
         return logits * self.valid_mask(lengths, T).to(logits.device, logits.dtype)[:, :, None]
+
+    def fit_input_stats(self, frames: torch.Tensor) -> None:
+        """Standardize inputs with training statistics over all valid frames ``[N_frames, D]``."""
+        self.input_norm.fit(frames)
 
     @staticmethod
     def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:

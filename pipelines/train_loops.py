@@ -105,14 +105,19 @@ def build_model(config: dict, data: dict[str, Subset]) -> torch.nn.Module:
     if model in LSTM_STREAM:
         from models.lstm import StreamLSTM
 
-        dim = data["train"].inputs.dims()[LSTM_STREAM[model]]
-        return StreamLSTM(dim, c, hidden=tuple(config["lstm_hidden"]), pooling=config["lstm_pooling"],
-                          peephole=bool(config["lstm_peephole"]))
+        stream = LSTM_STREAM[model]
+        dim = data["train"].inputs.dims()[stream]
+        net = StreamLSTM(dim, c, hidden=tuple(config["lstm_hidden"]), pooling=config["lstm_pooling"],
+                         peephole=bool(config["lstm_peephole"]))
+        net.fit_input_stats(torch.from_numpy(np.concatenate(data["train"].inputs.features[stream])))
+        return net
     dims = [x.shape[1] for x in data["train"].inputs]
     if model in FUSION_NETS:
         from models.fusion import RegularizedFusionNet
 
-        return RegularizedFusionNet(dims, c, abstraction=int(config["abstraction"]), fusion=int(config["fusion_units"]))
+        net = RegularizedFusionNet(dims, c, abstraction=int(config["abstraction"]), fusion=int(config["fusion_units"]))
+        net.fit_input_stats(data["train"].inputs)
+        return net
     from models.baselines import EarlyFusionMLP, LateFusionMLP
 
     if model == R.NN_EF:
