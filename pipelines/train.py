@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from models import registry as R
 from models.fusion import PAPER_LAM1, PAPER_LR
-from pipelines.fusion_cv import DEFAULT_LAM_GRID
+from pipelines.fusion_cv import DEFAULT_LAM2_GRID, DEFAULT_LAM3_GRID
 from pipelines.train_loops import LSTM_STREAM, SKLEARN_MODELS, STAGE, TAG_FIT_ID
 from store.lance_io import canonical_store_uri
 
@@ -87,8 +87,8 @@ class TrainConfig:
     video_epochs: int = 60
     fusion_lr: float = PAPER_LR
     lam1: float = PAPER_LAM1
-    lam2_grid: tuple[float, ...] = DEFAULT_LAM_GRID
-    lam3_grid: tuple[float, ...] = DEFAULT_LAM_GRID
+    lam2_grid: tuple[float, ...] = DEFAULT_LAM2_GRID
+    lam3_grid: tuple[float, ...] = DEFAULT_LAM3_GRID
     abstraction: int = 200
     fusion_units: int = 200
     fusion_batch_size: int = 10
