@@ -41,6 +41,8 @@ def _common(p: argparse.ArgumentParser, s: Settings, *, store: bool = True, spli
         p.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="official split (default 1)")
     if experiment:
         p.add_argument("--experiment", default=s.experiment, help=f"MLflow experiment (default: {s.experiment})")
+        p.add_argument("--tracking-uri", default=None,
+                       help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ray_config.yaml, else sqlite:///mlflow.db)")
     if address:
         p.add_argument("--address", default=s.ray_address, help="Ray cluster address (default: start a local Ray)")
 
@@ -181,7 +183,6 @@ def _train_cnn_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="train on CPUs even if GPUs exist")
     p.add_argument("--checkpoint-path", default=None, help="Ray Train storage (default: STORE/_checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue the last fit of this stream/split from its checkpoint")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: settings / MLFLOW_TRACKING_URI)")
 
 
 def _train_cnn_run(args: argparse.Namespace, s: Settings) -> int:
@@ -228,7 +229,6 @@ def _features_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--workers", type=int, default=w or None, help="tasks in flight (default: the cluster's CPUs)")
     p.add_argument("--videos-per-task", type=int, default=d.videos_per_task, help="default %(default)s")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per forward pass (default %(default)s)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: settings / MLFLOW_TRACKING_URI)")
 
 
 def _features_run(args: argparse.Namespace, s: Settings) -> int:
@@ -432,7 +432,7 @@ def _train_run(args: argparse.Namespace, s: Settings) -> int:
         store_uri=args.store, split=args.split, experiment=args.experiment, address=args.address,
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
         workers_per_model=args.workers_per_model, concurrent=not args.sequential,
-        tracking_uri=tracking.resolve_tracking_uri(None, s), storage_options=s.resolved_storage_options(),
+        tracking_uri=tracking.resolve_tracking_uri(args.tracking_uri, s), storage_options=s.resolved_storage_options(),
     )
     cfg = TrainConfig.paper(**common, **opts) if args.paper_lstm else TrainConfig(**common, **opts)
     print(format_table(train(cfg)))
@@ -491,7 +491,7 @@ def _hybrid_run(args: argparse.Namespace, s: Settings) -> int:
     for split in _split_list(args.splits, args.split):
         res = hybrid(HybridConfig(
             store_uri=args.store, split=split, refine=args.refine, metric=args.metric,
-            experiment=args.experiment, tracking_uri=tracking.resolve_tracking_uri(None, s),
+            experiment=args.experiment, tracking_uri=tracking.resolve_tracking_uri(args.tracking_uri, s),
             storage_options=s.resolved_storage_options(), out_dir=f"{out}/split{split}",
             late_fusion=not args.no_late_fusion, **opts))
         print(f"split {split}: hybrid weights " + ", ".join(f"{m}={w:.3f}" for m, w in res.weights.items()))
@@ -527,7 +527,7 @@ def _report_run(args: argparse.Namespace, s: Settings) -> int:
     from pipelines.report import ReportConfig, report
 
     splits = (args.split,) if args.split else (tuple(_split_list(args.splits, 1)) if args.splits else None)
-    print(report(ReportConfig(args.experiment, tracking.resolve_tracking_uri(None, s), splits, args.format)))
+    print(report(ReportConfig(args.experiment, tracking.resolve_tracking_uri(args.tracking_uri, s), splits, args.format)))
     return 0
 
 
@@ -543,7 +543,7 @@ def _runs_run(args: argparse.Namespace, s: Settings) -> int:
     from pipelines import tracking
     from pipelines.runs import RunsConfig, format_table, list_runs
 
-    uri = tracking.resolve_tracking_uri(None, s)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, s)
     rows = list_runs(RunsConfig(args.experiment, uri, args.model, args.stage, args.limit,
                                 0 if args.all_params else 6))
     print(format_table(rows))
@@ -572,6 +572,7 @@ COMMANDS["runs"] = (
 def _predict_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files to classify")
     g = p.add_mutually_exclusive_group()
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ray_config.yaml)")
     g.add_argument("--experiment", default=s.experiment,
                    help=f"use the latest hybrid run of this MLflow experiment (default: {s.experiment})")
     g.add_argument("--model", help="a hybrid run: runs:/<run id> (see `hyvid runs --stage hybrid`)")
@@ -586,7 +587,7 @@ def _predict_run(args: argparse.Namespace, s: Settings) -> int:
     from pipelines.predict import PredictConfig, format_json, format_text, predict
 
     res = predict(PredictConfig(tuple(args.videos), args.experiment, args.model, args.split,
-                                tracking.resolve_tracking_uri(None, s), args.top, args.batch_size))
+                                tracking.resolve_tracking_uri(args.tracking_uri, s), args.top, args.batch_size))
     print(format_json(res) if args.json else format_text(res))
     if args.json:  # the text output lists failures inline already
         for p in res.predictions:
@@ -628,7 +629,7 @@ def _run_run(args: argparse.Namespace, s: Settings) -> int:
     from pipelines.run import RunConfig, run
 
     res = run(RunConfig(
-        dataset=args.dataset, store_uri=args.store, splits=_splits_of(args), experiment=args.experiment,
+        dataset=args.dataset, store_uri=args.store, splits=_splits_of(args), experiment=args.experiment, tracking_uri=args.tracking_uri,
         address=args.address, storage_options=s.resolved_storage_options(), frames=args.frames,
         stack=args.stack, flow=args.flow, cnn_epochs=args.cnn_epochs,
         models=tuple(m for m in args.models.split(",") if m), out_dir=args.plots,
