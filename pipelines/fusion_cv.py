@@ -54,8 +54,11 @@ def search_lambdas(base_config: dict, lam2_grid: tuple[float, ...], lam3_grid: t
     config = {**base_config, "parent_run_id": parent_run_id,
               "lam2": tune.grid_search(list(lam2_grid)), "lam3": tune.grid_search(list(lam3_grid))}
     config.pop("run_id", None)
+    # Tune writes each trial's config to disk (params.json); storage options may hold credentials,
+    # so they reach the trials through the object store instead.
+    storage_options = config.pop("storage_options", None)
     tuner = tune.Tuner(
-        tune.with_resources(cv_trial, {"CPU": cpus_per_trial}),
+        tune.with_resources(tune.with_parameters(cv_trial, storage_options=storage_options), {"CPU": cpus_per_trial}),
         param_space=config,
         tune_config=tune.TuneConfig(
             # Trials are alike in shape, so one process can train several in a row.

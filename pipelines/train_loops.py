@@ -538,13 +538,13 @@ def torch_train_loop(config: dict) -> dict:
                     device)
 
 
-def cv_trial(config: dict) -> None:
+def cv_trial(config: dict, storage_options: dict | None = None) -> None:
     """Ray Tune trainable of the fusion λ2/λ3 search: train on train, select on val, no test."""
     from ray import tune
 
     # Each trial is its own fit (own id, so its own nested MLflow run).
     fit_id = f"{config['fit_id']}-cv-{config['lam2']:g}-{config['lam3']:g}"
-    fit_loop({**config, "fit_id": fit_id, "cv_only": True, "checkpoint": False, "stage": CV_STAGE,
+    fit_loop({**config, "storage_options": storage_options, "fit_id": fit_id, "cv_only": True, "checkpoint": False, "stage": CV_STAGE,
               "report_every_s": float("inf"),  # one report, at the end: Tune needs only the best val
               "run_name": f"{config['model']}-lam2={config['lam2']:g}-lam3={config['lam3']:g}",
               "extra_tags": {TAG_PARENT: config["parent_run_id"]}},
