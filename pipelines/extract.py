@@ -427,6 +427,14 @@ def _run_local(cfg, shards, settings, config_hash, committer, bar) -> None:
         committer.progress(bar, len(entries))
 
 
+def _index_clips(cfg: ExtractConfig) -> None:
+    """BTREE on clips.video_id, so reading one video's clips does not scan the whole table."""
+    from store.indexes import ensure_scalar_index
+
+    if table_exists(cfg.store_uri, CLIPS.name, cfg.storage_options):
+        ensure_scalar_index(cfg.store_uri, CLIPS.name, storage_options=cfg.storage_options)
+
+
 def extract(cfg: ExtractConfig, dataset: Dataset | None = None) -> ExtractResult:
     """Extract every not-yet-extracted video of the dataset into the store (see the module docstring)."""
     from tqdm import tqdm
@@ -481,6 +489,7 @@ def extract(cfg: ExtractConfig, dataset: Dataset | None = None) -> ExtractResult
                 # Whatever finished is kept, even on Ctrl-C: the next run resumes after it.
                 committer.commit()
         _compact_videos(cfg)
+        _index_clips(cfg)
     result.seconds = time.perf_counter() - t0
     log.info("extract: %d ok, %d failed, %d skipped, %.0f source frames/s", result.ok, result.failed,
              result.skipped, result.frames_per_s)

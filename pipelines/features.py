@@ -307,6 +307,16 @@ def _commit_features(store_uri: str, fragments: list, replace_ids: list[str], sc
     return out.version
 
 
+def _index_features(cfg: FeaturesConfig) -> None:
+    """Keep one video's lookup independent of the store's size (BTREE on video_id), and build the
+    vector indexes once the table is large enough for them to pay off."""
+    from store.indexes import ensure_scalar_index, ensure_vector_index
+
+    ensure_scalar_index(cfg.store_uri, FRAME_FEATURES_NAME, storage_options=cfg.storage_options)
+    for column in ("spatial", "motion"):
+        ensure_vector_index(cfg.store_uri, FRAME_FEATURES_NAME, column, storage_options=cfg.storage_options)
+
+
 def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
     """Per-frame CNN features into `frame_features` and CNN scores into `video_scores`."""
     import mlflow
@@ -430,6 +440,9 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
 
     if dims is None:
         dims = table_dims or (0, 0)
+    if FRAME_FEATURES_NAME in fs.versions():
+        _index_features(cfg)
+        ff_version = None  # indexing commits new versions
     if ff_version is None:
         ds_ver = fs.versions()
         ff_version = ds_ver.get(FRAME_FEATURES_NAME)
