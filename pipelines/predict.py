@@ -309,8 +309,8 @@ def hybrid_scores(h: LoadedHybrid, spatial_feats: Sequence[np.ndarray], motion_f
             s = _probs(model.video_logits(padded(feats[_LSTM_STREAM[m]]), lengths), h.multilabel).numpy()
         elif m in (R.FUSION, R.FUSION_NOREG):
             s = h.components[m](means).numpy()  # per-class logistic outputs, stored as they are
-        else:  # NN-EF / NN-LF
-            s = _probs(h.components[m](means), h.multilabel).numpy()
+        else:  # NN-EF / NN-LF: forward already returns softmax (sigmoid) scores, as `train` stored them
+            s = h.components[m](means).numpy()
         total += w * np.asarray(s, dtype=np.float64)
     return total
 
