@@ -31,7 +31,8 @@ from torch import nn
 from models.cnn import motion_input, spatial_input, two_stream_scores
 from models.registry import MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
 from pipelines.train_cnn import STAGE as TRAIN_STAGE
-from pipelines.train_cnn import TAG_MODEL_LOGGED, abs_local
+from pipelines.train_cnn import TAG_MODEL_LOGGED
+from store.lance_io import canonical_store_uri
 from store.tables import CLIPS, FRAME_FEATURES_NAME, VIDEO_SCORES, frame_features_schema
 
 log = logging.getLogger(__name__)
@@ -330,7 +331,7 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
     from store.scores import upsert_video_scores
 
     t0 = time.perf_counter()
-    store_uri = abs_local(cfg.store_uri)
+    store_uri = canonical_store_uri(cfg.store_uri)
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     s_run = cfg.spatial_run_id or latest_cnn_run(SPATIAL_CNN, cfg.split, cfg.experiment, store_uri)

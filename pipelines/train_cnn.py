@@ -33,6 +33,7 @@ from torch import nn
 
 from models.cnn import FINETUNE_MODES, MotionCNN, SpatialCNN, motion_input, random_crop_flip, spatial_input
 from models.registry import MOTION_CNN, SPATIAL_CNN, STREAMS
+from store.lance_io import canonical_store_uri
 
 log = logging.getLogger(__name__)
 
@@ -305,13 +306,6 @@ class _StreamJob:
     error: BaseException | None = None
 
 
-def abs_local(uri: str) -> str:
-    """Ray Train workers run in their own directory: make local paths absolute."""
-    if "://" in uri:
-        return uri
-    return str(Path(uri).expanduser().resolve())
-
-
 def _split_data(store_uri: str, split: int, storage_options: dict | None):
     from store.feature_store import FeatureStore
 
@@ -382,7 +376,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
     from cluster.connect import connect
     from pipelines import tracking
 
-    store_uri = abs_local(cfg.store_uri)
+    store_uri = canonical_store_uri(cfg.store_uri)
     train_labels, val_labels, class_names, stack = _split_data(store_uri, cfg.split, cfg.storage_options)
     num_classes = len(class_names)
     if num_classes < 2:
@@ -398,7 +392,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
     if use_gpu:
         # Concurrent streams share the GPUs rather than wait for each other.
         per_worker["GPU"] = min(1.0, n_gpus / n_workers)
-    storage = abs_local(cfg.checkpoint_path or f"{store_uri.rstrip('/')}/_checkpoints")
+    storage = canonical_store_uri(cfg.checkpoint_path or f"{store_uri.rstrip('/')}/_checkpoints")
 
     tracking.setup(tracking.resolve_tracking_uri(cfg.tracking_uri), cfg.experiment)
     jobs: list[_StreamJob] = []
