@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "state.pt"
 TAG_FIT_ID = "hyvid.fit_id"  # one uuid per fit: a restarted worker finds its MLflow run by it
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag for nested runs
+# Ray node ids that rank 0 of this fit ran on, one per attempt (a resumed fit appends its new node).
+TAG_NODES = "hyvid.nodes"
 STAGE = "train"
 CV_STAGE = "train-cv"  # fusion λ2/λ3 trials: nested runs, never mistaken for the final fit
 LINEAGE_TABLES = ["videos", "frame_features"]  # what a fit reads in its worker
@@ -385,6 +387,7 @@ def fit_loop(config: dict, report: Callable, get_checkpoint: Callable, rank: int
         run_id = open_run(config, config.get("stage", STAGE), config.get("extra_tags"))
         client.update_run(run_id, status="RUNNING")
         _log_fit_params(client, run_id, {**config, "world_size": world})
+        _record_node(client, run_id)
         if state is not None:
             client.set_tag(run_id, "hyvid.resumed_from_epoch", str(state["epoch"]))
     key = primary(config)
@@ -428,6 +431,18 @@ def fit_loop(config: dict, report: Callable, get_checkpoint: Callable, rank: int
     if not lead:
         return {}
     return _finish(config, client, run_id, model.cpu(), best, data, versions)
+
+
+def _record_node(client, run_id: str) -> None:
+    """Append the Ray node this attempt runs on to the run's `hyvid.nodes` tag (the spread record)."""
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except Exception:  # noqa: BLE001 - outside Ray (unit tests call fit_loop directly)
+        node = "local"
+    prev = client.get_run(run_id).data.tags.get(TAG_NODES)
+    client.set_tag(run_id, TAG_NODES, f"{prev},{node}" if prev else node)
 
 
 def _report_due(config: dict, epoch: int, epochs: int, last_report: float, world: int, force: bool) -> bool:

@@ -126,3 +126,41 @@ def test_credentials_in_a_tracking_uri_are_redacted(mlflow_server, tmp_path):
     assert "p4ssw0rd" not in repr(r.data.params) + repr(r.data.tags)
     assert r.data.params["store_uri"] == "s3://***@bucket/hyvid"
     assert mlflow.get_experiment(exp_id).name == "remote-test"
+
+
+def test_train_stage_logs_to_the_server(mlflow_server, tmp_path, monkeypatch, ray_session):
+    """A real `hyvid train` (Ray Train workers and a Ray task) tracking to the server through
+    MLFLOW_TRACKING_URI, as on a cluster: runs, metrics, lineage and models all land there."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.hybrid import HybridConfig, hybrid
+    from pipelines.train import TrainConfig, train
+    from store.feature_store import FeatureStore
+    from tests.test_train import build_toy_store
+
+    url, artifacts = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    store = str(tmp_path / "toy")
+    build_toy_store(store)
+    res = train(TrainConfig(store_uri=store, models=("spatial_lstm", "motion_lstm", "fusion", "svm_ef"),
+                            lstm_epochs=6, lstm_hidden=(32, 16), lstm_optimizer="adam", lstm_lr=0.01,
+                            video_epochs=6, lam2_grid=(0.0,), lam3_grid=(0.0,), experiment="remote-train"))
+    assert res.tracking_uri == url
+    client = MlflowClient(tracking_uri=url)
+    runs = {r.data.tags["hyvid.model"]: r for r in client.search_runs([res.experiment_id])}
+    assert set(runs) == {"spatial_lstm", "motion_lstm", "fusion", "svm_ef"}
+    for name, run in runs.items():
+        assert run.info.run_id == res.models[name].run_id
+        assert run.info.status == "FINISHED", name
+        assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0 and "val_accuracy" in run.data.metrics
+        assert run.data.params["lineage.frame_features.version"] == "1"
+        # The model went through the server's artifact proxy into its artifacts directory.
+        assert "model" in [a.path for a in client.list_artifacts(run.info.run_id)], name
+    history = client.get_metric_history(runs["motion_lstm"].info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(6))
+    assert len(list(artifacts.rglob("MLmodel"))) >= 4
+    # The scores of the runs on the server feed the hybrid, which logs to the same server.
+    assert len(FeatureStore(store).scores("fusion", 1, "test").video_ids) > 0
+    h = hybrid(HybridConfig(store_uri=store, experiment="remote-train"))
+    hrun = client.get_run(h.run_id)
+    assert hrun.info.status == "FINISHED" and hrun.data.metrics["test_accuracy"] > 0.25

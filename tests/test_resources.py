@@ -234,9 +234,119 @@ def _scenario(work: Path) -> dict:
         data_dir = Path(store) / f"{CLIPS.name}.lance" / "data"
         out["clip_files_on_disk"] = len(list(data_dir.glob("*.lance")))
         out["clip_fragments_committed"] = len(open_table(store, CLIPS.name).get_fragments())
+
+        # 4. A replacement node joins; the CNNs are fitted and `features` spreads over all three.
+        new_node = cluster.add_node(num_cpus=1, **common)
+        cluster.wait_for_nodes()
+        out["nodes_after_join"] = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        out["new_node"] = new_node.node_id
+        tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+        out.update(_cnns_and_features(store, tracking_uri, cluster.address))
+
+        # 5. A Ray Train fit loses the node of its worker after a checkpoint and resumes elsewhere.
+        out["train"] = _train_loses_its_node(cluster, work, tracking_uri, head_id)
     finally:
         ray.shutdown()
         cluster.shutdown()
+    return out
+
+
+def _cnns_and_features(store: str, tracking_uri: str, address: str) -> dict:
+    from pipelines.features import FeaturesConfig, extract_features
+    from pipelines.train_cnn import TrainCNNConfig, train_cnn
+
+    t0 = time.perf_counter()
+    cnn = train_cnn(TrainCNNConfig(store_uri=store, stream="both", epochs=1, batch_size=8, crop=32, workers=1,
+                                   cpus_per_worker=1, experiment="cluster", tracking_uri=tracking_uri,
+                                   address=address))
+    f = extract_features(FeaturesConfig(store_uri=store, experiment="cluster", tracking_uri=tracking_uri,
+                                        address=address, workers=3, videos_per_task=1, commit_every=1,
+                                        progress=False))
+    ff = open_table_columns(store, "frame_features", ["video_id", "position"])
+    return {"cnn_runs": cnn.run_ids, "features_node_tasks": f.node_tasks, "features_written": f.n_features_written,
+            "feature_rows": sorted([r["video_id"], r["position"]] for r in ff), "features_s": time.perf_counter() - t0}
+
+
+def open_table_columns(store: str, name: str, columns: list[str]) -> list[dict]:
+    from store.lance_io import open_table
+
+    return open_table(store, name).to_table(columns=columns).to_pylist()
+
+
+def _train_loses_its_node(cluster, work: Path, tracking_uri: str, head_id: str) -> dict:
+    """Fit the spatial LSTM on a toy store with the head's CPU held, so its one worker lands on a
+    worker node; remove that node (no graceful shutdown) as soon as the first checkpoint is on disk."""
+    import threading
+
+    import mlflow
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from pipelines.train import TrainConfig, train
+    from pipelines.train_loops import TAG_NODES
+    from tests.test_train import build_toy_store
+
+    toy = str(work / "toy")
+    build_toy_store(toy)
+
+    @ray.remote(num_cpus=1)
+    class HoldCPU:
+        def ready(self) -> bool:
+            return True
+
+    holder = HoldCPU.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head_id, soft=False)).remote()
+    ray.get(holder.ready.remote(), timeout=60)
+    ckpt_root = work / "train_ckpt"
+    cfg = TrainConfig(store_uri=toy, models=("spatial_lstm",), lstm_epochs=14, lstm_hidden=(32, 16),
+                      lstm_optimizer="adam", lstm_lr=0.01, cpus_per_worker=1, checkpoint_every_s=0.0,
+                      storage_path=str(ckpt_root), keep_checkpoints=True, experiment="cluster-train",
+                      tracking_uri=tracking_uri, address=cluster.address)
+    box: dict = {}
+
+    def run_train() -> None:
+        try:
+            box["result"] = train(cfg)
+        except BaseException as e:  # surfaced below
+            box["error"] = repr(e)
+
+    out: dict = {}
+    t0 = time.perf_counter()
+    runner = threading.Thread(target=run_train, daemon=True)
+    runner.start()
+    # A checkpoint counts once Ray Train's controller has registered it in its snapshot (a
+    # directory on disk alone may not have been taken yet, and a restart would not see it).
+    def registered() -> bool:
+        for snap in ckpt_root.glob("*/checkpoint_manager_snapshot.json"):
+            try:
+                if json.loads(snap.read_text()).get("latest_checkpoint_result"):
+                    return True
+            except (OSError, ValueError):
+                pass  # being written
+        return False
+
+    while runner.is_alive() and not registered():
+        time.sleep(0.1)
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("cluster-train")
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    nodes_before = runs[0].data.tags.get(TAG_NODES, "") if runs else ""
+    victim_id = nodes_before.split(",")[-1] if nodes_before else None
+    out["victim"] = victim_id
+    out["checkpoint_seen_s"] = time.perf_counter() - t0
+    victim = [n for n in cluster.worker_nodes if n.node_id == victim_id]
+    if victim:
+        cluster.remove_node(victim[0], allow_graceful=False)
+    runner.join(timeout=300)
+    out["train_s"] = time.perf_counter() - t0
+    ray.kill(holder)
+    if "result" not in box:
+        raise RuntimeError(f"train did not finish: {box.get('error', 'still running after 300 s')}")
+    res = box["result"].models["spatial_lstm"]
+    run = client.get_run(res.run_id)
+    out.update(run_id=res.run_id, status=run.info.status, tags=dict(run.data.tags),
+               metrics={k: float(v) for k, v in res.metrics.items()},
+               epochs_logged=sorted({m.step for m in client.get_metric_history(res.run_id, "train_loss")}),
+               n_runs=len(client.search_runs([exp.experiment_id])))
     return out
 
 
@@ -271,9 +381,9 @@ def cluster_run(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, __file__, str(work)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        stdout, stderr = proc.communicate(timeout=420)
+        stdout, stderr = proc.communicate(timeout=720)
     except subprocess.TimeoutExpired:
-        stdout, stderr = "", "scenario timed out after 420 s"
+        stdout, stderr = "", "scenario timed out after 720 s"
     finally:
         # Whatever the scenario left (it shuts its cluster down, but may have died first): every
         # process of its session, by id.
@@ -318,6 +428,36 @@ def test_extract_survives_a_worker_node_dying_mid_stage(cluster_run):
     spread = ex["node_spread"]
     assert victim not in spread and len(spread) == 2 and sum(spread.values()) == 9
     assert {v["node_id"] for v in r["videos"]} == set(spread)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_features_spread_over_the_nodes_and_write_every_clip_once(cluster_run):
+    r = cluster_run
+    alive = set(r["nodes_after_join"])
+    assert len(alive) == 3 and r["new_node"] in alive and r["victim"] not in alive
+    spread = r["features_node_tasks"]
+    # One video per task, three in flight: SPREAD scheduling puts them on every node.
+    assert sum(spread.values()) == 9 and set(spread) <= alive and len(spread) >= 2, spread
+    assert r["features_written"] == 9
+    assert r["feature_rows"] == r["clips"]  # one feature row per stored clip, none twice
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_train_fit_resumes_from_its_checkpoint_after_its_node_dies(cluster_run):
+    t = cluster_run["train"]
+    head = cluster_run["head"]
+    assert t["victim"] and t["victim"] != head, "the LSTM's worker was not on a worker node"
+    nodes = t["tags"]["hyvid.nodes"].split(",")
+    # First attempt on the node that was removed, then a new attempt on a surviving worker node.
+    assert nodes[0] == t["victim"] and len(nodes) >= 2 and nodes[-1] not in (t["victim"], head), nodes
+    resumed = int(t["tags"]["hyvid.resumed_from_epoch"])
+    assert 0 <= resumed < 13
+    assert t["status"] == "FINISHED" and t["n_runs"] == 1  # the same MLflow run, continued
+    assert t["epochs_logged"] == list(range(14))
+    # The resumed fit still learns the toy store (chance is 0.25 over its four classes).
+    assert t["metrics"]["test_accuracy"] >= 0.5, t["metrics"]
 
 
 if __name__ == "__main__":
