@@ -175,6 +175,8 @@ def _train_cnn_args(p: argparse.ArgumentParser, s: Settings) -> None:
                    help="SGD learning rate (default: 1e-2 spatial head / motion, 1e-3 spatial --finetune all)")
     p.add_argument("--finetune", choices=("head", "all"), default=d.finetune,
                    help="spatial CNN: train fc1+classifier on the frozen ImageNet backbone, or all (default %(default)s)")
+    p.add_argument("--head-views", type=int, default=d.head_views,
+                   help="--finetune head: augmented views cached per training clip (default %(default)s)")
     p.add_argument("--feature-dim", type=int, default=d.feature_dim, help="fc1 width = feature size (default %(default)s)")
     p.add_argument("--workers", type=int, default=s.workers_for("train-cnn", d.workers),
                    help="Ray Train workers per stream (default: settings workers.train-cnn, else %(default)s)")
@@ -191,7 +193,8 @@ def _train_cnn_run(args: argparse.Namespace, s: Settings) -> int:
 
     cfg = TrainCNNConfig(
         store_uri=args.store, stream=args.stream, split=args.split, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, finetune=args.finetune, feature_dim=args.feature_dim, workers=args.workers,
+        lr=args.lr, finetune=args.finetune, head_views=args.head_views, feature_dim=args.feature_dim,
+        workers=args.workers,
         cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu, experiment=args.experiment,
         tracking_uri=tracking.resolve_tracking_uri(args.tracking_uri, s), storage_options=s.resolved_storage_options(),
         checkpoint_path=args.checkpoint_path, resume=args.resume, address=args.address,
@@ -607,13 +610,16 @@ COMMANDS["predict"] = (
 
 # === run/demo ===
 def _run_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    from pipelines.run import RunConfig
+
     p.add_argument("dataset", help="UCF-101-layout folder or manifest CSV")
     _common(p, s)
     p.add_argument("--splits", default=None, help="comma-separated splits, e.g. 1,2,3 (the UCF-101 protocol); overrides --split")
     p.add_argument("--frames", type=int, default=25, help="sampled positions per video (default 25)")
     p.add_argument("--stack", type=int, default=10, help="L flows per stack (default 10)")
     p.add_argument("--flow", default="dis", choices=("dis", "farneback", "tvl1"))
-    p.add_argument("--cnn-epochs", type=int, default=3)
+    p.add_argument("--cnn-epochs", type=int, default=RunConfig.cnn_epochs,
+                   help="train-cnn epochs of both streams (default %(default)s)")
     p.add_argument("--models", default="spatial_lstm,motion_lstm,fusion,baselines",
                    help="models for `train` (default: spatial_lstm,motion_lstm,fusion,baselines)")
     p.add_argument("--plots", default=None, help="folder for the hybrid's PNG plots (also MLflow artifacts)")

@@ -44,7 +44,7 @@ class RunConfig:
     flow: str = "dis"
     size: int | None = None  # None: the extractor's default
     # train-cnn
-    cnn_epochs: int = 3
+    cnn_epochs: int = 6  # cheap for the spatial head (cached backbone); ~15 s per motion epoch on the demo
     finetune: str = "head"
     # train
     models: tuple[str, ...] = ("spatial_lstm", "motion_lstm", "fusion", "baselines")
