@@ -398,10 +398,10 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--video-epochs", type=int, help="epochs of the fusion net and NN baselines (default 60)")
     p.add_argument("--paper-lstm", action="store_true",
                    help="the paper's LSTM: 1024/512 units, SGD lr 1e-4, momentum 0.9, batch 10 "
-                        "(the demo default is 256/128 units at lr 0.05, which converges in a few epochs)")
+                        "(the default is 256/128 units with Adam at lr 1e-3, which converges in a few epochs)")
     p.add_argument("--lstm-hidden", help="LSTM layer widths bottom first, e.g. 1024,512")
     p.add_argument("--lstm-lr", type=float, help="LSTM learning rate")
-    p.add_argument("--lstm-optimizer", choices=("sgd", "adam"), help="LSTM optimizer (default sgd, the paper's)")
+    p.add_argument("--lstm-optimizer", choices=("sgd", "adam"), help="LSTM optimizer (default adam; sgd is the paper's)")
     p.add_argument("--pooling", choices=("last", "mean"), help="LSTM video prediction: last step (paper) or mean")
     p.add_argument("--peephole", action="store_true", help="LSTM cells with the paper's peephole terms")
     p.add_argument("--lam-grid", help="λ2 and λ3 values cross-validated for the fusion net (default 0,3e-5,3e-4)")
