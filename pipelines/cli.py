@@ -655,9 +655,12 @@ COMMANDS["run"] = (
 
 
 def _demo_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    from pipelines.run import DemoConfig
+
     p.add_argument("--out", default="demo_out", help="folder for the data, store, MLflow db and plots")
     p.add_argument("--classes", type=int, default=None, help="synthetic classes (default: synth's)")
-    p.add_argument("--videos-per-class", type=int, default=None)
+    p.add_argument("--videos-per-class", type=int, default=DemoConfig.videos_per_class,
+                   help="default %(default)s")
     p.add_argument("--splits", default="1", help="comma-separated splits (default 1)")
     p.add_argument("--experiment", default="hyvid-demo")
 
