@@ -479,6 +479,9 @@ def _hybrid_args(p: argparse.ArgumentParser, s: Settings) -> None:
                                     "(default: accuracy, or map for multi-label data)")
     p.add_argument("--out", help="folder for the PNG/CSV files (default hyvid_plots; split<N>/ inside)")
     p.add_argument("--no-late-fusion", action="store_true", help="skip Table 1's late average fusions")
+    p.add_argument("--register", metavar="NAME",
+                   help="register the hybrid (a pyfunc that classifies video files) as MLflow model NAME; "
+                        "then `hyvid predict --model models:/NAME/<version>`")
 
 
 def _hybrid_run(args: argparse.Namespace, s: Settings) -> int:
@@ -496,13 +499,15 @@ def _hybrid_run(args: argparse.Namespace, s: Settings) -> int:
             store_uri=args.store, split=split, refine=args.refine, metric=args.metric,
             experiment=args.experiment, tracking_uri=tracking.resolve_tracking_uri(args.tracking_uri, s),
             storage_options=s.resolved_storage_options(), out_dir=f"{out}/split{split}",
-            late_fusion=not args.no_late_fusion, **opts))
+            late_fusion=not args.no_late_fusion, register_as=args.register, **opts))
         print(f"split {split}: hybrid weights " + ", ".join(f"{m}={w:.3f}" for m, w in res.weights.items()))
         print(f"  val {res.metric} {res.val_metric:.4f}; test " +
               ", ".join(f"{k} {v:.4f}" for k, v in res.test_metrics.items()))
         for row, vals in res.late_fusion.items():
             print(f"  late fusion {row}: test " + ", ".join(f"{k} {v:.4f}" for k, v in vals.items()))
         print(f"  MLflow run {res.run_id}; files in {out}/split{split}/")
+        if res.registered_version:
+            print(f"  registered as models:/{args.register}/{res.registered_version}")
     return 0
 
 
@@ -578,7 +583,8 @@ def _predict_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ray_config.yaml)")
     g.add_argument("--experiment", default=s.experiment,
                    help=f"use the latest hybrid run of this MLflow experiment (default: {s.experiment})")
-    g.add_argument("--model", help="a hybrid run: runs:/<run id> (see `hyvid runs --stage hybrid`)")
+    g.add_argument("--model", help="a hybrid run, runs:/<run id> (see `hyvid runs --stage hybrid`), or a registered "
+                                   "hybrid, models:/<name>/<version> or models:/<name>@<alias>")
     p.add_argument("--split", type=int, choices=(1, 2, 3), help="the latest hybrid run of this split (default: any)")
     p.add_argument("--top", type=int, default=5, help="classes to print per video (default 5)")
     p.add_argument("--batch-size", type=int, default=8, help="videos per CNN/LSTM batch (default 8)")

@@ -234,6 +234,7 @@ class HybridConfig:
     storage_options: dict | None = field(default=None, hash=False)
     out_dir: str | None = None  # PNG/CSV files go here too; None: MLflow artifacts only
     late_fusion: bool = True
+    register_as: str | None = None  # also register the hybrid's pyfunc under this MLflow model name
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -271,6 +272,8 @@ class HybridResult:
     candidates: pd.DataFrame
     files: dict[str, str]
     multilabel: bool
+    model_uri: str | None = None  # the hybrid's pyfunc (pipelines.hybrid_model), models:/m-...
+    registered_version: str | None = None  # with register_as: its version in the model registry
 
 
 @dataclass(frozen=True)
@@ -485,6 +488,9 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
                 val.labels_multi + test.labels_multi,
                 storage_options=cfg.storage_options,
             )
+            from pipelines.hybrid_model import log_hybrid_model
+
+            model_uri, model_version = log_hybrid_model(run_id, cfg.register_as)
     finally:
         if not cfg.out_dir:
             files = {}  # the temp files are gone; they live on as MLflow artifacts
@@ -494,7 +500,8 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
     return HybridResult(
         run_id=run_id, split=cfg.split, models=tuple(models), weights=wdict, metric=metric,
         val_metric=float(val_metrics[metric]), test_metrics=test_metrics, val_metrics=val_metrics,
-        late_fusion=late, components=components, candidates=table, files=files, multilabel=multilabel)
+        late_fusion=late, components=components, candidates=table, files=files, multilabel=multilabel,
+        model_uri=model_uri, registered_version=model_version)
 
 
 def _per_class(scores: np.ndarray, a: _Aligned, multilabel: bool) -> np.ndarray:

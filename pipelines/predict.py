@@ -51,7 +51,7 @@ class PredictConfig:
 
     videos: tuple[str, ...]
     experiment: str = "hyvid"
-    model_uri: str | None = None  # "runs:/<hybrid run id>" or a bare run id; None: latest hybrid run
+    model_uri: str | None = None  # runs:/<hybrid run id>, models:/<name>/<version|@alias>; None: latest hybrid run
     split: int | None = None  # with model_uri=None: the latest hybrid run of this split
     tracking_uri: str | None = None
     top: int = 5
@@ -133,16 +133,36 @@ class PredictResult:
 
 
 # -- loading ------------------------------------------------------------------------------------
-def _run_id_of(model_uri: str) -> str:
-    """`runs:/<id>`, `runs:/<id>/...` or a bare 32-hex run id -> the run id."""
+def _run_id_of(model_uri: str, client=None) -> str:
+    """The hybrid run id behind `runs:/<id>[/...]`, a bare run id, or a registered hybrid model
+    `models:/<name>/<version>` / `models:/<name>@<alias>` (its version's source run)."""
     uri = model_uri.strip()
     if uri.startswith("runs:/"):
         parts = [p for p in uri[len("runs:/"):].split("/") if p]
         if parts:
             return parts[0]
+    elif uri.startswith("models:/") and client is not None:
+        ref = uri[len("models:/"):].strip("/")
+        try:
+            if "@" in ref:
+                name, alias = ref.split("@", 1)
+                mv = client.get_model_version_by_alias(name, alias)
+            else:
+                name, _, version = ref.rpartition("/")
+                if not name or not version.isdigit():
+                    raise ValueError("expected models:/<name>/<version> or models:/<name>@<alias>")
+                mv = client.get_model_version(name, version)
+        except Exception as e:  # MLflow raises RestException for unknown names/versions
+            raise FileNotFoundError(f"--model {model_uri!r}: no such registered model version ({e}); "
+                                    "register one with `hyvid hybrid --register NAME`") from e
+        if not mv.run_id:
+            raise ValueError(f"--model {model_uri!r}: version {mv.version} of {mv.name!r} has no source run; "
+                             "register the model a hybrid run logged (`hyvid hybrid --register NAME`)")
+        return mv.run_id
     elif "/" not in uri and ":" not in uri and uri:
         return uri
-    raise ValueError(f"--model {model_uri!r}: expected runs:/<hybrid run id> (see `hyvid runs --stage hybrid`)")
+    raise ValueError(f"--model {model_uri!r}: expected runs:/<hybrid run id>, models:/<name>/<version> or "
+                     "models:/<name>@<alias> (see `hyvid runs --stage hybrid`)")
 
 
 def find_hybrid_run(client, experiment: str, split: int | None = None):
@@ -207,7 +227,7 @@ def load_hybrid(tracking_uri: str | None, experiment: str = "hyvid", model_uri: 
     mlflow.set_tracking_uri(tracking.resolve_tracking_uri(tracking_uri))
     client = MlflowClient()
     if model_uri:
-        run_id = _run_id_of(model_uri)
+        run_id = _run_id_of(model_uri, client)
         try:
             run = client.get_run(run_id)
         except Exception as e:

@@ -156,3 +156,41 @@ def test_cli_json_and_exit_codes(logged, capsys):
     # A run that is not a hybrid is refused with a pointer to the right runs.
     assert main(["predict", logged["good"][0], "--model", f"runs:/{logged['run_ids'][R.FUSION]}"]) == 2
     assert "not a hybrid run" in capsys.readouterr().err
+
+
+def test_registered_hybrid_predicts_through_predict_and_pyfunc(logged, capsys):
+    """The hybrid run logs a pyfunc; registered, it is found by version and alias, by `predict
+    --model models:/...` and by `mlflow.pyfunc.load_model`, with the same scores as the run."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from pipelines.cli import main
+    from pipelines.predict import PredictConfig, load_hybrid, predict
+
+    run_id = logged["hybrid"].run_id
+    mlflow.set_tracking_uri(logged["uri"])
+    assert logged["hybrid"].model_uri and logged["hybrid"].registered_version is None
+    mv = mlflow.register_model(logged["hybrid"].model_uri, "hyvid-hybrid")
+    client = MlflowClient(logged["uri"])
+    client.set_registered_model_alias("hyvid-hybrid", "champion", mv.version)
+
+    by_run = predict(PredictConfig((logged["good"][0],), model_uri=f"runs:/{run_id}"))
+    for uri in (f"models:/hyvid-hybrid/{mv.version}", "models:/hyvid-hybrid@champion"):
+        h = load_hybrid(logged["uri"], model_uri=uri)
+        assert h.run_id == run_id
+    assert main(["predict", logged["good"][0], "--model", "models:/hyvid-hybrid@champion", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["hybrid_run_id"] == run_id
+    assert out["videos"][0]["top"][0]["class"] == by_run.predictions[0].top[0][0]
+
+    # Unknown versions name what to do.
+    assert main(["predict", logged["good"][0], "--model", "models:/hyvid-hybrid/99"]) == 2
+    assert "hyvid hybrid --register" in capsys.readouterr().err
+
+    pyfunc = mlflow.pyfunc.load_model("models:/hyvid-hybrid@champion")
+    df = pyfunc.predict([logged["good"][0], logged["bad"]])
+    assert list(df["path"]) == [logged["good"][0], logged["bad"]]
+    assert df["class"][0] == by_run.predictions[0].top[0][0]
+    assert df["score"][0] == pytest.approx(by_run.predictions[0].top[0][1], rel=1e-5)
+    assert pd.isna(df["error"][0]) and "cannot be opened" in df["error"][1]
