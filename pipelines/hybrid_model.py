@@ -36,7 +36,9 @@ class HybridVideoClassifier(mlflow.pyfunc.PythonModel):
         self._loaded = load_hybrid(mlflow.get_tracking_uri(), model_uri=f"runs:/{run_id}")
         self._top = int(context.model_config.get("top", 5))
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # The hint is what MLflow can pass through unvalidated (a list of paths works as well); a
+    # typed signature would make MLflow coerce file paths it cannot check anyway.
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from pipelines.predict import PredictConfig, predict
 
         paths = _paths(model_input)
