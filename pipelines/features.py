@@ -162,14 +162,25 @@ def latest_cnn_run(model: str, split: int, experiment: str, store_uri: str) -> s
 # The Ray task.
 
 
+# Ray reuses a worker process for the next task of the same function, so the CNNs of the last
+# pair of runs stay loaded there: a logged model never changes, and loading both (MLflow lookup,
+# artifact copy, unpickling EfficientNet) costs seconds per task otherwise.
+_LOADED: dict[tuple, list[nn.Module]] = {}
+
+
 def _load_models(tracking_uri: str, spatial_run_id: str, motion_run_id: str, device: torch.device):
     import mlflow
 
+    key = (tracking_uri, spatial_run_id, motion_run_id, str(device))
+    if key in _LOADED:
+        return _LOADED[key]
     mlflow.set_tracking_uri(tracking_uri)
     models = []
     for run_id in (spatial_run_id, motion_run_id):
         m = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location=device)
         models.append(m.to(device).eval())
+    _LOADED.clear()
+    _LOADED[key] = models
     return models
 
 

@@ -105,6 +105,21 @@ def test_motion_cnn_shapes():
         net(motion_input(np.full((1, 4, 32, 32), 128, np.uint8)))
 
 
+def test_motion_cnn_input_pool_is_a_2x2_average_before_conv1():
+    torch.manual_seed(0)
+    pooled_net = MotionCNN(num_classes=3, stack=2, input_pool=2).eval()
+    full_net = MotionCNN(num_classes=3, stack=2, input_pool=1).eval()
+    full_net.load_state_dict(pooled_net.state_dict())  # same weights: pooling has none
+    x = torch.randn(2, 4, 40, 56)
+    with torch.no_grad():
+        via_pool = pooled_net.pooled(x)
+        by_hand = full_net.pooled(torch.nn.functional.avg_pool2d(x, 2))
+        assert torch.allclose(via_pool, by_hand, atol=1e-6)
+        assert not torch.allclose(via_pool, full_net.pooled(x), atol=1e-3)
+    with pytest.raises(ValueError, match="input_pool"):
+        MotionCNN(num_classes=3, stack=2, input_pool=0)
+
+
 def test_motion_input_scaling():
     q = np.zeros((1, 4, 2, 2), np.uint8)
     q[0, 0] = 255

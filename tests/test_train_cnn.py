@@ -13,8 +13,9 @@ import mlflow
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
-from models.cnn import MotionCNN, SpatialCNN
+from models.cnn import MotionCNN, SpatialCNN, spatial_input
 from models.registry import CNN_MODELS, MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
 from pipelines.features import FeaturesConfig, _commit_features, extract_features
 from pipelines.train_cnn import TrainCNNConfig, train_cnn
@@ -102,6 +103,23 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
         model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
         assert isinstance(model, cls) and model.num_classes == 3 and model.feature_dim == 48
         assert res.metrics[stream]["epoch"] == 0
+
+    # The cached spatial head path: the backbone's output on whole frames, cached once, is what
+    # the logged model computes on those frames.
+    from pipelines.torch_data import ClipsDataset
+    from pipelines.train_cnn import _cache_pooled
+
+    spatial = mlflow.pytorch.load_model(f"runs:/{res.run_ids['spatial']}/model").eval()
+    labels = {v: 0 for v in open_table(store, "clips").to_table(columns=["video_id"]).column("video_id").to_pylist()[:1]}
+    data = ClipsDataset(store, labels, "spatial")
+    idx = np.arange(len(data))
+    cached = _cache_pooled(spatial, data, idx, 3, torch.device("cpu"))
+    x, _ = data.get_batch(idx)
+    with torch.no_grad():
+        direct = spatial.pooled(spatial_input(x))
+    assert cached.shape == (N_POSITIONS, 1280) and torch.allclose(cached, direct, atol=1e-5)
+    crops = _cache_pooled(spatial, data, idx, 3, torch.device("cpu"), (24, 24), np.random.default_rng(0))
+    assert crops.shape == cached.shape and not torch.allclose(crops, cached, atol=1e-3)
 
     # --- features -----------------------------------------------------------------------------
     fcfg = FeaturesConfig(store_uri=store, experiment="t", tracking_uri=tracking_uri, videos_per_task=5,
