@@ -149,9 +149,6 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
     row = fs.clips(vid).slice(0, 1)
     frame = decode_frame(row.column("frame")[0].as_py())
     model = mlflow.pytorch.load_model(f"runs:/{res.run_ids['spatial']}/model")
-    from models.cnn import spatial_input
-
-    import torch
 
     with torch.no_grad():
         expect = model.features(spatial_input(frame[None]))[0].numpy()
