@@ -209,20 +209,6 @@ def _evaluate_pooled(core: nn.Module, pooled: torch.Tensor | None, data, video_o
     return _video_hits(probs, labels, video_order)
 
 
-def _sync_grads(params: list[nn.Parameter], world: int) -> None:
-    """Average gradients over the worker group by hand (the cached-head path bypasses DDP's hooks)."""
-    if world <= 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 @torch.no_grad()
 def _cache_pooled(core: nn.Module, data, indices: np.ndarray, batch_size: int, device: torch.device,
                   crop: tuple[int, int] | None = None, rng: np.random.Generator | None = None) -> torch.Tensor:
@@ -248,6 +234,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from pipelines.torch_data import ClipsDataset, iter_batches
+    from pipelines.train_loops import _average_gradients as average_gradients
 
     stream = config["stream"]
     ctx = ray.train.get_context()
@@ -327,7 +314,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 loss = loss_fn(logits, yt)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                _sync_grads(params, world)
+                # The cached path bypasses DDP's hooks: average the head's gradients by hand.
+                average_gradients(params, world)
                 opt.step()
                 loss_sum += float(loss.detach()) * len(i)
                 correct += float((logits.argmax(1) == yt).sum())

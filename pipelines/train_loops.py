@@ -21,7 +21,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -178,7 +178,7 @@ def _shard(n: int, epoch: int, seed: int, rank: int, world: int) -> np.ndarray:
     return perm[rank::world]
 
 
-def _average_gradients(model: torch.nn.Module, world: int) -> None:
+def _average_gradients(model: torch.nn.Module | Iterable[torch.nn.Parameter], world: int) -> None:
     """Data parallelism across Ray Train workers: average the gradients of all ranks in one all-reduce.
 
     Done by hand rather than with DistributedDataParallel because the models' own loss helpers
@@ -189,7 +189,8 @@ def _average_gradients(model: torch.nn.Module, world: int) -> None:
         return
     import torch.distributed as dist
 
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    params = model.parameters() if isinstance(model, torch.nn.Module) else model
+    grads = [p.grad for p in params if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world
