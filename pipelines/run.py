@@ -50,6 +50,8 @@ class RunConfig:
     models: tuple[str, ...] = ("spatial_lstm", "motion_lstm", "fusion", "baselines")
     lstm_epochs: int | None = None  # None: the train stage's defaults
     video_epochs: int | None = None
+    lam2_grid: tuple[float, ...] | None = None  # fusion net's λ2/λ3 cross-validation; None: train's grid
+    lam3_grid: tuple[float, ...] | None = None
     # hybrid
     hybrid_step: float = 0.05
     out_dir: str | None = None  # plots of the hybrid stage
@@ -176,6 +178,9 @@ def run(cfg: RunConfig) -> RunResult:
                 kw["lstm_epochs"] = cfg.lstm_epochs
             if cfg.video_epochs:
                 kw["video_epochs"] = cfg.video_epochs
+            for name in ("lam2_grid", "lam3_grid"):
+                if getattr(cfg, name) is not None:
+                    kw[name] = tuple(getattr(cfg, name))
             timed(
                 f"train split {split}", train,
                 TrainConfig(store_uri=cfg.store_uri, split=split, models=todo, experiment=cfg.experiment,
