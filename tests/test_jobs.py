@@ -9,8 +9,6 @@ import csv
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from processes import free_port, kill_session
+
 from cluster import jobs
 from pipelines import cli
 
@@ -27,43 +27,6 @@ slow = pytest.mark.slow
 integration = pytest.mark.integration
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def session_pids(sid: int) -> list[int]:
-    """Processes whose session id is `sid` (the head's `ray start` made itself a session leader)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == sid:
-            pids.append(int(d))
-    return pids
-
-
-def kill_session(sid: int, grace_s: float = 5.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in session_pids(sid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(
-            Path(f"/proc/{p}/stat").exists() and " Z " not in Path(f"/proc/{p}/stat").read_text()
-            for p in session_pids(sid)
-        ):
-            time.sleep(0.2)
 
 
 class RayHead:

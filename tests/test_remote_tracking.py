@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,11 @@ import pyarrow as pa
 import pytest
 import requests
 import yaml
+from processes import free_port
 
 from cluster.settings import DEFAULT_CONFIG, load_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import kill_session
 
 from cluster.resources import cluster_has_gpus, scaling_config, split_resources, task_options
 
@@ -254,6 +255,7 @@ def _scenario(work: Path) -> dict:
 def _cnns_and_features(store: str, tracking_uri: str, address: str) -> dict:
     from pipelines.features import FeaturesConfig, extract_features
     from pipelines.train_cnn import TrainCNNConfig, train_cnn
+    from store.lance_io import open_table
 
     t0 = time.perf_counter()
     cnn = train_cnn(TrainCNNConfig(store_uri=store, stream="both", epochs=1, batch_size=8, crop=32, workers=1,
@@ -262,15 +264,9 @@ def _cnns_and_features(store: str, tracking_uri: str, address: str) -> dict:
     f = extract_features(FeaturesConfig(store_uri=store, experiment="cluster", tracking_uri=tracking_uri,
                                         address=address, workers=3, videos_per_task=1, commit_every=1,
                                         progress=False))
-    ff = open_table_columns(store, "frame_features", ["video_id", "position"])
+    ff = open_table(store, "frame_features").to_table(columns=["video_id", "position"]).to_pylist()
     return {"cnn_runs": cnn.run_ids, "features_node_tasks": f.node_tasks, "features_written": f.n_features_written,
             "feature_rows": sorted([r["video_id"], r["position"]] for r in ff), "features_s": time.perf_counter() - t0}
-
-
-def open_table_columns(store: str, name: str, columns: list[str]) -> list[dict]:
-    from store.lance_io import open_table
-
-    return open_table(store, name).to_table(columns=columns).to_pylist()
 
 
 def _train_loses_its_node(cluster, work: Path, tracking_uri: str, head_id: str) -> dict:
@@ -350,24 +346,6 @@ def _train_loses_its_node(cluster, work: Path, tracking_uri: str, head_id: str) 
     return out
 
 
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process whose session id is `sid` (the scenario leads its own session)."""
-    import signal
-
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2:].split()[3]) == sid:
-            try:
-                os.kill(int(d), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 @pytest.fixture(scope="module")
 def cluster_run(tmp_path_factory):
     import shutil
@@ -387,7 +365,7 @@ def cluster_run(tmp_path_factory):
     finally:
         # Whatever the scenario left (it shuts its cluster down, but may have died first): every
         # process of its session, by id.
-        _kill_session(proc.pid)
+        kill_session(proc.pid, grace_s=0.0)
         proc.wait()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     out_file = work / "result.json"
