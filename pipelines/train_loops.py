@@ -473,20 +473,10 @@ def _metrics(values: dict[str, float], step: int):
 def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dict, data: dict[str, Subset],
             versions: dict[str, int]) -> dict:
     """Rank 0, after the last epoch: best weights -> final metrics, model, scores, lineage."""
-    import mlflow
-
-    from pipelines.tracking import log_lineage, metric_name
-
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    final = {"best_epoch": best["epoch"]}
-    scores = {}
-    for sub in ("val", "test"):
-        if sub not in data:
-            continue
-        scores[sub] = predict(config, model, data[sub])
-        for k, v in evaluate(config, scores[sub], data[sub]).items():
-            final[metric_name(sub, k)] = v
+    scores, metrics = _score_subsets(config, data, lambda subset: predict(config, model, subset))
+    final = {"best_epoch": best["epoch"], **metrics}
     if config["model"] in FUSION_NETS:
         from models.fusion import zero_row_fraction, zero_weight_fraction
 
@@ -498,12 +488,37 @@ def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dic
     if config.get("cv_only"):
         client.set_terminated(run_id, "FINISHED")
         return {"run_id": run_id, "metrics": final}
+    _complete_run(config, client, run_id, versions, data, scores, lambda: _log_torch_model(model))
+    return {"run_id": run_id, "metrics": final}
+
+
+def _score_subsets(config: dict, data: dict[str, Subset], score: Callable[[Subset], np.ndarray]
+                   ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Scores of the val and test subsets present, and their metrics named val_* / test_*."""
+    from pipelines.tracking import metric_name
+
+    scores, metrics = {}, {}
+    for sub in ("val", "test"):
+        if sub not in data:
+            continue
+        scores[sub] = score(data[sub])
+        for k, v in evaluate(config, scores[sub], data[sub]).items():
+            metrics[metric_name(sub, k)] = v
+    return scores, metrics
+
+
+def _complete_run(config: dict, client, run_id: str, versions: dict[str, int], data: dict[str, Subset],
+                  scores: dict[str, np.ndarray], log_model: Callable[[], None]) -> None:
+    """A final fit's last steps: lineage and model into its run, scores into the store, run finished."""
+    import mlflow
+
+    from pipelines.tracking import log_lineage
+
     with mlflow.start_run(run_id=run_id):
         log_lineage(config["store_uri"], LINEAGE_TABLES, config.get("storage_options"), versions=versions)
-        _log_torch_model(model)
+        log_model()
     _write_scores(config, run_id, data, scores)
     client.set_terminated(run_id, "FINISHED")
-    return {"run_id": run_id, "metrics": final}
 
 
 def _log_torch_model(model: torch.nn.Module) -> None:
@@ -572,31 +587,19 @@ def cv_trial(config: dict, storage_options: dict | None = None) -> None:
 # --------------------------------------------------------------------------------------------
 def sklearn_fit(config: dict) -> dict:
     """Fit SVM-EF or SVM-LF on the video-level features; same logging and scores as the torch fits."""
-    import mlflow
-    import mlflow.sklearn
-
     from models.baselines import SVMEarlyFusion, SVMLateFusion
-    from pipelines.tracking import log_lineage, metric_name
 
     data, versions = load_subsets(config)
     client = _mlflow_setup(config)
     run_id = open_run(config)
     _log_fit_params(client, run_id, {**config, "world_size": 1})
     cls = SVMEarlyFusion if config["model"] == R.SVM_EF else SVMLateFusion
-    arrays = {s: [x.numpy() for x in data[s].inputs] for s in data}
     est = cls(C=float(config["svm_c"]))
     y = data["train"].labels_multi if config["multilabel"] else data["train"].labels
-    est.fit(arrays["train"], y, num_classes=int(config["num_classes"]))
-    final, scores = {}, {}
-    for sub in ("val", "test"):
-        # SVM decision values (signed margins), the SVMs' native scores; not probabilities.
-        scores[sub] = np.asarray(est.predict_scores(arrays[sub]), dtype=np.float32)
-        for k, v in evaluate(config, scores[sub], data[sub]).items():
-            final[metric_name(sub, k)] = v
+    est.fit([x.numpy() for x in data["train"].inputs], y, num_classes=int(config["num_classes"]))
+    # SVM decision values (signed margins), the SVMs' native scores; not probabilities.
+    scores, final = _score_subsets(
+        config, data, lambda subset: np.asarray(est.predict_scores([x.numpy() for x in subset.inputs]), dtype=np.float32))
     client.log_batch(run_id, metrics=_metrics(final, step=0))
-    with mlflow.start_run(run_id=run_id):
-        log_lineage(config["store_uri"], LINEAGE_TABLES, config.get("storage_options"), versions=versions)
-        _log_sklearn_model(est)
-    _write_scores(config, run_id, data, scores)
-    client.set_terminated(run_id, "FINISHED")
+    _complete_run(config, client, run_id, versions, data, scores, lambda: _log_sklearn_model(est))
     return {"run_id": run_id, "metrics": final}
