@@ -28,7 +28,7 @@ from models import registry as R
 from models.fusion import PAPER_LAM1, PAPER_LR
 from pipelines.fusion_cv import DEFAULT_LAM2_GRID, DEFAULT_LAM3_GRID
 from pipelines.train_loops import LSTM_STREAM, SKLEARN_MODELS, STAGE, TAG_FIT_ID
-from store.lance_io import canonical_store_uri
+from store.lance_io import canonical_store_uri, is_local_uri
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +184,10 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------------
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
 def _storage_path(cfg: TrainConfig, store_uri: str) -> str:
     if cfg.storage_path:
         return canonical_store_uri(cfg.storage_path)
-    if _is_local(store_uri):
+    if is_local_uri(store_uri):
         return os.path.join(store_uri, "_train")
     # Single-node default for object-store stores; a multi-node cluster needs --storage-path on shared storage.
     return os.path.join(tempfile.gettempdir(), "hyvid_train")
@@ -318,7 +314,7 @@ class _Fitter:
             ),
         )
         result = trainer.fit()
-        if not self.cfg.keep_checkpoints and _is_local(self.storage_path) and result.path:
+        if not self.cfg.keep_checkpoints and is_local_uri(self.storage_path) and result.path:
             shutil.rmtree(result.path, ignore_errors=True)
         if not result.return_value:
             raise RuntimeError(f"{config['model']}: training finished without a result from rank 0 (see worker logs)")

@@ -21,14 +21,15 @@ def table_uri(store_uri: str, table: str) -> str:
     return f"{store_uri.rstrip('/')}/{table}.lance"
 
 
-def _is_local(uri: str) -> bool:
+def is_local_uri(uri: str) -> bool:
+    """A path on this machine's file system (plain or file://), not an object-store URI."""
     return "://" not in uri or uri.startswith("file://")
 
 
 def canonical_store_uri(uri: str) -> str:
     """One spelling per store: local paths absolute (Ray workers run in other directories, and
     MLflow tags compare stores as strings); object-store URIs unchanged."""
-    if _is_local(uri):
+    if is_local_uri(uri):
         return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
     return uri.rstrip("/")
 
@@ -46,7 +47,7 @@ def open_table(
 ) -> lance.LanceDataset:
     """Open one table; raises FileNotFoundError naming the table and what creates it."""
     uri = table_uri(store_uri, table)
-    if _is_local(uri) and not os.path.exists(uri.removeprefix("file://")):
+    if is_local_uri(uri) and not os.path.exists(uri.removeprefix("file://")):
         raise FileNotFoundError(
             f"table {table!r} does not exist in store {store_uri!r} ({uri}); "
             "run the stage that writes it first (see `hyvid --help`)"
