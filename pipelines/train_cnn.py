@@ -305,34 +305,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         aug_rng = np.random.default_rng(config["seed"] * 1000 + epoch * 97 + rank)
         model.train()
         loss_sum = correct = seen = 0.0
+        bs = config["batch_size"]
         if cached:
             pooled = views[epoch % len(views)]
-            for b in range(0, len(share), config["batch_size"]):
-                i = torch.from_numpy(share[b:b + config["batch_size"]])
-                yt = train_y[i].to(device)
-                logits = core._head(pooled[i].to(device))[1]
-                loss = loss_fn(logits, yt)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                # The cached path bypasses DDP's hooks: average the head's gradients by hand.
-                average_gradients(params, world)
-                opt.step()
-                loss_sum += float(loss.detach()) * len(i)
-                correct += float((logits.argmax(1) == yt).sum())
-                seen += len(i)
+            batches = ((pooled[i], train_y[i]) for i in (torch.from_numpy(share[b:b + bs])
+                                                           for b in range(0, len(share), bs)))
+            forward = lambda x: core._head(x)[1]  # noqa: E731
         else:
-            for x, y, _ in iter_batches(train_data, share, config["batch_size"]):
-                x = random_crop_flip(x, crop, aug_rng, "frames" if stream == "spatial" else "flow")
-                xt = to_input(stream, x).to(device, non_blocking=True)
-                yt = torch.from_numpy(y).to(device)
-                logits = model(xt)
-                loss = loss_fn(logits, yt)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * len(y)
-                correct += float((logits.argmax(1) == yt).sum())
-                seen += len(y)
+            kind = "frames" if stream == "spatial" else "flow"
+            batches = ((to_input(stream, random_crop_flip(x, crop, aug_rng, kind)), torch.from_numpy(y))
+                       for x, y, _ in iter_batches(train_data, share, bs))
+            forward = model
+        for xb, yb in batches:
+            xt, yt = xb.to(device, non_blocking=True), yb.to(device)
+            logits = forward(xt)
+            loss = loss_fn(logits, yt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cached:  # the head is called directly, past DDP's hooks: average its gradients by hand
+                average_gradients(params, world)
+            opt.step()
+            loss_sum += float(loss.detach()) * len(yb)
+            correct += float((logits.argmax(1) == yt).sum())
+            seen += len(yb)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         if cached:
