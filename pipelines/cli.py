@@ -616,16 +616,14 @@ COMMANDS["predict"] = (
 
 # === run/demo ===
 def _run_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from pipelines.run import RunConfig
-
+    # Defaults live in pipelines.run.RunConfig (not imported here: it pulls in MLflow and Ray, slow for --help).
     p.add_argument("dataset", help="UCF-101-layout folder or manifest CSV")
     _common(p, s)
     p.add_argument("--splits", default=None, help="comma-separated splits, e.g. 1,2,3 (the UCF-101 protocol); overrides --split")
     p.add_argument("--frames", type=int, default=25, help="sampled positions per video (default 25)")
     p.add_argument("--stack", type=int, default=10, help="L flows per stack (default 10)")
     p.add_argument("--flow", default="dis", choices=("dis", "farneback", "tvl1"))
-    p.add_argument("--cnn-epochs", type=int, default=RunConfig.cnn_epochs,
-                   help="train-cnn epochs of both streams (default %(default)s)")
+    p.add_argument("--cnn-epochs", type=int, help="train-cnn epochs of both streams (default 6)")
     p.add_argument("--models", default="spatial_lstm,motion_lstm,fusion,baselines",
                    help="models for `train` (default: spatial_lstm,motion_lstm,fusion,baselines)")
     p.add_argument("--plots", default=None, help="folder for the hybrid's PNG plots (also MLflow artifacts)")
@@ -643,8 +641,8 @@ def _run_run(args: argparse.Namespace, s: Settings) -> int:
     res = run(RunConfig(
         dataset=args.dataset, store_uri=args.store, splits=_splits_of(args), experiment=args.experiment, tracking_uri=args.tracking_uri,
         address=args.address, storage_options=s.resolved_storage_options(), frames=args.frames,
-        stack=args.stack, flow=args.flow, cnn_epochs=args.cnn_epochs,
-        models=tuple(m for m in args.models.split(",") if m), out_dir=args.plots,
+        stack=args.stack, flow=args.flow, models=tuple(m for m in args.models.split(",") if m), out_dir=args.plots,
+        **({"cnn_epochs": args.cnn_epochs} if args.cnn_epochs is not None else {}),
     ))
     print("\nstage seconds:", ", ".join(f"{k}: {v}" for k, v in res.seconds.items()))
     for split, m in res.test_metrics.items():
@@ -661,12 +659,9 @@ COMMANDS["run"] = (
 
 
 def _demo_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from pipelines.run import DemoConfig
-
     p.add_argument("--out", default="demo_out", help="folder for the data, store, MLflow db and plots")
     p.add_argument("--classes", type=int, default=None, help="synthetic classes (default: synth's)")
-    p.add_argument("--videos-per-class", type=int, default=DemoConfig.videos_per_class,
-                   help="default %(default)s")
+    p.add_argument("--videos-per-class", type=int, help="default 20 (pipelines.run.DemoConfig)")
     p.add_argument("--splits", default="1", help="comma-separated splits (default 1)")
     p.add_argument("--experiment", default="hyvid-demo")
 
@@ -675,8 +670,8 @@ def _demo_run(args: argparse.Namespace, s: Settings) -> int:
     from pipelines.run import DemoConfig, demo, next_steps
     from store.feature_store import FeatureStore
 
-    cfg = DemoConfig(out=args.out, classes=args.classes, videos_per_class=args.videos_per_class,
-                     splits=_splits_of(args), experiment=args.experiment)
+    cfg = DemoConfig(out=args.out, classes=args.classes, splits=_splits_of(args), experiment=args.experiment,
+                     **({"videos_per_class": args.videos_per_class} if args.videos_per_class else {}))
     res, md = demo(cfg)
     print("\n" + md)
     print("stage seconds:", ", ".join(f"{k}: {v}" for k, v in res.seconds.items()))
