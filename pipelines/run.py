@@ -309,9 +309,8 @@ def per_kind_markdown(table: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-SINGLE_MODELS = (R.SPATIAL_CNN, R.MOTION_CNN, R.TWO_STREAM_CNN, R.SPATIAL_LSTM, R.MOTION_LSTM, R.FUSION,
-                 R.FUSION_NOREG, R.NN_EF, R.NN_LF, R.SVM_EF, R.SVM_LF)
-FUSION_BASELINES = (R.NN_EF, R.NN_LF, R.SVM_EF, R.SVM_LF)
+SINGLE_MODELS = tuple(m for m in R.MODEL_NAMES if m != R.HYBRID)
+FUSION_BASELINES = tuple(m for m in R.BASELINE_MODELS if m != R.FUSION_NOREG)  # Table 2's early/late fusions
 
 
 def findings(table: dict[str, dict[str, float]]) -> list[str]:
