@@ -3,8 +3,9 @@ the paper models.
 
 Three kinds of class, each named after its kind (see docs/synth.md for the full design):
 
-- **appearance** (`AppearanceCat`, ...): the moving object is a crop of one class-specific photo;
-  its motion is drawn from one generic distribution shared by all appearance classes.
+- **appearance** (`AppearanceCat`, ...): the object is a crop of one class-specific photo; it
+  shakes in place (a fast oscillation along a random axis) drawn from one distribution shared by
+  all appearance classes, so the motion stream can tell "one of the appearance classes" but not which.
 - **motion** (`MotionUp`, `MotionFastRight`, ...): the object is a crop of a shared pool of neutral
   textures; the class is the direction or speed of its motion, visible within one flow stack.
 - **order** (`OrderLeftThenUp` / `OrderUpThenLeft`, ...), in pairs: the same two sub-actions, each a
@@ -260,8 +261,13 @@ class SynthConfig:
         for k in ("out", "workers", "overwrite"):
             d.pop(k)
         d["size"] = list(self.size)
+        d["generator"] = GENERATOR_VERSION
         return d
 
+
+# Bumped whenever the same settings would render different videos, so a dataset written by an
+# older hyvid is never silently reused (2: appearance objects shake in place instead of drifting).
+GENERATOR_VERSION = 2
 
 _MIN_HALF_SWING = 3  # frames out (and as many back) of the shortest sub-action
 
@@ -459,8 +465,8 @@ class _Nuisance:
     alpha_max: float
     start: np.ndarray  # (2,) scene position at frame 0
     # motion
-    gen_angle: float  # appearance classes: one generic motion for all of them
-    gen_speed: float
+    # appearance classes: one shared shake for all of them (axis, amplitude in px, period in frames, phase)
+    shake: tuple[float, float, float, float]
     speed_factor: float  # motion classes: per-video speed and direction jitter
     angle_jitter: float
     jitter: np.ndarray  # (T,) per-frame speed factor
@@ -497,7 +503,7 @@ class _Nuisance:
         nt_lo, nt_hi = U(0, 110, 3), U(140, 255, 3)
         low_contrast, contrast, alpha_low = U() < 0.15, U(0.5, 0.75), U(0.85, 0.95)
         start = np.array([U(0, W), U(0, H)])
-        gen_angle, gen_speed = U(0, 2 * math.pi), U(0.4, 2.4) * u
+        shake = (U(0, 2 * math.pi), U(2.0, 4.0) * u, U(6.0, 10.0), U(0, 2 * math.pi))
         speed_factor, angle_jitter = U(0.85, 1.15), math.radians(rng.normal(0, 5))
         jit_amp, jit_period, jit_phase = U(0.05, 0.2), U(12, 30), U(0, 2 * math.pi)
         # Drawn per sub-action (not per slot): with one seed both classes of an order pair play
@@ -522,7 +528,7 @@ class _Nuisance:
             hflip=hflip, saturation=saturation, obj_gain=obj_gain, neutral_name=neutral_name,
             nt_lo=nt_lo, nt_hi=nt_hi, contrast=contrast if low_contrast else None,
             alpha_max=alpha_low if low_contrast else 1.0, start=start,
-            gen_angle=gen_angle, gen_speed=gen_speed, speed_factor=speed_factor, angle_jitter=angle_jitter,
+            shake=shake, speed_factor=speed_factor, angle_jitter=angle_jitter,
             jitter=1.0 + jit_amp * np.sin(2 * math.pi * t / jit_period + jit_phase),
             halves=halves, swing_speed=swing_speed, zoom_amp=zoom_amp, pause_extra=pause_extra,
             lead_frac=lead_frac,
@@ -569,10 +575,17 @@ def _trajectory(spec: ClassSpec, nz: _Nuisance, stack: int, u: float) -> tuple[n
     """Scene position (T, 2), scale (T,) and sub-action phase (T,) of the object."""
     if spec.kind == KIND_ORDER:
         return _order_trajectory(spec, nz, stack)
-    if spec.kind == KIND_MOTION:
-        a, v = math.radians(spec.angle) + nz.angle_jitter, spec.speed * u * nz.speed_factor
-    else:  # appearance: one generic motion distribution for all classes
-        a, v = nz.gen_angle, nz.gen_speed
+    if spec.kind == KIND_APPEARANCE:
+        # A shake in place, not a translation: with a drift the appearance classes' flow overlapped
+        # the motion classes' (an object drifting up *is* MotionUp to the motion stream), and the
+        # motion LSTM named a motion class, confidently and wrongly, for most appearance videos.
+        # A shake is distinct from every motion and order class in any single flow stack yet the
+        # same for all appearance classes, so the motion stream is at chance only among them.
+        axis, amp, period, phase = nz.shake
+        off = amp * np.sin(2 * math.pi * np.arange(nz.T) / period + phase)
+        pos = nz.start + off[:, None] * np.array([math.cos(axis), -math.sin(axis)])
+        return pos, np.ones(nz.T), np.zeros(nz.T, np.int8)
+    a, v = math.radians(spec.angle) + nz.angle_jitter, spec.speed * u * nz.speed_factor
     step = v * np.column_stack([np.cos(a) * nz.jitter, -np.sin(a) * nz.jitter])  # screen y points down
     pos = nz.start + np.vstack([np.zeros((1, 2)), np.cumsum(step[:-1], 0)])
     return pos, np.ones(nz.T), np.zeros(nz.T, np.int8)

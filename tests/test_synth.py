@@ -202,6 +202,26 @@ def test_order_pair_has_the_same_time_average_as_each_other():
     assert np.mean(d_order) < 0.2 * np.mean(d_app), (d_order, d_app)
 
 
+def test_appearance_classes_shake_in_place():
+    """Appearance objects shake: every flow stack of one reverses direction (its path is much longer
+    than its net displacement), while a motion class's never does. So the motion stream can tell an
+    appearance video from a motion one, but not which appearance class it is."""
+
+    def path_over_net(centre: np.ndarray) -> np.ndarray:
+        steps = np.linalg.norm(np.diff(centre, axis=0), axis=1)
+        path = np.convolve(steps, np.ones(L), "valid")  # the L flows of every possible stack
+        net = np.linalg.norm(centre[L:] - centre[:-L], axis=1)
+        return path / np.maximum(net, 1e-9)
+
+    for seed in SEEDS:
+        shake = S.render_video(BY_NAME["AppearanceCat"], seed, stack=L).center
+        assert np.linalg.norm(np.diff(shake, axis=0), axis=1).mean() > 0.5  # it does move
+        assert path_over_net(shake).min() > 1.5, seed
+        for name in ("MotionUp", "MotionSlowRight"):
+            ratio = path_over_net(S.render_video(BY_NAME[name], seed, stack=L).center)
+            np.testing.assert_allclose(ratio, 1.0, atol=1e-3)  # a straight line
+
+
 def test_motion_classes_share_appearance():
     """Same seed: motion classes start from the same frame (same object, background, noise)."""
     for seed in SEEDS:
