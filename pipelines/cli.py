@@ -404,6 +404,9 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--lstm-optimizer", choices=("sgd", "adam"), help="LSTM optimizer (default adam; sgd is the paper's)")
     p.add_argument("--pooling", choices=("last", "mean"), help="LSTM video prediction: last step (paper) or mean")
     p.add_argument("--peephole", action="store_true", help="LSTM cells with the paper's peephole terms")
+    p.add_argument("--fusion-lr", type=float,
+                   help="SGD learning rate of the fusion net and fusion_noreg (default 0.1; the paper's is 0.7, "
+                        "which was unstable on the demo's features)")
     p.add_argument("--lam-grid", help="λ2 and λ3 values cross-validated for the fusion net (default 0,3e-5,3e-4)")
     p.add_argument("--sequential", action="store_true", help="fit the models one after another (for comparison)")
     p.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: <store>/_train; "
@@ -418,7 +421,7 @@ def _train_run(args: argparse.Namespace, s: Settings) -> int:
     if args.epochs is not None:
         opts["lstm_epochs"] = opts["video_epochs"] = args.epochs
     for flag, key in (("lstm_epochs", "lstm_epochs"), ("video_epochs", "video_epochs"), ("lstm_lr", "lstm_lr"),
-                      ("lstm_optimizer", "lstm_optimizer"), ("pooling", "lstm_pooling"),
+                      ("lstm_optimizer", "lstm_optimizer"), ("pooling", "lstm_pooling"), ("fusion_lr", "fusion_lr"),
                       ("cpus_per_worker", "cpus_per_worker"), ("storage_path", "storage_path")):
         if getattr(args, flag) is not None:
             opts[key] = getattr(args, flag)

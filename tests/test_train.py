@@ -142,10 +142,10 @@ def test_cli_train_flags_parse(tmp_path):
 
     args = build_parser().parse_args(
         ["train", "--store", str(tmp_path), "--models", "fusion,baselines", "--epochs", "3", "--paper-lstm",
-         "--lam-grid", "0,1e-4", "--workers-per-model", "2", "--sequential"]
+         "--lam-grid", "0,1e-4", "--workers-per-model", "2", "--sequential", "--fusion-lr", "0.7"]
     )
     assert args.command == "train" and args.epochs == 3 and args.paper_lstm and args.sequential
-    assert args.lam_grid == "0,1e-4" and args.workers_per_model == 2
+    assert args.lam_grid == "0,1e-4" and args.workers_per_model == 2 and args.fusion_lr == 0.7
 
 
 def test_missing_frame_features_names_the_stage(tmp_path):
@@ -318,6 +318,9 @@ def test_fusion_cv_trials_are_nested_under_the_fusion_run(trained):
     assert trained["result"].models["fusion"].extra == {"lam2": float(p.params["lam2"]), "lam3": 0.0}
     assert 0.0 <= p.metrics["fusion_zero_row_fraction"] <= 1.0
     assert float(_run(trained, "fusion_noreg").data.params["lam2"]) == 0.0
+    # Trials, the refit and fusion_noreg all take the configured step (the demo's, not the paper's 0.7).
+    for run in (*trials, client.get_run(parent), _run(trained, "fusion_noreg")):
+        assert float(run.data.params["fusion_lr"]) == trained["cfg"].fusion_lr == 0.1
 
 
 @pytest.mark.slow
