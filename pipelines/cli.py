@@ -405,7 +405,7 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--pooling", choices=("last", "mean"), help="LSTM video prediction: last step (paper) or mean")
     p.add_argument("--peephole", action="store_true", help="LSTM cells with the paper's peephole terms")
     p.add_argument("--fusion-lr", type=float,
-                   help="SGD learning rate of the fusion net and fusion_noreg (default 0.1; the paper's is 0.7, "
+                   help="SGD learning rate of the fusion net and fusion_noreg (default 0.3; the paper's is 0.7, "
                         "which was unstable on the demo's features)")
     p.add_argument("--lam-grid", help="λ2 and λ3 values cross-validated for the fusion net (default 0,3e-5,3e-4)")
     p.add_argument("--sequential", action="store_true", help="fit the models one after another (for comparison)")

@@ -318,9 +318,11 @@ def test_fusion_cv_trials_are_nested_under_the_fusion_run(trained):
     assert trained["result"].models["fusion"].extra == {"lam2": float(p.params["lam2"]), "lam3": 0.0}
     assert 0.0 <= p.metrics["fusion_zero_row_fraction"] <= 1.0
     assert float(_run(trained, "fusion_noreg").data.params["lam2"]) == 0.0
+    from pipelines.train import DEMO_FUSION_LR
+
     # Trials, the refit and fusion_noreg all take the configured step (the demo's, not the paper's 0.7).
     for run in (*trials, client.get_run(parent), _run(trained, "fusion_noreg")):
-        assert float(run.data.params["fusion_lr"]) == trained["cfg"].fusion_lr == 0.1
+        assert float(run.data.params["fusion_lr"]) == trained["cfg"].fusion_lr == DEMO_FUSION_LR != 0.7
 
 
 @pytest.mark.slow
