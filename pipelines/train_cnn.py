@@ -234,7 +234,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from pipelines.torch_data import ClipsDataset, iter_batches
-    from pipelines.train_loops import _average_gradients as average_gradients
+    from pipelines.train_loops import average_gradients
 
     stream = config["stream"]
     ctx = ray.train.get_context()

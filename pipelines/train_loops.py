@@ -178,7 +178,7 @@ def _shard(n: int, epoch: int, seed: int, rank: int, world: int) -> np.ndarray:
     return perm[rank::world]
 
 
-def _average_gradients(model: torch.nn.Module | Iterable[torch.nn.Parameter], world: int) -> None:
+def average_gradients(model: torch.nn.Module | Iterable[torch.nn.Parameter], world: int) -> None:
     """Data parallelism across Ray Train workers: average the gradients of all ranks in one all-reduce.
 
     Done by hand rather than with DistributedDataParallel because the models' own loss helpers
@@ -233,7 +233,7 @@ def train_epoch(config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
             else:
                 loss = F.cross_entropy(video, labels.to(device))
             loss.backward()
-            _average_gradients(model, world)
+            average_gradients(model, world)
             opt.step()
             losses.append(float(loss.detach()))
             hits += int((video.detach().argmax(1).cpu() == labels).sum())
@@ -255,7 +255,7 @@ def train_epoch(config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
             # Eq. 4's prox on W_E (thresholds scaled by the learning rate inside proximal_step).
             loss = fusion_objective(model, xs, y_all[i], float(config["lam1"]))
             loss.backward()
-            _average_gradients(model, world)
+            average_gradients(model, world)
             opt.step()
             proximal_step(model, opt.param_groups[0]["lr"], float(config["lam2"]), float(config["lam3"]))
         else:
@@ -263,7 +263,7 @@ def train_epoch(config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
 
             loss = mlp_loss(model, xs, y_all[i] if multilabel else labels_all[i])
             loss.backward()
-            _average_gradients(model, world)
+            average_gradients(model, world)
             opt.step()
         with torch.no_grad():
             out = model(xs)

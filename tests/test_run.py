@@ -2,6 +2,8 @@
 the second run finds every fit current and redoes nothing but the hybrid."""
 from __future__ import annotations
 
+from collections import Counter
+
 import mlflow
 import pytest
 
@@ -36,11 +38,8 @@ def test_run_chains_every_stage_then_resumes(tmp_path, ray_session):
 
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("smoke")
-    def stage_counts() -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in client.search_runs([exp.experiment_id], max_results=1000):
-            out[r.data.tags.get("hyvid.stage")] = out.get(r.data.tags.get("hyvid.stage"), 0) + 1
-        return out
+    def stage_counts() -> Counter:
+        return Counter(r.data.tags.get("hyvid.stage") for r in client.search_runs([exp.experiment_id], max_results=1000))
 
     before = stage_counts()
     assert before["train-cnn"] == 2 and before["train"] == 3 and before["hybrid"] == 1
