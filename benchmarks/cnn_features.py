@@ -1,7 +1,7 @@
 """Benchmark: per-frame feature extraction throughput of each stream CNN at the stored resolution.
 
 Measured in one run, on this machine, for clips at the stored size (default 128x171, the short
-side `pipelines.video.DEFAULT_SIZE`; flow stacks of L = 10, i.e. 20 channels):
+side `pipelines.data.video.DEFAULT_SIZE`; flow stacks of L = 10, i.e. 20 channels):
 
 * spatial CNN (EfficientNet-Lite0 + fc1) frames/s, and the same backbone at ImageNet's 224x224 as
   the baseline it is compared against (ratio = stored-size speed / 224-px speed);
@@ -34,11 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.cnn import MotionCNN, SpatialCNN, motion_input, spatial_input  # noqa: E402
-from pipelines.features import cnn_forward  # noqa: E402
-from pipelines.video import DEFAULT_SIZE, DEFAULT_STACK, stored_shape  # noqa: E402
-from store.tables import CLIPS  # noqa: E402,F401  (before store.clips: the two import each other)
-from store.clips import decode_flow_stack, decode_frame, encode_flow_stack, encode_frame  # noqa: E402
+from hyvid.models.cnn import MotionCNN, SpatialCNN, motion_input, spatial_input  # noqa: E402
+from hyvid.pipelines.features import cnn_forward  # noqa: E402
+from hyvid.pipelines.data.video import DEFAULT_SIZE, DEFAULT_STACK, stored_shape  # noqa: E402
+from hyvid.store.tables import CLIPS  # noqa: E402,F401  (before store.clips: the two import each other)
+from hyvid.store.clips import decode_flow_stack, decode_frame, encode_flow_stack, encode_frame  # noqa: E402
 
 log = logging.getLogger("bench.cnn_features")
 RESULTS = Path(__file__).resolve().parent / "results" / "cnn_features.json"

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 
-from pipelines.extract import ExtractConfig, extract  # noqa: E402
-from pipelines.video import (  # noqa: E402
+from hyvid.pipelines.extract import ExtractConfig, extract  # noqa: E402
+from hyvid.pipelines.data.video import (  # noqa: E402
     DEFAULT_SIZE,
     compute_flows,
     decode_video,
@@ -45,9 +45,9 @@ from pipelines.video import (  # noqa: E402
     extract_clip_arrays,
     resize_frame,
 )
-from store import clips as codec  # noqa: E402
-from store.lance_io import open_table, table_uri  # noqa: E402
-from store.tables import CLIPS  # noqa: E402
+from hyvid.store import clips as codec  # noqa: E402
+from hyvid.store.lance_io import open_table, table_uri  # noqa: E402
+from hyvid.store.tables import CLIPS  # noqa: E402
 
 log = logging.getLogger("bench.extract")
 RESULTS = Path(__file__).resolve().parent / "results" / "extract.json"

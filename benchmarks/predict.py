@@ -38,11 +38,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import registry as R  # noqa: E402
-from pipelines import tracking  # noqa: E402
-from pipelines.hybrid import CLASSES_ARTIFACT, CNN_PREFIX, EXTRACT_PREFIX, STAGE  # noqa: E402
-from pipelines.predict import PAPER_TIMES_S, PredictConfig, load_hybrid, predict  # noqa: E402
-from pipelines.video import DEFAULT_POSITIONS, DEFAULT_SIZE, DEFAULT_STACK, decode_video  # noqa: E402
+from hyvid.models import registry as R  # noqa: E402
+from hyvid.pipelines import tracking  # noqa: E402
+from hyvid.pipelines.hybrid import CLASSES_ARTIFACT, CNN_PREFIX, EXTRACT_PREFIX, STAGE  # noqa: E402
+from hyvid.pipelines.predict import PAPER_TIMES_S, PredictConfig, load_hybrid, predict  # noqa: E402
+from hyvid.pipelines.data.video import DEFAULT_POSITIONS, DEFAULT_SIZE, DEFAULT_STACK, decode_video  # noqa: E402
 
 log = logging.getLogger("bench.predict")
 RESULTS = Path(__file__).resolve().parent / "results" / "predict.json"
@@ -91,9 +91,9 @@ def log_models(uri: str, classes: int, lstm_hidden: tuple[int, ...], tag: str) -
     import mlflow
     import mlflow.pytorch
 
-    from models.cnn import MotionCNN, SpatialCNN
-    from models.fusion import RegularizedFusionNet
-    from models.lstm import StreamLSTM
+    from hyvid.models.cnn import MotionCNN, SpatialCNN
+    from hyvid.models.fusion import RegularizedFusionNet
+    from hyvid.models.lstm import StreamLSTM
 
     tracking.setup(uri, "bench")
     torch.manual_seed(0)
@@ -143,7 +143,7 @@ def time_predict(uri: str, run_id: str, videos: list[str], repeats: int) -> dict
 
 
 def main(args: argparse.Namespace) -> dict:
-    from pipelines.train import DEMO_LSTM_HIDDEN, PAPER_LSTM_HIDDEN
+    from hyvid.pipelines.train import DEMO_LSTM_HIDDEN, PAPER_LSTM_HIDDEN
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hyvid_bench_predict_"))
     work.mkdir(parents=True, exist_ok=True)

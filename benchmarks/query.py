@@ -36,10 +36,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store.feature_store import FeatureStore  # noqa: E402
-from store.indexes import ensure_scalar_index  # noqa: E402
-from store.lance_io import commit_fragments, write_table_fragments  # noqa: E402
-from store.tables import FRAME_FEATURES_NAME, frame_features_schema  # noqa: E402
+from hyvid.store.feature_store import FeatureStore  # noqa: E402
+from hyvid.store.indexes import ensure_scalar_index  # noqa: E402
+from hyvid.store.lance_io import commit_fragments, write_table_fragments  # noqa: E402
+from hyvid.store.tables import FRAME_FEATURES_NAME, frame_features_schema  # noqa: E402
 
 log = logging.getLogger("bench.query")
 RESULTS = Path(__file__).resolve().parent / "results" / "query.json"

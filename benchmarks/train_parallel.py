@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> dict:
     import mlflow
     import ray
 
-    from pipelines.train import TrainConfig, train
+    from hyvid.pipelines.train import TrainConfig, train
     from test_train import build_toy_store
 
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))

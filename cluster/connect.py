@@ -23,7 +23,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
     else:
         # address="local": never attach silently to some other cluster left running on this machine.
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=True, runtime_env={"worker_process_setup_hook": "cluster.connect.quiet_worker_logs"})
+                 log_to_driver=True, runtime_env={"worker_process_setup_hook": "hyvid.cluster.connect.quiet_worker_logs"})
     resources = ray.cluster_resources()
     log.info("Ray resources: %s", resources)
     return resources

@@ -1,8 +1,10 @@
 """Run any hyvid stage on a Ray cluster as a Ray job: submit, list, logs, stop.
 
-A job ships the project as its `runtime_env.working_dir` and runs `python -m pipelines.cli ...`
-there, so the cluster needs only Ray and the dependencies (ray_config.yaml's setup_commands
-install both), not this exact checkout. The job's driver runs on the head node and attaches to
+A job ships the project as its `runtime_env.working_dir`, and hyvid's four packages as the
+`hyvid` package in `runtime_env.py_modules` (staged at submit time, since the checkout's folders
+install under the `hyvid.` prefix), and runs `python -m hyvid.pipelines.cli ...` there. So the
+cluster needs only Ray and the dependencies (ray_config.yaml's setup_commands install both), not
+this exact checkout, and the job runs the code it was submitted with. The job's driver runs on the head node and attaches to
 the cluster through the RAY_ADDRESS that Ray sets for it, so stages need no --address.
 
 Ray's token authentication stays on: requests carry `Authorization: Bearer <token>`, with the
@@ -12,15 +14,18 @@ token found where Ray itself looks (RAY_AUTH_TOKEN, then RAY_AUTH_TOKEN_PATH, th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shlex
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from cluster.settings import REPO_ROOT, SECRET_KEY_RE
+from hyvid.cluster.settings import REPO_ROOT, SECRET_KEY_RE
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,8 @@ WORKING_DIR_EXCLUDES = (
     "benchmarks/results", "data",
 )
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+PACKAGES = ("cluster", "pipelines", "models", "store")  # the checkout's folders, installed as hyvid.<name>
+CLI_MODULE = "hyvid.pipelines.cli"
 
 
 def auth_token() -> str | None:
@@ -78,12 +85,34 @@ def client(address: str):
 
 def default_working_dir() -> Path:
     """The hyvid checkout this code runs from (what a job should ship)."""
-    if (REPO_ROOT / "pyproject.toml").exists() and (REPO_ROOT / "pipelines" / "cli.py").exists():
+    if _is_checkout(REPO_ROOT):
         return REPO_ROOT
     raise ValueError(
         f"{REPO_ROOT} is not a hyvid checkout; pass --working-dir with one, or --no-working-dir "
         "if hyvid is installed on the cluster"
     )
+
+
+def _is_checkout(path: str | Path) -> bool:
+    return Path(path, "pyproject.toml").exists() and Path(path, "pipelines", "cli", "__init__.py").exists()
+
+
+@contextlib.contextmanager
+def staged_package(checkout: str | Path) -> Iterator[str]:
+    """A temporary `hyvid/` folder holding the checkout's four packages (and its ray_config.yaml),
+    for `runtime_env.py_modules`: Ray makes a shipped folder importable under its own name."""
+    tmp = tempfile.mkdtemp(prefix="hyvid-job-")
+    try:
+        root = Path(tmp, "hyvid")
+        root.mkdir()
+        (root / "__init__.py").write_text('"""hyvid, as shipped with a Ray job by `hyvid submit`."""\n')
+        for name in PACKAGES:
+            shutil.copytree(Path(checkout, name), root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        if Path(checkout, "ray_config.yaml").exists():
+            shutil.copy2(Path(checkout, "ray_config.yaml"), root / "ray_config.yaml")
+        yield str(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -102,8 +131,8 @@ class SubmitConfig:
     def __post_init__(self) -> None:
         if not self.args:
             raise ValueError("nothing to submit: give the hyvid command after `--`, e.g. `hyvid submit -- extract DATA`")
-        if self.working_dir is not None and not Path(self.working_dir, "pipelines", "cli.py").exists():
-            raise ValueError(f"working dir {self.working_dir!r} has no pipelines/cli.py; pass the hyvid checkout")
+        if self.working_dir is not None and not _is_checkout(self.working_dir):
+            raise ValueError(f"working dir {self.working_dir!r} has no pipelines/cli/ package; pass the hyvid checkout")
         for name in self.env:
             if SECRET_KEY_RE.search(name):
                 # runtime_env is stored with the job and shown by the dashboard.
@@ -114,13 +143,16 @@ class SubmitConfig:
                 )
 
     def entrypoint(self) -> str:
-        return f"{shlex.quote(self.python)} -m pipelines.cli {shlex.join(self.args)}"
+        return f"{shlex.quote(self.python)} -m {CLI_MODULE} {shlex.join(self.args)}"
 
-    def runtime_env(self) -> dict:
+    def runtime_env(self, package_dir: str | None = None) -> dict:
+        """The job's runtime_env; `package_dir` is the staged `hyvid` package (see staged_package)."""
         env: dict = {}
         if self.working_dir is not None:
             env["working_dir"] = str(self.working_dir)
             env["excludes"] = list(self.excludes)
+        if package_dir is not None:
+            env["py_modules"] = [package_dir]
         if self.pip:
             env["pip"] = list(self.pip)
         if self.env:
@@ -159,20 +191,22 @@ def submit(cfg: SubmitConfig, agent_wait_s: float = 60.0) -> str:
     """
     c = client(cfg.address)
     deadline = time.monotonic() + agent_wait_s
-    while True:
-        try:
-            job_id = c.submit_job(
-                entrypoint=cfg.entrypoint(),
-                runtime_env=cfg.runtime_env(),
-                submission_id=cfg.submission_id,
-                metadata={"hyvid.command": cfg.args[0]},
-            )
-            break
-        except RuntimeError as e:
-            if "No available agent" not in str(e) or time.monotonic() > deadline:
-                raise
-            log.info("the cluster's job agent is not ready yet; retrying")
-            time.sleep(2.0)
+    with contextlib.ExitStack() as stack:
+        package = stack.enter_context(staged_package(cfg.working_dir)) if cfg.working_dir is not None else None
+        while True:
+            try:
+                job_id = c.submit_job(
+                    entrypoint=cfg.entrypoint(),
+                    runtime_env=cfg.runtime_env(package),
+                    submission_id=cfg.submission_id,
+                    metadata={"hyvid.command": cfg.args[0]},
+                )
+                break
+            except RuntimeError as e:
+                if "No available agent" not in str(e) or time.monotonic() > deadline:
+                    raise
+                log.info("the cluster's job agent is not ready yet; retrying")
+                time.sleep(2.0)
     log.info("submitted %s as %s to %s", cfg.args[0], job_id, cfg.address)
     return job_id
 

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models.norm import Standardize
+from hyvid.models.norm import Standardize
 
 PAPER_LR = 0.7
 PAPER_LAM1 = 3e-5

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.norm import Standardize
+from hyvid.models.norm import Standardize
 
 PAPER_HIDDEN = (1024, 512)
 PAPER_LR = 1e-4

@@ -1,11 +1,11 @@
 """`hyvid extract`: videos -> sampled RGB frames + stacked optical flow in the store's `clips` table.
 
 How a run goes:
-1. The dataset is discovered (`pipelines.datasets`) and compared with the store: videos whose
+1. The dataset is discovered (`pipelines.data.datasets`) and compared with the store: videos whose
    `videos` row exists with the same settings hash are skipped, so a re-run adds nothing and a
    killed run resumes. A store extracted with other settings is refused unless `overwrite`.
 2. Ray tasks, one per shard of a few videos, decode, sample and compute flow
-   (`pipelines.video.extract_clip_arrays`), write the `clips` rows as Lance fragment files
+   (`pipelines.data.video.extract_clip_arrays`), write the `clips` rows as Lance fragment files
    (invisible until committed) and return only the fragments' metadata and the small `videos` rows.
 3. The driver commits in batches: first the clips fragments, then the batch's `videos` rows, each
    an atomic Lance append. A video counts as extracted only once its `videos` row exists, so
@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.datasets import Dataset, VideoEntry, load_dataset
-from pipelines.video import (
+from hyvid.pipelines.data.datasets import Dataset, VideoEntry, load_dataset
+from hyvid.pipelines.data.video import (
     DEFAULT_POSITIONS,
     DEFAULT_SIZE,
     DEFAULT_STACK,
@@ -40,9 +40,9 @@ from pipelines.video import (
     VideoError,
     extract_clip_arrays,
 )
-from store import clips as clip_codec
-from store.lance_io import commit_fragments, open_table, table_exists, table_uri, write_table_fragments
-from store.tables import CLASSES, CLIPS, FLOW_BOUND, STATUS_FAILED, STATUS_OK, VIDEOS
+from hyvid.store import clips as clip_codec
+from hyvid.store.lance_io import commit_fragments, open_table, table_exists, table_uri, write_table_fragments
+from hyvid.store.tables import CLASSES, CLIPS, FLOW_BOUND, STATUS_FAILED, STATUS_OK, VIDEOS
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +429,7 @@ def _run_local(cfg, shards, settings, config_hash, committer, bar) -> None:
 
 def _index_clips(cfg: ExtractConfig) -> None:
     """BTREE on clips.video_id, so reading one video's clips does not scan the whole table."""
-    from store.indexes import ensure_scalar_index
+    from hyvid.store.indexes import ensure_scalar_index
 
     if table_exists(cfg.store_uri, CLIPS.name, cfg.storage_options):
         ensure_scalar_index(cfg.store_uri, CLIPS.name, storage_options=cfg.storage_options)
@@ -471,7 +471,7 @@ def extract(cfg: ExtractConfig, dataset: Dataset | None = None) -> ExtractResult
         if cfg.use_ray:
             import ray
 
-            from cluster.connect import connect
+            from hyvid.cluster.connect import connect
 
             connect(cfg.address, cfg.workers)
             workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -28,12 +28,12 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from models.cnn import motion_input, spatial_input, two_stream_scores
-from models.registry import MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
-from pipelines.train_cnn import STAGE as TRAIN_STAGE
-from pipelines.train_cnn import TAG_MODEL_LOGGED
-from store.lance_io import canonical_store_uri
-from store.tables import CLIPS, FRAME_FEATURES_NAME, VIDEO_SCORES, frame_features_schema
+from hyvid.models.cnn import motion_input, spatial_input, two_stream_scores
+from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
+from hyvid.pipelines.train_cnn import STAGE as TRAIN_STAGE
+from hyvid.pipelines.train_cnn import TAG_MODEL_LOGGED
+from hyvid.store.lance_io import canonical_store_uri
+from hyvid.store.tables import CLIPS, FRAME_FEATURES_NAME, VIDEO_SCORES, frame_features_schema
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def latest_cnn_run(model: str, split: int, experiment: str, store_uri: str) -> s
     """Id of the newest finished `train-cnn` run of `model` on this split and store, with a model."""
     import mlflow
 
-    from pipelines import tracking
+    from hyvid.pipelines import tracking
 
     # Only registry constants and an int go into the filter; the store is compared in Python.
     flt = (f"tags.`{tracking.TAG_MODEL}` = '{model}' AND tags.`{tracking.TAG_STAGE}` = '{TRAIN_STAGE}' "
@@ -201,8 +201,8 @@ def _features_task(
     """
     import ray
 
-    from store.clips import decode_flow_stack, decode_frame
-    from store.lance_io import open_table, write_table_fragments
+    from hyvid.store.clips import decode_flow_stack, decode_frame
+    from hyvid.store.lance_io import open_table, write_table_fragments
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spatial, motion = _load_models(tracking_uri, spatial_run_id, motion_run_id, device)
@@ -262,7 +262,7 @@ def _features_task(
 
 def _existing_features(store_uri: str, storage_options: dict | None) -> tuple[dict[str, set], tuple | None]:
     """video id -> set of (spatial_run_id, motion_run_id) it has rows from; and the table's dims."""
-    from store.lance_io import open_table, table_exists
+    from hyvid.store.lance_io import open_table, table_exists
 
     if not table_exists(store_uri, FRAME_FEATURES_NAME, storage_options):
         return {}, None
@@ -277,7 +277,7 @@ def _existing_features(store_uri: str, storage_options: dict | None) -> tuple[di
 
 def _existing_scores(store_uri: str, split: int, runs: dict[str, str], storage_options: dict | None) -> set[str]:
     """Videos that already have all three CNN scores of this split from these runs."""
-    from store.lance_io import open_table, table_exists
+    from hyvid.store.lance_io import open_table, table_exists
 
     if not table_exists(store_uri, VIDEO_SCORES.name, storage_options):
         return set()
@@ -295,7 +295,7 @@ def _commit_features(store_uri: str, fragments: list, replace_ids: list[str], sc
     """One atomic commit: append the new fragments, removing `replace_ids`' older rows if any."""
     import lance
 
-    from store.lance_io import commit_fragments, open_table, table_uri
+    from hyvid.store.lance_io import commit_fragments, open_table, table_uri
 
     if not replace_ids:
         return commit_fragments(store_uri, FRAME_FEATURES_NAME, fragments, schema, storage_options)
@@ -322,7 +322,7 @@ def _commit_features(store_uri: str, fragments: list, replace_ids: list[str], sc
 def _index_features(cfg: FeaturesConfig) -> None:
     """Keep one video's lookup independent of the store's size (BTREE on video_id), and build the
     vector indexes once the table is large enough for them to pay off."""
-    from store.indexes import ensure_scalar_index, ensure_vector_index
+    from hyvid.store.indexes import ensure_scalar_index, ensure_vector_index
 
     ensure_scalar_index(cfg.store_uri, FRAME_FEATURES_NAME, storage_options=cfg.storage_options)
     for column in ("spatial", "motion"):
@@ -335,11 +335,11 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
     import ray
     from tqdm import tqdm
 
-    from cluster.connect import connect
-    from pipelines import tracking
-    from store.feature_store import FeatureStore
-    from store.lance_io import open_table
-    from store.scores import upsert_video_scores
+    from hyvid.cluster.connect import connect
+    from hyvid.pipelines import tracking
+    from hyvid.store.feature_store import FeatureStore
+    from hyvid.store.lance_io import open_table
+    from hyvid.store.scores import upsert_video_scores
 
     t0 = time.perf_counter()
     store_uri = canonical_store_uri(cfg.store_uri)

@@ -25,7 +25,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from models.registry import (
+from hyvid.models.registry import (
     CNN_MODELS,
     FUSION,
     HYBRID,
@@ -37,9 +37,10 @@ from models.registry import (
     SPATIAL_LSTM,
     check_model_names,
 )
-from pipelines import metrics as M
-from pipelines import plots, tracking
-from store.tables import FRAME_FEATURES_NAME, VIDEO_SCORES, VIDEOS
+from hyvid.pipelines.evaluation import metrics as M
+from hyvid.pipelines import tracking
+from hyvid.pipelines.evaluation import plots
+from hyvid.store.tables import FRAME_FEATURES_NAME, VIDEO_SCORES, VIDEOS
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ class HybridResult:
     candidates: pd.DataFrame
     files: dict[str, str]
     multilabel: bool
-    model_uri: str | None = None  # the hybrid's pyfunc (pipelines.hybrid_model), models:/m-...
+    model_uri: str | None = None  # the hybrid's pyfunc (pipelines.inference.pyfunc), models:/m-...
     registered_version: str | None = None  # with register_as: its version in the model registry
 
 
@@ -352,7 +353,7 @@ def _provenance(fs) -> tuple[dict, dict[str, str]]:
     training videos were (frames, L, flow method, size) and run the same CNNs, so both are
     recorded on the hybrid run rather than looked up in a store that may be gone by then.
     """
-    from pipelines.extract import SETTINGS_METADATA_KEY
+    from hyvid.pipelines.extract import SETTINGS_METADATA_KEY
 
     settings: dict = {}
     meta = fs.table(VIDEOS.name).schema.metadata or {}
@@ -380,8 +381,8 @@ def _log_metrics(prefix: str, subset: str, values: dict[str, float]) -> None:
 
 def hybrid(cfg: HybridConfig) -> HybridResult:
     """Search the hybrid weights on val, evaluate on test, log it all to MLflow, store the scores."""
-    from store.feature_store import FeatureStore
-    from store.scores import upsert_video_scores
+    from hyvid.store.feature_store import FeatureStore
+    from hyvid.store.scores import upsert_video_scores
 
     fs = FeatureStore(cfg.store_uri, cfg.storage_options)
     models = list(cfg.models)
@@ -488,7 +489,7 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
                 val.labels_multi + test.labels_multi,
                 storage_options=cfg.storage_options,
             )
-            from pipelines.hybrid_model import log_hybrid_model
+            from hyvid.pipelines.inference.pyfunc import log_hybrid_model
 
             model_uri, model_version = log_hybrid_model(run_id, cfg.register_as)
     finally:

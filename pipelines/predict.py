@@ -28,10 +28,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from models import registry as R
-from pipelines import tracking
-from pipelines.hybrid import CLASSES_ARTIFACT, CNN_PREFIX, EXTRACT_PREFIX, STAGE as HYBRID_STAGE
-from pipelines.video import VideoError, extract_clip_arrays
+from hyvid.models import registry as R
+from hyvid.pipelines import tracking
+from hyvid.pipelines.hybrid import CLASSES_ARTIFACT, CNN_PREFIX, EXTRACT_PREFIX, STAGE as HYBRID_STAGE
+from hyvid.pipelines.data.video import VideoError, extract_clip_arrays
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def _probs(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
 def hybrid_scores(h: LoadedHybrid, spatial_feats: Sequence[np.ndarray], motion_feats: Sequence[np.ndarray],
                   spatial_probs: Sequence[np.ndarray], motion_probs: Sequence[np.ndarray]) -> np.ndarray:
     """The hybrid's class scores [B, C] from each video's per-position CNN outputs."""
-    from models.cnn import two_stream_scores
+    from hyvid.models.cnn import two_stream_scores
 
     feats = [spatial_feats, motion_feats]
     lengths = torch.tensor([len(f) for f in spatial_feats], dtype=torch.long)
@@ -366,7 +366,7 @@ def _stream_forward(model: torch.nn.Module, data: np.ndarray, prep, batch_size: 
 
 def predict(cfg: PredictConfig, loaded: LoadedHybrid | None = None) -> PredictResult:
     """Classify `cfg.videos` (in batches); a file that fails gets its own error."""
-    from models.cnn import motion_input, spatial_input
+    from hyvid.models.cnn import motion_input, spatial_input
 
     h = loaded or load_hybrid(cfg.tracking_uri, cfg.experiment, cfg.model_uri, cfg.split)
     threads = max(2, cfg.threads or min(os.cpu_count() or 1, cfg.batch_size))  # >= 2: the two CNN streams

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import mlflow
 from mlflow.entities import Run, RunStatus
 
-from models import registry as R
-from pipelines import tracking
-from pipelines.hybrid import EVAL_PREFIX, LATE_FUSIONS
+from hyvid.models import registry as R
+from hyvid.pipelines import tracking
+from hyvid.pipelines.hybrid import EVAL_PREFIX, LATE_FUSIONS
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import RunStatus
 
-from cluster.connect import connect
-from models import registry as R
-from pipelines import tracking
+from hyvid.cluster.connect import connect
+from hyvid.models import registry as R
+from hyvid.pipelines import tracking
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,12 @@ def _up_to_date(run: mlflow.entities.Run | None, versions: dict[str, int], table
 
 def run(cfg: RunConfig) -> RunResult:
     """Run every stage for every split, skipping fits that are already current."""
-    from pipelines.extract import ExtractConfig, extract
-    from pipelines.features import FeaturesConfig, extract_features
-    from pipelines.hybrid import HybridConfig, hybrid
-    from pipelines.train import TrainConfig, expand_models, train
-    from pipelines.train_cnn import TrainCNNConfig, train_cnn
-    from store.feature_store import FeatureStore
+    from hyvid.pipelines.extract import ExtractConfig, extract
+    from hyvid.pipelines.features import FeaturesConfig, extract_features
+    from hyvid.pipelines.hybrid import HybridConfig, hybrid
+    from hyvid.pipelines.train import TrainConfig, expand_models, train
+    from hyvid.pipelines.train_cnn import TrainCNNConfig, train_cnn
+    from hyvid.store.feature_store import FeatureStore
 
     res = RunResult()
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
@@ -226,8 +226,8 @@ class DemoConfig:
 
 def demo(cfg: DemoConfig) -> tuple[RunResult, str]:
     """Generate the synthetic dataset, run the chain on it, and return (result, report markdown)."""
-    from pipelines.report import ReportConfig, report
-    from pipelines.synth import SynthConfig, synth
+    from hyvid.pipelines.report import ReportConfig, report
+    from hyvid.pipelines.data.synth import SynthConfig, synth
 
     p = cfg.paths()
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -278,9 +278,9 @@ def per_kind_accuracy(store_uri: str, split: int, subset: str = "test",
     """
     import numpy as np
 
-    from pipelines.metrics import predictions
-    from pipelines.synth import KINDS, class_kind
-    from store.feature_store import FeatureStore
+    from hyvid.pipelines.evaluation.metrics import predictions
+    from hyvid.pipelines.data.synth import KINDS, class_kind
+    from hyvid.store.feature_store import FeatureStore
 
     fs = FeatureStore(store_uri, storage_options=storage_options)
     kinds = np.array([class_kind(n) for n in fs.class_names()])
@@ -300,7 +300,7 @@ def per_kind_accuracy(store_uri: str, split: int, subset: str = "test",
 
 
 def per_kind_markdown(table: dict[str, dict[str, float]]) -> str:
-    from pipelines.synth import KINDS
+    from hyvid.pipelines.data.synth import KINDS
 
     cols = [*KINDS, "all"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]

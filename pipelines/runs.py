@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.entities import Run
 
-from pipelines import tracking
+from hyvid.pipelines import tracking
 
 # Parameters that say where a run came from rather than how it was configured.
 _NOT_KEY = (tracking.LINEAGE_PREFIX, "component.", "cnn.", "extract.")
@@ -80,7 +80,7 @@ def run_row(run: Run, max_params: int = 6) -> dict[str, str]:
 
 def list_runs(cfg: RunsConfig) -> list[dict[str, str]]:
     """Rows for the runs of the experiment, newest first."""
-    from pipelines.report import fetch_runs  # one place resolves and checks the experiment
+    from hyvid.pipelines.report import fetch_runs  # one place resolves and checks the experiment
 
     mlflow.set_tracking_uri(tracking.resolve_tracking_uri(cfg.tracking_uri))
     exp = mlflow.get_experiment_by_name(cfg.experiment)

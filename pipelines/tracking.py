@@ -14,8 +14,8 @@ from typing import Any, Iterator
 
 import mlflow
 
-from cluster.settings import Settings
-from store.lance_io import canonical_store_uri, table_versions
+from hyvid.cluster.settings import Settings
+from hyvid.store.lance_io import canonical_store_uri, table_versions
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Each torch model (``spatial_lstm``, ``motion_lstm``, ``fusion``, ``fusion_noreg``, ``nn_ef``, ``nn_lf``)
 is a Ray Train ``TorchTrainer``; the SVM baselines (``svm_ef``, ``svm_lf``) are Ray tasks; the fusion
-net's λ2/λ3 cross-validation is a Ray Tune grid (see :mod:`pipelines.fusion_cv`). All of them are
+net's λ2/λ3 cross-validation is a Ray Tune grid (see :mod:`pipelines.training.fusion_cv`). All of them are
 launched at once from driver threads and share the cluster's CPUs through Ray's scheduler, so
 they overlap in time instead of running one after another.
 
@@ -24,11 +24,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from models import registry as R
-from models.fusion import PAPER_LAM1
-from pipelines.fusion_cv import DEFAULT_LAM2_GRID, DEFAULT_LAM3_GRID
-from pipelines.train_loops import LSTM_STREAM, SKLEARN_MODELS, STAGE, TAG_FIT_ID
-from store.lance_io import canonical_store_uri, is_local_uri
+from hyvid.models import registry as R
+from hyvid.models.fusion import PAPER_LAM1
+from hyvid.pipelines.training.fusion_cv import DEFAULT_LAM2_GRID, DEFAULT_LAM3_GRID
+from hyvid.pipelines.training.loops import LSTM_STREAM, SKLEARN_MODELS, STAGE, TAG_FIT_ID
+from hyvid.store.lance_io import canonical_store_uri, is_local_uri
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class TrainConfig:
     storage_path: str | None = None  # Ray Train/Tune checkpoints; None: <store>/_train (local stores)
     keep_checkpoints: bool = False  # the model lives in MLflow; drop a finished fit's checkpoints
     # Checkpoint (Ray Train report) at most this often, and after the last epoch; see
-    # pipelines.train_loops._report_due for why not after every epoch of a small model.
+    # pipelines.training.loops._report_due for why not after every epoch of a small model.
     checkpoint_every_s: float = 5.0
     address: str | None = None
     seed: int = 0
@@ -231,7 +231,7 @@ def cpu_shares(cfg: TrainConfig, total_cpus: float) -> dict[str, float]:
 
 
 def _scaling(cfg: TrainConfig, cpus: float):
-    from cluster.resources import scaling_config
+    from hyvid.cluster.resources import scaling_config
 
     return scaling_config(cfg.workers_per_model, kind="train", cpus_per_worker=cpus, use_gpu=cfg.use_gpu)
 
@@ -306,7 +306,7 @@ class _Fitter:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig
         from ray.train.torch import TorchTrainer
 
-        from pipelines.train_loops import torch_train_loop
+        from hyvid.pipelines.training.loops import torch_train_loop
 
         scaling = _scaling(self.cfg, config["cpus_per_worker"])
         trainer = TorchTrainer(
@@ -331,9 +331,9 @@ class _Fitter:
     def _sklearn(self, model: str) -> dict:
         import ray
 
-        from pipelines.train_loops import sklearn_fit
+        from hyvid.pipelines.training.loops import sklearn_fit
 
-        from cluster.resources import task_options
+        from hyvid.cluster.resources import task_options
 
         opts = task_options("baselines", num_cpus=self.shares[model])
         task = ray.remote(sklearn_fit).options(**opts, name=f"fit-{model}")
@@ -343,8 +343,8 @@ class _Fitter:
         """λ2/λ3 grid (Ray Tune, nested runs) under a parent `fusion` run, then the final fit into it."""
         from mlflow import MlflowClient
 
-        from pipelines.fusion_cv import search_lambdas
-        from pipelines.tracking import TAG_MODEL, TAG_SPLIT, TAG_STAGE, TAG_STORE, store_tag
+        from hyvid.pipelines.training.fusion_cv import search_lambdas
+        from hyvid.pipelines.tracking import TAG_MODEL, TAG_SPLIT, TAG_STAGE, TAG_STORE, store_tag
 
         config = self.config(R.FUSION)
         client = MlflowClient(self.tracking_uri)
@@ -371,11 +371,11 @@ class _Fitter:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Fit every model of ``cfg.models`` (concurrently unless ``cfg.concurrent`` is False)."""
-    from cluster.connect import connect
-    from pipelines import tracking
-    from store.feature_store import FeatureStore
-    from store.lance_io import open_table
-    from store.tables import FRAME_FEATURES_NAME
+    from hyvid.cluster.connect import connect
+    from hyvid.pipelines import tracking
+    from hyvid.store.feature_store import FeatureStore
+    from hyvid.store.lance_io import open_table
+    from hyvid.store.tables import FRAME_FEATURES_NAME
 
     store_uri = canonical_store_uri(cfg.store_uri)  # absolute: Ray Train workers run in their own directory
     fs = FeatureStore(store_uri, cfg.storage_options)

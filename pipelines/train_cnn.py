@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.cnn import FINETUNE_MODES, MotionCNN, SpatialCNN, motion_input, random_crop_flip, spatial_input
-from models.registry import MOTION_CNN, SPATIAL_CNN, STREAMS
-from store.lance_io import canonical_store_uri
+from hyvid.models.cnn import FINETUNE_MODES, MotionCNN, SpatialCNN, motion_input, random_crop_flip, spatial_input
+from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, STREAMS
+from hyvid.store.lance_io import canonical_store_uri
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _evaluate(model: nn.Module, stream: str, data, video_order: list[np.ndarray]
     idx = np.concatenate(video_order)
     probs = np.zeros((len(idx), num_classes), np.float32)
     labels = np.zeros(len(idx), np.int64)
-    from pipelines.torch_data import iter_batches
+    from hyvid.pipelines.data.clips import iter_batches
 
     pos = 0
     with torch.no_grad():
@@ -217,7 +217,7 @@ def _cache_pooled(core: nn.Module, data, indices: np.ndarray, batch_size: int, d
     With `crop`, each clip is randomly cropped and flipped first (training views); without, the
     whole frame is used, as inference does.
     """
-    from pipelines.torch_data import iter_batches
+    from hyvid.pipelines.data.clips import iter_batches
 
     core.eval()
     out = []
@@ -233,8 +233,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from pipelines.torch_data import ClipsDataset, iter_batches
-    from pipelines.train_loops import average_gradients
+    from hyvid.pipelines.data.clips import ClipsDataset, iter_batches
+    from hyvid.pipelines.training.loops import average_gradients
 
     stream = config["stream"]
     ctx = ray.train.get_context()
@@ -377,7 +377,7 @@ class _StreamJob:
 
 
 def _split_data(store_uri: str, split: int, storage_options: dict | None):
-    from store.feature_store import FeatureStore
+    from hyvid.store.feature_store import FeatureStore
 
     fs = FeatureStore(store_uri, storage_options)
     videos = fs.videos(split=split)
@@ -403,7 +403,7 @@ def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_nam
     """Driver side: per-epoch metrics and the final model into the stream's MLflow run."""
     import mlflow
 
-    from pipelines import tracking
+    from hyvid.pipelines import tracking
 
     model_name = MODEL_OF_STREAM[job.stream]
     num_classes = len(class_names)
@@ -443,8 +443,8 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from cluster.connect import connect
-    from pipelines import tracking
+    from hyvid.cluster.connect import connect
+    from hyvid.pipelines import tracking
 
     store_uri = canonical_store_uri(cfg.store_uri)
     train_labels, val_labels, class_names, stack = _split_data(store_uri, cfg.split, cfg.storage_options)

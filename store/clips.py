@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from store.tables import FLOW_BOUND
+from hyvid.store.tables import FLOW_BOUND
 
 FRAME_ENCODING = "jpeg"
 FRAME_JPEG_QUALITY = 90
@@ -63,7 +63,7 @@ def encode_flow_stack(arr: np.ndarray) -> bytes:
 def decode_flow_stack(data: bytes, stack: int, height: int, width: int) -> np.ndarray:
     """Decode a stored flow stack to uint8 [2L, H, W] (channels x0, y0, x1, y1, ...; 128 = no flow).
 
-    `pipelines.video.dequantize_flow` turns it back into pixels/frame.
+    `pipelines.data.video.dequantize_flow` turns it back into pixels/frame.
     """
     size = 2 * stack * height * width
     data = bytes(data)

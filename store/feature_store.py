@@ -26,10 +26,10 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
-from models.registry import STREAMS, check_model_names
-from store.lance_io import open_table, table_exists
-from store.splits import subset_of, val_groups
-from store.tables import (
+from hyvid.models.registry import STREAMS, check_model_names
+from hyvid.store.lance_io import open_table, table_exists
+from hyvid.store.splits import subset_of, val_groups
+from hyvid.store.tables import (
     CLASSES,
     CLIPS,
     FRAME_FEATURES_NAME,
@@ -374,7 +374,7 @@ class FeatureStore:
 
     def has_vector_index(self, column: str = "spatial") -> bool:
         """Whether `frame_features.<column>` has a vector index (else similar() is a flat scan)."""
-        from store.indexes import vector_index_name  # indexes imports nothing from here
+        from hyvid.store.indexes import vector_index_name  # indexes imports nothing from here
 
         ds = self.table(FRAME_FEATURES_NAME)
         return any(d.name == vector_index_name(column) for d in ds.describe_indices())

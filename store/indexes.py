@@ -17,8 +17,8 @@ import math
 
 import lance
 
-from store.lance_io import open_table
-from store.tables import FRAME_FEATURES_NAME
+from hyvid.store.lance_io import open_table
+from hyvid.store.tables import FRAME_FEATURES_NAME
 
 log = logging.getLogger(__name__)
 

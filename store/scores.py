@@ -13,9 +13,9 @@ import lance
 import numpy as np
 import pyarrow as pa
 
-from models.registry import check_model_names
-from store.lance_io import open_table, table_exists, table_uri
-from store.tables import SUBSETS, VIDEO_SCORES
+from hyvid.models.registry import check_model_names
+from hyvid.store.lance_io import open_table, table_exists, table_uri
+from hyvid.store.tables import SUBSETS, VIDEO_SCORES
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ def clips_schema() -> pa.Schema:
     uint8 of shape (2L, H, W) with channels x0, y0, x1, y1, ...; 128 means zero flow, stored
     as `flow_encoding` says. Decode both with `store.clips.decode_frame` / `decode_flow_stack`.
     """
-    from store.clips import clips_schema_metadata  # lazy: store.clips imports OpenCV
+    from hyvid.store.clips import clips_schema_metadata  # lazy: store.clips imports OpenCV
 
     return pa.schema(
         [

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics.pairwise import chi2_kernel as sk_chi2_kernel
 
-from models.baselines import (
+from hyvid.models.baselines import (
     EarlyFusionMLP,
     LateFusionMLP,
     SVMEarlyFusion,

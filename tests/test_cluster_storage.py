@@ -20,8 +20,8 @@ import pytest
 import requests
 import yaml
 
-from cluster.settings import DEFAULT_CONFIG, load_settings
-from store import lance_io
+from hyvid.cluster.settings import DEFAULT_CONFIG, load_settings
+from hyvid.store import lance_io
 
 BUCKET = "hyvid-test"
 # Fake, but treated as real secrets: they must never show up anywhere.
@@ -146,8 +146,8 @@ def test_extract_into_s3_via_settings(ray_session, s3_settings, tmp_path, capsys
     import mlflow
     import pyarrow.compute as pc
 
-    from pipelines import cli, tracking
-    from store.tables import CLIPS, STATUS_OK, VIDEOS
+    from hyvid.pipelines import cli, tracking
+    from hyvid.store.tables import CLIPS, STATUS_OK, VIDEOS
 
     caplog.set_level(logging.DEBUG)
     manifest = _tiny_manifest(tmp_path / "data")

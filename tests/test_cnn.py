@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage import data
 
-from models.cnn import (
+from hyvid.models.cnn import (
     MotionCNN,
     SpatialCNN,
     efficientnet_lite0,
@@ -184,7 +184,7 @@ def test_two_stream_and_video_scores():
 
 
 def test_cli_train_cnn_and_features_flags(tmp_path, capsys):
-    from pipelines.cli import build_parser, main
+    from hyvid.pipelines.cli import build_parser, main
 
     args = build_parser().parse_args(["train-cnn", "--store", "s", "--stream", "motion", "--epochs", "2",
                                       "--no-gpu", "--finetune", "all"])

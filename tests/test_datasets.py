@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.datasets import group_of, load_dataset, load_manifest, load_ucf101
+from hyvid.pipelines.data.datasets import group_of, load_dataset, load_manifest, load_ucf101
 
 
 def _touch(root: Path, rel: str) -> None:

@@ -11,12 +11,12 @@ import pyarrow.compute as pc
 import pytest
 from video_fixtures import write_bad_files, write_ucf
 
-from pipelines.cli import main as cli_main
-from pipelines.extract import CRASH_ONCE_ENV, ExtractConfig, extract, ok_video_ids
-from pipelines.video import dequantize_flow
-from store.clips import decode_flow_stack, decode_frame
-from store.lance_io import open_table
-from store.tables import CLASSES, CLIPS, STATUS_FAILED, STATUS_OK, VIDEOS
+from hyvid.pipelines.cli import main as cli_main
+from hyvid.pipelines.extract import CRASH_ONCE_ENV, ExtractConfig, extract, ok_video_ids
+from hyvid.pipelines.data.video import dequantize_flow
+from hyvid.store.clips import decode_flow_stack, decode_frame
+from hyvid.store.lance_io import open_table
+from hyvid.store.tables import CLASSES, CLIPS, STATUS_FAILED, STATUS_OK, VIDEOS
 
 P, L, SIZE = 4, 3, 32  # small settings keep each run well under a second of work
 CLASSES_ON_DISK = {"Jump": "Jump", "HandstandPushups": "HandStandPushups"}

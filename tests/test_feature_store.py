@@ -9,10 +9,10 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from store.feature_store import FeatureStore, SequenceDataset, collate_sequences
-from store.indexes import ensure_scalar_index, ensure_vector_index, ivf_pq_params
-from store.lance_io import append_rows, open_table
-from store.tables import CLASSES, CLIPS, FRAME_FEATURES_NAME, VIDEOS, frame_features_schema
+from hyvid.store.feature_store import FeatureStore, SequenceDataset, collate_sequences
+from hyvid.store.indexes import ensure_scalar_index, ensure_vector_index, ivf_pq_params
+from hyvid.store.lance_io import append_rows, open_table
+from hyvid.store.tables import CLASSES, CLIPS, FRAME_FEATURES_NAME, VIDEOS, frame_features_schema
 
 DS, DM = 8, 6
 CLASS_NAMES = ["Archery", "Bowling", "Jo's \"Quote\" Class"]
@@ -297,7 +297,7 @@ def test_missing_tables_name_their_stage(tmp_path):
 
 
 def test_cli_query_json_and_similar(store, capsys, tmp_path):
-    from pipelines.cli import main
+    from hyvid.pipelines.cli import main
 
     uri, _, feats = store
     exp = _expected(feats, QUOTED_ID)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.fusion import (
+from hyvid.models.fusion import (
     RegularizedFusionNet,
     fusion_objective,
     fusion_train_step,

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from pipelines import hybrid as H
-from pipelines import metrics as M
+from hyvid.pipelines import hybrid as H
+from hyvid.pipelines.evaluation import metrics as M
 
 
 def _planted(weights, n=300, c=5, noise=20.0, seed=0, labels=None):
@@ -112,10 +112,10 @@ def _make_store(root, true_w=(0.5, 0.3, 0.2), n_val=120, n_test=120, extra=True,
     """A store with videos, classes and video_scores of the LSTMs, fusion and (optionally) CNNs."""
     import pyarrow as pa
 
-    from store.lance_io import append_rows
-    from store.scores import upsert_video_scores
-    from store.tables import CLASSES as CLASSES_T
-    from store.tables import VIDEOS
+    from hyvid.store.lance_io import append_rows
+    from hyvid.store.scores import upsert_video_scores
+    from hyvid.store.tables import CLASSES as CLASSES_T
+    from hyvid.store.tables import VIDEOS
 
     c = len(CLASSES)
     store = str(root / "store")
@@ -149,7 +149,7 @@ def test_hybrid_stage_end_to_end(tmp_path, tracking_uri):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from store.feature_store import FeatureStore
+    from hyvid.store.feature_store import FeatureStore
 
     store, labels, named = _make_store(tmp_path)
     out = tmp_path / "plots"
@@ -207,7 +207,7 @@ def test_hybrid_stage_names_missing_models(tmp_path, tracking_uri):
 
 
 def test_hybrid_cli_reports_missing_scores(tmp_path, tracking_uri, capsys):
-    from pipelines.cli import main
+    from hyvid.pipelines.cli import main
 
     store, _, _ = _make_store(tmp_path, extra=False, n_val=8, n_test=8)
     rc = main(["hybrid", "--store", store, "--models", "spatial_lstm,two_stream_cnn", "--out", str(tmp_path)])

@@ -20,8 +20,8 @@ import requests
 
 from processes import free_port, kill_session
 
-from cluster import jobs
-from pipelines import cli
+from hyvid.cluster import jobs
+from hyvid.pipelines import cli
 
 slow = pytest.mark.slow
 integration = pytest.mark.integration
@@ -107,7 +107,7 @@ def test_auth_token_found_where_ray_looks(tmp_path, monkeypatch):
 def test_submit_config_refuses_secrets_and_builds_the_entrypoint():
     cfg = jobs.SubmitConfig(address="http://h:8265", args=("extract", "my data", "--store", "s3://b/s"),
                             working_dir=str(jobs.default_working_dir()), env={"HYVID_STORE": "s3://b/s"})
-    assert cfg.entrypoint() == "python -m pipelines.cli extract 'my data' --store s3://b/s"
+    assert cfg.entrypoint() == "python -m hyvid.pipelines.cli extract 'my data' --store s3://b/s"
     rt = cfg.runtime_env()
     assert rt["working_dir"] == str(jobs.default_working_dir()) and rt["env_vars"] == {"HYVID_STORE": "s3://b/s"}
     assert {".venv", "*.lance", "mlruns"} <= set(rt["excludes"])
@@ -195,8 +195,8 @@ def test_submit_extract_fills_the_store(as_client, tmp_path, capsys):
     """`hyvid submit --wait -- extract ...` on a tiny dataset; the job's logs, listing and store."""
     import pyarrow.compute as pc
 
-    from store.lance_io import open_table
-    from store.tables import STATUS_OK, VIDEOS
+    from hyvid.store.lance_io import open_table
+    from hyvid.store.tables import STATUS_OK, VIDEOS
 
     manifest = _tiny_videos(tmp_path / "data")
     store = tmp_path / "store"  # absolute: the job runs in a copy of the working dir
@@ -205,7 +205,7 @@ def test_submit_extract_fills_the_store(as_client, tmp_path, capsys):
     rc = cli.main(["submit", "--submission-id", "hyvid-extract-1", "--wait", "--", *stage])
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
-    assert "submitted hyvid-extract-1: python -m pipelines.cli extract" in out
+    assert "submitted hyvid-extract-1: python -m hyvid.pipelines.cli extract" in out
     assert "extracted 4 videos, 0 failed" in out and "job hyvid-extract-1: SUCCEEDED" in out
 
     videos = open_table(str(store), VIDEOS.name).to_table()
@@ -217,4 +217,4 @@ def test_submit_extract_fills_the_store(as_client, tmp_path, capsys):
     assert "extracted 4 videos" in capsys.readouterr().out
     assert cli.main(["jobs"]) == 0
     listing = [line for line in capsys.readouterr().out.splitlines() if line.startswith("hyvid-extract-1")]
-    assert len(listing) == 1 and "SUCCEEDED" in listing[0] and "pipelines.cli extract" in listing[0]
+    assert len(listing) == 1 and "SUCCEEDED" in listing[0] and "hyvid.pipelines.cli extract" in listing[0]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from models.lstm import PeepholeLSTMCell, StreamLSTM, make_optimizer, sequence_loss
+from hyvid.models.lstm import PeepholeLSTMCell, StreamLSTM, make_optimizer, sequence_loss
 
 D = 16
 

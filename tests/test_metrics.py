@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipelines import metrics as M
+from hyvid.pipelines.evaluation import metrics as M
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import pytest
 import torch
 from video_fixtures import moving_square_frames, write_video
 
-from models import registry as R
-from pipelines import tracking
+from hyvid.models import registry as R
+from hyvid.pipelines import tracking
 
 pytestmark = pytest.mark.integration  # five models logged to MLflow, the real hybrid stage, real videos
 
@@ -36,14 +36,14 @@ def _log_model(model: torch.nn.Module, name: str, stage: str, experiment_id: str
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
-    from models.cnn import MotionCNN, SpatialCNN
-    from models.fusion import RegularizedFusionNet
-    from models.lstm import StreamLSTM
-    from pipelines.hybrid import HybridConfig, hybrid
-    from store.lance_io import append_rows
-    from store.scores import upsert_video_scores
-    from store.tables import CLASSES as CLASSES_T
-    from store.tables import FRAME_FEATURES_NAME, VIDEOS, frame_features_schema
+    from hyvid.models.cnn import MotionCNN, SpatialCNN
+    from hyvid.models.fusion import RegularizedFusionNet
+    from hyvid.models.lstm import StreamLSTM
+    from hyvid.pipelines.hybrid import HybridConfig, hybrid
+    from hyvid.store.lance_io import append_rows
+    from hyvid.store.scores import upsert_video_scores
+    from hyvid.store.tables import CLASSES as CLASSES_T
+    from hyvid.store.tables import FRAME_FEATURES_NAME, VIDEOS, frame_features_schema
 
     root = tmp_path_factory.mktemp("predict")
     uri = f"sqlite:///{root}/mlflow.db"
@@ -97,7 +97,7 @@ def logged(tmp_path_factory):
 
 
 def test_hybrid_run_names_everything_predict_needs(logged):
-    from pipelines.predict import load_hybrid
+    from hyvid.pipelines.predict import load_hybrid
 
     w = logged["hybrid"].weights
     assert sum(w.values()) == pytest.approx(1.0) and w[R.FUSION] > 0.2 and w[R.MOTION_LSTM] <= 0.1
@@ -111,9 +111,9 @@ def test_hybrid_run_names_everything_predict_needs(logged):
 
 
 def test_predict_matches_the_models_and_isolates_a_bad_file(logged):
-    from pipelines.features import cnn_forward
-    from pipelines.predict import PredictConfig, load_hybrid, predict
-    from pipelines.video import extract_clip_arrays
+    from hyvid.pipelines.features import cnn_forward
+    from hyvid.pipelines.predict import PredictConfig, load_hybrid, predict
+    from hyvid.pipelines.data.video import extract_clip_arrays
 
     h = load_hybrid(logged["uri"], "exp")
     paths = [logged["good"][0], logged["bad"], logged["good"][1]]
@@ -141,7 +141,7 @@ def test_predict_matches_the_models_and_isolates_a_bad_file(logged):
 
 
 def test_cli_json_and_exit_codes(logged, capsys):
-    from pipelines.cli import main
+    from hyvid.pipelines.cli import main
 
     assert main(["predict", *logged["good"], logged["bad"], "--json", "--experiment", "exp"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -165,8 +165,8 @@ def test_registered_hybrid_predicts_through_predict_and_pyfunc(logged, capsys):
     import pandas as pd
     from mlflow import MlflowClient
 
-    from pipelines.cli import main
-    from pipelines.predict import PredictConfig, load_hybrid, predict
+    from hyvid.pipelines.cli import main
+    from hyvid.pipelines.predict import PredictConfig, load_hybrid, predict
 
     run_id = logged["hybrid"].run_id
     mlflow.set_tracking_uri(logged["uri"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.fusion import prox_l21_l11
+from hyvid.models.fusion import prox_l21_l11
 
 
 def prox_reference(W: np.ndarray, lam2: float, lam3: float) -> np.ndarray:

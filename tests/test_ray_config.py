@@ -8,7 +8,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from cluster.settings import DEFAULT_CONFIG, load_settings
+from hyvid.cluster.settings import DEFAULT_CONFIG, load_settings
 
 
 @pytest.fixture(scope="module")

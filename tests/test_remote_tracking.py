@@ -16,7 +16,7 @@ import requests
 import yaml
 from processes import free_port
 
-from cluster.settings import DEFAULT_CONFIG, load_settings
+from hyvid.cluster.settings import DEFAULT_CONFIG, load_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -59,9 +59,9 @@ def test_runs_logged_through_tracking_are_found_on_the_server(mlflow_server, tmp
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from pipelines import tracking
-    from store.lance_io import append_rows
-    from store.tables import CLASSES, VIDEOS
+    from hyvid.pipelines import tracking
+    from hyvid.store.lance_io import append_rows
+    from hyvid.store.tables import CLASSES, VIDEOS
 
     url, artifacts = mlflow_server
     # The server's URL comes from the settings block, as on a cluster (tracking_uri: http://head:5000).
@@ -109,7 +109,7 @@ def test_credentials_in_a_tracking_uri_are_redacted(mlflow_server, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from pipelines import tracking
+    from hyvid.pipelines import tracking
 
     url, _ = mlflow_server
     exp_id = tracking.setup(url, "remote-test")
@@ -127,9 +127,9 @@ def test_train_stage_logs_to_the_server(mlflow_server, tmp_path, monkeypatch, ra
     MLFLOW_TRACKING_URI, as on a cluster: runs, metrics, lineage and models all land there."""
     from mlflow.tracking import MlflowClient
 
-    from pipelines.hybrid import HybridConfig, hybrid
-    from pipelines.train import TrainConfig, train
-    from store.feature_store import FeatureStore
+    from hyvid.pipelines.hybrid import HybridConfig, hybrid
+    from hyvid.pipelines.train import TrainConfig, train
+    from hyvid.store.feature_store import FeatureStore
     from tests.test_train import build_toy_store
 
     url, artifacts = mlflow_server

@@ -6,9 +6,9 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import tracking
-from pipelines.report import ReportConfig, collect, report, to_json
-from pipelines.runs import RunsConfig, format_table, list_runs
+from hyvid.pipelines import tracking
+from hyvid.pipelines.report import ReportConfig, collect, report, to_json
+from hyvid.pipelines.runs import RunsConfig, format_table, list_runs
 
 T0 = 1_700_000_000_000  # ms; explicit start times make "latest" deterministic
 
@@ -122,7 +122,7 @@ def test_runs_table_shows_params_metrics_and_lineage(experiment):
 
 
 def test_cli_report_and_runs(experiment, capsys):
-    from pipelines.cli import main
+    from hyvid.pipelines.cli import main
 
     assert main(["report", "--experiment", "exp", "--split", "2", "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from processes import kill_session
 
-from cluster.resources import cluster_has_gpus, scaling_config, split_resources, task_options
+from hyvid.cluster.resources import cluster_has_gpus, scaling_config, split_resources, task_options
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = "GPU_fake"  # a custom resource standing in for GPUs: Ray schedules it the same way
@@ -118,7 +118,7 @@ def _make_probe(marker: str, head_id: str):
     """Wraps extract's shard task: the first task to finish on a worker node writes its clips
     fragments, announces itself in `marker`, and hangs, so the test kills its node at the worst
     moment: fragments on disk, result not yet back to the driver."""
-    from pipelines import extract as ex
+    from hyvid.pipelines import extract as ex
 
     original = ex._shard_task
 
@@ -150,9 +150,9 @@ def _scenario(work: Path) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipelines import extract as ex
-    from store.lance_io import open_table
-    from store.tables import CLIPS, VIDEOS
+    from hyvid.pipelines import extract as ex
+    from hyvid.store.lance_io import open_table
+    from hyvid.store.tables import CLIPS, VIDEOS
 
     out: dict = {}
     t_start = time.perf_counter()
@@ -253,9 +253,9 @@ def _scenario(work: Path) -> dict:
 
 
 def _cnns_and_features(store: str, tracking_uri: str, address: str) -> dict:
-    from pipelines.features import FeaturesConfig, extract_features
-    from pipelines.train_cnn import TrainCNNConfig, train_cnn
-    from store.lance_io import open_table
+    from hyvid.pipelines.features import FeaturesConfig, extract_features
+    from hyvid.pipelines.train_cnn import TrainCNNConfig, train_cnn
+    from hyvid.store.lance_io import open_table
 
     t0 = time.perf_counter()
     cnn = train_cnn(TrainCNNConfig(store_uri=store, stream="both", epochs=1, batch_size=8, crop=32, workers=1,
@@ -278,8 +278,8 @@ def _train_loses_its_node(cluster, work: Path, tracking_uri: str, head_id: str) 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pipelines.train import TrainConfig, train
-    from pipelines.train_loops import TAG_NODES
+    from hyvid.pipelines.train import TrainConfig, train
+    from hyvid.pipelines.training.loops import TAG_NODES
     from tests.test_train import build_toy_store
 
     toy = str(work / "toy")

@@ -11,10 +11,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_run_chains_every_stage_then_resumes(tmp_path, ray_session):
-    from pipelines.report import ReportConfig, collect, to_json
-    from pipelines.run import RunConfig, per_kind_accuracy, run
-    from pipelines.synth import SynthConfig, synth
-    from store.feature_store import FeatureStore
+    from hyvid.pipelines.report import ReportConfig, collect, to_json
+    from hyvid.pipelines.run import RunConfig, per_kind_accuracy, run
+    from hyvid.pipelines.data.synth import SynthConfig, synth
+    from hyvid.store.feature_store import FeatureStore
 
     data = tmp_path / "data"
     s = synth(SynthConfig(out=data, classes=4, videos_per_class=4, frames=40, size=(64, 48), stack=4))
@@ -60,7 +60,7 @@ def test_run_chains_every_stage_then_resumes(tmp_path, ray_session):
 
 
 def test_findings_check_each_claim_and_count_ties_as_not_reproduced():
-    from pipelines.run import findings
+    from hyvid.pipelines.run import findings
 
     def row(order: float, all_: float) -> dict[str, float]:
         return {"appearance": 0.5, "motion": 0.5, "order": order, "all": all_}

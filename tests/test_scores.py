@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from store.feature_store import FeatureStore
-from store.lance_io import open_table
-from store.scores import upsert_video_scores
-from store.tables import VIDEO_SCORES
+from hyvid.store.feature_store import FeatureStore
+from hyvid.store.lance_io import open_table
+from hyvid.store.scores import upsert_video_scores
+from hyvid.store.tables import VIDEO_SCORES
 
 IDS = ["A/v1", "A/v2", "B/it's_v3", "B/v4"]
 SUBSETS = ["train", "train", "val", "test"]

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines import synth as S
-from store.splits import subset_of, val_groups
+from hyvid.pipelines.data import synth as S
+from hyvid.store.splits import subset_of, val_groups
 
 TINY = dict(classes=6, videos_per_class=2, frames=40, size=(96, 72), seed=3)
 L = 10  # flow stack length the demo extracts with
@@ -161,7 +161,7 @@ def test_class_selection_keeps_kinds_and_pairs():
 
 
 def test_cli_writes_and_reports(tmp_path, capsys):
-    from pipelines.cli import main
+    from hyvid.pipelines.cli import main
 
     out = tmp_path / "cli"
     assert main(["synth", str(out), "--classes", "4", "--videos-per-class", "1", "--frames", "36",

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from store.lance_io import append_rows
-from store.tables import CLASSES, FRAME_FEATURES_NAME, VIDEOS, frame_features_schema
+from hyvid.store.lance_io import append_rows
+from hyvid.store.tables import CLASSES, FRAME_FEATURES_NAME, VIDEOS, frame_features_schema
 
 SPATIAL_DIM, MOTION_DIM = 16, 12
 N_POSITIONS = 8
@@ -95,8 +95,8 @@ def build_toy_store(store_uri: str, videos_per_group: int = 4, noise: float = 0.
 # Fast checks of the configuration and the pure pieces
 # ------------------------------------------------------------------------------------------------
 def test_baselines_expand_and_bad_names_are_refused(tmp_path):
-    from models import registry as R
-    from pipelines.train import TrainConfig, expand_models
+    from hyvid.models import registry as R
+    from hyvid.pipelines.train import TrainConfig, expand_models
 
     assert expand_models(["fusion", "baselines"]) == (R.FUSION, *R.BASELINE_MODELS)
     assert expand_models(["nn_ef", "baselines", "nn_ef"]).count("nn_ef") == 1
@@ -115,7 +115,7 @@ def test_baselines_expand_and_bad_names_are_refused(tmp_path):
 
 
 def test_cpu_shares_split_the_cluster_among_concurrent_workers(tmp_path):
-    from pipelines.train import TrainConfig, cpu_shares
+    from hyvid.pipelines.train import TrainConfig, cpu_shares
 
     cfg = TrainConfig(store_uri=str(tmp_path), lam2_grid=(0.0, 3e-4), lam3_grid=(0.0,))
     # 2 LSTMs + fusion (2 CV trials at once) + fusion_noreg, nn_ef, nn_lf + 2 SVM tasks = 9 workers.
@@ -127,7 +127,7 @@ def test_cpu_shares_split_the_cluster_among_concurrent_workers(tmp_path):
 
 
 def test_cv_choice_prefers_val_then_loss_then_regularization():
-    from pipelines.fusion_cv import choose
+    from hyvid.pipelines.training.fusion_cv import choose
 
     trials = [(0.0, 0.0, 0.8, 0.30, "a"), (3e-5, 0.0, 0.9, 0.40, "b"), (3e-4, 0.0, 0.9, 0.35, "c")]
     assert choose(trials)[:2] == (3e-4, 0.0)  # best val, then lower val loss
@@ -138,7 +138,7 @@ def test_cv_choice_prefers_val_then_loss_then_regularization():
 
 
 def test_cli_train_flags_parse(tmp_path):
-    from pipelines.cli import build_parser
+    from hyvid.pipelines.cli import build_parser
 
     args = build_parser().parse_args(
         ["train", "--store", str(tmp_path), "--models", "fusion,baselines", "--epochs", "3", "--paper-lstm",
@@ -149,7 +149,7 @@ def test_cli_train_flags_parse(tmp_path):
 
 
 def test_missing_frame_features_names_the_stage(tmp_path):
-    from pipelines.train import TrainConfig, train
+    from hyvid.pipelines.train import TrainConfig, train
 
     with pytest.raises(FileNotFoundError, match="frame_features"):
         train(TrainConfig(store_uri=str(tmp_path / "empty"), tracking_uri=f"sqlite:///{tmp_path}/m.db"))
@@ -167,7 +167,7 @@ EXPERIMENT = "train-test"
 def trained(ray_session, tmp_path_factory):
     import mlflow
 
-    from pipelines.train import TrainConfig, train
+    from hyvid.pipelines.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("train")
     store = str(root / "store")
@@ -197,7 +197,7 @@ def _fit_windows(trained):
 
 @pytest.mark.slow
 def test_every_model_is_one_finished_run_with_test_metrics(trained):
-    from models import registry as R
+    from hyvid.models import registry as R
 
     result = trained["result"]
     assert tuple(result.models) == (R.SPATIAL_LSTM, R.MOTION_LSTM, R.FUSION, *R.BASELINE_MODELS)
@@ -229,8 +229,8 @@ def test_logged_models_load_and_reproduce_the_stored_scores(trained):
     import mlflow
     import torch
 
-    from pipelines.train_loops import LSTM_STREAM
-    from store.feature_store import FeatureStore, collate_sequences
+    from hyvid.pipelines.training.loops import LSTM_STREAM
+    from hyvid.store.feature_store import FeatureStore, collate_sequences
 
     fs = FeatureStore(trained["store"])
     vf = fs.video_features(1, "val")
@@ -271,7 +271,7 @@ def test_fits_overlap_in_time(trained):
 
 @pytest.mark.slow
 def test_lineage_points_at_the_lance_versions_read(trained):
-    from store.feature_store import FeatureStore
+    from hyvid.store.feature_store import FeatureStore
 
     versions = FeatureStore(trained["store"]).versions()
     for model in trained["result"].models:
@@ -291,7 +291,7 @@ def test_lineage_points_at_the_lance_versions_read(trained):
 
 @pytest.mark.slow
 def test_video_scores_hold_val_and_test_rows_per_model(trained):
-    from store.feature_store import FeatureStore
+    from hyvid.store.feature_store import FeatureStore
 
     fs = FeatureStore(trained["store"])
     n = {sub: len(fs.videos(split=1, subset=sub)) for sub in ("val", "test")}
@@ -318,7 +318,7 @@ def test_fusion_cv_trials_are_nested_under_the_fusion_run(trained):
     assert trained["result"].models["fusion"].extra == {"lam2": float(p.params["lam2"]), "lam3": 0.0}
     assert 0.0 <= p.metrics["fusion_zero_row_fraction"] <= 1.0
     assert float(_run(trained, "fusion_noreg").data.params["lam2"]) == 0.0
-    from pipelines.train import DEMO_FUSION_LR
+    from hyvid.pipelines.train import DEMO_FUSION_LR
 
     # Trials, the refit and fusion_noreg all take the configured step (the demo's, not the paper's 0.7).
     for run in (*trials, client.get_run(parent), _run(trained, "fusion_noreg")):
@@ -339,7 +339,7 @@ def test_killed_fit_resumed_from_its_checkpoint(trained):
 
 @pytest.mark.slow
 def test_lstm_beats_fusion_on_the_order_only_classes(trained):
-    from store.feature_store import FeatureStore
+    from hyvid.store.feature_store import FeatureStore
 
     fs = FeatureStore(trained["store"])
 

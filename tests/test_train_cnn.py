@@ -15,13 +15,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-from models.cnn import MotionCNN, SpatialCNN, spatial_input
-from models.registry import CNN_MODELS, MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
-from pipelines.features import FeaturesConfig, _commit_features, extract_features
-from pipelines.train_cnn import TrainCNNConfig, train_cnn
-from store.feature_store import FeatureStore
-from store.lance_io import open_table, table_uri
-from store.tables import frame_features_schema
+from hyvid.models.cnn import MotionCNN, SpatialCNN, spatial_input
+from hyvid.models.registry import CNN_MODELS, MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
+from hyvid.pipelines.features import FeaturesConfig, _commit_features, extract_features
+from hyvid.pipelines.train_cnn import TrainCNNConfig, train_cnn
+from hyvid.store.feature_store import FeatureStore
+from hyvid.store.lance_io import open_table, table_uri
+from hyvid.store.tables import frame_features_schema
 
 CLASSES = ("redright", "greenleft", "bluedown")
 N_POSITIONS, STACK, SIZE = 4, 3, 32
@@ -46,7 +46,7 @@ def _write_video(path, cls: int, seed: int, n_frames: int = 20, w: int = 64, h: 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory, ray_session):
     """3 classes x 4 groups of videos, extracted into a Lance store (split 1: g4 is test)."""
-    from pipelines.extract import ExtractConfig, extract
+    from hyvid.pipelines.extract import ExtractConfig, extract
 
     root = tmp_path_factory.mktemp("tiny")
     rows = []
@@ -106,8 +106,8 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
 
     # The cached spatial head path: the backbone's output on whole frames, cached once, is what
     # the logged model computes on those frames.
-    from pipelines.torch_data import ClipsDataset
-    from pipelines.train_cnn import _cache_pooled
+    from hyvid.pipelines.data.clips import ClipsDataset
+    from hyvid.pipelines.train_cnn import _cache_pooled
 
     spatial = mlflow.pytorch.load_model(f"runs:/{res.run_ids['spatial']}/model").eval()
     labels = {v: 0 for v in open_table(store, "clips").to_table(columns=["video_id"]).column("video_id").to_pylist()[:1]}
@@ -144,7 +144,7 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
     # The stored feature is what the logged model computes for that frame.
     fs = FeatureStore(store)
     vid = t.column("video_id")[0].as_py()
-    from store.clips import decode_frame
+    from hyvid.store.clips import decode_frame
 
     row = fs.clips(vid).slice(0, 1)
     frame = decode_frame(row.column("frame")[0].as_py())
@@ -192,7 +192,7 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
 
 def test_commit_features_replaces_rows_of_other_runs(tmp_path):
     """Features from another CNN pair are swapped for the new ones in one atomic commit."""
-    from store.lance_io import append_rows, write_table_fragments
+    from hyvid.store.lance_io import append_rows, write_table_fragments
 
     store = str(tmp_path)
     schema = frame_features_schema(2, 2)

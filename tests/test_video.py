@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from video_fixtures import SQUARE, moving_square_frames, write_bad_files, write_video
 
-from pipelines.video import (
+from hyvid.pipelines.data.video import (
     FLOW_METHODS,
     VideoError,
     compute_flows,
@@ -17,8 +17,8 @@ from pipelines.video import (
     sample_positions,
     stored_shape,
 )
-from store.clips import decode_flow_stack, decode_frame, encode_flow_stack, encode_frame
-from store.tables import CLIPS, FLOW_BOUND
+from hyvid.store.clips import decode_flow_stack, decode_frame, encode_flow_stack, encode_frame
+from hyvid.store.tables import CLIPS, FLOW_BOUND
 
 STEP = 2 * FLOW_BOUND / 255
 

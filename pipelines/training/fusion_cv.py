@@ -49,7 +49,7 @@ def search_lambdas(base_config: dict, lam2_grid: tuple[float, ...], lam3_grid: t
     from mlflow import MlflowClient
     from ray import tune
 
-    from pipelines.train_loops import cv_trial
+    from hyvid.pipelines.training.loops import cv_trial
 
     config = {**base_config, "parent_run_id": parent_run_id,
               "lam2": tune.grid_search(list(lam2_grid)), "lam3": tune.grid_search(list(lam3_grid))}

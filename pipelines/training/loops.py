@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import registry as R
+from hyvid.models import registry as R
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
     is pinned at first use, so every subset comes from the same versions even if a writer commits
     meanwhile.
     """
-    from store.feature_store import FeatureStore
+    from hyvid.store.feature_store import FeatureStore
 
     fs = FeatureStore(config["store_uri"], config.get("storage_options"), follow_latest=False)
     split, model = int(config["split"]), config["model"]
@@ -105,7 +105,7 @@ def build_model(config: dict, data: dict[str, Subset]) -> torch.nn.Module:
     """The untrained model of ``config["model"]``, sized from the data."""
     model, c, multilabel = config["model"], int(config["num_classes"]), bool(config["multilabel"])
     if model in LSTM_STREAM:
-        from models.lstm import StreamLSTM
+        from hyvid.models.lstm import StreamLSTM
 
         stream = LSTM_STREAM[model]
         dim = data["train"].inputs.dims()[stream]
@@ -115,12 +115,12 @@ def build_model(config: dict, data: dict[str, Subset]) -> torch.nn.Module:
         return net
     dims = [x.shape[1] for x in data["train"].inputs]
     if model in FUSION_NETS:
-        from models.fusion import RegularizedFusionNet
+        from hyvid.models.fusion import RegularizedFusionNet
 
         net = RegularizedFusionNet(dims, c, abstraction=int(config["abstraction"]), fusion=int(config["fusion_units"]))
         net.fit_input_stats(data["train"].inputs)
         return net
-    from models.baselines import EarlyFusionMLP, LateFusionMLP
+    from hyvid.models.baselines import EarlyFusionMLP, LateFusionMLP
 
     if model == R.NN_EF:
         return EarlyFusionMLP(dims, c, hidden=(int(config["nn_hidden"]),), multilabel=multilabel)
@@ -132,7 +132,7 @@ def build_model(config: dict, data: dict[str, Subset]) -> torch.nn.Module:
 def build_optimizer(config: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
     name = config["model"]
     if name in LSTM_STREAM:
-        from models.lstm import make_optimizer
+        from hyvid.models.lstm import make_optimizer
 
         return make_optimizer(model.parameters(), name=config["lstm_optimizer"], lr=float(config["lstm_lr"]),
                               momentum=float(config["lstm_momentum"]))
@@ -155,7 +155,7 @@ def predict(config: dict, model: torch.nn.Module, subset: Subset, device: torch.
     if name in LSTM_STREAM:
         from torch.utils.data import DataLoader
 
-        from store.feature_store import collate_sequences
+        from hyvid.store.feature_store import collate_sequences
 
         stream = LSTM_STREAM[name]
         out = []
@@ -219,7 +219,7 @@ def train_epoch(config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
     idx = _shard(len(subset), epoch, int(config["seed"]), rank, world)
     losses, hits, seen = [], 0, 0
     if name in LSTM_STREAM:
-        from store.feature_store import collate_sequences
+        from hyvid.store.feature_store import collate_sequences
 
         stream, bs = LSTM_STREAM[name], int(config["lstm_batch_size"])
         for b in range(0, len(idx), bs):
@@ -249,7 +249,7 @@ def train_epoch(config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
         xs = [x[i.to(device)] for x in inputs]
         opt.zero_grad(set_to_none=True)
         if name in FUSION_NETS:
-            from models.fusion import fusion_objective, proximal_step
+            from hyvid.models.fusion import fusion_objective, proximal_step
 
             # Algorithm 1: a gradient step on the smooth part of Eq. 3 for every layer, then
             # Eq. 4's prox on W_E (thresholds scaled by the learning rate inside proximal_step).
@@ -259,7 +259,7 @@ def train_epoch(config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
             opt.step()
             proximal_step(model, opt.param_groups[0]["lr"], float(config["lam2"]), float(config["lam3"]))
         else:
-            from models.baselines import mlp_loss
+            from hyvid.models.baselines import mlp_loss
 
             loss = mlp_loss(model, xs, y_all[i] if multilabel else labels_all[i])
             loss.backward()
@@ -281,7 +281,7 @@ def _val_loss(config: dict, scores: np.ndarray, subset: Subset) -> float:
 
 def evaluate(config: dict, scores: np.ndarray, subset: Subset) -> dict[str, float]:
     """The paper's metrics of one subset (accuracy, mean class accuracy, top-5, mAP)."""
-    from pipelines.metrics import evaluate as _evaluate
+    from hyvid.pipelines.evaluation.metrics import evaluate as _evaluate
 
     return _evaluate(scores, subset.labels, subset.labels_multi, multilabel=bool(config["multilabel"]))
 
@@ -307,7 +307,7 @@ def open_run(config: dict, stage: str = STAGE, extra_tags: dict | None = None) -
     A worker restarted by Ray Train's FailureConfig finds the run its first attempt created, so a
     resumed fit stays one run with one metric history.
     """
-    from pipelines.tracking import TAG_MODEL, TAG_SPLIT, TAG_STAGE, TAG_STORE, store_tag
+    from hyvid.pipelines.tracking import TAG_MODEL, TAG_SPLIT, TAG_STAGE, TAG_STORE, store_tag
 
     client = _mlflow_setup(config)
     if config.get("run_id"):
@@ -478,7 +478,7 @@ def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dic
     scores, metrics = _score_subsets(config, data, lambda subset: predict(config, model, subset))
     final = {"best_epoch": best["epoch"], **metrics}
     if config["model"] in FUSION_NETS:
-        from models.fusion import zero_row_fraction, zero_weight_fraction
+        from hyvid.models.fusion import zero_row_fraction, zero_weight_fraction
 
         # The ℓ2,1 term at work: fusion neurons (rows of W_E) that no feature uses any more.
         final["fusion_zero_row_fraction"] = zero_row_fraction(model)
@@ -495,7 +495,7 @@ def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dic
 def _score_subsets(config: dict, data: dict[str, Subset], score: Callable[[Subset], np.ndarray]
                    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Scores of the val and test subsets present, and their metrics named val_* / test_*."""
-    from pipelines.tracking import metric_name
+    from hyvid.pipelines.tracking import metric_name
 
     scores, metrics = {}, {}
     for sub in ("val", "test"):
@@ -512,7 +512,7 @@ def _complete_run(config: dict, client, run_id: str, versions: dict[str, int], d
     """A final fit's last steps: lineage and model into its run, scores into the store, run finished."""
     import mlflow
 
-    from pipelines.tracking import log_lineage
+    from hyvid.pipelines.tracking import log_lineage
 
     with mlflow.start_run(run_id=run_id):
         log_lineage(config["store_uri"], LINEAGE_TABLES, config.get("storage_options"), versions=versions)
@@ -538,15 +538,15 @@ def _log_sklearn_model(est) -> None:
     import skops.io
 
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(est))
-    foreign = [t for t in untrusted if not t.startswith("models.baselines.")]
+    foreign = [t for t in untrusted if not t.startswith("hyvid.models.baselines.")]
     if foreign:
-        raise TypeError(f"{type(est).__name__} holds types outside models.baselines that skops cannot vouch for: {foreign}")
+        raise TypeError(f"{type(est).__name__} holds types outside hyvid.models.baselines that skops cannot vouch for: {foreign}")
     mlflow.sklearn.log_model(est, name="model", skops_trusted_types=untrusted,
                              pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
 
 
 def _write_scores(config: dict, run_id: str, data: dict[str, Subset], scores: dict[str, np.ndarray]) -> None:
-    from store.scores import upsert_video_scores
+    from hyvid.store.scores import upsert_video_scores
 
     subs = [s for s in ("val", "test") if s in scores]
     ids = [v for s in subs for v in data[s].video_ids]
@@ -587,7 +587,7 @@ def cv_trial(config: dict, storage_options: dict | None = None) -> None:
 # --------------------------------------------------------------------------------------------
 def sklearn_fit(config: dict) -> dict:
     """Fit SVM-EF or SVM-LF on the video-level features; same logging and scores as the torch fits."""
-    from models.baselines import SVMEarlyFusion, SVMLateFusion
+    from hyvid.models.baselines import SVMEarlyFusion, SVMLateFusion
 
     data, versions = load_subsets(config)
     client = _mlflow_setup(config)

@@ -29,7 +29,7 @@ class HybridVideoClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc: video paths (a list, or a DataFrame with a `path` column) -> one row per video."""
 
     def load_context(self, context) -> None:
-        from pipelines.predict import load_hybrid
+        from hyvid.pipelines.predict import load_hybrid
 
         run_id = context.model_config[RUN_ID_KEY]
         # The components live in the tracking server the caller is using now.
@@ -39,7 +39,7 @@ class HybridVideoClassifier(mlflow.pyfunc.PythonModel):
     # The hint is what MLflow can pass through unvalidated (a list of paths works as well); a
     # typed signature would make MLflow coerce file paths it cannot check anyway.
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from pipelines.predict import PredictConfig, predict
+        from hyvid.pipelines.predict import PredictConfig, predict
 
         paths = _paths(model_input)
         top = int((params or {}).get("top", self._top))

@@ -26,7 +26,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from store.tables import FLOW_BOUND  # noqa: E402
+from hyvid.store.tables import FLOW_BOUND  # noqa: E402
 
 log = logging.getLogger(__name__)
 

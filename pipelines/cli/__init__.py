@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Callable
 
-from cluster.settings import Settings, load_settings
+from hyvid.cluster.settings import Settings, load_settings
 
 EPILOG = """examples:
   hyvid demo --out demo_out
@@ -57,7 +57,7 @@ Motion* (short-term motion), Order* (order of two sub-actions; pairs). See docs/
 
 
 def _synth_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from pipelines.synth import MAX_CLASSES, MIN_CLASSES, config_defaults
+    from hyvid.pipelines.data.synth import MAX_CLASSES, MIN_CLASSES, config_defaults
 
     d = config_defaults()
     p.add_argument("out", help="output directory (UCF-101 layout: OUT/<Class>/*.avi + OUT/ucfTrainTestlist/)")
@@ -78,7 +78,7 @@ def _synth_args(p: argparse.ArgumentParser, s: Settings) -> None:
 def _synth_run(args: argparse.Namespace, s: Settings) -> int:
     from collections import Counter
 
-    from pipelines.synth import SynthConfig, parse_size, synth
+    from hyvid.pipelines.data.synth import SynthConfig, parse_size, synth
 
     cfg = SynthConfig(out=args.out, classes=args.classes, videos_per_class=args.videos_per_class,
                       frames=args.frames, size=parse_size(args.size), seed=args.seed, stack=args.stack,
@@ -108,7 +108,7 @@ a dataset is a UCF-101 layout (ROOT/<Class>/*.avi + ROOT/ucfTrainTestlist/) or a
 def _extract_args(p: argparse.ArgumentParser, s: Settings) -> None:
     import os
 
-    from pipelines.video import DEFAULT_POSITIONS, DEFAULT_SIZE, DEFAULT_STACK, FLOW_METHODS
+    from hyvid.pipelines.data.video import DEFAULT_POSITIONS, DEFAULT_SIZE, DEFAULT_STACK, FLOW_METHODS
 
     p.add_argument("dataset", help="UCF-101-layout directory or manifest .csv")
     _common(p, s, experiment=False)
@@ -127,7 +127,7 @@ def _extract_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _extract_run(args: argparse.Namespace, s: Settings) -> int:
-    from pipelines.extract import ExtractConfig, extract
+    from hyvid.pipelines.extract import ExtractConfig, extract
 
     cfg = ExtractConfig(dataset=args.dataset, store_uri=args.store, split=args.split, frames=args.frames,
                         stack=args.stack, flow=args.flow, size=args.size, address=args.address,
@@ -164,7 +164,7 @@ spatial_cnn / motion_cnn with per-epoch metrics, lineage and the model; then run
 
 
 def _train_cnn_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from pipelines.train_cnn import STREAM_CHOICES, TrainCNNConfig
+    from hyvid.pipelines.train_cnn import STREAM_CHOICES, TrainCNNConfig
 
     d = TrainCNNConfig(store_uri=s.store_uri)
     _common(p, s)
@@ -188,8 +188,8 @@ def _train_cnn_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _train_cnn_run(args: argparse.Namespace, s: Settings) -> int:
-    from pipelines import tracking
-    from pipelines.train_cnn import TrainCNNConfig, train_cnn
+    from hyvid.pipelines import tracking
+    from hyvid.pipelines.train_cnn import TrainCNNConfig, train_cnn
 
     cfg = TrainCNNConfig(
         store_uri=args.store, stream=args.stream, split=args.split, epochs=args.epochs, batch_size=args.batch_size,
@@ -220,7 +220,7 @@ spatial_cnn / motion_cnn / two_stream_cnn rows of video_scores. Re-running skips
 
 
 def _features_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from pipelines.features import FeaturesConfig
+    from hyvid.pipelines.features import FeaturesConfig
 
     d = FeaturesConfig(store_uri=s.store_uri)
     _common(p, s)
@@ -235,8 +235,8 @@ def _features_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _features_run(args: argparse.Namespace, s: Settings) -> int:
-    from pipelines import tracking
-    from pipelines.features import FeaturesConfig, extract_features
+    from hyvid.pipelines import tracking
+    from hyvid.pipelines.features import FeaturesConfig, extract_features
 
     spatial_run = motion_run = None
     if args.run:
@@ -325,8 +325,8 @@ def _query_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _query_run(args: argparse.Namespace, s: Settings) -> int:
-    from models.registry import STREAMS
-    from store.feature_store import FeatureStore
+    from hyvid.models.registry import STREAMS
+    from hyvid.store.feature_store import FeatureStore
 
     start, stop = _positions(args.frames)
     rows = FeatureStore(args.store).frame_features(args.video, start, stop)
@@ -347,7 +347,7 @@ def _similar_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _similar_run(args: argparse.Namespace, s: Settings) -> int:
-    from store.feature_store import FeatureStore
+    from hyvid.store.feature_store import FeatureStore
 
     fs = FeatureStore(args.store)
     row = fs.frame_features(args.video, args.frame, args.frame + 1, columns=[args.column])
@@ -414,8 +414,8 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _train_run(args: argparse.Namespace, s: Settings) -> int:
-    from pipelines import tracking
-    from pipelines.train import TrainConfig, format_table, train
+    from hyvid.pipelines import tracking
+    from hyvid.pipelines.train import TrainConfig, format_table, train
 
     opts: dict = {}
     if args.epochs is not None:
@@ -488,8 +488,8 @@ def _hybrid_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _hybrid_run(args: argparse.Namespace, s: Settings) -> int:
-    from pipelines import tracking
-    from pipelines.hybrid import DEFAULT_OUT_DIR, HybridConfig, hybrid
+    from hyvid.pipelines import tracking
+    from hyvid.pipelines.hybrid import DEFAULT_OUT_DIR, HybridConfig, hybrid
 
     opts = {}
     if args.models:
@@ -534,8 +534,8 @@ def _report_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _report_run(args: argparse.Namespace, s: Settings) -> int:
-    from pipelines import tracking
-    from pipelines.report import ReportConfig, report
+    from hyvid.pipelines import tracking
+    from hyvid.pipelines.report import ReportConfig, report
 
     splits = (args.split,) if args.split else (tuple(_split_list(args.splits, 1)) if args.splits else None)
     print(report(ReportConfig(args.experiment, tracking.resolve_tracking_uri(args.tracking_uri, s), splits, args.format)))
@@ -551,8 +551,8 @@ def _runs_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _runs_run(args: argparse.Namespace, s: Settings) -> int:
-    from pipelines import tracking
-    from pipelines.runs import RunsConfig, format_table, list_runs
+    from hyvid.pipelines import tracking
+    from hyvid.pipelines.runs import RunsConfig, format_table, list_runs
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri, s)
     rows = list_runs(RunsConfig(args.experiment, uri, args.model, args.stage, args.limit,
@@ -595,8 +595,8 @@ def _predict_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _predict_run(args: argparse.Namespace, s: Settings) -> int:
-    from pipelines import tracking
-    from pipelines.predict import PredictConfig, format_json, format_text, predict
+    from hyvid.pipelines import tracking
+    from hyvid.pipelines.predict import PredictConfig, format_json, format_text, predict
 
     res = predict(PredictConfig(tuple(args.videos), args.experiment, args.model, args.split,
                                 tracking.resolve_tracking_uri(args.tracking_uri, s), args.top, args.batch_size))
@@ -639,7 +639,7 @@ def _splits_of(args: argparse.Namespace) -> tuple[int, ...]:
 
 
 def _run_run(args: argparse.Namespace, s: Settings) -> int:
-    from pipelines.run import RunConfig, run
+    from hyvid.pipelines.run import RunConfig, run
 
     res = run(RunConfig(
         dataset=args.dataset, store_uri=args.store, splits=_splits_of(args), experiment=args.experiment, tracking_uri=args.tracking_uri,
@@ -670,8 +670,8 @@ def _demo_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _demo_run(args: argparse.Namespace, s: Settings) -> int:
-    from pipelines.run import DemoConfig, demo, next_steps
-    from store.feature_store import FeatureStore
+    from hyvid.pipelines.run import DemoConfig, demo, next_steps
+    from hyvid.store.feature_store import FeatureStore
 
     cfg = DemoConfig(out=args.out, classes=args.classes, splits=_splits_of(args), experiment=args.experiment,
                      **({"videos_per_class": args.videos_per_class} if args.videos_per_class else {}))
@@ -723,7 +723,7 @@ def _submit_run(args: argparse.Namespace, s: Settings) -> int:
     import os
     from pathlib import Path
 
-    from cluster import jobs
+    from hyvid.cluster import jobs
 
     command = list(args.stage_args)
     if command[:1] == ["--"]:
@@ -777,7 +777,7 @@ def _jobs_args(p: argparse.ArgumentParser, s: Settings) -> None:
 def _jobs_run(args: argparse.Namespace, s: Settings) -> int:
     import datetime
 
-    from cluster import jobs
+    from hyvid.cluster import jobs
 
     rows = [("SUBMISSION ID", "STATUS", "STARTED", "ENTRYPOINT")]
     for j in jobs.list_jobs(args.address):
@@ -797,7 +797,7 @@ def _logs_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _logs_run(args: argparse.Namespace, s: Settings) -> int:
-    from cluster import jobs
+    from hyvid.cluster import jobs
 
     if args.follow:
         for chunk in jobs.follow_logs(args.address, args.job):
@@ -813,7 +813,7 @@ def _stop_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _stop_run(args: argparse.Namespace, s: Settings) -> int:
-    from cluster import jobs
+    from hyvid.cluster import jobs
 
     stopped = jobs.stop(args.address, args.job)
     print(f"{args.job}: {'stop requested' if stopped else 'already ended'} ({jobs.status(args.address, args.job)})")

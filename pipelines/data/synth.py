@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from store.splits import val_groups
+from hyvid.store.splits import val_groups
 
 log = logging.getLogger(__name__)
 
