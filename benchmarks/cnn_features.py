@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hyvid.models.cnn import MotionCNN, SpatialCNN, motion_input, spatial_input  # noqa: E402
-from hyvid.pipelines.features import cnn_forward  # noqa: E402
+from hyvid.pipelines.inference.cnn import cnn_forward  # noqa: E402
 from hyvid.pipelines.data.video import DEFAULT_SIZE, DEFAULT_STACK, stored_shape  # noqa: E402
 from hyvid.store.tables import CLIPS  # noqa: E402,F401  (before store.clips: the two import each other)
 from hyvid.store.clips import decode_flow_stack, decode_frame, encode_flow_stack, encode_frame  # noqa: E402

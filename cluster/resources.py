@@ -95,17 +95,25 @@ def scaling_config(
     use_gpu: bool | None = None,
     accelerator: str = GPU,
     cluster: Mapping[str, float] | None = None,
+    sharing: int | None = None,
 ):
-    """A Ray Train ScalingConfig: `num_workers` workers, each on an accelerator when there is one."""
+    """A Ray Train ScalingConfig: `num_workers` workers, each on an accelerator when there is one.
+
+    `sharing` is how many workers (of this and concurrent fits) share the accelerators: each asks
+    for min(1, units / sharing); default `num_workers`.
+    """
     from ray.train import ScalingConfig
 
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    sharing = num_workers if sharing is None else sharing
+    if sharing < 1:
+        raise ValueError(f"sharing must be >= 1, got {sharing}")
     cluster = _resources(cluster)
     per_worker: dict[str, float] = {"CPU": cpus_per_worker, **dict(resources or {})}
     accelerated = _use_accelerator(kind, use_gpu, accelerator, cluster)
     if accelerated:
-        per_worker[accelerator] = min(1.0, accelerator_count(accelerator, cluster) / num_workers)
+        per_worker[accelerator] = min(1.0, accelerator_count(accelerator, cluster) / sharing)
     # use_gpu is Ray Train's switch for CUDA devices; a custom accelerator is a plain resource.
     return ScalingConfig(num_workers=num_workers, use_gpu=accelerated and accelerator == GPU,
                          resources_per_worker=per_worker)

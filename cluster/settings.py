@@ -21,6 +21,12 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "ray_config.yaml"
 
+# The built-in defaults, each in one place: stages and their configs import these.
+DEFAULT_STORE_URI = "hyvid_store"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "hyvid"
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+
 # Environment variables that override the file, by settings field.
 ENV_VARS = {
     "store_uri": "HYVID_STORE",
@@ -37,17 +43,17 @@ SECRET_KEY_RE = re.compile(r"secret|password|token|access_key|session|credential
 
 @dataclass(frozen=True)
 class Settings:
-    store_uri: str = "hyvid_store"
-    tracking_uri: str = "sqlite:///mlflow.db"
+    store_uri: str = DEFAULT_STORE_URI
+    tracking_uri: str = DEFAULT_TRACKING_URI
     # Address stages pass to ray.init (None: start a local Ray; inside a Ray job: the job's cluster).
     ray_address: str | None = None
-    experiment: str = "hyvid"
+    experiment: str = DEFAULT_EXPERIMENT
     # Storage options for object stores (s3://...). Values may name environment variables
     # as "${VAR}" so credentials never live in the file.
     storage_options: dict[str, str] = field(default_factory=dict)
     workers: dict[str, int] = field(default_factory=dict)
     # The Ray dashboard / Jobs API that `hyvid submit|jobs|logs|stop` talk to.
-    dashboard_address: str = "http://127.0.0.1:8265"
+    dashboard_address: str = DEFAULT_DASHBOARD
 
     def __post_init__(self) -> None:
         if not isinstance(self.storage_options, dict) or not isinstance(self.workers, dict):

@@ -80,6 +80,10 @@ class _StreamCNN(nn.Module):
         """fc1 activations [N, feature_dim] (post-ReLU) and class logits [N, num_classes]."""
         return self._head(self.pooled(x))
 
+    def head(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fc1 activations and logits from the backbone's pooled output (training on a cached backbone)."""
+        return self._head(pooled)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The per-frame feature: fc1's output after ReLU, [N, feature_dim], >= 0."""
         return self._head.fc1(self.pooled(x))
@@ -193,6 +197,17 @@ class MotionCNN(_StreamCNN):
         return self.conv(x).flatten(1)
 
 
+def build_stream_cnn(stream: str, num_classes: int, stack: int, feature_dim: int = 1024, dropout: float = 0.5,
+                     finetune: str = "head", pretrained: bool = True) -> nn.Module:
+    """The CNN of one stream ("spatial" or "motion"), with the architecture arguments train-cnn records."""
+    if stream == "spatial":
+        return SpatialCNN(num_classes, feature_dim=feature_dim, dropout=dropout, pretrained=pretrained,
+                          finetune=finetune)
+    if stream == "motion":
+        return MotionCNN(num_classes, stack=stack, feature_dim=feature_dim, dropout=dropout)
+    raise ValueError(f"unknown stream {stream!r}; choose 'spatial' or 'motion'")
+
+
 # ---------------------------------------------------------------------------------------------
 # Inputs: uint8 as stored -> float tensors as the nets expect.
 
@@ -222,6 +237,15 @@ def motion_input(stacks: np.ndarray | torch.Tensor, subtract_mean: bool = True) 
     if subtract_mean:
         x = x - x.mean(dim=(2, 3), keepdim=True)
     return x
+
+
+def stream_input(stream: str, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 clips of one stream (frames or flow stacks, as stored) -> the float tensor its CNN takes."""
+    if stream == "spatial":
+        return spatial_input(batch)
+    if stream == "motion":
+        return motion_input(batch)
+    raise ValueError(f"unknown stream {stream!r}; choose 'spatial' or 'motion'")
 
 
 # ---------------------------------------------------------------------------------------------

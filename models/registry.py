@@ -1,4 +1,5 @@
-"""The one registry of model names, used by the CLI, MLflow run names/tags, `video_scores` and reports."""
+"""The one registry of model, metric and split names, used by the CLI, MLflow run names/tags,
+`video_scores`, the hybrid's late fusions and the reports."""
 from __future__ import annotations
 
 SPATIAL_CNN = "spatial_cnn"
@@ -34,6 +35,23 @@ MODEL_NAMES = (
 )
 STREAMS = ("spatial", "motion")
 
+# Table 1's late average fusions ("+"): row name -> the models whose scores are averaged.
+LATE_FUSIONS: dict[str, tuple[str, ...]] = {
+    f"{SPATIAL_CNN}+{SPATIAL_LSTM}": (SPATIAL_CNN, SPATIAL_LSTM),
+    f"{MOTION_CNN}+{MOTION_LSTM}": (MOTION_CNN, MOTION_LSTM),
+    f"{SPATIAL_CNN}+{MOTION_CNN}+{SPATIAL_LSTM}+{MOTION_LSTM}": (SPATIAL_CNN, MOTION_CNN, SPATIAL_LSTM, MOTION_LSTM),
+}
+
+# The paper's metrics, as every stage names them (MLflow logs them as f"{subset}_{metric}").
+ACCURACY = "accuracy"
+MEAN_CLASS_ACCURACY = "mean_class_accuracy"
+MAP = "map"
+TOP5 = "top5"
+METRICS = (ACCURACY, MEAN_CLASS_ACCURACY, MAP, TOP5)
+
+# UCF-101's three official train/test splits (CCV-like manifests use split 1).
+SPLITS = (1, 2, 3)
+
 # The paper's numbers (UCF-101 accuracy %, CCV mAP %), for reports. Tables 1-3 of Wu et al. 2015.
 PAPER_RESULTS = {
     SPATIAL_CNN: (80.1, 75.0),
@@ -60,3 +78,24 @@ def check_model_names(names: list[str] | tuple[str, ...]) -> list[str]:
     if bad:
         raise ValueError(f"unknown model name(s) {bad}; valid names are {list(MODEL_NAMES)}")
     return list(names)
+
+
+def primary_metric(multilabel: bool) -> str:
+    """The metric a dataset is reported and selected by: mAP for multi-label data (CCV), else accuracy."""
+    return MAP if multilabel else ACCURACY
+
+
+def check_split(split: int, what: str = "split") -> int:
+    """Validate one official split number; the error names the value and the valid ones."""
+    if split not in SPLITS:
+        raise ValueError(f"{what} must be one of {', '.join(map(str, SPLITS))}, got {split!r}")
+    return int(split)
+
+
+def check_splits(splits: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """Validate a non-empty list of split numbers."""
+    splits = tuple(int(s) for s in splits)
+    bad = [s for s in splits if s not in SPLITS]
+    if bad or not splits:
+        raise ValueError(f"splits must be among {', '.join(map(str, SPLITS))}; got {list(splits)}")
+    return splits

@@ -24,14 +24,17 @@ import logging
 import math
 import os
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hyvid.models.registry import check_split
+from hyvid.pipelines import faults
 from hyvid.pipelines.data.datasets import Dataset, VideoEntry, load_dataset
 from hyvid.pipelines.data.video import (
+    DEFAULT_FLOW,
     DEFAULT_POSITIONS,
     DEFAULT_SIZE,
     DEFAULT_STACK,
@@ -42,7 +45,18 @@ from hyvid.pipelines.data.video import (
 )
 from hyvid.store import clips as clip_codec
 from hyvid.store.lance_io import commit_fragments, open_table, table_exists, table_uri, write_table_fragments
-from hyvid.store.tables import CLASSES, CLIPS, FLOW_BOUND, STATUS_FAILED, STATUS_OK, VIDEOS
+from hyvid.store.tables import (
+    CLASSES,
+    CLIPS,
+    EXTRACT_SETTINGS_METADATA_KEY,
+    FLOW_BOUND,
+    FLOW_ENCODING,
+    FRAME_ENCODING,
+    FRAME_JPEG_QUALITY,
+    STATUS_FAILED,
+    STATUS_OK,
+    VIDEOS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +67,6 @@ SHARDS_PER_WORKER = 4  # at least this many shards per worker, so the last ones 
 COMMIT_EVERY_VIDEOS = 256
 COMMIT_EVERY_S = 20.0  # bounds the work a dead driver loses
 TASK_RETRIES = 3  # Ray retries a task whose worker or node died
-SETTINGS_METADATA_KEY = b"hyvid.extract_settings"
-# Test hook: "<flag file>|<video_id>" makes the worker extracting that video die once (os._exit),
-# creating the flag file first, so tests can kill a worker mid-run deterministically;
-# "always|<video_id>" makes it die every time (a poison file).
-CRASH_ONCE_ENV = "HYVID_TEST_CRASH_ONCE"
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,7 @@ class ExtractConfig:
     split: int = 1  # informational: all three splits' membership is recorded
     frames: int = DEFAULT_POSITIONS  # sampled positions per video
     stack: int = DEFAULT_STACK  # L flows per stack
-    flow: str = "dis"
+    flow: str = DEFAULT_FLOW
     size: int = DEFAULT_SIZE  # stored short side, pixels
     address: str | None = None  # Ray address; None starts a local Ray
     workers: int | None = None  # concurrent tasks; None = the cluster's CPUs
@@ -77,7 +86,7 @@ class ExtractConfig:
     storage_options: dict | None = None
     use_ray: bool = True  # False: extract in this process (benchmarks, debugging)
     shard_size: int | None = None  # videos per task; None = automatic (<= MAX_SHARD)
-    task_env: dict | None = None  # extra environment variables for the extraction tasks
+    faults: str | None = None  # fault injection (hyvid.pipelines.faults); None: HYVID_FAULTS if set
     task_retries: int = TASK_RETRIES  # Ray retries of a task whose worker or node died
     progress: bool = True
 
@@ -86,8 +95,7 @@ class ExtractConfig:
             raise ValueError("dataset must name a UCF-101-layout directory or a manifest CSV")
         if not self.store_uri:
             raise ValueError("store_uri must be set (a directory or s3://bucket/prefix)")
-        if self.split not in (1, 2, 3):
-            raise ValueError(f"split must be 1, 2 or 3, got {self.split}")
+        check_split(self.split)
         if self.frames < 1:
             raise ValueError(f"frames must be >= 1, got {self.frames}")
         if self.stack < 1:
@@ -102,6 +110,7 @@ class ExtractConfig:
             raise ValueError(f"task_retries must be >= 0, got {self.task_retries}")
         if self.shard_size is not None and self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        faults.parse(self.faults)
 
     def settings(self) -> dict:
         """What determines the stored bytes: the settings that the hash covers."""
@@ -113,9 +122,9 @@ class ExtractConfig:
             "dis_preset": int(DIS_PRESET) if self.flow == "dis" else None,
             "size": self.size,
             "flow_bound": FLOW_BOUND,
-            "frame_encoding": clip_codec.FRAME_ENCODING,
-            "frame_quality": clip_codec.FRAME_JPEG_QUALITY,
-            "flow_encoding": clip_codec.FLOW_ENCODING,
+            "frame_encoding": FRAME_ENCODING,
+            "frame_quality": FRAME_JPEG_QUALITY,
+            "flow_encoding": FLOW_ENCODING,
         }
 
     def config_hash(self) -> str:
@@ -189,29 +198,14 @@ def _videos_row(e: VideoEntry, *, status: str, error: str | None, config_hash: s
     }
 
 
-def _maybe_crash(video_id: str) -> None:
-    spec = os.environ.get(CRASH_ONCE_ENV)
-    if not spec:
-        return
-    flag, _, target = spec.partition("|")
-    if target != video_id:
-        return
-    if flag != "always":
-        if os.path.exists(flag):
-            return
-        open(flag, "w").close()
-    log.warning("%s: simulating a worker crash on %s", CRASH_ONCE_ENV, video_id)
-    os._exit(137)
-
-
 def extract_shard(entries: list[VideoEntry], store_uri: str, settings: dict, config_hash: str,
-                  storage_options: dict | None, node_id: str) -> ShardResult:
+                  storage_options: dict | None, node_id: str, fault_spec: str | None = None) -> ShardResult:
     """Extract a few videos: write their clips as uncommitted fragments, return the metadata."""
     t0, c0 = time.perf_counter(), time.process_time()
     clip_rows: dict[str, list] = {name: [] for name in CLIPS.schema.names}
     video_rows, frames = [], 0
     for e in entries:
-        _maybe_crash(e.video_id)
+        faults.at_video(e.video_id, fault_spec)
         try:
             ca = extract_clip_arrays(e.path, settings["frames"], settings["stack"], settings["size"], settings["flow"])
         except VideoError as err:
@@ -244,14 +238,14 @@ def extract_shard(entries: list[VideoEntry], store_uri: str, settings: dict, con
                        time.process_time() - c0)
 
 
-def _shard_task(entries, store_uri, settings, config_hash, storage_options) -> ShardResult:
+def _shard_task(entries, store_uri, settings, config_hash, storage_options, fault_spec) -> ShardResult:
     import cv2
     import ray
 
     # One task per CPU: OpenCV's own threads would only fight the other tasks for cores.
     cv2.setNumThreads(1)
     node_id = ray.get_runtime_context().get_node_id()
-    return extract_shard(entries, store_uri, settings, config_hash, storage_options, node_id)
+    return extract_shard(entries, store_uri, settings, config_hash, storage_options, node_id, fault_spec)
 
 
 # --- driver side ---------------------------------------------------------------------------------
@@ -263,14 +257,14 @@ def _store_state(cfg: ExtractConfig, config_hash: str) -> tuple[dict[str, str], 
     if not table_exists(cfg.store_uri, VIDEOS.name, so):
         return {}, None
     ds = open_table(cfg.store_uri, VIDEOS.name, so)
-    meta = (ds.schema.metadata or {}).get(SETTINGS_METADATA_KEY)
+    meta = (ds.schema.metadata or {}).get(EXTRACT_SETTINGS_METADATA_KEY)
     t = ds.to_table(columns=["video_id", "extract_config"])
     return dict(zip(t["video_id"].to_pylist(), t["extract_config"].to_pylist())), (json.loads(meta) if meta else None)
 
 
 def _videos_schema(cfg: ExtractConfig) -> pa.Schema:
     meta = dict(VIDEOS.schema.metadata or {})
-    meta[SETTINGS_METADATA_KEY] = json.dumps(cfg.settings(), sort_keys=True).encode()
+    meta[EXTRACT_SETTINGS_METADATA_KEY] = json.dumps(cfg.settings(), sort_keys=True).encode()
     return VIDEOS.schema.with_metadata(meta)
 
 
@@ -391,16 +385,15 @@ def _run_ray(cfg, shards, workers, settings, config_hash, committer, bar) -> Non
 
     # The worker process or its node died (or was killed for memory): Ray retried the task already.
     crashes = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError)
-    opts = {"num_cpus": 1, "max_retries": cfg.task_retries}
-    if cfg.task_env:
-        opts["runtime_env"] = {"env_vars": {k: str(v) for k, v in cfg.task_env.items()}}
-    task = ray.remote(_shard_task).options(**opts)
+    task = ray.remote(_shard_task).options(num_cpus=1, max_retries=cfg.task_retries)
+    fault_spec = faults.resolve(cfg.faults)
     queue = deque(shards)
     inflight: dict = {}
     while queue or inflight:
         while queue and len(inflight) < workers:
             entries = queue.popleft()
-            inflight[task.remote(entries, cfg.store_uri, settings, config_hash, cfg.storage_options)] = entries
+            ref = task.remote(entries, cfg.store_uri, settings, config_hash, cfg.storage_options, fault_spec)
+            inflight[ref] = entries
         ready, _ = ray.wait(list(inflight), num_returns=1)
         for ref in ready:
             entries = inflight.pop(ref)
@@ -422,7 +415,8 @@ def _run_ray(cfg, shards, workers, settings, config_hash, committer, bar) -> Non
 
 def _run_local(cfg, shards, settings, config_hash, committer, bar) -> None:
     for entries in shards:
-        shard = extract_shard(entries, cfg.store_uri, settings, config_hash, cfg.storage_options, "local")
+        shard = extract_shard(entries, cfg.store_uri, settings, config_hash, cfg.storage_options, "local",
+                              faults.resolve(cfg.faults))
         committer.add(shard)
         committer.progress(bar, len(entries))
 
@@ -513,5 +507,4 @@ def ok_video_ids(store_uri: str, storage_options: dict | None = None) -> list[st
 def config_summary(cfg: ExtractConfig) -> str:
     d = asdict(cfg)
     d.pop("storage_options", None)  # may hold credentials
-    d.pop("task_env", None)
     return json.dumps(d, sort_keys=True, default=str)

@@ -26,18 +26,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from torch import nn
 
-from hyvid.models.cnn import motion_input, spatial_input, two_stream_scores
-from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
-from hyvid.pipelines.train_cnn import STAGE as TRAIN_STAGE
-from hyvid.pipelines.train_cnn import TAG_MODEL_LOGGED
+from hyvid.cluster.settings import DEFAULT_EXPERIMENT
+from hyvid.models.cnn import two_stream_scores
+from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN, check_split
+from hyvid.pipelines import tracking
+from hyvid.pipelines.inference.cnn import cnn_forward, load_cnn_pair
 from hyvid.store.lance_io import canonical_store_uri
 from hyvid.store.tables import CLIPS, FRAME_FEATURES_NAME, VIDEO_SCORES, frame_features_schema
 
 log = logging.getLogger(__name__)
 
-STAGE = "features"
 _CLIP_COLUMNS = ["video_id", "position", "frame_index", "timestamp", "frame", "flow_stack", "stack", "height",
                  "width"]
 
@@ -50,7 +49,7 @@ class FeaturesConfig:
     split: int = 1
     spatial_run_id: str | None = None  # None: the latest finished train-cnn run of the split
     motion_run_id: str | None = None
-    experiment: str = "hyvid"
+    experiment: str = DEFAULT_EXPERIMENT
     tracking_uri: str | None = None
     workers: int | None = None  # tasks in flight; None: the cluster's CPUs
     videos_per_task: int = 16
@@ -62,8 +61,7 @@ class FeaturesConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.split not in (1, 2, 3):
-            raise ValueError(f"split must be 1, 2 or 3, got {self.split!r}")
+        check_split(self.split)
         for name in ("videos_per_task", "batch_size", "commit_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -91,97 +89,26 @@ class FeaturesResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# The CNN forward pass, shared with `predict`.
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-def cnn_forward(
-    spatial_model: nn.Module,
-    motion_model: nn.Module,
-    frames: np.ndarray,
-    flow_stacks: np.ndarray,
-    batch_size: int = 64,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Both CNNs over P positions: frames uint8 [P, H, W, 3], flow stacks uint8 [P, 2L, H, W].
-
-    Returns float32 (spatial_feats [P, Ds], motion_feats [P, Dm], spatial_probs [P, C],
-    motion_probs [P, C]); features are fc1 outputs, probs softmax scores. Models run in eval
-    mode on the device their parameters are on.
-    """
-    if len(frames) != len(flow_stacks):
-        raise ValueError(f"got {len(frames)} frames but {len(flow_stacks)} flow stacks; one of each per position")
-    outs: dict[str, list[list[np.ndarray]]] = {"spatial": [[], []], "motion": [[], []]}
-    for name, model, data, prep in (("spatial", spatial_model, frames, spatial_input),
-                                    ("motion", motion_model, flow_stacks, motion_input)):
-        model.eval()
-        device = _device_of(model)
-        with torch.inference_mode():
-            for i in range(0, len(data), batch_size):
-                feats, logits = model.features_and_logits(prep(data[i:i + batch_size]).to(device))
-                outs[name][0].append(feats.float().cpu().numpy())
-                outs[name][1].append(logits.float().softmax(1).cpu().numpy())
-    sf, sp = (np.concatenate(a) for a in outs["spatial"])
-    mf, mp = (np.concatenate(a) for a in outs["motion"])
-    return sf, mf, sp, mp
-
-
-# ---------------------------------------------------------------------------------------------
 # Finding the CNN runs.
 
 
 def latest_cnn_run(model: str, split: int, experiment: str, store_uri: str) -> str:
     """Id of the newest finished `train-cnn` run of `model` on this split and store, with a model."""
-    import mlflow
-
-    from hyvid.pipelines import tracking
-
-    # Only registry constants and an int go into the filter; the store is compared in Python.
-    flt = (f"tags.`{tracking.TAG_MODEL}` = '{model}' AND tags.`{tracking.TAG_STAGE}` = '{TRAIN_STAGE}' "
-           f"AND tags.`{tracking.TAG_SPLIT}` = '{int(split)}' AND tags.`{TAG_MODEL_LOGGED}` = 'true' "
-           "AND attributes.status = 'FINISHED'")
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=flt,
-                              order_by=["attributes.start_time DESC"], output_format="list")
-    store_tag = tracking.store_tag(store_uri)
-    for run in runs:
-        if run.data.tags.get(tracking.TAG_STORE) == store_tag:
-            return run.info.run_id
-    others = f" ({len(runs)} run(s) on other stores)" if runs else ""
+    run = tracking.latest_run(experiment, stage=tracking.STAGE_TRAIN_CNN, model=model, split=split,
+                              store_uri=store_uri, tags={tracking.TAG_MODEL_LOGGED: "true"})
+    if run is not None:
+        return run.info.run_id
+    elsewhere = tracking.finished_runs(experiment, stage=tracking.STAGE_TRAIN_CNN, model=model, split=split)
+    others = f" ({len(elsewhere)} run(s) on other stores)" if elsewhere else ""
     raise FileNotFoundError(
-        f"no finished `hyvid train-cnn` run of {model} for split {split} on store {store_tag!r} in MLflow "
-        f"experiment {experiment!r}{others}; train it first or pass its run id explicitly"
+        f"no finished `hyvid train-cnn` run of {model} for split {split} on store "
+        f"{tracking.store_tag(store_uri)!r} in MLflow experiment {experiment!r}{others}; "
+        "train it first or pass its run id explicitly"
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # The Ray task.
-
-
-# Ray reuses a worker process for the next task of the same function, so the CNNs of the last
-# pair of runs stay loaded there: a logged model never changes, and loading both (MLflow lookup,
-# artifact copy, unpickling EfficientNet) costs seconds per task otherwise.
-_LOADED: dict[tuple, list[nn.Module]] = {}
-
-
-def _load_models(tracking_uri: str, spatial_run_id: str, motion_run_id: str, device: torch.device):
-    import mlflow
-
-    key = (tracking_uri, spatial_run_id, motion_run_id, str(device))
-    if key in _LOADED:
-        return _LOADED[key]
-    mlflow.set_tracking_uri(tracking_uri)
-    models = []
-    for run_id in (spatial_run_id, motion_run_id):
-        m = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location=device)
-        models.append(m.to(device).eval())
-    _LOADED.clear()
-    _LOADED[key] = models
-    return models
 
 
 def _features_task(
@@ -205,7 +132,7 @@ def _features_task(
     from hyvid.store.lance_io import open_table, write_table_fragments
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    spatial, motion = _load_models(tracking_uri, spatial_run_id, motion_run_id, device)
+    spatial, motion = load_cnn_pair(tracking_uri, spatial_run_id, motion_run_id, device)
     ds = open_table(store_uri, CLIPS.name, storage_options, version=clips_version)
     rows = ds.scanner(columns=_CLIP_COLUMNS, filter=pc.field("video_id").isin(video_ids)).to_table()
     rows = rows.sort_by([("video_id", "ascending"), ("position", "ascending")])
@@ -336,7 +263,7 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
     from tqdm import tqdm
 
     from hyvid.cluster.connect import connect
-    from hyvid.pipelines import tracking
+    from hyvid.cluster.resources import task_options
     from hyvid.store.feature_store import FeatureStore
     from hyvid.store.lance_io import open_table
     from hyvid.store.scores import upsert_video_scores
@@ -375,15 +302,9 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
     vs_version: int | None = None
     if todo:
         resources = connect(cfg.address)
-        n_gpus = float(resources.get("GPU", 0) or 0)
-        use_gpu = (n_gpus > 0) if cfg.use_gpu is None else bool(cfg.use_gpu)
-        if use_gpu and n_gpus == 0:
-            raise ValueError("use_gpu=True but the Ray cluster has no GPU; leave use_gpu unset (auto)")
         in_flight = cfg.workers or max(1, int(float(resources.get("CPU", 1))))
-        opts: dict[str, Any] = {"scheduling_strategy": "SPREAD", "num_cpus": 1, "max_retries": 2}
-        if use_gpu:
-            opts["num_gpus"] = min(1.0, n_gpus / in_flight)
-        task = ray.remote(_features_task).options(**opts)
+        opts = task_options("features", in_flight=in_flight, use_gpu=cfg.use_gpu, cluster=resources)
+        task = ray.remote(_features_task).options(scheduling_strategy="SPREAD", max_retries=2, **opts)
         need_f = set(need_features)
         chunks = [todo[i:i + cfg.videos_per_task] for i in range(0, len(todo), cfg.videos_per_task)]
         pending_chunks = list(reversed(chunks))

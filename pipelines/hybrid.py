@@ -11,7 +11,6 @@ Scores are read from the store's `video_scores` (written by `hyvid features` for
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -19,204 +18,37 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import mlflow
 import numpy as np
 import pandas as pd
 
+from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models.registry import (
     CNN_MODELS,
     FUSION,
     HYBRID,
-    LSTM_MODELS,
+    LATE_FUSIONS,
     MODEL_NAMES,
     MOTION_CNN,
     MOTION_LSTM,
     SPATIAL_CNN,
     SPATIAL_LSTM,
     check_model_names,
+    check_split,
+    primary_metric,
 )
-from hyvid.pipelines.evaluation import metrics as M
 from hyvid.pipelines import tracking
+from hyvid.pipelines.evaluation import metrics as M
 from hyvid.pipelines.evaluation import plots
-from hyvid.store.tables import FRAME_FEATURES_NAME, VIDEO_SCORES, VIDEOS
+from hyvid.pipelines.evaluation.weights import SEARCH_METRICS, combine, grid_steps, search_weights
+from hyvid.store.tables import EXTRACT_SETTINGS_METADATA_KEY, FRAME_FEATURES_NAME, VIDEO_SCORES, VIDEOS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODELS = (SPATIAL_LSTM, MOTION_LSTM, FUSION)
 DEFAULT_OUT_DIR = "hyvid_plots"  # `hyvid hybrid --out` default: PNG/CSV files, split<N>/ inside
-SEARCH_METRICS = ("accuracy", "mean_class_accuracy", "map", "top5")
-STAGE = "hybrid"
-LATE_FUSION_STAGE = "late_fusion"
-# Table 1's late average fusions ("+"): row name -> the models averaged.
-LATE_FUSIONS: dict[str, tuple[str, ...]] = {
-    f"{SPATIAL_CNN}+{SPATIAL_LSTM}": (SPATIAL_CNN, SPATIAL_LSTM),
-    f"{MOTION_CNN}+{MOTION_LSTM}": (MOTION_CNN, MOTION_LSTM),
-    f"{SPATIAL_CNN}+{MOTION_CNN}+{SPATIAL_LSTM}+{MOTION_LSTM}": (SPATIAL_CNN, MOTION_CNN, SPATIAL_LSTM, MOTION_LSTM),
-}
-# Metric name prefix on the hybrid run for each model's own test metrics, recomputed from
-# video_scores: `report` falls back to them for models whose own run logged no test metric.
-EVAL_PREFIX = "eval."
-# What `hyvid predict` reads back from the hybrid run (see _provenance).
-EXTRACT_PREFIX = "extract."  # params extract.frames, extract.stack, extract.flow, extract.size, ...
-CNN_PREFIX = "cnn."  # params cnn.spatial_cnn.run_id, cnn.motion_cnn.run_id
-EXTRACT_ARTIFACT = "extract_settings.json"
-CLASSES_ARTIFACT = "classes.json"
-# Ties within this tolerance count as equal when picking the best candidate.
-TIE_TOL = 1e-9
-
-
-# -- the weight search (pure) --------------------------------------------------------------------
-def simplex_grid(k: int, step: float) -> np.ndarray:
-    """Every weight vector of k non-negative multiples of `step` summing to 1, as [M, k].
-
-    M = C(n + k - 1, k - 1) for n = 1/step: 231 for 3 models at 0.05, 1,771 for 4, 10,626 for 5.
-    """
-    if k < 1:
-        raise ValueError(f"need at least one score set, got {k}")
-    n = _grid_steps(step)
-    rows = []
-    # Stars and bars: k-1 bar positions among n + k - 1 slots.
-    for bars in itertools.combinations(range(n + k - 1), k - 1):
-        edges = (-1, *bars, n + k - 1)
-        rows.append([edges[i + 1] - edges[i] - 1 for i in range(k)])
-    return np.asarray(rows, dtype=np.float64) / n
-
-
-def _grid_steps(step: float) -> int:
-    if not 0 < step <= 1:
-        raise ValueError(f"step must be in (0, 1], got {step}")
-    n = round(1 / step)
-    if abs(n * step - 1) > 1e-6:
-        raise ValueError(f"step {step} does not divide 1 evenly; use e.g. 0.05, 0.1, 0.125 or 0.25")
-    return n
-
-
-def combine(scores_list: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """The hybrid scores: sum_k weights[k] * scores_list[k] (all [N, C], same row order)."""
-    if len(scores_list) != len(weights):
-        raise ValueError(f"{len(scores_list)} score sets but {len(weights)} weights")
-    shapes = {np.shape(s) for s in scores_list}
-    if len(shapes) != 1:
-        raise ValueError(f"score sets must have one shape [videos, classes], got {sorted(shapes)}")
-    out = np.zeros(np.shape(scores_list[0]), dtype=np.float64)
-    for s, w in zip(scores_list, weights):
-        out += float(w) * np.asarray(s, dtype=np.float64)
-    return out
-
-
-def _metric_fn(metric: str, labels: np.ndarray | None, labels_multi) -> Callable[[np.ndarray], float]:
-    if metric not in SEARCH_METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose from {list(SEARCH_METRICS)}")
-    if metric == "map":
-        if labels_multi is None:
-            if labels is None:
-                raise ValueError("metric 'map' needs labels or labels_multi")
-            labels_multi = [[int(v)] for v in labels]
-        y_cache: dict[int, np.ndarray] = {}
-
-        def _map(s: np.ndarray) -> float:
-            y = y_cache.setdefault(s.shape[1], M.label_matrix(labels_multi, s.shape[1]))
-            return M.mean_average_precision(s, y)
-
-        return _map
-    if labels is None:
-        raise ValueError(f"metric {metric!r} needs integer labels")
-    if metric == "accuracy":
-        return lambda s: M.accuracy(s, labels)
-    if metric == "mean_class_accuracy":
-        return lambda s: M.mean_class_accuracy(s, labels)
-    return lambda s: M.top_k_accuracy(s, labels, min(5, s.shape[1]))
-
-
-def _evaluate_candidates(stacked: np.ndarray, cands: np.ndarray, fn, labels, metric: str) -> np.ndarray:
-    """Metric of every candidate; accuracy is vectorised (one tensordot per chunk)."""
-    if metric == "accuracy":
-        out = np.empty(len(cands))
-        chunk = max(1, int(2e7 // max(stacked[0].size, 1)))  # bound the [m, N, C] temporary
-        for a in range(0, len(cands), chunk):
-            comb = np.tensordot(cands[a:a + chunk], stacked, axes=(1, 0))  # [m, N, C]
-            out[a:a + chunk] = (comb.argmax(axis=2) == labels[None, :]).mean(axis=1)
-        return out
-    return np.array([fn(np.tensordot(w, stacked, axes=(0, 0))) for w in cands])
-
-
-def _pick(cands: np.ndarray, values: np.ndarray) -> int:
-    """Index of the best candidate; ties go to the one closest to the uniform average.
-
-    On a small validation set accuracy is a step function with wide plateaus. Among equally
-    good weights the plain average is the least fitted choice, so the tie-break shrinks
-    toward it; any remaining tie goes to the first candidate in grid order (deterministic).
-    """
-    finite = np.where(np.isnan(values), -np.inf, values)
-    best = finite.max()
-    tied = np.flatnonzero(finite >= best - TIE_TOL)
-    k = cands.shape[1]
-    dist = np.linalg.norm(cands[tied] - 1.0 / k, axis=1)
-    return int(tied[np.argmin(np.round(dist, 12))])
-
-
-def _refine_candidates(center: np.ndarray, step: float, factor: int = 4) -> np.ndarray:
-    """The finer lattice (step/factor) on the simplex within ±step of `center` in each weight."""
-    n_f = _grid_steps(step) * factor
-    base = np.round(center * n_f).astype(int)
-    k = len(center)
-    span = factor if k <= 4 else factor // 2  # keep 5+ model refinements to ~10^4 points
-    rows = []
-    for off in itertools.product(range(-span, span + 1), repeat=k - 1):
-        head = base[:-1] + np.asarray(off)
-        last = n_f - head.sum()
-        if (head >= 0).all() and last >= 0 and abs(last - base[-1]) <= span:
-            rows.append([*head, last])
-    return np.asarray(rows, dtype=np.float64) / n_f
-
-
-def search_weights(
-    val_scores: Sequence[np.ndarray],
-    labels: np.ndarray | None,
-    step: float = 0.05,
-    metric: str = "accuracy",
-    labels_multi: Sequence[Sequence[int]] | None = None,
-    refine: bool = False,
-    names: Sequence[str] | None = None,
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """Linear fusion weights that maximise `metric` on validation scores.
-
-    Every point of the simplex grid (weights >= 0, sum 1, multiples of `step`) is scored; the
-    best wins, ties going to the candidate closest to the plain average. With `refine`, a lattice
-    4x finer is then searched within ±step of the winner. Returns the weights [K] and a table of
-    every candidate: one column per score set (`names`, default w0..wK-1), the metric as
-    `val_<metric>`, and `stage` ("grid" or "refine").
-    """
-    if not val_scores:
-        raise ValueError("search_weights needs at least one score set")
-    names = list(names) if names is not None else [f"w{i}" for i in range(len(val_scores))]
-    if len(names) != len(val_scores):
-        raise ValueError(f"{len(val_scores)} score sets but {len(names)} names")
-    stacked = np.stack([np.asarray(s, dtype=np.float64) for s in val_scores])  # [K, N, C]
-    if labels is not None:
-        labels = np.asarray(labels, dtype=np.int64)
-        M._check(stacked[0], labels)
-    fn = _metric_fn(metric, labels, labels_multi)
-    cands = simplex_grid(len(val_scores), step)
-    values = _evaluate_candidates(stacked, cands, fn, labels, metric)
-    stages = ["grid"] * len(cands)
-    if refine and len(val_scores) > 1:
-        fine = _refine_candidates(cands[_pick(cands, values)], step)
-        # Drop fine points already on the coarse grid so each weight vector is listed once.
-        seen = {tuple(np.round(c, 9)) for c in cands}
-        fine = np.array([f for f in fine if tuple(np.round(f, 9)) not in seen]).reshape(-1, cands.shape[1])
-        if len(fine):
-            cands = np.vstack([cands, fine])
-            values = np.concatenate([values, _evaluate_candidates(stacked, fine, fn, labels, metric)])
-            stages += ["refine"] * len(fine)
-    best = _pick(cands, values)
-    table = pd.DataFrame(cands, columns=names)
-    table[f"val_{metric}"] = values
-    table["stage"] = stages
-    table["chosen"] = np.arange(len(cands)) == best
-    return cands[best].copy(), table
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -230,7 +62,7 @@ class HybridConfig:
     step: float = 0.05
     refine: bool = False
     metric: str | None = None  # None: accuracy (single-label) or map (multi-label), the paper's
-    experiment: str = "hyvid"
+    experiment: str = DEFAULT_EXPERIMENT
     tracking_uri: str | None = None
     storage_options: dict | None = field(default=None, hash=False)
     out_dir: str | None = None  # PNG/CSV files go here too; None: MLflow artifacts only
@@ -244,9 +76,8 @@ class HybridConfig:
             raise ValueError(f"models must not include {HYBRID!r} itself, got {list(self.models)}")
         if len(self.models) < 2 or len(set(self.models)) != len(self.models):
             raise ValueError(f"the hybrid needs at least 2 distinct models, got {list(self.models)}")
-        if self.split not in (1, 2, 3):
-            raise ValueError(f"split must be 1, 2 or 3, got {self.split}")
-        _grid_steps(self.step)
+        check_split(self.split)
+        grid_steps(self.step)
         n_cands = math.comb(round(1 / self.step) + len(self.models) - 1, len(self.models) - 1)
         if n_cands > 200_000:
             raise ValueError(
@@ -353,12 +184,10 @@ def _provenance(fs) -> tuple[dict, dict[str, str]]:
     training videos were (frames, L, flow method, size) and run the same CNNs, so both are
     recorded on the hybrid run rather than looked up in a store that may be gone by then.
     """
-    from hyvid.pipelines.extract import SETTINGS_METADATA_KEY
-
     settings: dict = {}
     meta = fs.table(VIDEOS.name).schema.metadata or {}
-    if meta.get(SETTINGS_METADATA_KEY):
-        settings = json.loads(meta[SETTINGS_METADATA_KEY])
+    if meta.get(EXTRACT_SETTINGS_METADATA_KEY):
+        settings = json.loads(meta[EXTRACT_SETTINGS_METADATA_KEY])
     cnn_runs: dict[str, str] = {}
     try:
         t = fs.table(FRAME_FEATURES_NAME).to_table(columns=["spatial_run_id", "motion_run_id"])
@@ -389,7 +218,7 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
     val = _load_aligned(fs, models, cfg.split, "val")
     test = _load_aligned(fs, models, cfg.split, "test")
     multilabel = fs.is_multilabel()
-    metric = cfg.metric or M.primary_metric(multilabel)
+    metric = cfg.metric or primary_metric(multilabel)
     n_classes = next(iter(test.scores.values())).shape[1]
     class_names = _class_names(fs, n_classes)
     log.info("hybrid split %d: searching weights of %s on %d val videos (%s, step %g)",
@@ -428,32 +257,32 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     try:
-        with tracking.start_run(HYBRID, STAGE, cfg.split, cfg.store_uri) as run:
+        with tracking.start_run(HYBRID, tracking.STAGE_HYBRID, cfg.split, cfg.store_uri) as run:
             run_id = run.info.run_id
             tracking.log_params_safe({
                 "models": ",".join(models), "step": cfg.step, "refine": cfg.refine, "metric": metric,
                 "multilabel": multilabel, "n_val": len(val.video_ids), "n_test": len(test.video_ids),
                 "n_candidates": len(table),
-                **{f"weight.{m}": round(w, 6) for m, w in wdict.items()},
-                **{f"component.{m}.run_id": val.run_ids[m] or test.run_ids[m] for m in models},
+                **{f"{tracking.WEIGHT_PREFIX}{m}": round(w, 6) for m, w in wdict.items()},
+                **{f"{tracking.COMPONENT_PREFIX}{m}.run_id": val.run_ids[m] or test.run_ids[m] for m in models},
             })
             tracking.log_lineage(cfg.store_uri, [VIDEOS.name, VIDEO_SCORES.name], cfg.storage_options)
             settings, cnn_runs = _provenance(fs)
-            tracking.log_params_safe({**{f"{EXTRACT_PREFIX}{k}": v for k, v in settings.items()},
-                                      **{f"{CNN_PREFIX}{m}.run_id": r for m, r in cnn_runs.items()}})
-            mlflow.log_dict(settings, EXTRACT_ARTIFACT)
-            mlflow.log_dict({"class_names": class_names}, CLASSES_ARTIFACT)
+            tracking.log_params_safe({**{f"{tracking.EXTRACT_PREFIX}{k}": v for k, v in settings.items()},
+                                      **{f"{tracking.CNN_PREFIX}{m}.run_id": r for m, r in cnn_runs.items()}})
+            mlflow.log_dict(settings, tracking.EXTRACT_ARTIFACT)
+            mlflow.log_dict({"class_names": class_names}, tracking.CLASSES_ARTIFACT)
             _log_metrics("", "val", val_metrics)
             _log_metrics("", "test", test_metrics)
             for m, vals in components.items():
-                _log_metrics(f"{EVAL_PREFIX}{m}.", "test", vals)
+                _log_metrics(f"{tracking.EVAL_PREFIX}{m}.", "test", vals)
 
             files["candidates"] = str(out_dir / f"hybrid_candidates_split{cfg.split}.csv")
             table.to_csv(files["candidates"], index=False)
             mlflow.log_artifact(files["candidates"])
-            mlflow.log_table(table, "hybrid_candidates.json")
+            mlflow.log_table(table, tracking.HYBRID_CANDIDATES_ARTIFACT)
             mlflow.log_dict({"weights": wdict, "metric": metric, "val": val_metrics, "test": test_metrics,
-                             "late_fusion": late, "components": components}, "hybrid_summary.json")
+                             "late_fusion": late, "components": components}, tracking.HYBRID_SUMMARY_ARTIFACT)
 
             files["weights"] = plots.weight_surface(
                 table, models, f"val_{metric}", out_dir / f"hybrid_weights_split{cfg.split}.png", best=weights)
@@ -476,7 +305,7 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
                 mlflow.log_artifact(files[key], "plots")
 
             for row, vals in late.items():
-                with tracking.start_run(row, LATE_FUSION_STAGE, cfg.split, cfg.store_uri, nested=True):
+                with tracking.start_run(row, tracking.STAGE_LATE_FUSION, cfg.split, cfg.store_uri, nested=True):
                     mlflow.log_params({"members": ",".join(LATE_FUSIONS[row]), "fusion": "average"})
                     _log_metrics("", "test", vals)
 

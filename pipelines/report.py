@@ -15,17 +15,15 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-import mlflow
-from mlflow.entities import Run, RunStatus
+from mlflow.entities import Run
 
 from hyvid.models import registry as R
 from hyvid.pipelines import tracking
-from hyvid.pipelines.hybrid import EVAL_PREFIX, LATE_FUSIONS
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("markdown", "json")
-REPORT_METRICS = ("accuracy", "mean_class_accuracy", "map", "top5")
+REPORT_METRICS = R.METRICS
 _ALL_FOUR = f"{R.SPATIAL_CNN}+{R.MOTION_CNN}+{R.SPATIAL_LSTM}+{R.MOTION_LSTM}"
 
 # (title, [(model name, the paper's row label)]) in the paper's order.
@@ -52,7 +50,7 @@ TABLES: list[tuple[str, list[tuple[str, str]]]] = [
         (R.HYBRID, "Hybrid (LSTMs + fusion network)"),
     ]),
 ]
-assert set(LATE_FUSIONS) <= {m for _, rows in TABLES for m, _ in rows}
+assert set(R.LATE_FUSIONS) <= {m for _, rows in TABLES for m, _ in rows}
 
 
 @dataclass(frozen=True)
@@ -68,10 +66,7 @@ class ReportConfig:
         if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r}; choose from {list(FORMATS)}")
         if self.splits is not None:
-            object.__setattr__(self, "splits", tuple(int(s) for s in self.splits))
-            bad = [s for s in self.splits if s not in (1, 2, 3)]
-            if bad or not self.splits:
-                raise ValueError(f"splits must be among 1, 2, 3; got {list(self.splits)}")
+            object.__setattr__(self, "splits", R.check_splits(self.splits))
 
 
 @dataclass(frozen=True)
@@ -124,15 +119,9 @@ def _split_of(run: Run) -> int | None:
 
 def fetch_runs(experiment: str, tracking_uri: str | None = None) -> list[Run]:
     """Every finished run of the experiment, newest first; ValueError names unknown experiments."""
-    mlflow.set_tracking_uri(tracking.resolve_tracking_uri(tracking_uri))
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        names = [e.name for e in mlflow.search_experiments()]
-        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking.redact(mlflow.get_tracking_uri())}; "
-                         f"experiments there: {names}")
-    runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="list",
-                              order_by=["attributes.start_time DESC"])
-    return [r for r in runs if r.info.status == RunStatus.to_string(RunStatus.FINISHED)]
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.experiment_id(experiment, uri)  # raises with the list of experiments
+    return tracking.finished_runs(experiment, tracking_uri=uri)
 
 
 def collect(cfg: ReportConfig) -> Report:
@@ -149,7 +138,7 @@ def collect(cfg: ReportConfig) -> Report:
             own.setdefault(model, {}).setdefault(split, Entry(metrics, run.info.run_id, "run"))
         if model == R.HYBRID:
             for name in R.MODEL_NAMES:
-                m = _test_metrics(run, f"{EVAL_PREFIX}{name}.")
+                m = _test_metrics(run, f"{tracking.EVAL_PREFIX}{name}.")
                 if m:
                     fallback.setdefault(name, {}).setdefault(split, Entry(m, run.info.run_id, "hybrid-eval"))
     entries = {m: dict(v) for m, v in own.items()}

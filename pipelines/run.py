@@ -15,17 +15,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
-from mlflow.entities import RunStatus
-
 from hyvid.cluster.connect import connect
+from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models import registry as R
 from hyvid.pipelines import tracking
+from hyvid.pipelines.data.video import DEFAULT_FLOW, DEFAULT_POSITIONS, DEFAULT_STACK
+from hyvid.pipelines.evaluation.findings import findings, per_kind_accuracy, per_kind_markdown
+from hyvid.pipelines.extract import ExtractConfig, extract
+from hyvid.pipelines.features import FeaturesConfig, extract_features
+from hyvid.pipelines.hybrid import HybridConfig, hybrid
+from hyvid.pipelines.train import DEFAULT_MODELS, TrainConfig, expand_models, train
+from hyvid.pipelines.train_cnn import TrainCNNConfig, train_cnn
+from hyvid.store.feature_store import FeatureStore
+from hyvid.store.tables import CLIPS, FRAME_FEATURES_NAME, VIDEOS
 
 log = logging.getLogger(__name__)
-
-STAGES = ("extract", "train-cnn", "features", "train", "hybrid")
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -34,20 +38,20 @@ class RunConfig:
     dataset: str
     store_uri: str
     splits: tuple[int, ...] = (1,)
-    experiment: str = "hyvid"
+    experiment: str = DEFAULT_EXPERIMENT
     tracking_uri: str | None = None
     address: str | None = None
     storage_options: dict | None = None
     # extract
-    frames: int = 25
-    stack: int = 10
-    flow: str = "dis"
+    frames: int = DEFAULT_POSITIONS
+    stack: int = DEFAULT_STACK
+    flow: str = DEFAULT_FLOW
     size: int | None = None  # None: the extractor's default
     # train-cnn
     cnn_epochs: int = 6  # cheap for the spatial head (cached backbone); ~15 s per motion epoch on the demo
     finetune: str = "head"
     # train
-    models: tuple[str, ...] = ("spatial_lstm", "motion_lstm", "fusion", "baselines")
+    models: tuple[str, ...] = DEFAULT_MODELS
     lstm_epochs: int | None = None  # None: the train stage's defaults
     video_epochs: int | None = None
     lam2_grid: tuple[float, ...] | None = None  # fusion net's λ2/λ3 cross-validation; None: train's grid
@@ -57,10 +61,7 @@ class RunConfig:
     out_dir: str | None = None  # plots of the hybrid stage
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "splits", tuple(int(s) for s in self.splits))
-        bad = [s for s in self.splits if s not in (1, 2, 3)]
-        if bad or not self.splits:
-            raise ValueError(f"splits must be among 1, 2, 3; got {list(self.splits)}")
+        object.__setattr__(self, "splits", R.check_splits(self.splits))
         if not os.path.exists(self.dataset):
             raise FileNotFoundError(
                 f"dataset {self.dataset!r} does not exist; give a UCF-101-layout folder or a manifest "
@@ -76,45 +77,17 @@ class RunResult:
     test_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
-def _finished_runs(experiment: str, stage: str, split: int, store_uri: str) -> dict[str, mlflow.entities.Run]:
-    """Latest finished run per model of a stage/split/store (filtered in Python: no value pasting)."""
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        return {}
-    runs = mlflow.search_runs(
-        experiment_ids=[exp.experiment_id], output_format="list", order_by=["attributes.start_time DESC"]
-    )
-    out: dict[str, mlflow.entities.Run] = {}
-    for r in runs:
-        t = r.data.tags
-        if (
-            r.info.status == RunStatus.to_string(RunStatus.FINISHED)
-            and t.get(tracking.TAG_STAGE) == stage
-            and t.get(tracking.TAG_SPLIT) == str(split)
-            and t.get(tracking.TAG_STORE) == tracking.store_tag(store_uri)
-            and "mlflow.parentRunId" not in t
-        ):
-            out.setdefault(t.get(tracking.TAG_MODEL, ""), r)
-    return out
+# The tables each fitting stage reads: a fit is current when it read their present versions.
+TRAIN_CNN_INPUTS = (VIDEOS.name, CLIPS.name)
+TRAIN_INPUTS = (VIDEOS.name, FRAME_FEATURES_NAME)
 
 
-def _up_to_date(run: mlflow.entities.Run | None, versions: dict[str, int], tables: tuple[str, ...]) -> bool:
-    """A fit is current when it read the Lance versions the store has now."""
-    if run is None:
-        return False
-    p = run.data.params
-    return all(p.get(f"{tracking.LINEAGE_PREFIX}{t}.version") == str(versions.get(t)) for t in tables)
+def _up_to_date(run, versions: dict[str, int], tables: tuple[str, ...]) -> bool:
+    return run is not None and tracking.lineage_matches(run, versions, tables)
 
 
 def run(cfg: RunConfig) -> RunResult:
     """Run every stage for every split, skipping fits that are already current."""
-    from hyvid.pipelines.extract import ExtractConfig, extract
-    from hyvid.pipelines.features import FeaturesConfig, extract_features
-    from hyvid.pipelines.hybrid import HybridConfig, hybrid
-    from hyvid.pipelines.train import TrainConfig, expand_models, train
-    from hyvid.pipelines.train_cnn import TrainCNNConfig, train_cnn
-    from hyvid.store.feature_store import FeatureStore
-
     res = RunResult()
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
     tracking.setup(tracking_uri, cfg.experiment)
@@ -142,10 +115,11 @@ def run(cfg: RunConfig) -> RunResult:
 
     for split in cfg.splits:
         versions = fs.versions()
-        cnn_runs = _finished_runs(cfg.experiment, "train-cnn", split, cfg.store_uri)
+        cnn_runs = tracking.latest_runs_by_model(cfg.experiment, stage=tracking.STAGE_TRAIN_CNN, split=split,
+                                                 store_uri=cfg.store_uri)
         streams = [
             s for s, m in (("spatial", R.SPATIAL_CNN), ("motion", R.MOTION_CNN))
-            if not _up_to_date(cnn_runs.get(m), versions, ("videos", "clips"))
+            if not _up_to_date(cnn_runs.get(m), versions, TRAIN_CNN_INPUTS)
         ]
         if streams:
             timed(
@@ -167,10 +141,11 @@ def run(cfg: RunConfig) -> RunResult:
         )
 
         versions = fs.versions()
-        fit_runs = _finished_runs(cfg.experiment, "train", split, cfg.store_uri)
+        fit_runs = tracking.latest_runs_by_model(cfg.experiment, stage=tracking.STAGE_TRAIN, split=split,
+                                                 store_uri=cfg.store_uri)
         todo = tuple(
             m for m in expand_models(cfg.models)
-            if not _up_to_date(fit_runs.get(m), versions, ("videos", "frame_features"))
+            if not _up_to_date(fit_runs.get(m), versions, TRAIN_INPUTS)
         )
         if todo:
             kw = {}
@@ -226,8 +201,8 @@ class DemoConfig:
 
 def demo(cfg: DemoConfig) -> tuple[RunResult, str]:
     """Generate the synthetic dataset, run the chain on it, and return (result, report markdown)."""
-    from hyvid.pipelines.report import ReportConfig, report
     from hyvid.pipelines.data.synth import SynthConfig, synth
+    from hyvid.pipelines.report import ReportConfig, report
 
     p = cfg.paths()
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -267,81 +242,3 @@ def next_steps(cfg: DemoConfig, video_id: str | None) -> str:
         f"  mlflow ui --backend-store-uri {p['tracking_uri']} --host 127.0.0.1 --port 5000",
         f"  plots: {p['plots']}",
     ])
-
-
-def per_kind_accuracy(store_uri: str, split: int, subset: str = "test",
-                      storage_options: dict | None = None) -> dict[str, dict[str, float]]:
-    """Accuracy of every scored model on each kind of synthetic class (appearance, motion, order).
-
-    This is what the synthetic classes were designed for: each kind needs one of the clues the
-    paper models, so the table shows which component sees which clue.
-    """
-    import numpy as np
-
-    from hyvid.pipelines.evaluation.metrics import predictions
-    from hyvid.pipelines.data.synth import KINDS, class_kind
-    from hyvid.store.feature_store import FeatureStore
-
-    fs = FeatureStore(store_uri, storage_options=storage_options)
-    kinds = np.array([class_kind(n) for n in fs.class_names()])
-    out: dict[str, dict[str, float]] = {}
-    for model in R.MODEL_NAMES:
-        try:
-            s = fs.scores(model, split, subset)
-        except (FileNotFoundError, ValueError):
-            continue
-        if len(s.video_ids) == 0:
-            continue
-        labels = np.asarray(s.labels)
-        hit = predictions(np.asarray(s.scores)) == labels
-        out[model] = {k: float(hit[kinds[labels] == k].mean()) for k in KINDS if (kinds[labels] == k).any()}
-        out[model]["all"] = float(hit.mean())
-    return out
-
-
-def per_kind_markdown(table: dict[str, dict[str, float]]) -> str:
-    from hyvid.pipelines.data.synth import KINDS
-
-    cols = [*KINDS, "all"]
-    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for model, row in table.items():
-        lines.append(f"| `{model}` | " + " | ".join(f"{100 * row[c]:.1f}" if c in row else "–" for c in cols) + " |")
-    return "\n".join(lines)
-
-
-SINGLE_MODELS = tuple(m for m in R.MODEL_NAMES if m != R.HYBRID)
-FUSION_BASELINES = tuple(m for m in R.BASELINE_MODELS if m != R.FUSION_NOREG)  # Table 2's early/late fusions
-
-
-def findings(table: dict[str, dict[str, float]]) -> list[str]:
-    """The paper's three claims, each checked on a per-kind accuracy table: one line each.
-
-    Ties count as not reproduced: on a few dozen test videos one video decides them.
-    """
-    def acc(model: str, kind: str = "all") -> float | None:
-        return table.get(model, {}).get(kind)
-
-    def verdict(ok: bool) -> str:
-        return "reproduced" if ok else "NOT reproduced"
-
-    out = []
-    lstm, cnn = (max((acc(m, "order") for m in ms if acc(m, "order") is not None), default=None)
-                 for ms in ((R.SPATIAL_LSTM, R.MOTION_LSTM), (R.SPATIAL_CNN, R.MOTION_CNN)))
-    if lstm is not None and cnn is not None:
-        out.append(f"- LSTMs beat the CNNs on the order classes: {verdict(lstm > cnn)} "
-                   f"(best LSTM {100 * lstm:.1f}, best CNN {100 * cnn:.1f})")
-    fus, noreg = acc(R.FUSION), acc(R.FUSION_NOREG)
-    base = [m for m in FUSION_BASELINES if acc(m) is not None]
-    if fus is not None and noreg is not None and base:
-        best = max(base, key=acc)
-        out.append(f"- the regularized fusion net beats the non-regularized one: {verdict(fus > noreg)} "
-                   f"({100 * fus:.1f} against {100 * noreg:.1f})")
-        out.append(f"- the regularized fusion net beats the early/late fusion baselines: {verdict(fus > acc(best))} "
-                   f"({100 * fus:.1f} against {100 * acc(best):.1f} for `{best}`)")
-    hyb = acc(R.HYBRID)
-    singles = [m for m in SINGLE_MODELS if acc(m) is not None]
-    if hyb is not None and singles:
-        best = max(singles, key=acc)
-        out.append(f"- the hybrid beats every single model: {verdict(hyb > acc(best))} "
-                   f"({100 * hyb:.1f} against {100 * acc(best):.1f} for `{best}`)")
-    return out

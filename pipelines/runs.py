@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.entities import Run
 
+from hyvid.models.registry import METRICS
 from hyvid.pipelines import tracking
 
 # Parameters that say where a run came from rather than how it was configured.
-_NOT_KEY = (tracking.LINEAGE_PREFIX, "component.", "cnn.", "extract.")
+_NOT_KEY = (tracking.LINEAGE_PREFIX, tracking.COMPONENT_PREFIX, tracking.CNN_PREFIX, tracking.EXTRACT_PREFIX)
 _METRIC_SHORT = {"accuracy": "acc", "mean_class_accuracy": "mca", "map": "mAP", "top5": "top5"}
 
 
@@ -59,7 +60,7 @@ def run_row(run: Run, max_params: int = 6) -> dict[str, str]:
     shown = key if max_params == 0 else key[:max_params]
     more = len(key) - len(shown)
     test = [f"{_METRIC_SHORT[m]}={metrics[tracking.metric_name('test', m)]:.3f}"
-            for m in tracking.METRICS if tracking.metric_name("test", m) in metrics]
+            for m in METRICS if tracking.metric_name("test", m) in metrics]
     versions = sorted((k[len(tracking.LINEAGE_PREFIX):-len(".version")], v) for k, v in params.items()
                       if k.startswith(tracking.LINEAGE_PREFIX) and k.endswith(".version"))
     store = params.get(f"{tracking.LINEAGE_PREFIX}store_uri") or tags.get(tracking.TAG_STORE, "")
@@ -80,13 +81,10 @@ def run_row(run: Run, max_params: int = 6) -> dict[str, str]:
 
 def list_runs(cfg: RunsConfig) -> list[dict[str, str]]:
     """Rows for the runs of the experiment, newest first."""
-    from hyvid.pipelines.report import fetch_runs  # one place resolves and checks the experiment
-
-    mlflow.set_tracking_uri(tracking.resolve_tracking_uri(cfg.tracking_uri))
-    exp = mlflow.get_experiment_by_name(cfg.experiment)
-    if exp is None:
-        fetch_runs(cfg.experiment, cfg.tracking_uri)  # raises with the list of experiments
-    runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="list",
+    uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    exp_id = tracking.experiment_id(cfg.experiment, uri)  # raises with the list of experiments
+    runs = mlflow.search_runs(experiment_ids=[exp_id], output_format="list",
                               order_by=["attributes.start_time DESC"])
     if cfg.model:
         runs = [r for r in runs if r.data.tags.get(tracking.TAG_MODEL) == cfg.model]

@@ -1,38 +1,82 @@
-"""MLflow conventions shared by every stage: run names, tags, metric names and lineage.
+"""The MLflow run contract of every stage: stage names, tags, param prefixes, artifact names,
+lineage, and the one lookup of finished runs (`finished_runs` / `latest_run`).
 
 MLflow is written from one place per fit (the driver, or rank 0 of a trainer). Run names are
-model registry names; tags let `report` and `runs` find runs without parsing names.
+model registry names; tags let `report`, `runs`, `run`, `features` and `predict` find runs
+without parsing names. Filter strings sent to MLflow hold only the constants below, registry
+names and split numbers; user values (a store URI, say) are compared in Python.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
 from typing import Any, Iterator
 
 import mlflow
+from mlflow.entities import Run
 
-from hyvid.cluster.settings import Settings
+from hyvid.cluster.settings import DEFAULT_TRACKING_URI, Settings
+from hyvid.models import registry as R
 from hyvid.store.lance_io import canonical_store_uri, table_versions
 
 log = logging.getLogger(__name__)
 
-TAG_MODEL = "hyvid.model"  # a models.registry name
-TAG_STAGE = "hyvid.stage"  # train-cnn | train | hybrid | ...
-TAG_SPLIT = "hyvid.split"
-TAG_STORE = "hyvid.store"
-LINEAGE_PREFIX = "lineage."  # params lineage.store_uri, lineage.<table>.version
+# -- stages: the value of the hyvid.stage tag --------------------------------------------------
+STAGE_EXTRACT = "extract"
+STAGE_TRAIN_CNN = "train-cnn"
+STAGE_FEATURES = "features"
+STAGE_TRAIN = "train"
+STAGE_TRAIN_CV = "train-cv"  # fusion λ2/λ3 trials: nested runs, never mistaken for the final fit
+STAGE_HYBRID = "hybrid"
+STAGE_LATE_FUSION = "late_fusion"  # Table 1's "+" rows, nested under the hybrid run
+CHAIN = (STAGE_EXTRACT, STAGE_TRAIN_CNN, STAGE_FEATURES, STAGE_TRAIN, STAGE_HYBRID)  # `hyvid run`'s order
+STAGES = (*CHAIN, STAGE_TRAIN_CV, STAGE_LATE_FUSION)
 
-# Metric names: f"{subset}_{metric}" for subset in train/val/test.
-METRICS = ("accuracy", "mean_class_accuracy", "map", "top5")
+# -- tags ---------------------------------------------------------------------------------------
+TAG_MODEL = "hyvid.model"  # a models.registry name
+TAG_STAGE = "hyvid.stage"  # one of STAGES
+TAG_SPLIT = "hyvid.split"
+TAG_STORE = "hyvid.store"  # store_tag(store URI)
+TAG_FIT_ID = "hyvid.fit_id"  # one uuid per fit: a restarted worker finds its MLflow run by it
+TAG_NODES = "hyvid.nodes"  # Ray node ids rank 0 of a fit ran on, one per attempt
+TAG_RESUMED_FROM = "hyvid.resumed_from_epoch"  # set when a fit resumed from a checkpoint
+TAG_MODEL_LOGGED = "hyvid.model_logged"  # "true" once a CNN run's model artifact is complete
+TAG_ERROR = "hyvid.error"
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag for nested runs
+
+# -- param prefixes -----------------------------------------------------------------------------
+LINEAGE_PREFIX = "lineage."  # lineage.store_uri, lineage.<table>.version
+EXTRACT_PREFIX = "extract."  # the hybrid's record of the store's extraction settings (predict reads them)
+CNN_PREFIX = "cnn."  # cnn.<model>.run_id: the CNN runs behind a hybrid's features
+COMPONENT_PREFIX = "component."  # component.<model>.run_id: the fits a hybrid fuses
+WEIGHT_PREFIX = "weight."  # weight.<model>: the hybrid's linear weights
+EVAL_PREFIX = "eval."  # eval.<model>.test_<metric>: metrics the hybrid recomputed from video_scores
+
+# -- artifacts ----------------------------------------------------------------------------------
+MODEL_ARTIFACT = "model"  # every logged model's name inside its run
+LINEAGE_ARTIFACT = "lineage.json"
+CNN_CONFIG_ARTIFACT = "cnn_config.json"
+EXTRACT_ARTIFACT = "extract_settings.json"
+CLASSES_ARTIFACT = "classes.json"
+HYBRID_SUMMARY_ARTIFACT = "hybrid_summary.json"
+HYBRID_CANDIDATES_ARTIFACT = "hybrid_candidates.json"
+
+_FINISHED = "FINISHED"
 
 
 def metric_name(subset: str, metric: str) -> str:
+    """`val_accuracy`, `test_map`, ...: how a subset's metric is logged."""
     return f"{subset}_{metric}"
 
 
+def model_uri(run_id: str) -> str:
+    """The URI of the model logged in a run."""
+    return f"runs:/{run_id}/{MODEL_ARTIFACT}"
+
+
+# -- URIs ---------------------------------------------------------------------------------------
 _CRED_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@]+)(:(?P<pw>[^@/]*))?@")
 
 
@@ -64,10 +108,11 @@ def resolve_tracking_uri(explicit: str | None = None, settings: Settings | None 
     elif settings is not None:
         uri = settings.tracking_uri
     else:
-        uri = "sqlite:///mlflow.db"
+        uri = DEFAULT_TRACKING_URI
     return absolute_tracking_uri(uri)
 
 
+# -- writing runs -------------------------------------------------------------------------------
 def setup(tracking_uri: str, experiment: str) -> str:
     """Point MLflow at `tracking_uri`, make sure `experiment` exists and make it the active one
     (so `start_run` logs there, not in "Default"); returns its id."""
@@ -76,6 +121,18 @@ def setup(tracking_uri: str, experiment: str) -> str:
     exp_id = mlflow.create_experiment(experiment) if exp is None else exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def run_tags(model: str, stage: str, split: int | None = None, store_uri: str | None = None,
+             **extra: str) -> dict[str, str]:
+    """The tags every hyvid run carries (model, stage, split, store), plus `extra`."""
+    tags = {TAG_MODEL: model, TAG_STAGE: stage}
+    if split is not None:
+        tags[TAG_SPLIT] = str(int(split))
+    if store_uri:
+        tags[TAG_STORE] = store_tag(store_uri)
+    tags.update(extra)
+    return tags
 
 
 @contextlib.contextmanager
@@ -89,12 +146,7 @@ def start_run(
     run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run named after the model, tagged so reports can find it."""
-    all_tags = {TAG_MODEL: model, TAG_STAGE: stage}
-    if split is not None:
-        all_tags[TAG_SPLIT] = str(split)
-    if store_uri:
-        all_tags[TAG_STORE] = store_tag(store_uri)
-    all_tags.update(tags or {})
+    all_tags = {**run_tags(model, stage, split, store_uri), **(tags or {})}
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else model, nested=nested, tags=all_tags) as run:
         yield run
 
@@ -114,19 +166,92 @@ def log_lineage(store_uri: str, tables: list[str], storage_options: dict | None 
     params = {f"{LINEAGE_PREFIX}store_uri": lineage["store_uri"]}
     params.update({f"{LINEAGE_PREFIX}{t}.version": v for t, v in versions.items()})
     mlflow.log_params(params)
-    mlflow.log_dict(lineage, "lineage.json")
+    mlflow.log_dict(lineage, LINEAGE_ARTIFACT)
     return lineage
+
+
+def lineage_matches(run: Run, versions: dict[str, int], tables: tuple[str, ...]) -> bool:
+    """Whether a run read exactly these Lance versions of `tables` (its fit is current)."""
+    p = run.data.params
+    return all(p.get(f"{LINEAGE_PREFIX}{t}.version") == str(versions.get(t)) for t in tables)
+
+
+_SECRET_PARAM_RE = re.compile(r"secret|password|token|access_key|credential", re.I)
 
 
 def log_params_safe(params: dict[str, Any]) -> None:
     """Log params with anything that looks like a credential left out and URIs redacted."""
     clean = {}
     for k, v in params.items():
-        if re.search(r"secret|password|token|access_key|credential", k, re.I):
+        if _SECRET_PARAM_RE.search(k):
             continue
         clean[k] = redact(v) if isinstance(v, str) else v
     mlflow.log_params(clean)
 
 
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str)
+# -- finding runs -------------------------------------------------------------------------------
+def experiment_id(experiment: str, tracking_uri: str | None = None) -> str:
+    """The id of an existing experiment; ValueError lists the experiments there are."""
+    if tracking_uri is not None:
+        mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in mlflow.search_experiments()]
+        raise ValueError(f"no MLflow experiment {experiment!r} at {redact(mlflow.get_tracking_uri())}; "
+                         f"experiments there: {names}")
+    return exp.experiment_id
+
+
+def finished_runs(
+    experiment: str,
+    *,
+    stage: str | None = None,
+    model: str | None = None,
+    split: int | None = None,
+    store_uri: str | None = None,
+    tags: dict[str, str] | None = None,
+    top_level: bool = False,
+    tracking_uri: str | None = None,
+) -> list[Run]:
+    """Finished runs of an experiment, newest first, narrowed by stage, model, split, store and tags.
+
+    `top_level` drops nested runs (CV trials, late fusions). An unknown experiment gives [].
+    Only validated constants enter MLflow's filter string; `store_uri` and `tags` are compared here.
+    """
+    if tracking_uri is not None:
+        mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    clauses = [f"attributes.status = '{_FINISHED}'"]
+    if stage is not None:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
+        clauses.append(f"tags.`{TAG_STAGE}` = '{stage}'")
+    if model is not None:
+        R.check_model_names([model])
+        clauses.append(f"tags.`{TAG_MODEL}` = '{model}'")
+    if split is not None:
+        clauses.append(f"tags.`{TAG_SPLIT}` = '{R.check_split(int(split))}'")
+    runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], filter_string=" AND ".join(clauses),
+                              order_by=["attributes.start_time DESC"], output_format="list")
+    want = dict(tags or {})
+    if store_uri is not None:
+        want[TAG_STORE] = store_tag(store_uri)
+    return [r for r in runs
+            if all(r.data.tags.get(k) == v for k, v in want.items())
+            and not (top_level and TAG_PARENT in r.data.tags)]
+
+
+def latest_run(experiment: str, **filters: Any) -> Run | None:
+    """The newest run `finished_runs(experiment, **filters)` finds, or None."""
+    runs = finished_runs(experiment, **filters)
+    return runs[0] if runs else None
+
+
+def latest_runs_by_model(experiment: str, **filters: Any) -> dict[str, Run]:
+    """The newest finished top-level run of each model (e.g. the current fits of a stage)."""
+    out: dict[str, Run] = {}
+    for r in finished_runs(experiment, top_level=True, **filters):
+        out.setdefault(r.data.tags.get(TAG_MODEL, ""), r)
+    return out

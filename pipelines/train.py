@@ -24,10 +24,13 @@ from typing import Any
 
 from tqdm import tqdm
 
+from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models import registry as R
 from hyvid.models.fusion import PAPER_LAM1
+from hyvid.pipelines import faults, tracking
+from hyvid.pipelines.training.data import LSTM_STREAM
+from hyvid.pipelines.training.families import SKLEARN_MODELS
 from hyvid.pipelines.training.fusion_cv import DEFAULT_LAM2_GRID, DEFAULT_LAM3_GRID
-from hyvid.pipelines.training.loops import LSTM_STREAM, SKLEARN_MODELS, STAGE, TAG_FIT_ID
 from hyvid.store.lance_io import canonical_store_uri, is_local_uri
 
 log = logging.getLogger(__name__)
@@ -108,7 +111,7 @@ class TrainConfig:
     nn_batch_size: int = 10
     svm_c: float = 1.0
     # Tracking and infrastructure.
-    experiment: str = "hyvid"
+    experiment: str = DEFAULT_EXPERIMENT
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     storage_options: dict[str, str] | None = None
     storage_path: str | None = None  # Ray Train/Tune checkpoints; None: <store>/_train (local stores)
@@ -118,13 +121,12 @@ class TrainConfig:
     checkpoint_every_s: float = 5.0
     address: str | None = None
     seed: int = 0
-    # Fault injection (tests, demos): model -> epoch after whose checkpoint its worker dies once.
-    kill_after_epoch: dict[str, int] = field(default_factory=dict)
+    # Fault injection (hyvid.pipelines.faults): a JSON spec; None: the HYVID_FAULTS variable, if set.
+    faults: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", expand_models(tuple(self.models)))
-        if self.split not in (1, 2, 3):
-            raise ValueError(f"split must be 1, 2 or 3, got {self.split}")
+        R.check_split(self.split)
         for name in ("workers_per_model", "lstm_epochs", "video_epochs", "lstm_batch_size", "fusion_batch_size",
                      "nn_batch_size", "abstraction", "fusion_units", "nn_hidden"):
             if int(getattr(self, name)) < 1:
@@ -151,9 +153,9 @@ class TrainConfig:
             if not grid or any(v < 0 for v in grid):
                 raise ValueError(f"{name} must be a non-empty list of values >= 0, got {getattr(self, name)}")
             object.__setattr__(self, name, grid)
-        bad = [m for m in self.kill_after_epoch if m not in self.models]
+        bad = sorted(faults.targets(self.faults, faults.TRAIN_AFTER_EPOCH) - set(self.models))
         if bad:
-            raise ValueError(f"kill_after_epoch names models that are not fitted: {bad}")
+            raise ValueError(f"faults: {faults.TRAIN_AFTER_EPOCH} names models that are not fitted: {bad}")
 
     @classmethod
     def paper(cls, store_uri: str, **overrides: Any) -> "TrainConfig":
@@ -251,7 +253,7 @@ def fit_config(cfg: TrainConfig, model: str, *, store_uri: str, tracking_uri: st
         "fusion_lr": cfg.fusion_lr, "lam1": cfg.lam1, "lam2": 0.0, "lam3": 0.0, "abstraction": cfg.abstraction,
         "fusion_units": cfg.fusion_units, "fusion_batch_size": cfg.fusion_batch_size,
         "nn_hidden": cfg.nn_hidden, "nn_lr": cfg.nn_lr, "nn_batch_size": cfg.nn_batch_size, "svm_c": cfg.svm_c,
-        "kill_after_epoch": cfg.kill_after_epoch.get(model), "report_every_s": cfg.checkpoint_every_s,
+        "faults": faults.resolve(cfg.faults), "report_every_s": cfg.checkpoint_every_s,
     }
 
 
@@ -296,7 +298,8 @@ class _Fitter:
         fit_id = self.config(model)["fit_id"]
         try:
             # The fit id is a uuid made here, not a user value, so it is safe in a filter string.
-            for run in client.search_runs([self.experiment_id], filter_string=f"tags.`{TAG_FIT_ID}` = '{fit_id}'"):
+            for run in client.search_runs([self.experiment_id],
+                                          filter_string=f"tags.`{tracking.TAG_FIT_ID}` = '{fit_id}'"):
                 if run.info.status == "RUNNING":
                     client.set_terminated(run.info.run_id, "FAILED")
         except Exception as e:  # noqa: BLE001 - the fit's own error is the one to report
@@ -331,9 +334,8 @@ class _Fitter:
     def _sklearn(self, model: str) -> dict:
         import ray
 
-        from hyvid.pipelines.training.loops import sklearn_fit
-
         from hyvid.cluster.resources import task_options
+        from hyvid.pipelines.training.sklearn_fit import sklearn_fit
 
         opts = task_options("baselines", num_cpus=self.shares[model])
         task = ray.remote(sklearn_fit).options(**opts, name=f"fit-{model}")
@@ -344,14 +346,13 @@ class _Fitter:
         from mlflow import MlflowClient
 
         from hyvid.pipelines.training.fusion_cv import search_lambdas
-        from hyvid.pipelines.tracking import TAG_MODEL, TAG_SPLIT, TAG_STAGE, TAG_STORE, store_tag
 
         config = self.config(R.FUSION)
         client = MlflowClient(self.tracking_uri)
         parent = client.create_run(
             self.experiment_id, run_name=R.FUSION,
-            tags={TAG_MODEL: R.FUSION, TAG_STAGE: STAGE, TAG_SPLIT: str(self.cfg.split),
-                  TAG_STORE: store_tag(self.store_uri), TAG_FIT_ID: config["fit_id"]},
+            tags=tracking.run_tags(R.FUSION, tracking.STAGE_TRAIN, self.cfg.split, self.store_uri,
+                                   **{tracking.TAG_FIT_ID: config["fit_id"]}),
         ).info.run_id
         try:
             if len(self.cfg.lam2_grid) * len(self.cfg.lam3_grid) > 1:
@@ -372,7 +373,6 @@ class _Fitter:
 def train(cfg: TrainConfig) -> TrainResult:
     """Fit every model of ``cfg.models`` (concurrently unless ``cfg.concurrent`` is False)."""
     from hyvid.cluster.connect import connect
-    from hyvid.pipelines import tracking
     from hyvid.store.feature_store import FeatureStore
     from hyvid.store.lance_io import open_table
     from hyvid.store.tables import FRAME_FEATURES_NAME

@@ -16,16 +16,12 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from hyvid.store.tables import FLOW_BOUND
+from hyvid.store.tables import FLOW_ZSTD_LEVEL, FRAME_JPEG_QUALITY
 
-FRAME_ENCODING = "jpeg"
-FRAME_JPEG_QUALITY = 90
-FLOW_ENCODING = "zstd-uint8"
-_FLOW_ZSTD_LEVEL = 1  # level 3+ gains ~0% on flow and costs time
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _JPEG_MAGIC = b"\xff\xd8"
 _PNG_MAGIC = b"\x89PNG"
-_codec = pa.Codec("zstd", compression_level=_FLOW_ZSTD_LEVEL)
+_codec = pa.Codec("zstd", compression_level=FLOW_ZSTD_LEVEL)
 
 
 def encode_frame(rgb: np.ndarray, quality: int = FRAME_JPEG_QUALITY) -> bytes:
@@ -81,14 +77,3 @@ def decode_flow_stack(data: bytes, stack: int, height: int, width: int) -> np.nd
             f"({2 * stack}, {height}, {width}) = {size} bytes; check stack/height/width"
         )
     return np.frombuffer(data, np.uint8).reshape(2 * stack, height, width).copy()
-
-
-def clips_schema_metadata() -> dict[bytes, bytes]:
-    """Schema metadata recording how the blob columns are encoded."""
-    return {
-        b"frame_encoding": FRAME_ENCODING.encode(),
-        b"frame_jpeg_quality": str(FRAME_JPEG_QUALITY).encode(),
-        b"flow_encoding": FLOW_ENCODING.encode(),
-        b"flow_bound": str(FLOW_BOUND).encode(),
-        b"flow_layout": b"[2L, H, W] uint8, channels x0,y0,x1,y1,...; value = round((clip(f,-B,B)+B)*255/(2B))",
-    }

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hyvid.models.registry import STREAMS, check_model_names
+from hyvid.store.indexes import VECTOR_METRIC, vector_index_name
 from hyvid.store.lance_io import open_table, table_exists
 from hyvid.store.splits import subset_of, val_groups
 from hyvid.store.tables import (
@@ -52,8 +53,8 @@ _CREATED_BY = {
     FRAME_FEATURES_NAME: "hyvid features",
     VIDEO_SCORES.name: "hyvid features (CNN scores) or hyvid train / hybrid",
 }
-# Frame-level nearest-neighbour search metric; store.indexes builds vector indexes with the same.
-SIMILAR_METRIC = "L2"
+# Frame-level nearest-neighbour search uses the metric the vector indexes are built with.
+SIMILAR_METRIC = VECTOR_METRIC
 
 
 @dataclass(frozen=True)
@@ -374,8 +375,6 @@ class FeatureStore:
 
     def has_vector_index(self, column: str = "spatial") -> bool:
         """Whether `frame_features.<column>` has a vector index (else similar() is a flat scan)."""
-        from hyvid.store.indexes import vector_index_name  # indexes imports nothing from here
-
         ds = self.table(FRAME_FEATURES_NAME)
         return any(d.name == vector_index_name(column) for d in ds.describe_indices())
 

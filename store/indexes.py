@@ -23,7 +23,7 @@ from hyvid.store.tables import FRAME_FEATURES_NAME
 log = logging.getLogger(__name__)
 
 VECTOR_MIN_ROWS = 50_000
-VECTOR_METRIC = "L2"  # must match store.feature_store.SIMILAR_METRIC
+VECTOR_METRIC = "L2"  # FeatureStore.similar searches with the same metric
 
 
 def scalar_index_name(column: str) -> str:

@@ -11,6 +11,17 @@ import pyarrow as pa
 # Flow is clipped to ±FLOW_BOUND pixels/frame and mapped linearly to uint8 (two-stream convention).
 FLOW_BOUND = 20.0
 
+# How the `clips` table's blob columns are encoded (store.clips encodes and decodes them; the
+# choices are explained there). Recorded in the table's schema metadata so readers can check.
+FRAME_ENCODING = "jpeg"
+FRAME_JPEG_QUALITY = 90
+FLOW_ENCODING = "zstd-uint8"
+FLOW_ZSTD_LEVEL = 1  # level 3+ gains ~0% on flow and costs time
+
+# The extraction settings of a store, as JSON in the `videos` table's schema metadata: `predict`
+# prepares new videos the same way, and `extract` refuses to mix settings.
+EXTRACT_SETTINGS_METADATA_KEY = b"hyvid.extract_settings"
+
 SUBSETS = ("train", "val", "test")
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -65,8 +76,6 @@ def clips_schema() -> pa.Schema:
     uint8 of shape (2L, H, W) with channels x0, y0, x1, y1, ...; 128 means zero flow, stored
     as `flow_encoding` says. Decode both with `store.clips.decode_frame` / `decode_flow_stack`.
     """
-    from hyvid.store.clips import clips_schema_metadata  # lazy: store.clips imports OpenCV
-
     return pa.schema(
         [
             pa.field("video_id", pa.string(), nullable=False),
@@ -81,6 +90,17 @@ def clips_schema() -> pa.Schema:
         ],
         metadata=clips_schema_metadata(),
     )
+
+
+def clips_schema_metadata() -> dict[bytes, bytes]:
+    """Schema metadata recording how the blob columns are encoded."""
+    return {
+        b"frame_encoding": FRAME_ENCODING.encode(),
+        b"frame_jpeg_quality": str(FRAME_JPEG_QUALITY).encode(),
+        b"flow_encoding": FLOW_ENCODING.encode(),
+        b"flow_bound": str(FLOW_BOUND).encode(),
+        b"flow_layout": b"[2L, H, W] uint8, channels x0,y0,x1,y1,...; value = round((clip(f,-B,B)+B)*255/(2B))",
+    }
 
 
 CLIPS = Table("clips", clips_schema())

@@ -12,7 +12,8 @@ import pytest
 from video_fixtures import write_bad_files, write_ucf
 
 from hyvid.pipelines.cli import main as cli_main
-from hyvid.pipelines.extract import CRASH_ONCE_ENV, ExtractConfig, extract, ok_video_ids
+from hyvid.pipelines import faults
+from hyvid.pipelines.extract import ExtractConfig, extract, ok_video_ids
 from hyvid.pipelines.data.video import dequantize_flow
 from hyvid.store.clips import decode_flow_stack, decode_frame
 from hyvid.store.lance_io import open_table
@@ -149,7 +150,7 @@ def test_resume_after_a_worker_is_killed(dataset, tmp_path, ray_session):
     flag = tmp_path / "crashed"
     store = tmp_path / "s"
     victim = "Jump/v_Jump_g02_c01"
-    r = extract(_cfg(dataset, store, shard_size=2, task_env={CRASH_ONCE_ENV: f"{flag}|{victim}"}))
+    r = extract(_cfg(dataset, store, shard_size=2, faults=faults.spec(faults.Fault(faults.EXTRACT_VIDEO, victim, once=str(flag)))))
     assert flag.exists()  # the worker really died
     assert r.ok == N_GOOD and r.failed == 4
     _assert_each_video_once(store, N_GOOD + 4, N_GOOD)
@@ -162,7 +163,7 @@ def test_poison_file_is_isolated_and_failed(dataset, tmp_path, ray_session):
     store = tmp_path / "s"
     victim = "HandstandPushups/v_HandStandPushups_g01_c02"
     r = extract(_cfg(dataset, store, shard_size=3, task_retries=0,
-                     task_env={CRASH_ONCE_ENV: f"always|{victim}"}))
+                     faults=faults.spec(faults.Fault(faults.EXTRACT_VIDEO, victim))))
     assert r.ok == N_GOOD - 1 and r.failed == 5
     reason = dict(r.failures)[victim]
     assert "worker process died" in reason

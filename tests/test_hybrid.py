@@ -7,9 +7,10 @@ import os
 
 import numpy as np
 import pytest
-
+from hyvid.models.registry import LATE_FUSIONS
 from hyvid.pipelines import hybrid as H
 from hyvid.pipelines.evaluation import metrics as M
+from hyvid.pipelines.evaluation import weights as W
 
 
 def _planted(weights, n=300, c=5, noise=20.0, seed=0, labels=None):
@@ -28,48 +29,48 @@ def _planted(weights, n=300, c=5, noise=20.0, seed=0, labels=None):
 
 
 def test_simplex_grid_counts_and_sums():
-    g = H.simplex_grid(3, 0.05)
+    g = W.simplex_grid(3, 0.05)
     assert g.shape == (math.comb(22, 2), 3) == (231, 3)
     np.testing.assert_allclose(g.sum(1), 1.0)
     assert (g >= 0).all()
     assert len({tuple(r) for r in np.round(g, 9)}) == len(g)
-    assert H.simplex_grid(2, 0.25).tolist() == [[0, 1], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1, 0]]
+    assert W.simplex_grid(2, 0.25).tolist() == [[0, 1], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1, 0]]
     with pytest.raises(ValueError, match="does not divide 1"):
-        H.simplex_grid(3, 0.3)
+        W.simplex_grid(3, 0.3)
 
 
 @pytest.mark.parametrize("true_w", [(0.5, 0.3, 0.2), (0.15, 0.25, 0.6)])
 def test_search_finds_planted_weights(true_w):
     scores, labels = _planted(true_w)
-    w, table = H.search_weights(scores, labels, step=0.05, names=["a", "b", "c"])
+    w, table = W.search_weights(scores, labels, step=0.05, names=["a", "b", "c"])
     np.testing.assert_allclose(w, true_w, atol=1e-9)
     assert table["chosen"].sum() == 1 and len(table) == 231
     assert table.loc[table["chosen"], "val_accuracy"].item() == 1.0
     # Only the planted point separates the classes: the runner-up is far below.
     assert np.sort(table["val_accuracy"].to_numpy())[-2] < 0.9
     # And the plain average of the three is no good.
-    assert M.accuracy(H.combine(scores, [1 / 3] * 3), labels) < 0.6
+    assert M.accuracy(W.combine(scores, [1 / 3] * 3), labels) < 0.6
 
 
 def test_refinement_finds_off_grid_weights():
     true_w = (0.4125, 0.3375, 0.25)  # on the 0.0125 lattice, not on the 0.05 grid
     scores, labels = _planted(true_w, noise=60.0)
-    coarse, _ = H.search_weights(scores, labels, step=0.05)
-    fine, table = H.search_weights(scores, labels, step=0.05, refine=True)
+    coarse, _ = W.search_weights(scores, labels, step=0.05)
+    fine, table = W.search_weights(scores, labels, step=0.05, refine=True)
     np.testing.assert_allclose(fine, true_w, atol=1e-9)
     assert np.abs(coarse - np.asarray(true_w)).max() > 1e-6
     assert set(table["stage"]) == {"grid", "refine"}
-    assert M.accuracy(H.combine(scores, fine), labels) > M.accuracy(H.combine(scores, coarse), labels)
+    assert M.accuracy(W.combine(scores, fine), labels) > M.accuracy(W.combine(scores, coarse), labels)
 
 
 def test_ties_go_to_the_plain_average():
     # Three identical, perfect score sets: every candidate scores 1.0.
     labels = np.arange(6) % 3
     s = np.eye(3)[labels]
-    w, table = H.search_weights([s, s, s], labels, step=0.1)
+    w, table = W.search_weights([s, s, s], labels, step=0.1)
     assert (table["val_accuracy"] == 1.0).all()
     np.testing.assert_allclose(w, [0.3, 0.3, 0.4], atol=1e-9)  # the grid point nearest (1/3, 1/3, 1/3)
-    w2, _ = H.search_weights([s, s], labels, step=0.1)
+    w2, _ = W.search_weights([s, s], labels, step=0.1)
     np.testing.assert_allclose(w2, [0.5, 0.5])
 
 
@@ -80,16 +81,16 @@ def test_search_by_map_on_multilabel_scores():
     good = y + rng.normal(0, 0.3, (n, c))
     bad = rng.normal(0, 1, (n, c))
     labels_multi = [list(np.flatnonzero(r)) for r in y]
-    w, table = H.search_weights([bad, good], None, step=0.1, metric="map", labels_multi=labels_multi)
+    w, table = W.search_weights([bad, good], None, step=0.1, metric="map", labels_multi=labels_multi)
     assert w[1] >= 0.9  # nearly all the weight on the informative set
     assert "val_map" in table
 
 
 def test_combine_checks_shapes():
     with pytest.raises(ValueError, match="2 score sets but 1 weights"):
-        H.combine([np.zeros((2, 3)), np.zeros((2, 3))], [1.0])
+        W.combine([np.zeros((2, 3)), np.zeros((2, 3))], [1.0])
     with pytest.raises(ValueError, match="one shape"):
-        H.combine([np.zeros((2, 3)), np.zeros((3, 3))], [0.5, 0.5])
+        W.combine([np.zeros((2, 3)), np.zeros((3, 3))], [0.5, 0.5])
 
 
 def test_config_validation_names_the_bad_value():
@@ -111,7 +112,6 @@ CLASSES = ["jump", "run", "swim", "wave"]
 def _make_store(root, true_w=(0.5, 0.3, 0.2), n_val=120, n_test=120, extra=True, seed=0):
     """A store with videos, classes and video_scores of the LSTMs, fusion and (optionally) CNNs."""
     import pyarrow as pa
-
     from hyvid.store.lance_io import append_rows
     from hyvid.store.scores import upsert_video_scores
     from hyvid.store.tables import CLASSES as CLASSES_T
@@ -147,9 +147,8 @@ def _make_store(root, true_w=(0.5, 0.3, 0.2), n_val=120, n_test=120, extra=True,
 
 def test_hybrid_stage_end_to_end(tmp_path, tracking_uri):
     import mlflow
-    from mlflow.tracking import MlflowClient
-
     from hyvid.store.feature_store import FeatureStore
+    from mlflow.tracking import MlflowClient
 
     store, labels, named = _make_store(tmp_path)
     out = tmp_path / "plots"
@@ -157,7 +156,7 @@ def test_hybrid_stage_end_to_end(tmp_path, tracking_uri):
                                   out_dir=str(out)))
     assert res.weights == pytest.approx({"spatial_lstm": 0.5, "motion_lstm": 0.3, "fusion": 0.2})
     assert res.val_metric == 1.0 and res.test_metrics["accuracy"] == 1.0
-    assert set(res.late_fusion) == set(H.LATE_FUSIONS)
+    assert set(res.late_fusion) == set(LATE_FUSIONS)
     assert res.components["spatial_lstm"]["accuracy"] < 0.9  # a component alone is noisy
 
     client = MlflowClient(tracking_uri)
@@ -189,9 +188,9 @@ def test_hybrid_stage_end_to_end(tmp_path, tracking_uri):
 
     children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{res.run_id}'")
     by_model = {r.data.tags["hyvid.model"]: r for r in children}
-    assert set(by_model) == set(H.LATE_FUSIONS)
+    assert set(by_model) == set(LATE_FUSIONS)
     four = by_model["spatial_cnn+motion_cnn+spatial_lstm+motion_lstm"]
-    avg = H.combine([named[m][len(labels) // 2:] for m in H.LATE_FUSIONS[four.data.tags["hyvid.model"]]], [0.25] * 4)
+    avg = W.combine([named[m][len(labels) // 2:] for m in LATE_FUSIONS[four.data.tags["hyvid.model"]]], [0.25] * 4)
     assert four.data.metrics["test_accuracy"] == pytest.approx(M.accuracy(avg, labels[len(labels) // 2:]))
 
     hyb = FeatureStore(store).scores("hybrid", 1, "test")

@@ -111,7 +111,7 @@ def test_hybrid_run_names_everything_predict_needs(logged):
 
 
 def test_predict_matches_the_models_and_isolates_a_bad_file(logged):
-    from hyvid.pipelines.features import cnn_forward
+    from hyvid.pipelines.inference.cnn import cnn_forward
     from hyvid.pipelines.predict import PredictConfig, load_hybrid, predict
     from hyvid.pipelines.data.video import extract_clip_arrays
 

@@ -279,7 +279,7 @@ def _train_loses_its_node(cluster, work: Path, tracking_uri: str, head_id: str) 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from hyvid.pipelines.train import TrainConfig, train
-    from hyvid.pipelines.training.loops import TAG_NODES
+    from hyvid.pipelines.tracking import TAG_NODES
     from tests.test_train import build_toy_store
 
     toy = str(work / "toy")

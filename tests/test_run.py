@@ -11,9 +11,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_run_chains_every_stage_then_resumes(tmp_path, ray_session):
-    from hyvid.pipelines.report import ReportConfig, collect, to_json
-    from hyvid.pipelines.run import RunConfig, per_kind_accuracy, run
     from hyvid.pipelines.data.synth import SynthConfig, synth
+    from hyvid.pipelines.evaluation.findings import per_kind_accuracy
+    from hyvid.pipelines.report import ReportConfig, collect, to_json
+    from hyvid.pipelines.run import RunConfig, run
     from hyvid.store.feature_store import FeatureStore
 
     data = tmp_path / "data"
@@ -60,7 +61,7 @@ def test_run_chains_every_stage_then_resumes(tmp_path, ray_session):
 
 
 def test_findings_check_each_claim_and_count_ties_as_not_reproduced():
-    from hyvid.pipelines.run import findings
+    from hyvid.pipelines.evaluation.findings import findings
 
     def row(order: float, all_: float) -> dict[str, float]:
         return {"appearance": 0.5, "motion": 0.5, "order": order, "all": all_}

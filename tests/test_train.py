@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from hyvid.pipelines import faults
 from hyvid.store.lance_io import append_rows
 from hyvid.store.tables import CLASSES, FRAME_FEATURES_NAME, VIDEOS, frame_features_schema
 
@@ -108,8 +109,9 @@ def test_baselines_expand_and_bad_names_are_refused(tmp_path):
         TrainConfig(store_uri=str(tmp_path), lstm_pooling="max")
     with pytest.raises(ValueError, match="lam2_grid"):
         TrainConfig(store_uri=str(tmp_path), lam2_grid=(-1.0,))
-    with pytest.raises(ValueError, match="kill_after_epoch"):
-        TrainConfig(store_uri=str(tmp_path), models=("fusion",), kill_after_epoch={"nn_ef": 1})
+    with pytest.raises(ValueError, match="train.after_epoch names models that are not fitted"):
+        TrainConfig(store_uri=str(tmp_path), models=("fusion",),
+                    faults=faults.spec(faults.Fault(faults.TRAIN_AFTER_EPOCH, "nn_ef", epoch=1)))
     paper = TrainConfig.paper(str(tmp_path))
     assert paper.lstm_hidden == (1024, 512) and paper.lstm_lr == 1e-4 and paper.lstm_optimizer == "sgd"
 
@@ -180,7 +182,8 @@ def trained(ray_session, tmp_path_factory):
         store_uri=store, tracking_uri=uri, experiment=EXPERIMENT,
         lstm_epochs=EPOCHS_LSTM, lstm_hidden=(32, 16), video_epochs=EPOCHS_VIDEO,
         abstraction=32, fusion_units=32, nn_hidden=32, lam2_grid=LAM2_GRID, lam3_grid=(0.0,),
-        kill_after_epoch={"motion_lstm": KILL_AT},  # its worker dies once; Ray Train must resume it
+        # Its worker dies once; Ray Train must resume it.
+        faults=faults.spec(faults.Fault(faults.TRAIN_AFTER_EPOCH, "motion_lstm", epoch=KILL_AT)),
     )
     result = train(cfg)
     client = mlflow.MlflowClient(uri)
@@ -229,7 +232,7 @@ def test_logged_models_load_and_reproduce_the_stored_scores(trained):
     import mlflow
     import torch
 
-    from hyvid.pipelines.training.loops import LSTM_STREAM
+    from hyvid.pipelines.training.data import LSTM_STREAM
     from hyvid.store.feature_store import FeatureStore, collate_sequences
 
     fs = FeatureStore(trained["store"])

@@ -107,7 +107,7 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
     # The cached spatial head path: the backbone's output on whole frames, cached once, is what
     # the logged model computes on those frames.
     from hyvid.pipelines.data.clips import ClipsDataset
-    from hyvid.pipelines.train_cnn import _cache_pooled
+    from hyvid.pipelines.training.cnn_loop import _cache_pooled
 
     spatial = mlflow.pytorch.load_model(f"runs:/{res.run_ids['spatial']}/model").eval()
     labels = {v: 0 for v in open_table(store, "clips").to_table(columns=["video_id"]).column("video_id").to_pylist()[:1]}

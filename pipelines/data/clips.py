@@ -16,9 +16,9 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
-from hyvid.store.tables import CLIPS  # noqa: I001 (first: store.tables <-> store.clips import each other)
 from hyvid.store.clips import decode_flow_stack, decode_frame
 from hyvid.store.lance_io import open_table
+from hyvid.store.tables import CLIPS  # noqa: I001 (first: store.tables <-> store.clips import each other)
 
 log = logging.getLogger(__name__)
 

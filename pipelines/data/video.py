@@ -31,6 +31,7 @@ from hyvid.store.tables import FLOW_BOUND  # noqa: E402
 log = logging.getLogger(__name__)
 
 FLOW_METHODS = ("dis", "farneback", "tvl1")
+DEFAULT_FLOW = "dis"  # ~600 flows/s at 320x240 against Farneback's 60 and TV-L1's 1.3
 DEFAULT_SIZE = 128
 DEFAULT_POSITIONS = 25  # the two-stream test protocol samples 25 frames per video
 DEFAULT_STACK = 10  # L: flows per stack (2L channels)

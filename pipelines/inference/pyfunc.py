@@ -21,7 +21,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-MODEL_NAME = "model"  # the pyfunc's name inside the hybrid run
+from hyvid.pipelines.tracking import MODEL_ARTIFACT
+
 RUN_ID_KEY = "hybrid_run_id"
 
 
@@ -29,7 +30,7 @@ class HybridVideoClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc: video paths (a list, or a DataFrame with a `path` column) -> one row per video."""
 
     def load_context(self, context) -> None:
-        from hyvid.pipelines.predict import load_hybrid
+        from hyvid.pipelines.inference.hybrid import load_hybrid
 
         run_id = context.model_config[RUN_ID_KEY]
         # The components live in the tracking server the caller is using now.
@@ -39,13 +40,17 @@ class HybridVideoClassifier(mlflow.pyfunc.PythonModel):
     # The hint is what MLflow can pass through unvalidated (a list of paths works as well); a
     # typed signature would make MLflow coerce file paths it cannot check anyway.
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from hyvid.pipelines.predict import PredictConfig, predict
+        from hyvid.pipelines.inference.hybrid import classify_videos
 
         paths = _paths(model_input)
+        if not paths:
+            raise ValueError("give at least one video file to classify")
         top = int((params or {}).get("top", self._top))
-        res = predict(PredictConfig(videos=tuple(paths), top=top), loaded=self._loaded)
+        if top < 1:
+            raise ValueError(f"top must be >= 1, got {top}")
+        predictions, _ = classify_videos(self._loaded, paths, top=top)
         rows = []
-        for p in res.predictions:
+        for p in predictions:
             best = p.top[0] if p.top else (None, None)
             rows.append({"path": p.path, "class": best[0], "score": best[1],
                          "top": json.dumps([{"class": c, "score": round(s, 6)} for c, s in p.top]),
@@ -72,7 +77,7 @@ def log_hybrid_model(run_id: str, register_as: str | None = None) -> tuple[str, 
         # Input is file paths in a list or a DataFrame, checked in predict(); no typed signature.
         warnings.filterwarnings("ignore", message=".*type hints.*")
         info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
+            name=MODEL_ARTIFACT,
             python_model=HybridVideoClassifier(),
             model_config={RUN_ID_KEY: run_id, "top": 5},
             # Explicit: inferring requirements would load every component model once more.

@@ -1,0 +1,216 @@
+"""The Ray Train loop of `hyvid train-cnn`: one stream CNN fitted on the stored clips.
+
+Runs on every worker of a TorchTrainer: reads the `clips` table in place (pinned version), trains
+with SGD (momentum, weight decay, one step-down of the learning rate), evaluates on val videos
+(a video's score is the mean of its clips' softmax scores, as at test time), and reports and
+checkpoints every epoch through `training.checkpoint`. With a frozen spatial backbone
+(`finetune="head"`) the backbone runs once per clip and view, and the head trains on its cached
+pooled output (see the train_cnn stage's docstring).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hyvid.models.cnn import build_stream_cnn, random_crop_flip, stream_input
+from hyvid.pipelines.data.clips import ClipsDataset, iter_batches
+from hyvid.pipelines.training.checkpoint import load_checkpoint, report_with_checkpoint
+from hyvid.pipelines.training.distributed import allreduce_sum, average_gradients
+
+log = logging.getLogger(__name__)
+
+
+def lr_milestones(epochs: int) -> list[int]:
+    """Epochs at which the learning rate drops 10x: once, at ~70% of the fit (3+ epochs)."""
+    return [max(1, int(round(0.7 * epochs)))] if epochs >= 3 else []
+
+
+def _evaluate(model: nn.Module, stream: str, data, video_order: list[np.ndarray], batch_size: int,
+              num_classes: int, device: torch.device) -> tuple[float, float, float]:
+    """(video-level correct, clip-level correct, n videos) on this worker's share of val videos.
+
+    A video's score is the mean of its clips' softmax scores, as at test time.
+    """
+    model.eval()
+    if not video_order:
+        return 0.0, 0.0, 0.0
+    idx = np.concatenate(video_order)
+    probs = np.zeros((len(idx), num_classes), np.float32)
+    labels = np.zeros(len(idx), np.int64)
+    pos = 0
+    with torch.no_grad():
+        for x, y, _ in iter_batches(data, idx, batch_size):
+            p = model(stream_input(stream, x).to(device)).softmax(1).cpu().numpy()
+            probs[pos:pos + len(p)] = p
+            labels[pos:pos + len(p)] = y
+            pos += len(p)
+    return _video_hits(probs, labels, video_order)
+
+
+def _video_hits(probs: np.ndarray, labels: np.ndarray, video_order: list[np.ndarray]) -> tuple[float, float, float]:
+    clip_correct = float((probs.argmax(1) == labels).sum())
+    video_correct, start = 0.0, 0
+    for rows in video_order:
+        sl = slice(start, start + len(rows))
+        video_correct += float(probs[sl].mean(0).argmax() == labels[sl][0])
+        start += len(rows)
+    return video_correct, clip_correct, float(len(video_order))
+
+
+@torch.no_grad()
+def _evaluate_pooled(core: nn.Module, pooled: torch.Tensor | None, data, video_order: list[np.ndarray],
+                     num_classes: int, device: torch.device) -> tuple[float, float, float]:
+    """`_evaluate` on cached backbone outputs (rows in `video_order`'s concatenated order)."""
+    if pooled is None or not video_order:
+        return 0.0, 0.0, 0.0
+    core.eval()
+    probs = core.head(pooled.to(device))[1].softmax(1).cpu().numpy()
+    labels = data.labels[np.concatenate(video_order)]
+    return _video_hits(probs, labels, video_order)
+
+
+@torch.no_grad()
+def _cache_pooled(core: nn.Module, data, indices: np.ndarray, batch_size: int, device: torch.device,
+                  crop: tuple[int, int] | None = None, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """The frozen backbone's pooled output [len(indices), 1280] for clips `indices`, in that order.
+
+    With `crop`, each clip is randomly cropped and flipped first (training views); without, the
+    whole frame is used, as inference does.
+    """
+    core.eval()
+    out = []
+    for x, _, _ in iter_batches(data, indices, batch_size):
+        if crop is not None:
+            x = random_crop_flip(x, crop, rng, "frames")
+        out.append(core.pooled(stream_input("spatial", x).to(device)).cpu())
+    return torch.cat(out) if out else torch.zeros((0, 0))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: fit one stream's CNN for `epochs`, reporting and checkpointing each epoch."""
+    import ray.train
+    import ray.train.torch
+
+    stream = config["stream"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    torch.manual_seed(config["seed"] + rank)
+    device = ray.train.torch.get_device()
+
+    train_data = ClipsDataset(config["store_uri"], config["train_labels"], stream,
+                              version=config["clips_version"], storage_options=config["storage_options"])
+    val_data = (ClipsDataset(config["store_uri"], config["val_labels"], stream,
+                             version=config["clips_version"], storage_options=config["storage_options"])
+                if config["val_labels"] else None)
+    if len(train_data) == 0:
+        raise ValueError(f"no clips of the training videos in {config['store_uri']} (clips version "
+                         f"{config['clips_version']}); run `hyvid extract` first")
+
+    model = build_stream_cnn(stream, config["num_classes"], config["stack"], config["feature_dim"],
+                        config["dropout"], config["finetune"], pretrained=True)
+    model = ray.train.torch.prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+    params = [p for p in core.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
+                          weight_decay=config["weight_decay"])
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(config["epochs"]), gamma=0.1)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+
+    state = load_checkpoint(ray.train.get_checkpoint(), map_location=device, weights_only=True)
+    if state is not None:
+        core.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+        log.info("%s: resuming from the checkpoint of epoch %d", stream, start_epoch - 1)
+
+    # Val videos are split among workers whole, so each can average its videos' clip scores.
+    val_videos: list[np.ndarray] = []
+    if val_data is not None and len(val_data):
+        rows_of: dict[str, list[int]] = {}
+        for i, v in enumerate(val_data.video_ids.tolist()):
+            rows_of.setdefault(v, []).append(i)
+        val_videos = [np.asarray(r, dtype=np.int64) for r in rows_of.values()][rank::world]
+
+    crop = (config["crop"], config["crop"])
+    loss_fn = nn.CrossEntropyLoss()
+    cached = stream == "spatial" and config["finetune"] == "head"
+    if cached and start_epoch < config["epochs"]:
+        t0 = time.perf_counter()
+        n_views = int(config.get("head_views", 1))
+        views = [_cache_pooled(core, train_data, np.arange(len(train_data)), config["batch_size"], device, crop,
+                               np.random.default_rng(config["seed"] * 7919 + v))
+                 for v in range(n_views)]
+        val_rows = np.concatenate(val_videos) if val_videos else np.zeros(0, np.int64)
+        val_pooled = _cache_pooled(core, val_data, val_rows, config["batch_size"], device) if len(val_rows) else None
+        train_y = torch.from_numpy(train_data.labels)
+        log.info("spatial: cached the frozen backbone's output of %d train clip(s) x %d view(s) and %d val "
+                 "clip(s) in %.1f s", len(train_data), n_views, len(val_rows), time.perf_counter() - t0)
+    for epoch in range(start_epoch, config["epochs"]):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(config["seed"] * 1000 + epoch)
+        perm = rng.permutation(len(train_data))
+        # Every worker gets the same number of batches (DDP steps in lock-step).
+        share = perm[: len(perm) // world * world][rank::world] if len(perm) >= world else perm
+        aug_rng = np.random.default_rng(config["seed"] * 1000 + epoch * 97 + rank)
+        model.train()
+        loss_sum = correct = seen = 0.0
+        bs = config["batch_size"]
+        if cached:
+            pooled = views[epoch % len(views)]
+            batches = ((pooled[i], train_y[i]) for i in (torch.from_numpy(share[b:b + bs])
+                                                           for b in range(0, len(share), bs)))
+            forward = lambda x: core.head(x)[1]  # noqa: E731
+        else:
+            kind = "frames" if stream == "spatial" else "flow"
+            batches = ((stream_input(stream, random_crop_flip(x, crop, aug_rng, kind)), torch.from_numpy(y))
+                       for x, y, _ in iter_batches(train_data, share, bs))
+            forward = model
+        for xb, yb in batches:
+            xt, yt = xb.to(device, non_blocking=True), yb.to(device)
+            logits = forward(xt)
+            loss = loss_fn(logits, yt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cached:  # the head is called directly, past DDP's hooks: average its gradients by hand
+                average_gradients(params, world)
+            opt.step()
+            loss_sum += float(loss.detach()) * len(yb)
+            correct += float((logits.argmax(1) == yt).sum())
+            seen += len(yb)
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        if cached:
+            v_correct, v_clip_correct, v_videos = _evaluate_pooled(
+                core, val_pooled, val_data, val_videos, config["num_classes"], device)
+        else:
+            v_correct, v_clip_correct, v_videos = _evaluate(
+                core, stream, val_data, val_videos, config["batch_size"], config["num_classes"], device)
+        n_val_clips = float(sum(len(v) for v in val_videos))
+        loss_sum, correct, seen, v_correct, v_clip_correct, v_videos, n_val_clips = allreduce_sum(
+            [loss_sum, correct, seen, v_correct, v_clip_correct, v_videos, n_val_clips], device)
+        seconds = time.perf_counter() - t0
+        metrics = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(seen, 1.0),
+            "train_accuracy": correct / max(seen, 1.0),
+            "lr": lr,
+            "epoch_seconds": seconds,
+            "train_clips_per_s": seen / max(seconds, 1e-9),
+        }
+        if v_videos:
+            metrics["val_accuracy"] = v_correct / v_videos
+            metrics["val_clip_accuracy"] = v_clip_correct / max(n_val_clips, 1.0)
+        history.append(metrics)
+        log.info("%s epoch %d: %s", stream, epoch, {k: round(v, 4) for k, v in metrics.items()})
+        report_with_checkpoint(ray.train.report, metrics, {
+            "model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "epoch": epoch, "history": history} if rank == 0 else None)

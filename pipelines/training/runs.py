@@ -1,0 +1,149 @@
+"""The MLflow side of a temporal or video-level fit: one run per fit, found again after a restart,
+its parameters, per-epoch metrics, final model, lineage and the per-video scores it stores.
+
+Written from rank 0 of a fit only (or the single process of a CV trial or an SVM task).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from hyvid.models import registry as R
+from hyvid.pipelines import tracking
+from hyvid.pipelines.training.data import LINEAGE_TABLES, LSTM_STREAM, Subset
+from hyvid.pipelines.training.families import FUSION_NETS, evaluate
+
+
+def mlflow_client(config: dict):
+    """An MlflowClient on the fit's tracking URI (also made the process's current one)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(config["tracking_uri"])
+    return mlflow.MlflowClient(config["tracking_uri"])
+
+
+def open_run(config: dict, stage: str = tracking.STAGE_TRAIN, extra_tags: dict | None = None) -> str:
+    """The MLflow run of this fit: the given ``run_id``, else the one tagged with this fit's id, else new.
+
+    A worker restarted by Ray Train's FailureConfig finds the run its first attempt created, so a
+    resumed fit stays one run with one metric history.
+    """
+    client = mlflow_client(config)
+    if config.get("run_id"):
+        return config["run_id"]
+    # The fit id is a uuid made by pipelines.train, not a user value, so it is safe in a filter.
+    found = client.search_runs([config["experiment_id"]],
+                               filter_string=f"tags.`{tracking.TAG_FIT_ID}` = '{config['fit_id']}'")
+    if found:
+        return found[0].info.run_id
+    tags = tracking.run_tags(config["model"], stage, config["split"], config["store_uri"],
+                             **{tracking.TAG_FIT_ID: config["fit_id"]}, **(extra_tags or {}))
+    run = client.create_run(config["experiment_id"], run_name=config.get("run_name") or config["model"], tags=tags)
+    return run.info.run_id
+
+
+def log_fit_params(client, run_id: str, config: dict) -> None:
+    """The hyper-parameters of this fit (only those that apply to its model family)."""
+    name = config["model"]
+    keys = ["model", "split", "epochs", "seed", "num_classes", "multilabel", "world_size"]
+    if name in LSTM_STREAM:
+        keys += ["lstm_hidden", "lstm_pooling", "lstm_peephole", "lstm_optimizer", "lstm_lr", "lstm_momentum",
+                 "lstm_batch_size"]
+    elif name in FUSION_NETS:
+        keys += ["fusion_lr", "lam1", "lam2", "lam3", "abstraction", "fusion_units", "fusion_batch_size"]
+    elif name in (R.NN_EF, R.NN_LF):
+        keys += ["nn_lr", "nn_hidden", "nn_batch_size"]
+    else:
+        keys += ["svm_c"]
+    keys += ["cpus_per_worker"]
+    existing = client.get_run(run_id).data.params
+    params = {k: str(config[k]) for k in keys if k in config and k not in existing}
+    for k, v in params.items():
+        client.log_param(run_id, k, v)
+
+def record_node(client, run_id: str) -> None:
+    """Append the Ray node this attempt runs on to the run's `hyvid.nodes` tag (the spread record)."""
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except Exception:  # noqa: BLE001 - outside Ray (unit tests call fit_loop directly)
+        node = "local"
+    prev = client.get_run(run_id).data.tags.get(tracking.TAG_NODES)
+    client.set_tag(run_id, tracking.TAG_NODES, f"{prev},{node}" if prev else node)
+
+
+def metric_batch(values: dict[str, float], step: int) -> list:
+    """MLflow Metric entities for `log_batch` (None and non-finite values left out)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and np.isfinite(v)]
+
+
+def score_subsets(config: dict, data: dict[str, Subset], score: Callable[[Subset], np.ndarray]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Scores of the val and test subsets present, and their metrics named val_* / test_*."""
+    scores, metrics = {}, {}
+    for sub in ("val", "test"):
+        if sub not in data:
+            continue
+        scores[sub] = score(data[sub])
+        for k, v in evaluate(config, scores[sub], data[sub]).items():
+            metrics[tracking.metric_name(sub, k)] = v
+    return scores, metrics
+
+
+def complete_run(config: dict, client, run_id: str, versions: dict[str, int], data: dict[str, Subset],
+                 scores: dict[str, np.ndarray], log_model: Callable[[], None]) -> None:
+    """A final fit's last steps: lineage and model into its run, scores into the store, run finished."""
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        tracking.log_lineage(config["store_uri"], LINEAGE_TABLES, config.get("storage_options"), versions=versions)
+        log_model()
+    write_scores(config, run_id, data, scores)
+    client.set_terminated(run_id, "FINISHED")
+
+
+def log_torch_model(model: torch.nn.Module) -> None:
+    """Log a fitted torch model in the active run."""
+    import mlflow.pytorch
+
+    # Pickle, not MLflow's default pt2 export: torch.export cannot trace the LSTM's variable-length
+    # packing nor the fusion net's list-of-streams input. Explicit requirements: inferring them
+    # re-imports the model in a subprocess (slow on a shared core).
+    mlflow.pytorch.log_model(model.eval(), name=tracking.MODEL_ARTIFACT, serialization_format="pickle",
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
+def log_sklearn_model(est) -> None:
+    """Log an SVM baseline in MLflow's skops format, trusting only hyvid's own baseline classes."""
+    import mlflow.sklearn
+    import sklearn
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(est))
+    foreign = [t for t in untrusted if not t.startswith("hyvid.models.baselines.")]
+    if foreign:
+        raise TypeError(f"{type(est).__name__} holds types outside hyvid.models.baselines that skops cannot "
+                        f"vouch for: {foreign}")
+    mlflow.sklearn.log_model(est, name=tracking.MODEL_ARTIFACT, skops_trusted_types=untrusted,
+                             pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
+
+
+def write_scores(config: dict, run_id: str, data: dict[str, Subset], scores: dict[str, np.ndarray]) -> None:
+    from hyvid.store.scores import upsert_video_scores
+
+    subs = [s for s in ("val", "test") if s in scores]
+    ids = [v for s in subs for v in data[s].video_ids]
+    upsert_video_scores(
+        config["store_uri"], config["model"], int(config["split"]), run_id, ids,
+        [s for s in subs for _ in data[s].video_ids], np.concatenate([scores[s] for s in subs]),
+        np.concatenate([data[s].labels for s in subs]).tolist(), [m for s in subs for m in data[s].labels_multi],
+        storage_options=config.get("storage_options"),
+    )
+
