@@ -1,18 +1,22 @@
 """`hyvid train`: fit the temporal LSTMs, the regularized fusion network and the baselines, concurrently.
 
-Each torch model (``spatial_lstm``, ``motion_lstm``, ``fusion``, ``fusion_noreg``, ``nn_ef``, ``nn_lf``)
-is a Ray Train ``TorchTrainer``; the SVM baselines (``svm_ef``, ``svm_lf``) are Ray tasks; the fusion
-net's λ2/λ3 cross-validation is a Ray Tune grid (see :mod:`pipelines.training.fusion_cv`). All of them are
-launched at once from driver threads and share the cluster's CPUs through Ray's scheduler, so
-they overlap in time instead of running one after another.
+Every fit (``spatial_lstm``, ``motion_lstm``, the fusion net's λ2/λ3 cross-validation trials and its
+final fit, ``fusion_noreg``, ``nn_ef``, ``nn_lf``, ``svm_ef``, ``svm_lf``) is a job for a pool of
+long-lived Ray actors (:mod:`hyvid.pipelines.training.pool`): one per CPU share, spread over the
+cluster's nodes, each importing torch and MLflow once and keeping the features it read. The driver
+queues the fits longest first and queues the fusion net's final fit once its trials are in. With
+``workers_per_model > 1`` each torch fit is instead a Ray Train ``TorchTrainer`` of that many
+data-parallel workers (for data too large for one).
 
 Every fit is one MLflow run (params, per-epoch train/val metrics, final val/test metrics, the
-model, lineage) and writes its per-video val and test scores to the store's ``video_scores``
-table, which the hybrid stage combines without re-running any model.
+model, lineage, and where its time went: ``time_load_s``, ``time_compute_s``, ``time_log_s``) and
+writes its per-video val and test scores to the store's ``video_scores`` table, which the hybrid
+stage combines without re-running any model.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -84,7 +88,7 @@ class TrainConfig:
     split: int = 1
     models: tuple[str, ...] = DEFAULT_MODELS
     workers_per_model: int = 1  # Ray Train workers (data-parallel ranks) per torch model
-    # CPUs per Ray Train worker, SVM task and CV trial. None: shared out automatically (see cpu_shares).
+    # CPUs per fit worker (and Ray Train worker). None: one each (see pool_plan).
     cpus_per_worker: float | None = None
     use_gpu: bool | None = None  # None: a GPU per worker when the cluster has GPUs
     concurrent: bool = True  # False fits one model after another (the benchmark's baseline)
@@ -116,6 +120,7 @@ class TrainConfig:
     storage_options: dict[str, str] | None = None
     storage_path: str | None = None  # Ray Train/Tune checkpoints; None: <store>/_train (local stores)
     keep_checkpoints: bool = False  # the model lives in MLflow; drop a finished fit's checkpoints
+    max_failures: int = 2  # times a fit whose worker died is started again (from its checkpoint)
     # Checkpoint (Ray Train report) at most this often, and after the last epoch; see
     # pipelines.training.loops._report_due for why not after every epoch of a small model.
     checkpoint_every_s: float = 5.0
@@ -131,6 +136,8 @@ class TrainConfig:
                      "nn_batch_size", "abstraction", "fusion_units", "nn_hidden"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_failures < 0:
+            raise ValueError(f"max_failures must be >= 0, got {self.max_failures}")
         if self.checkpoint_every_s < 0:
             raise ValueError(f"checkpoint_every_s must be >= 0 (0: after every epoch), got {self.checkpoint_every_s}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
@@ -175,6 +182,7 @@ class ModelResult:
     start: float
     end: float
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the fusion net's chosen lam2/lam3
+    seconds: dict[str, float] = field(default_factory=dict)  # startup, load, compute, log (training.pool)
 
     @property
     def wall_s(self) -> float:
@@ -203,44 +211,22 @@ def _storage_path(cfg: TrainConfig, store_uri: str) -> str:
     return os.path.join(tempfile.gettempdir(), "hyvid_train")
 
 
-MIN_CPU_SHARE = 0.05  # below this Ray's fractional CPUs stop meaning anything
+def pool_plan(cfg: TrainConfig, total_cpus: float, n_fits: int) -> tuple[int, float]:
+    """(workers, CPUs per worker) of the fit pool.
 
-
-def slots(cfg: TrainConfig, model: str) -> int:
-    """Ray workers one fit holds at once: its ranks, 1 for an SVM task, the CV trials for `fusion`."""
-    if model in SKLEARN_MODELS:
-        return 1
-    if model == R.FUSION:
-        return max(cfg.workers_per_model, len(cfg.lam2_grid) * len(cfg.lam3_grid))
-    return cfg.workers_per_model
-
-
-def cpu_shares(cfg: TrainConfig, total_cpus: float) -> dict[str, float]:
-    """CPUs each worker of each fit asks Ray for.
-
-    Concurrent: the cluster's CPUs divided evenly among every worker of every fit, so all of them
-    start at once. Their start-up (process spawn, imports, Ray Train's polls, MLflow writes) is
-    mostly waiting, which the others' compute fills; a fractional request oversubscribes nothing
-    that is busy. Sequential: each fit gets the whole cluster. `cfg.cpus_per_worker` overrides.
-    Each worker runs torch with floor(share) threads (at least 1).
+    Concurrent: one worker per CPU (or per `cpus_per_worker`), no more than there are fits.
+    Sequential (the benchmark's baseline): one worker with every CPU. Each worker runs torch with
+    floor(its CPUs) threads.
     """
-    if cfg.cpus_per_worker is not None:
-        return {m: float(cfg.cpus_per_worker) for m in cfg.models}
-    if cfg.concurrent:
-        share = max(MIN_CPU_SHARE, total_cpus / sum(slots(cfg, m) for m in cfg.models))
-        return {m: round(share, 4) for m in cfg.models}
-    return {m: round(max(MIN_CPU_SHARE, total_cpus / slots(cfg, m)), 4) for m in cfg.models}
-
-
-def _scaling(cfg: TrainConfig, cpus: float):
-    from hyvid.cluster.resources import scaling_config
-
-    return scaling_config(cfg.workers_per_model, kind="train", cpus_per_worker=cpus, use_gpu=cfg.use_gpu)
+    if not cfg.concurrent:
+        return 1, float(cfg.cpus_per_worker or max(1.0, total_cpus))
+    cpus = float(cfg.cpus_per_worker or 1.0)
+    return max(1, min(n_fits, int(total_cpus // cpus) or 1)), cpus
 
 
 def fit_config(cfg: TrainConfig, model: str, *, store_uri: str, tracking_uri: str, experiment_id: str,
-               fit_id: str, num_classes: int, multilabel: bool) -> dict:
-    """The JSON-able dict a train loop receives (URIs and numbers only; each worker reads its own data)."""
+               fit_id: str, num_classes: int, multilabel: bool, storage_path: str) -> dict:
+    """The JSON-able dict a fit receives (URIs and numbers only; each worker reads its own data)."""
     lstm = model in LSTM_STREAM
     return {
         "model": model, "store_uri": store_uri, "storage_options": cfg.storage_options, "split": cfg.split,
@@ -254,48 +240,95 @@ def fit_config(cfg: TrainConfig, model: str, *, store_uri: str, tracking_uri: st
         "fusion_units": cfg.fusion_units, "fusion_batch_size": cfg.fusion_batch_size,
         "nn_hidden": cfg.nn_hidden, "nn_lr": cfg.nn_lr, "nn_batch_size": cfg.nn_batch_size, "svm_c": cfg.svm_c,
         "faults": faults.resolve(cfg.faults), "report_every_s": cfg.checkpoint_every_s,
+        "storage_path": storage_path, "keep_checkpoints": cfg.keep_checkpoints,
     }
 
 
-class _Fitter:
-    """Launches the fits of one `train` call; each method blocks until its fit is done."""
+# Relative cost of each kind of fit on the demo's store, for "longest first" (measured: an LSTM
+# epoch ~0.5 s, a fusion/NN epoch ~0.05 s, an SVM fit ~1 s at 140 training videos).
+_COST = {R.SPATIAL_LSTM: 30.0, R.MOTION_LSTM: 30.0, R.SVM_EF: 2.0, R.SVM_LF: 2.0}
+
+
+def _cost(config: dict) -> float:
+    return _COST.get(config["model"], 3.0)
+
+
+class _Stage:
+    """One `train` call: the fit configs, the fusion net's λ search, the results."""
 
     def __init__(self, cfg: TrainConfig, store_uri: str, tracking_uri: str, experiment_id: str,
-                 num_classes: int, multilabel: bool, shares: dict[str, float]) -> None:
+                 num_classes: int, multilabel: bool) -> None:
         self.cfg, self.store_uri, self.tracking_uri, self.experiment_id = cfg, store_uri, tracking_uri, experiment_id
-        self.num_classes, self.multilabel, self.shares = num_classes, multilabel, shares
+        self.num_classes, self.multilabel = num_classes, multilabel
         self.storage_path = _storage_path(cfg, store_uri)
         self.batch_id = uuid.uuid4().hex[:8]
+        self.parent: str | None = None  # the fusion net's MLflow run
+        self.trials: list[tuple[float, float, float, float, str]] = []
+        self.n_trials = 0
+        self.chosen: dict[str, float] = {}
+        self.cpus = 1.0
 
-    def config(self, model: str) -> dict:
+    def config(self, model: str, cpus: float) -> dict:
         config = fit_config(self.cfg, model, store_uri=self.store_uri, tracking_uri=self.tracking_uri,
                             experiment_id=self.experiment_id, fit_id=f"{model}-{self.batch_id}",
-                            num_classes=self.num_classes, multilabel=self.multilabel)
-        config["cpus_per_worker"] = self.shares[model]
-        config["torch_threads"] = max(1, int(self.shares[model]))
+                            num_classes=self.num_classes, multilabel=self.multilabel, storage_path=self.storage_path)
+        config["cpus_per_worker"] = cpus
+        config["torch_threads"] = max(1, int(cpus))
         return config
 
-    def fit(self, model: str) -> ModelResult:
-        start = time.time()
-        extra: dict[str, Any] = {}
-        try:
-            if model in SKLEARN_MODELS:
-                out = self._sklearn(model)
-            elif model == R.FUSION:
-                out, extra = self._fusion()
-            else:
-                out = self._torch(self.config(model))
-        except BaseException:
-            self._mark_failed(model)
-            raise
-        return ModelResult(model, out["run_id"], out["metrics"], start, time.time(), extra)
+    def first_fits(self, cpus: float) -> list[dict]:
+        """Every fit that can start now: all models but the fusion net, and its λ trials (or its fit)."""
+        from mlflow import MlflowClient
 
-    def _mark_failed(self, model: str) -> None:
-        """A fit that gave up (after Ray Train's retries) leaves a FAILED run, not one RUNNING forever."""
+        from hyvid.pipelines.training.loops import cv_trial_config
+
+        self.cpus = cpus
+        out = [self.config(m, cpus) for m in self.cfg.models if m != R.FUSION]
+        if R.FUSION not in self.cfg.models:
+            return out
+        base = self.config(R.FUSION, cpus)
+        self.parent = MlflowClient(self.tracking_uri).create_run(
+            self.experiment_id, run_name=R.FUSION,
+            tags=tracking.run_tags(R.FUSION, tracking.STAGE_TRAIN, self.cfg.split, self.store_uri,
+                                   **{tracking.TAG_FIT_ID: base["fit_id"]}),
+        ).info.run_id
+        grid = [(l2, l3) for l2 in self.cfg.lam2_grid for l3 in self.cfg.lam3_grid]
+        if len(grid) == 1:
+            return [*out, self._final_fusion(*grid[0])]
+        self.n_trials = len(grid)
+        return [*out, *(cv_trial_config(base, l2, l3, self.parent) for l2, l3 in grid)]
+
+    def _final_fusion(self, lam2: float, lam3: float) -> dict:
         from mlflow import MlflowClient
 
         client = MlflowClient(self.tracking_uri)
-        fit_id = self.config(model)["fit_id"]
+        client.log_param(self.parent, "lam2", lam2)
+        client.log_param(self.parent, "lam3", lam3)
+        self.chosen = {"lam2": float(lam2), "lam3": float(lam3)}
+        return {**self.config(R.FUSION, self.cpus), "lam2": float(lam2), "lam3": float(lam3), "run_id": self.parent}
+
+    def on_result(self, out) -> list[dict]:
+        """A CV trial's result is recorded; the last one chooses λ2/λ3 and queues the final fusion fit."""
+        config = out.config
+        if not config.get("cv_only"):
+            return []
+        m = out.result["metrics"]
+        val = float(m.get("best_val", -math.inf))
+        self.trials.append((config["lam2"], config["lam3"], val if math.isfinite(val) else -math.inf,
+                            float(m.get("best_val_loss", math.inf)), out.result["run_id"]))
+        if len(self.trials) < self.n_trials:
+            return []
+        from hyvid.pipelines.training.fusion_cv import log_choice
+
+        lam2, lam3, best = log_choice(self.trials, self.tracking_uri, self.parent, self.cfg.lam2_grid,
+                                      self.cfg.lam3_grid)
+        return [self._final_fusion(lam2, lam3)]
+
+    def mark_failed(self, fit_id: str) -> None:
+        """A fit that gave up leaves a FAILED run, not one RUNNING forever."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
         try:
             # The fit id is a uuid made here, not a user value, so it is safe in a filter string.
             for run in client.search_runs([self.experiment_id],
@@ -303,81 +336,49 @@ class _Fitter:
                 if run.info.status == "RUNNING":
                     client.set_terminated(run.info.run_id, "FAILED")
         except Exception as e:  # noqa: BLE001 - the fit's own error is the one to report
-            log.warning("could not mark the MLflow run of %s as failed: %s", model, e)
+            log.warning("could not mark the MLflow run of %s as failed: %s", fit_id, e)
 
-    def _torch(self, config: dict) -> dict:
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig
-        from ray.train.torch import TorchTrainer
 
-        from hyvid.pipelines.training.loops import torch_train_loop
+def _trainer_fit(cfg: TrainConfig, config: dict, storage_path: str) -> dict:
+    """One torch fit as a Ray Train TorchTrainer of `cfg.workers_per_model` data-parallel workers."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
 
-        scaling = _scaling(self.cfg, config["cpus_per_worker"])
-        trainer = TorchTrainer(
-            torch_train_loop,
-            train_loop_config={**config, "use_gpu": bool(scaling.use_gpu)},
-            scaling_config=scaling,
-            run_config=RunConfig(
-                # A fresh name per fit: Ray Train resumes a run whose name it finds in storage_path.
-                name=config["fit_id"],
-                storage_path=self.storage_path,
-                failure_config=FailureConfig(max_failures=2),
-                checkpoint_config=CheckpointConfig(num_to_keep=1),
-            ),
-        )
-        result = trainer.fit()
-        if not self.cfg.keep_checkpoints and is_local_uri(self.storage_path) and result.path:
-            shutil.rmtree(result.path, ignore_errors=True)
-        if not result.return_value:
-            raise RuntimeError(f"{config['model']}: training finished without a result from rank 0 (see worker logs)")
-        return result.return_value
+    from hyvid.cluster.resources import scaling_config
+    from hyvid.pipelines.training.loops import torch_train_loop
 
-    def _sklearn(self, model: str) -> dict:
-        import ray
-
-        from hyvid.cluster.resources import task_options
-        from hyvid.pipelines.training.sklearn_fit import sklearn_fit
-
-        opts = task_options("baselines", num_cpus=self.shares[model])
-        task = ray.remote(sklearn_fit).options(**opts, name=f"fit-{model}")
-        return ray.get(task.remote(self.config(model)))
-
-    def _fusion(self) -> tuple[dict, dict]:
-        """λ2/λ3 grid (Ray Tune, nested runs) under a parent `fusion` run, then the final fit into it."""
-        from mlflow import MlflowClient
-
-        from hyvid.pipelines.training.fusion_cv import search_lambdas
-
-        config = self.config(R.FUSION)
-        client = MlflowClient(self.tracking_uri)
-        parent = client.create_run(
-            self.experiment_id, run_name=R.FUSION,
-            tags=tracking.run_tags(R.FUSION, tracking.STAGE_TRAIN, self.cfg.split, self.store_uri,
-                                   **{tracking.TAG_FIT_ID: config["fit_id"]}),
-        ).info.run_id
-        try:
-            if len(self.cfg.lam2_grid) * len(self.cfg.lam3_grid) > 1:
-                cv = search_lambdas(config, self.cfg.lam2_grid, self.cfg.lam3_grid, parent, self.storage_path,
-                                    cpus_per_trial=self.shares[R.FUSION])
-                lam2, lam3 = cv.lam2, cv.lam3
-            else:
-                lam2, lam3 = self.cfg.lam2_grid[0], self.cfg.lam3_grid[0]
-                client.log_param(parent, "lam2", lam2)
-                client.log_param(parent, "lam3", lam3)
-            out = self._torch({**config, "lam2": lam2, "lam3": lam3, "run_id": parent})
-        except BaseException:
-            client.set_terminated(parent, "FAILED")
-            raise
-        return out, {"lam2": lam2, "lam3": lam3}
+    scaling = scaling_config(cfg.workers_per_model, kind="train", cpus_per_worker=config["cpus_per_worker"],
+                             use_gpu=cfg.use_gpu)
+    trainer = TorchTrainer(
+        torch_train_loop,
+        train_loop_config={**config, "use_gpu": bool(scaling.use_gpu)},
+        scaling_config=scaling,
+        run_config=RunConfig(
+            # A fresh name per fit: Ray Train resumes a run whose name it finds in storage_path.
+            name=config["fit_id"], storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    result = trainer.fit()
+    if not cfg.keep_checkpoints and is_local_uri(storage_path) and result.path:
+        shutil.rmtree(result.path, ignore_errors=True)
+    if not result.return_value:
+        raise RuntimeError(f"{config['model']}: training finished without a result from rank 0 (see worker logs)")
+    return result.return_value
 
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Fit every model of ``cfg.models`` (concurrently unless ``cfg.concurrent`` is False)."""
     from hyvid.cluster.connect import connect
+    from hyvid.cluster.resources import task_options
+    from hyvid.pipelines.training.pool import FitOutcome, run_fits
     from hyvid.store.feature_store import FeatureStore
     from hyvid.store.lance_io import open_table
     from hyvid.store.tables import FRAME_FEATURES_NAME
 
-    store_uri = canonical_store_uri(cfg.store_uri)  # absolute: Ray Train workers run in their own directory
+    t0 = time.time()
+    store_uri = canonical_store_uri(cfg.store_uri)  # absolute: Ray workers run in their own directory
     fs = FeatureStore(store_uri, cfg.storage_options)
     open_table(store_uri, FRAME_FEATURES_NAME, cfg.storage_options)  # fail early: names the stage that makes it
     num_classes, multilabel = len(fs.class_names()), fs.is_multilabel()
@@ -386,36 +387,75 @@ def train(cfg: TrainConfig) -> TrainResult:
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)  # absolute, for the same reason
     experiment_id = tracking.setup(tracking_uri, cfg.experiment)
     resources = connect(cfg.address)
-    # Import Ray Train/Tune here, once: importing them from several fit threads at once races
-    # on their circular module imports.
-    import ray.train.torch  # noqa: F401
-    import ray.tune  # noqa: F401
+    stage = _Stage(cfg, store_uri, tracking_uri, experiment_id, num_classes, multilabel)
+    n_first = len(cfg.models) + (len(cfg.lam2_grid) * len(cfg.lam3_grid) - 1 if R.FUSION in cfg.models else 0)
+    size, cpus = pool_plan(cfg, float(resources.get("CPU", 1)), n_first)
+    first = stage.first_fits(cpus)
+    log.info("fitting %s on split %d of %s: %d fit(s) on %d worker(s) x %g CPU(s)%s", ", ".join(cfg.models),
+             cfg.split, tracking.redact(store_uri), len(first), size, cpus,
+             "" if cfg.concurrent else " (one after another)")
 
-    shares = cpu_shares(cfg, float(resources.get("CPU", 1)))
-    fitter = _Fitter(cfg, store_uri, tracking_uri, experiment_id, num_classes, multilabel, shares)
-    log.info("fitting %s on split %d of %s (%s; CPUs per worker: %s)", ", ".join(cfg.models), cfg.split,
-             tracking.redact(store_uri), "concurrently" if cfg.concurrent else "one after another",
-             ", ".join(f"{m} {c:g}" for m, c in shares.items()))
-
-    t0 = time.time()
     results: dict[str, ModelResult] = {}
     errors: dict[str, BaseException] = {}
-    bar = tqdm(total=len(cfg.models), desc="train", unit="model")
-    if cfg.concurrent:
-        # Threads only wait: each fit runs in Ray workers, whose CPU requests share the cluster.
-        with ThreadPoolExecutor(max_workers=len(cfg.models), thread_name_prefix="fit") as pool:
-            futures = {pool.submit(fitter.fit, m): m for m in cfg.models}
-            for fut in as_completed(futures):
-                _collect(futures[fut], fut.exception, fut.result, results, errors, bar)
-    else:
-        for m in cfg.models:
-            box: dict[str, Any] = {}
+    bar = tqdm(total=len(first) + (1 if stage.n_trials else 0), desc="train", unit="fit")
+    trainer_futures = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, len(cfg.models)), thread_name_prefix="trainer")
+
+    def record(out: FitOutcome) -> None:
+        config, model = out.config, out.config["model"]
+        bar.update(1)
+        if out.error is not None:
+            log.error("fit %s failed: %s", config["fit_id"], out.error)
+            stage.mark_failed(config["fit_id"])
+            if not config.get("cv_only"):
+                errors[model] = out.error
+            elif stage.parent:
+                errors.setdefault(R.FUSION, out.error)
+            return
+        if config.get("cv_only"):
+            return
+        split = out.time_split()
+        extra = dict(stage.chosen) if model == R.FUSION else {}
+        results[model] = ModelResult(model, out.result["run_id"], out.result["metrics"], out.submitted,
+                                     out.finished, extra, seconds=split)
+        log.info("%s done in %.1f s (%s): %s", model, out.wall_s,
+                 " + ".join(f"{v:.1f} {k}" for k, v in split.items()),
+                 ", ".join(f"{k}={v:.3f}" for k, v in sorted(out.result["metrics"].items())
+                           if k.startswith(("val_acc", "test_acc"))))
+
+    def on_result(out: FitOutcome) -> list[dict]:
+        queued = stage.on_result(out)
+        if cfg.workers_per_model > 1:  # the final fusion fit goes to a TorchTrainer too
+            for c in queued:
+                trainer_futures[pool.submit(_trainer_fit, cfg, c, stage.storage_path)] = FitOutcome(c, submitted=time.time())
+            return []
+        return queued
+
+    if cfg.workers_per_model > 1:
+        from hyvid.pipelines.training.families import TORCH_MODELS
+
+        to_trainers = [c for c in first if c["model"] in TORCH_MODELS and not c.get("cv_only")]
+        first = [c for c in first if c not in to_trainers]
+        for c in to_trainers:
+            trainer_futures[pool.submit(_trainer_fit, cfg, c, stage.storage_path)] = FitOutcome(c, submitted=time.time())
+    try:
+        if first:
+            run_fits(first, size=size, threads=max(1, int(cpus)), max_failures=cfg.max_failures, cost=_cost,
+                     actor_options={**task_options("train", in_flight=size, num_cpus=cpus, use_gpu=cfg.use_gpu,
+                                                   cluster=resources), "scheduling_strategy": "SPREAD"},
+                     on_result=on_result, on_done=record)
+        while trainer_futures:
+            fut = next(iter(as_completed(list(trainer_futures))))
+            out = trainer_futures.pop(fut)
             try:
-                box["r"] = fitter.fit(m)
-            except Exception as e:  # noqa: BLE001 - reported below with the model's name
-                box["e"] = e
-            _collect(m, lambda: box.get("e"), lambda: box["r"], results, errors, bar)
-    bar.close()
+                out.result = fut.result()
+            except Exception as e:  # noqa: BLE001 - reported with the model's name below
+                out.error = e
+            out.finished = time.time()
+            record(out)
+    finally:
+        pool.shutdown(wait=True)
+        bar.close()
     if errors:
         detail = "; ".join(f"{m}: {type(e).__name__}: {e}" for m, e in errors.items())
         raise RuntimeError(f"{len(errors)} of {len(cfg.models)} fits failed ({detail}); "
@@ -424,26 +464,17 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(ordered, time.time() - t0, experiment_id, tracking_uri, cfg.concurrent)
 
 
-def _collect(model, exception, result, results, errors, bar) -> None:
-    e = exception()
-    if e is not None:
-        log.error("fit of %s failed: %s", model, e)
-        errors[model] = e
-    else:
-        r = result()
-        results[model] = r
-        log.info("%s done in %.1f s: %s", model, r.wall_s,
-                 ", ".join(f"{k}={v:.3f}" for k, v in sorted(r.metrics.items()) if k.startswith(("val_acc", "test_acc"))))
-    bar.update(1)
-
-
 def format_table(result: TrainResult) -> str:
-    """The models' val/test metrics as a plain-text table (the CLI's output)."""
+    """The models' val/test metrics and time split as a plain-text table (the CLI's output)."""
     cols = ["val_accuracy", "test_accuracy", "test_mean_class_accuracy", "test_top5", "test_map"]
-    head = f"{'model':<14}" + "".join(f"{c:>26}" for c in cols) + f"{'wall_s':>9}  run_id"
+    head = (f"{'model':<14}" + "".join(f"{c:>26}" for c in cols) + f"{'wall_s':>9}{'start-up':>9}{'load':>7}"
+            f"{'compute':>9}{'log':>7}  run_id")
     lines = [head, "-" * len(head)]
     for m, r in result.models.items():
         vals = "".join(f"{r.metrics[c]:>26.4f}" if c in r.metrics else f"{'-':>26}" for c in cols)
-        lines.append(f"{m:<14}{vals}{r.wall_s:>9.1f}  {r.run_id}")
+        s = r.seconds
+        split = "".join(f"{s.get(k, float('nan')):>{w}.1f}" for k, w in (("startup", 9), ("load", 7),
+                                                                          ("compute", 9), ("log", 7)))
+        lines.append(f"{m:<14}{vals}{r.wall_s:>9.1f}{split}  {r.run_id}")
     lines.append(f"total wall time {result.wall_s:.1f} s ({'concurrent' if result.concurrent else 'sequential'})")
     return "\n".join(lines)

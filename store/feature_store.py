@@ -296,58 +296,99 @@ class FeatureStore:
         return self._one_video(FRAME_FEATURES_NAME, video_id, columns, start, stop)
 
     # -- splits as training data ---------------------------------------------------------------
-    def _load_sequences(self, split: int, subset: str | None, streams: tuple[str, ...]):
-        """The videos of a split/subset and their feature rows, sorted by (video_id, position)."""
+    # Both readers below stream `frame_features` in record batches of the columns they need, so a
+    # subset of UCF-101's size (9.5K videos x 25 frames x 1,024 floats = 1 GB per stream) costs
+    # its own size once more at most while it is read, not three copies of it.
+    def _subset_videos(self, split: int, subset: str | None) -> pa.Table:
         vids = self.videos(split=split, subset=subset)
-        ids = vids.column("video_id").to_pylist()
-        if not ids:
+        if vids.num_rows == 0:
             raise ValueError(f"no ok video in split {split} subset {subset!r} of store {self.uri!r}")
-        # One scan for all videos (a typed isin filter, index-assisted), grouped in memory.
-        rows = self.table(FRAME_FEATURES_NAME).scanner(
-            columns=["video_id", "position", *streams], filter=pc.field("video_id").isin(ids)
-        ).to_table()
-        rows = rows.sort_by([("video_id", "ascending"), ("position", "ascending")])
-        row_vids = rows.column("video_id").to_numpy(zero_copy_only=False)
-        uniq, first = np.unique(row_vids, return_index=True)  # sorted rows: first index of each id
-        bounds = dict(zip(uniq.tolist(), zip(first.tolist(), [*first[1:].tolist(), len(row_vids)])))
-        missing = [v for v in ids if v not in bounds]
+        return vids
+
+    def _feature_batches(self, ids: list[str], columns: list[str]) -> Iterable[pa.RecordBatch]:
+        # One scan for all videos (a typed isin filter, index-assisted), in batches.
+        scanner = self.table(FRAME_FEATURES_NAME).scanner(
+            columns=["video_id", *columns], filter=pc.field("video_id").isin(ids), batch_size=8192)
+        return scanner.to_batches()
+
+    def _kept(self, split: int, subset: str | None, ids: list[str], found: np.ndarray) -> list[int]:
+        """Indices of `ids` that have feature rows; warns about (or refuses) the ones without."""
+        missing = [v for v, ok in zip(ids, found) if not ok]
         if missing:
             log.warning("%d of %d videos of split %s subset %r have no frame_features (e.g. %r); "
                         "they are left out — run `hyvid features` to complete the table",
                         len(missing), len(ids), split, subset, missing[:3])
-        keep = [i for i, v in enumerate(ids) if v in bounds]
+        keep = [i for i, ok in enumerate(found) if ok]
         if not keep:
             raise FileNotFoundError(
                 f"no frame_features rows for split {split} subset {subset!r} in {self.uri!r}; run `hyvid features`")
-        arrays = {s: _vectors(rows.column(s)) for s in streams}
+        return keep
+
+    @staticmethod
+    def _labels(vids: pa.Table, keep: list[int]) -> tuple[list[int], list[list[int]]]:
         labels = vids.column("label").to_pylist()
-        labels_multi = vids.column("labels").to_pylist()
-        kept_ids = [ids[i] for i in keep]
-        spans = [bounds[v] for v in kept_ids]
-        return (kept_ids, arrays, spans, [labels[i] for i in keep],
-                [list(labels_multi[i] or [labels[i]]) for i in keep])
+        multi = vids.column("labels").to_pylist()
+        return [labels[i] for i in keep], [list(multi[i] or [labels[i]]) for i in keep]
 
     def sequences(self, split: int, subset: str | None,
                   streams: Sequence[str] = STREAMS) -> SequenceDataset:
         """A torch Dataset of per-video feature sequences (T x D per stream) with labels."""
         streams = _check_streams(streams)
-        ids, arrays, spans, labels, labels_multi = self._load_sequences(split, subset, streams)
+        vids = self._subset_videos(split, subset)
+        ids = vids.column("video_id").to_pylist()
+        id_set = pa.array(ids, pa.string())
+        keys, positions, parts = [], [], {s: [] for s in streams}
+        for batch in self._feature_batches(ids, ["position", *streams]):
+            keys.append(pc.index_in(batch.column("video_id"), value_set=id_set).to_numpy(zero_copy_only=False))
+            positions.append(batch.column("position").to_numpy(zero_copy_only=False))
+            for s in streams:
+                parts[s].append(_vectors(batch.column(s)))
+        key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+        pos = np.concatenate(positions) if positions else np.zeros(0, np.int32)
+        order = np.lexsort((pos, key))  # rows by (video, position)
+        counts = np.bincount(key, minlength=len(ids))
+        keep = self._kept(split, subset, ids, counts > 0)
+        arrays = {}
+        for s in streams:
+            dim = parts[s][0].shape[1] if parts[s] else self.table(FRAME_FEATURES_NAME).schema.field(s).type.list_size
+            out = np.empty((len(key), dim), dtype=np.float32)
+            dest = np.empty(len(key), dtype=np.int64)
+            dest[order] = np.arange(len(key))  # where each read row goes once sorted
+            start = 0
+            while parts[s]:
+                part = parts[s].pop(0)  # freed as soon as it is placed
+                out[dest[start:start + len(part)]] = part
+                start += len(part)
+            arrays[s] = out
+        ends = np.cumsum(counts)
+        spans = [(int(ends[i] - counts[i]), int(ends[i])) for i in keep]
+        labels, labels_multi = self._labels(vids, keep)
         feats = {s: [arrays[s][a:b] for a, b in spans] for s in streams}
-        return SequenceDataset(ids, feats, labels, labels_multi)
+        return SequenceDataset([ids[i] for i in keep], feats, labels, labels_multi)
 
     def video_features(self, split: int, subset: str | None,
                        streams: Sequence[str] = STREAMS) -> VideoFeatures:
         """Each video's features averaged over its frames (the fusion network's input)."""
         streams = _check_streams(streams)
-        ids, arrays, spans, labels, labels_multi = self._load_sequences(split, subset, streams)
-        starts = np.array([a for a, _ in spans], dtype=np.int64)
-        counts = np.array([b - a for a, b in spans], dtype=np.float64)
-        feats = {}
-        for s in streams:
-            # Spans are contiguous and sorted, so reduceat sums each video's rows in one pass.
-            sums = np.add.reduceat(arrays[s].astype(np.float64), starts, axis=0)
-            feats[s] = (sums / counts[:, None]).astype(np.float32)
-        return VideoFeatures(ids, feats, np.asarray(labels, dtype=np.int64), labels_multi)
+        vids = self._subset_videos(split, subset)
+        ids = vids.column("video_id").to_pylist()
+        id_set = pa.array(ids, pa.string())
+        counts = np.zeros(len(ids), dtype=np.int64)
+        sums: dict[str, np.ndarray] = {}
+        for batch in self._feature_batches(ids, list(streams)):
+            key = pc.index_in(batch.column("video_id"), value_set=id_set).to_numpy(zero_copy_only=False)
+            order = np.argsort(key, kind="stable")
+            uniq, starts = np.unique(key[order], return_index=True)
+            counts += np.bincount(key, minlength=len(ids))
+            for s in streams:
+                x = _vectors(batch.column(s))
+                acc = sums.setdefault(s, np.zeros((len(ids), x.shape[1]), dtype=np.float64))
+                # Rows of one video are contiguous once sorted: reduceat sums each in one pass.
+                acc[uniq] += np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
+        keep = self._kept(split, subset, ids, counts > 0)
+        feats = {s: (sums[s][keep] / counts[keep, None]).astype(np.float32) for s in streams}
+        labels, labels_multi = self._labels(vids, keep)
+        return VideoFeatures([ids[i] for i in keep], feats, np.asarray(labels, dtype=np.int64), labels_multi)
 
     # -- similarity search --------------------------------------------------------------------
     def similar(self, vector: Sequence[float] | np.ndarray, k: int = 10, column: str = "spatial",

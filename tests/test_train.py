@@ -116,16 +116,15 @@ def test_baselines_expand_and_bad_names_are_refused(tmp_path):
     assert paper.lstm_hidden == (1024, 512) and paper.lstm_lr == 1e-4 and paper.lstm_optimizer == "sgd"
 
 
-def test_cpu_shares_split_the_cluster_among_concurrent_workers(tmp_path):
-    from hyvid.pipelines.train import TrainConfig, cpu_shares
+def test_pool_plan_gives_each_worker_a_core_and_never_more_workers_than_fits(tmp_path):
+    from hyvid.pipelines.train import TrainConfig, pool_plan
 
-    cfg = TrainConfig(store_uri=str(tmp_path), lam2_grid=(0.0, 3e-4), lam3_grid=(0.0,))
-    # 2 LSTMs + fusion (2 CV trials at once) + fusion_noreg, nn_ef, nn_lf + 2 SVM tasks = 9 workers.
-    assert set(cpu_shares(cfg, 2.0).values()) == {round(2.0 / 9, 4)}
-    seq = cpu_shares(TrainConfig(store_uri=str(tmp_path), lam2_grid=(0.0, 3e-4), lam3_grid=(0.0,),
-                                 concurrent=False, workers_per_model=2), 8.0)
-    assert seq["spatial_lstm"] == 4.0 and seq["svm_ef"] == 8.0 and seq["fusion"] == 4.0
-    assert set(cpu_shares(TrainConfig(store_uri=str(tmp_path), cpus_per_worker=1.5), 2.0).values()) == {1.5}
+    cfg = TrainConfig(store_uri=str(tmp_path))
+    assert pool_plan(cfg, 2.0, 14) == (2, 1.0)
+    assert pool_plan(cfg, 64.0, 14) == (14, 1.0)  # a big cluster: one worker per fit
+    assert pool_plan(TrainConfig(store_uri=str(tmp_path), cpus_per_worker=2), 8.0, 14) == (4, 2.0)
+    assert pool_plan(TrainConfig(store_uri=str(tmp_path), concurrent=False), 8.0, 14) == (1, 8.0)
+    assert pool_plan(TrainConfig(store_uri=str(tmp_path), cpus_per_worker=4), 2.0, 14) == (1, 4.0)
 
 
 def test_cv_choice_prefers_val_then_loss_then_regularization():

@@ -1,15 +1,26 @@
 """The one checkpoint/resume path of every torch fit (train-cnn's CNNs, train's LSTMs, fusion
-nets and NN baselines): a state dict saved as one file in a Ray Train `Checkpoint`, reported
-with the epoch's metrics, and restored from the checkpoint Ray Train hands back on a restart.
+nets and NN baselines): a state dict saved as one file, restored when the fit starts again.
+
+Where the file lives depends on what runs the fit, behind one small interface (`FitSession`):
+- `RayTrainSession`: inside a Ray Train worker group, the file travels in a `ray.train.Checkpoint`
+  reported with the epoch's metrics, and Ray Train hands it back when it restarts the group;
+- `FileSession`: a fit run by one long-lived worker (`training.pool`) writes it to
+  `<storage>/<fit id>/state.pt` (local or any pyarrow file system URI, e.g. s3://), so whichever
+  worker picks the fit up again resumes from it;
+- `NullSession`: no checkpoints (the λ cross-validation trials are short and simply rerun).
 """
 from __future__ import annotations
 
+import io
+import logging
 import os
 import tempfile
 import time
 from typing import Any, Callable
 
 import torch
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -48,3 +59,91 @@ def report_due(every_s: float, epoch: int, epochs: int, last_report: float, worl
 
     due = force or epoch == epochs - 1 or time.monotonic() - last_report >= float(every_s)
     return agree_on(due, world)
+
+
+class FitSession:
+    """What a fit loop needs from whatever runs it: resume state, reports, durable checkpoints."""
+
+    def restore(self) -> dict | None:
+        """The state of the last checkpoint of this fit, or None to start from scratch."""
+        return None
+
+    def report(self, metrics: dict, state: dict | None) -> None:
+        """An epoch's metrics, with a state to checkpoint (rank 0) or None."""
+
+    def wait_committed(self) -> None:
+        """Block until the last reported checkpoint is durable (before a fault fires)."""
+
+
+class NullSession(FitSession):
+    """No checkpoints: `report` only hands metrics to `on_report` (if given)."""
+
+    def __init__(self, on_report: Callable[[dict], None] | None = None) -> None:
+        self.on_report = on_report
+
+    def report(self, metrics: dict, state: dict | None) -> None:
+        if self.on_report is not None:
+            self.on_report(metrics)
+
+
+class RayTrainSession(FitSession):
+    """Inside a Ray Train worker: `ray.train.report` with a Checkpoint, `ray.train.get_checkpoint`."""
+
+    def restore(self) -> dict | None:
+        import ray.train
+
+        return load_checkpoint(ray.train.get_checkpoint())
+
+    def report(self, metrics: dict, state: dict | None) -> None:
+        import ray.train
+
+        report_with_checkpoint(ray.train.report, metrics, state)
+
+    def wait_committed(self) -> None:
+        # A report is only taken at the controller's next poll: wait until it is registered.
+        import ray.train
+        from ray.train import CheckpointConsistencyMode
+
+        ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED, timeout_s=120)
+
+
+class FileSession(FitSession):
+    """Checkpoints as `<storage>/<fit_id>/state.pt`, written atomically (temp file, then rename
+    on local disks; object stores publish a whole object at once)."""
+
+    def __init__(self, storage: str, fit_id: str, storage_options: dict | None = None) -> None:
+        import pyarrow.fs as pafs
+
+        if not fit_id or "/" in fit_id:
+            raise ValueError(f"fit_id must be a non-empty name without '/', got {fit_id!r}")
+        self.fs, root = pafs.FileSystem.from_uri(storage)
+        self.dir = f"{root.rstrip('/')}/{fit_id}"
+        self.path = f"{self.dir}/{CHECKPOINT_FILE}"
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def restore(self) -> dict | None:
+        import pyarrow.fs as pafs
+
+        if self.fs.get_file_info(self.path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(self.path) as f:
+            return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+
+    def report(self, metrics: dict, state: dict | None) -> None:
+        if state is None:
+            return
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self.fs.create_dir(self.dir, recursive=True)
+        target = f"{self.path}.tmp" if self.local else self.path
+        with self.fs.open_output_stream(target) as f:
+            f.write(buf.getvalue())
+        if self.local:
+            self.fs.move(target, self.path)
+
+    def clear(self) -> None:
+        """Remove this fit's checkpoints (its model lives in MLflow once it finished)."""
+        try:
+            self.fs.delete_dir(self.dir)
+        except (FileNotFoundError, OSError) as e:
+            log.debug("no checkpoints to remove at %s: %s", self.dir, e)

@@ -6,6 +6,7 @@ fit's subsets and its logged lineage agree even if a writer commits meanwhile.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,14 @@ def target_matrix(labels: np.ndarray, labels_multi: list[list[int]], num_classes
     return y
 
 
+# Video-level subsets read by this process, newest last: a long-lived fit worker runs the fusion
+# net's CV trials, its final fit, its λ=0 twin and the NN and SVM baselines on the same features,
+# so it reads them once. Keyed by the Lance versions read, so a newer commit is read afresh.
+# (LSTM sequences are read by one fit each and are large: not kept.)
+_VIDEO_LEVEL_CACHE: OrderedDict[tuple, Subset] = OrderedDict()
+_CACHE_ENTRIES = 6  # train/val/test of two stores or splits
+
+
 def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
     """Read train/val/test (or train/val for CV trials) for one fit through the FeatureStore.
 
@@ -53,6 +62,7 @@ def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
     from hyvid.store.feature_store import FeatureStore
 
     fs = FeatureStore(config["store_uri"], config.get("storage_options"), follow_latest=False)
+    versions = {t: v for t, v in fs.versions().items() if t in LINEAGE_TABLES}  # pins them
     split, model = int(config["split"]), config["model"]
     subsets = ("train", "val") if config.get("cv_only") else ("train", "val", "test")
     out = {}
@@ -60,10 +70,14 @@ def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
         if model in LSTM_STREAM:
             ds = fs.sequences(split, sub, streams=(LSTM_STREAM[model],))
             out[sub] = Subset(ds.video_ids, ds, np.asarray(ds.labels, dtype=np.int64), ds.labels_multi)
-        else:
+            continue
+        key = (fs.uri, split, sub, tuple(sorted(versions.items())))
+        if key not in _VIDEO_LEVEL_CACHE:
             vf = fs.video_features(split, sub, streams=R.STREAMS)
             xs = [torch.from_numpy(np.ascontiguousarray(vf.features[s])) for s in R.STREAMS]
-            out[sub] = Subset(vf.video_ids, xs, vf.labels, vf.labels_multi)
-    versions = {t: v for t, v in fs.versions().items() if t in LINEAGE_TABLES}
+            _VIDEO_LEVEL_CACHE[key] = Subset(vf.video_ids, xs, vf.labels, vf.labels_multi)
+            while len(_VIDEO_LEVEL_CACHE) > _CACHE_ENTRIES:
+                _VIDEO_LEVEL_CACHE.popitem(last=False)
+        _VIDEO_LEVEL_CACHE.move_to_end(key)
+        out[sub] = _VIDEO_LEVEL_CACHE[key]
     return out, versions
-

@@ -1,14 +1,16 @@
 """The training loop of every temporal and video-level torch fit, as Ray runs it.
 
-* :func:`torch_train_loop` is the ``train_loop_per_worker`` of every ``TorchTrainer`` (the LSTMs,
-  the fusion network, its non-regularized twin and the NN baselines). It reads its data through
+* :func:`fit_loop` trains one of them (the LSTMs, the fusion network, its non-regularized twin
+  and the NN baselines) under a :class:`~hyvid.pipelines.training.checkpoint.FitSession`: run by
+  a long-lived pool worker (`training.pool`, the default) or, as :func:`torch_train_loop`, by every
+  rank of a Ray Train ``TorchTrainer`` (several workers per model). It reads its data through
   :class:`hyvid.store.feature_store.FeatureStore` inside the worker, trains with per-epoch
   validation, keeps the best-validation epoch's weights, checkpoints after an epoch at most every
   few seconds and after the last (so a killed worker resumes from its last checkpointed epoch, in
   the same MLflow run), and on rank 0 logs everything to one MLflow run and writes the per-video
   val/test scores to ``video_scores``. Several workers split each epoch and average their gradients.
-* :func:`cv_trial` is the Ray Tune trainable of the fusion net's λ2/λ3 search: the same loop on
-  one process, validation only, logged as an MLflow run nested under the ``fusion`` parent.
+* A λ2/λ3 cross-validation trial of the fusion net is the same loop with ``cv_only``: train on
+  train, select on val, never look at test, logged as an MLflow run nested under ``fusion``.
 
 Configs are plain dicts of JSON-able values (URIs, names, numbers), never arrays: each fit reads
 what it needs where it runs. The keys are documented in :func:`hyvid.pipelines.train.fit_config`.
@@ -17,14 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
 
 import numpy as np
 import torch
 
 from hyvid.models import registry as R
 from hyvid.pipelines import faults, tracking
-from hyvid.pipelines.training.checkpoint import load_checkpoint, report_due, report_with_checkpoint
+from hyvid.pipelines.training.checkpoint import FitSession, RayTrainSession, report_due
 from hyvid.pipelines.training.data import Subset, load_subsets
 from hyvid.pipelines.training.distributed import broadcast_parameters
 from hyvid.pipelines.training.families import (
@@ -51,20 +52,35 @@ from hyvid.pipelines.training.runs import (
 log = logging.getLogger(__name__)
 
 
-def fit_loop(config: dict, report: Callable, get_checkpoint: Callable, rank: int = 0, world: int = 1,
-             device: torch.device = CPU) -> dict:
+class _Clock:
+    """Seconds spent loading data, computing and logging: the fit's time split (start-up is the caller's)."""
+
+    def __init__(self) -> None:
+        self.seconds = {"load": 0.0, "compute": 0.0, "log": 0.0}
+        self._t = time.perf_counter()
+
+    def lap(self, what: str) -> None:
+        now = time.perf_counter()
+        self.seconds[what] += now - self._t
+        self._t = now
+
+
+def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, device: torch.device = CPU) -> dict:
     """Train one torch model for ``config["epochs"]`` epochs, selecting the best-val epoch.
 
-    ``report(metrics, checkpoint)`` and ``get_checkpoint()`` are Ray Train's (or Tune's).
-    Returns (on rank 0) ``{"run_id", "metrics"}`` with the final val_*/test_* metrics.
+    Returns (on rank 0) ``{"run_id", "metrics", "seconds"}``: the final val_*/test_* metrics and
+    the seconds spent loading, computing and logging. Per-epoch metrics go to MLflow with each
+    checkpoint (every ``report_every_s`` and after the last epoch), so a resumed fit logs every
+    epoch exactly once.
     """
+    clock = _Clock()
     # floor(this worker's CPU share) threads: concurrent fits share the machine's cores.
     torch.set_num_threads(int(config.get("torch_threads", 1)))
     torch.manual_seed(int(config["seed"]))  # the same init on every rank (then broadcast, to be sure)
     data, versions = load_subsets(config)
     model = build_model(config, data).to(device)
     opt = build_optimizer(config, model)
-    state = load_checkpoint(get_checkpoint())
+    state = session.restore()
     start_epoch, best = 0, {"value": -np.inf, "loss": np.inf, "epoch": -1, "state": None}
     if state is not None:
         model.load_state_dict(state["model"])
@@ -72,6 +88,7 @@ def fit_loop(config: dict, report: Callable, get_checkpoint: Callable, rank: int
         start_epoch, best = state["epoch"] + 1, state["best"]
         log.info("%s: resuming from the checkpoint of epoch %d", config["model"], state["epoch"])
     broadcast_parameters(model, world)
+    clock.lap("load")
     lead = rank == 0
     run_id = client = None
     if lead:
@@ -82,9 +99,11 @@ def fit_loop(config: dict, report: Callable, get_checkpoint: Callable, rank: int
         record_node(client, run_id)
         if state is not None:
             client.set_tag(run_id, tracking.TAG_RESUMED_FROM, str(state["epoch"]))
+        clock.lap("log")
     key = R.primary_metric(bool(config["multilabel"]))
     epochs = int(config["epochs"])
     last_report = time.monotonic()
+    unlogged: list = []  # per-epoch MLflow metrics not yet written
     for epoch in range(start_epoch, epochs):
         loss, acc = train_epoch(config, model, opt, data["train"], epoch, rank, world, device)
         val_scores = predict(config, model, data["val"], device)
@@ -93,53 +112,57 @@ def fit_loop(config: dict, report: Callable, get_checkpoint: Callable, rank: int
         if (val[key], -v_loss) > (best["value"], -best["loss"]):
             best = {"value": val[key], "loss": v_loss, "epoch": epoch,
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        clock.lap("compute")
         metrics = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc, f"val_{key}": val[key],
                    "val_loss": v_loss, "best_val": best["value"], "best_val_loss": best["loss"],
                    "best_epoch": best["epoch"], "run_id": run_id or ""}
         if lead:
-            client.log_batch(run_id, metrics=metric_batch(
+            unlogged += metric_batch(
                 {"train_loss": loss, "train_accuracy": acc, "val_accuracy": val["accuracy"], "val_loss": v_loss,
-                 **({"val_map": val["map"]} if config["multilabel"] else {})}, step=epoch))
+                 **({"val_map": val["map"]} if config["multilabel"] else {})}, step=epoch)
         kill = state is None and faults.due_after_epoch(config["model"], epoch, config.get("faults"))
         if report_due(float(config.get("report_every_s", 5.0)), epoch, epochs, last_report, world, kill):
             last_report = time.monotonic()
-            if config.get("checkpoint", True):
-                report_with_checkpoint(report, metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                                         "epoch": epoch, "best": best} if lead else None)
-            else:
-                report(metrics)
+            if lead and unlogged:
+                client.log_batch(run_id, metrics=unlogged)
+                unlogged = []
+            checkpoint = config.get("checkpoint", True) and lead
+            session.report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                     "epoch": epoch, "best": best} if checkpoint else None)
+            clock.lap("log")
         if kill:
-            # Die like a preempted node right after a checkpoint, once Ray Train has committed it
-            # (a report is only taken at the controller's next poll).
-            import ray.train
-            from ray.train import CheckpointConsistencyMode
-
-            ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED, timeout_s=120)
+            session.wait_committed()
             faults.after_epoch(config["model"], epoch)
     if not lead:
         return {}
-    return _finish(config, client, run_id, model.cpu(), best, data, versions)
+    out = _finish(config, client, run_id, model.cpu(), best, data, versions, clock)
+    return {**out, "seconds": clock.seconds}
 
 
 def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dict, data: dict[str, Subset],
-            versions: dict[str, int]) -> dict:
+            versions: dict[str, int], clock: _Clock) -> dict:
     """Rank 0, after the last epoch: best weights -> final metrics, model, scores, lineage."""
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     scores, metrics = score_subsets(config, data, lambda subset: predict(config, model, subset))
     final = {"best_epoch": best["epoch"], **metrics}
+    if config.get("cv_only"):  # what the λ choice compares (training.fusion_cv.choose)
+        final.update(best_val=best["value"], best_val_loss=best["loss"])
     if config["model"] in FUSION_NETS:
         from hyvid.models.fusion import zero_row_fraction, zero_weight_fraction
 
         # The ℓ2,1 term at work: fusion neurons (rows of W_E) that no feature uses any more.
         final["fusion_zero_row_fraction"] = zero_row_fraction(model)
         final["fusion_zero_weight_fraction"] = zero_weight_fraction(model)
+    clock.lap("compute")
     # Final metrics sit one step after the last epoch, so "latest" val_accuracy is the selected epoch's.
     client.log_batch(run_id, metrics=metric_batch(final, step=int(config["epochs"])))
-    if config.get("cv_only"):
-        client.set_terminated(run_id, "FINISHED")
-        return {"run_id": run_id, "metrics": final}
-    complete_run(config, client, run_id, versions, data, scores, lambda: log_torch_model(model))
+    if not config.get("cv_only"):
+        complete_run(config, client, run_id, versions, data, scores, lambda: log_torch_model(model),
+                     terminate=False)
+    clock.lap("log")
+    client.log_batch(run_id, metrics=metric_batch({f"time_{k}_s": v for k, v in clock.seconds.items()}, step=0))
+    client.set_terminated(run_id, "FINISHED")
     return {"run_id": run_id, "metrics": final}
 
 
@@ -150,20 +173,14 @@ def torch_train_loop(config: dict) -> dict:
 
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device() if config.get("use_gpu") else CPU
-    return fit_loop(config, ray.train.report, ray.train.get_checkpoint, ctx.get_world_rank(), ctx.get_world_size(),
-                    device)
+    return fit_loop(config, RayTrainSession(), ctx.get_world_rank(), ctx.get_world_size(), device)
 
 
-def cv_trial(config: dict, storage_options: dict | None = None) -> None:
-    """Ray Tune trainable of the fusion λ2/λ3 search: train on train, select on val, no test."""
-    from ray import tune
-
-    # Each trial is its own fit (own id, so its own nested MLflow run).
-    fit_id = f"{config['fit_id']}-cv-{config['lam2']:g}-{config['lam3']:g}"
-    fit_loop({**config, "storage_options": storage_options, "fit_id": fit_id, "cv_only": True, "checkpoint": False,
-              "stage": tracking.STAGE_TRAIN_CV,
-              "report_every_s": float("inf"),  # one report, at the end: Tune needs only the best val
-              "run_name": f"{config['model']}-lam2={config['lam2']:g}-lam3={config['lam3']:g}",
-              "extra_tags": {tracking.TAG_PARENT: config["parent_run_id"]}},
-             lambda metrics, checkpoint=None: tune.report(metrics), lambda: None)
-
+def cv_trial_config(config: dict, lam2: float, lam3: float, parent_run_id: str) -> dict:
+    """The config of one λ2/λ3 trial of the fusion net: its own fit (own id, so its own MLflow run,
+    nested under the `fusion` parent), trained on train and selected on val only."""
+    return {**config, "lam2": float(lam2), "lam3": float(lam3), "run_id": None,
+            "fit_id": f"{config['fit_id']}-cv-{lam2:g}-{lam3:g}", "cv_only": True, "checkpoint": False,
+            "stage": tracking.STAGE_TRAIN_CV, "report_every_s": float("inf"),
+            "run_name": f"{config['model']}-lam2={lam2:g}-lam3={lam3:g}",
+            "extra_tags": {tracking.TAG_PARENT: parent_run_id}}

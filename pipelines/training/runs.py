@@ -98,7 +98,7 @@ def score_subsets(config: dict, data: dict[str, Subset], score: Callable[[Subset
 
 
 def complete_run(config: dict, client, run_id: str, versions: dict[str, int], data: dict[str, Subset],
-                 scores: dict[str, np.ndarray], log_model: Callable[[], None]) -> None:
+                 scores: dict[str, np.ndarray], log_model: Callable[[], None], terminate: bool = True) -> None:
     """A final fit's last steps: lineage and model into its run, scores into the store, run finished."""
     import mlflow
 
@@ -106,7 +106,8 @@ def complete_run(config: dict, client, run_id: str, versions: dict[str, int], da
         tracking.log_lineage(config["store_uri"], LINEAGE_TABLES, config.get("storage_options"), versions=versions)
         log_model()
     write_scores(config, run_id, data, scores)
-    client.set_terminated(run_id, "FINISHED")
+    if terminate:
+        client.set_terminated(run_id, "FINISHED")
 
 
 def log_torch_model(model: torch.nn.Module) -> None:

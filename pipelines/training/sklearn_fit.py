@@ -2,6 +2,8 @@
 torch fits, run as a Ray task."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from hyvid.models import registry as R
@@ -21,10 +23,13 @@ def sklearn_fit(config: dict) -> dict:
     """Fit SVM-EF or SVM-LF on the video-level features; same logging and scores as the torch fits."""
     from hyvid.models.baselines import SVMEarlyFusion, SVMLateFusion
 
+    t0 = time.perf_counter()
     data, versions = load_subsets(config)
+    t1 = time.perf_counter()
     client = mlflow_client(config)
     run_id = open_run(config)
     log_fit_params(client, run_id, {**config, "world_size": 1})
+    t2 = time.perf_counter()
     cls = SVMEarlyFusion if config["model"] == R.SVM_EF else SVMLateFusion
     est = cls(C=float(config["svm_c"]))
     y = data["train"].labels_multi if config["multilabel"] else data["train"].labels
@@ -32,7 +37,10 @@ def sklearn_fit(config: dict) -> dict:
     # SVM decision values (signed margins), the SVMs' native scores; not probabilities.
     scores, final = score_subsets(
         config, data, lambda subset: np.asarray(est.predict_scores([x.numpy() for x in subset.inputs]), dtype=np.float32))
+    t3 = time.perf_counter()
     client.log_batch(run_id, metrics=metric_batch(final, step=0))
-    complete_run(config, client, run_id, versions, data, scores, lambda: log_sklearn_model(est))
-    return {"run_id": run_id, "metrics": final}
-
+    complete_run(config, client, run_id, versions, data, scores, lambda: log_sklearn_model(est), terminate=False)
+    seconds = {"load": t1 - t0, "compute": t3 - t2, "log": (t2 - t1) + (time.perf_counter() - t3)}
+    client.log_batch(run_id, metrics=metric_batch({f"time_{k}_s": v for k, v in seconds.items()}, step=0))
+    client.set_terminated(run_id, "FINISHED")
+    return {"run_id": run_id, "metrics": final, "seconds": seconds}

@@ -1,0 +1,187 @@
+"""A synthetic store at the feature level: `videos`, `classes` and `frame_features` of any size,
+with class structure the temporal and fusion models can learn, written through the store's own
+writers. It lets `hyvid train` and `hyvid hybrid` be measured at UCF-101's size (13,320 videos x
+25 frames x 1,024 + 1,024 floats) without decoding a single video (benchmarks/scale.py).
+
+How the features are made (post-ReLU, non-negative, like fc1 outputs, so the χ² SVMs apply):
+- every class has a sparse prototype per stream (`active` dims of `dim` on, amplitude ~1); a third
+  of the classes is told apart mostly by the spatial stream, a third mostly by the motion stream,
+  the rest by both, so fusing the streams pays;
+- `order_fraction` of the classes come in pairs that show the same two patterns in opposite order
+  (first half, second half): every time average is the same for both, only a sequence model can
+  tell them apart, as the synthetic videos' Order* classes;
+- each UCF-style group adds its own offset (videos of a group look alike, as in UCF-101), each
+  video its own, each frame Gaussian noise of `noise`; then ReLU.
+Split 1 follows UCF-101's protocol: groups g01-g07 test, g08-g25 train (validation is carved
+from the training groups by `store.splits`), `test_videos` of `videos` in test.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from hyvid.store.lance_io import canonical_store_uri, commit_fragments, write_table_fragments
+from hyvid.store.tables import CLASSES, FRAME_FEATURES_NAME, STATUS_OK, VIDEOS, frame_features_schema
+
+log = logging.getLogger(__name__)
+
+UCF101_VIDEOS = 13_320
+UCF101_CLASSES = 101
+UCF101_TEST_VIDEOS = 3_783  # split 1: 9,537 train, 3,783 test
+TEST_GROUPS = 7  # split 1 tests g01..g07
+GROUPS = 25
+SOURCE = "feature-synth"  # the extract_config of its `videos` rows: no video was ever extracted
+
+
+@dataclass(frozen=True)
+class FeatureSynthConfig:
+    """How big a synthetic feature store to write, and how hard to make it."""
+
+    store_uri: str
+    videos: int = UCF101_VIDEOS
+    classes: int = UCF101_CLASSES
+    positions: int = 25
+    spatial_dim: int = 1024
+    motion_dim: int = 1024
+    test_videos: int = UCF101_TEST_VIDEOS
+    active: int = 32  # prototype dims on per class and stream
+    order_fraction: float = 0.2  # classes in order-only pairs
+    noise: float = 1.0  # per-frame noise, against prototype amplitudes ~1
+    seed: int = 0
+    chunk_videos: int = 500  # videos per written fragment (~100 MB of features at full size)
+    storage_options: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.classes < 2:
+            raise ValueError(f"classes must be >= 2, got {self.classes}")
+        if self.videos < 2 * self.classes:
+            raise ValueError(f"videos must be >= 2 x classes ({2 * self.classes}) so every class has train and "
+                             f"test videos, got {self.videos}")
+        if not 0 < self.test_videos < self.videos:
+            raise ValueError(f"test_videos must be in (0, videos={self.videos}), got {self.test_videos}")
+        for name in ("positions", "spatial_dim", "motion_dim", "active", "chunk_videos"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.active > min(self.spatial_dim, self.motion_dim):
+            raise ValueError(f"active ({self.active}) must not exceed the feature dims")
+        if not 0 <= self.order_fraction <= 1:
+            raise ValueError(f"order_fraction must be in [0, 1], got {self.order_fraction}")
+        if self.noise < 0:
+            raise ValueError(f"noise must be >= 0, got {self.noise}")
+
+
+@dataclass(frozen=True)
+class FeatureSynthResult:
+    store_uri: str
+    videos: int
+    classes: int
+    frame_rows: int
+    train_videos: int  # official training list (train + val)
+    test_videos: int
+    seconds: float
+
+
+def _sparse(rng: np.random.Generator, dim: int, active: int) -> np.ndarray:
+    v = np.zeros(dim, np.float32)
+    v[rng.choice(dim, active, replace=False)] = rng.uniform(0.5, 1.5, active)
+    return v
+
+
+def _plan(cfg: FeatureSynthConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per video: its class, its group (1..25) and whether it is a test video; classes round-robin."""
+    labels = np.arange(cfg.videos) % cfg.classes
+    test = np.zeros(cfg.videos, bool)
+    test[: cfg.test_videos] = True  # round-robin labels: every class gets its share of test videos
+    groups = np.where(test, 1 + np.arange(cfg.videos) % TEST_GROUPS,
+                      TEST_GROUPS + 1 + np.arange(cfg.videos) % (GROUPS - TEST_GROUPS))
+    return labels, groups, test
+
+
+def write_feature_store(cfg: FeatureSynthConfig) -> FeatureSynthResult:
+    """Write `videos`, `classes` and `frame_features` of a synthetic feature store (see the module doc)."""
+    t0 = time.perf_counter()
+    store = canonical_store_uri(cfg.store_uri)
+    so = cfg.storage_options
+    rng = np.random.default_rng(cfg.seed)
+    dims = {"spatial": cfg.spatial_dim, "motion": cfg.motion_dim}
+    n_order = 2 * int(cfg.classes * cfg.order_fraction / 2)
+    n_plain = cfg.classes - n_order
+    # Which stream tells each plain class apart: a third spatial, a third motion, a third both.
+    strength = {"spatial": np.ones(cfg.classes, np.float32), "motion": np.ones(cfg.classes, np.float32)}
+    strength["motion"][: n_plain // 3] = 0.35
+    strength["spatial"][n_plain // 3: 2 * n_plain // 3] = 0.35
+    protos = {s: np.stack([_sparse(rng, d, cfg.active) * strength[s][c] for c in range(cfg.classes)])
+              for s, d in dims.items()}
+    # Order pairs (c, c+1): pattern A then B against B then A.
+    patterns = {s: [(_sparse(rng, d, cfg.active), _sparse(rng, d, cfg.active)) for _ in range(n_order // 2)]
+                for s, d in dims.items()}
+    group_offset = {s: np.stack([_sparse(rng, d, cfg.active) * 0.4 for _ in range(GROUPS + 1)])
+                    for s, d in dims.items()}
+    names = [f"Synth{'Order' if c >= n_plain else 'Class'}{c:03d}" for c in range(cfg.classes)]
+    labels, groups, test = _plan(cfg)
+    half = cfg.positions // 2
+
+    def frames(stream: str, label: int, group: int, vrng: np.random.Generator) -> np.ndarray:
+        d = dims[stream]
+        if label < n_plain:
+            mean = np.broadcast_to(protos[stream][label], (cfg.positions, d))
+        else:
+            a, b = patterns[stream][(label - n_plain) // 2]
+            first, second = (a, b) if (label - n_plain) % 2 == 0 else (b, a)
+            mean = np.concatenate([np.broadcast_to(first, (half, d)), np.broadcast_to(second, (cfg.positions - half, d))])
+        video = vrng.normal(0.0, 0.3, d).astype(np.float32) * (mean.max(0) > 0)  # this video's own take
+        x = mean + group_offset[stream][group] + video + vrng.normal(0.0, cfg.noise, (cfg.positions, d)).astype(np.float32)
+        return np.maximum(x, 0.0, dtype=np.float32)
+
+    schema = frame_features_schema(cfg.spatial_dim, cfg.motion_dim)
+    fragments, video_rows = [], []
+    for start in range(0, cfg.videos, cfg.chunk_videos):
+        cols: dict[str, list] = {k: [] for k in ("video_id", "position", "frame_index", "timestamp")}
+        feats: dict[str, list[np.ndarray]] = {s: [] for s in dims}
+        for v in range(start, min(cfg.videos, start + cfg.chunk_videos)):
+            label, group = int(labels[v]), int(groups[v])
+            vid = f"{names[label]}/v_{names[label]}_g{group:02d}_c{v:05d}"
+            vrng = np.random.default_rng((cfg.seed, v))
+            for s in dims:
+                feats[s].append(frames(s, label, group, vrng))
+            cols["video_id"] += [vid] * cfg.positions
+            cols["position"] += list(range(cfg.positions))
+            cols["frame_index"] += [3 * p for p in range(cfg.positions)]
+            cols["timestamp"] += [3 * p / 25.0 for p in range(cfg.positions)]
+            video_rows.append({
+                "video_id": vid, "path": f"{SOURCE}://{vid}", "class_name": names[label], "label": label,
+                "labels": [label], "group": f"g{group:02d}",
+                "splits": [{"split": 1, "subset": "test" if test[v] else "train"}],
+                "n_frames": 3 * cfg.positions, "fps": 25.0, "width": 0, "height": 0, "n_positions": cfg.positions,
+                "clamped": False, "status": STATUS_OK, "error": None, "extract_config": SOURCE, "flow_bound": None,
+                "node_id": None,
+            })
+        n = len(cols["video_id"])
+        table = pa.table({
+            "video_id": pa.array(cols["video_id"], pa.string()),
+            "position": pa.array(cols["position"], pa.int32()),
+            "frame_index": pa.array(cols["frame_index"], pa.int32()),
+            "timestamp": pa.array(cols["timestamp"], pa.float64()),
+            **{s: pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(feats[s]).reshape(-1)), dims[s])
+               for s in dims},
+            "spatial_run_id": pa.array([SOURCE] * n, pa.string()),
+            "motion_run_id": pa.array([SOURCE] * n, pa.string()),
+        }, schema=schema)
+        fragments += write_table_fragments(store, FRAME_FEATURES_NAME, table, so)
+        log.info("feature synth: %d of %d videos written", min(cfg.videos, start + cfg.chunk_videos), cfg.videos)
+    # The driver's commits, as in every stage: features first, then the videos that own them.
+    commit_fragments(store, FRAME_FEATURES_NAME, fragments, schema, so)
+    classes = pa.table({"label": pa.array(range(cfg.classes), pa.int32()), "class_name": names}, schema=CLASSES.schema)
+    commit_fragments(store, CLASSES.name, write_table_fragments(store, CLASSES.name, classes, so), CLASSES.schema, so)
+    videos = pa.Table.from_pylist(video_rows, schema=VIDEOS.schema)
+    commit_fragments(store, VIDEOS.name, write_table_fragments(store, VIDEOS.name, videos, so), VIDEOS.schema, so)
+    from hyvid.store.indexes import ensure_scalar_index
+
+    ensure_scalar_index(store, FRAME_FEATURES_NAME, storage_options=so)
+    n_test = int(test.sum())
+    return FeatureSynthResult(store, cfg.videos, cfg.classes, cfg.videos * cfg.positions, cfg.videos - n_test,
+                              n_test, time.perf_counter() - t0)
