@@ -259,7 +259,8 @@ def _store_state(cfg: ExtractConfig, config_hash: str) -> tuple[dict[str, str], 
     ds = open_table(cfg.store_uri, VIDEOS.name, so)
     meta = (ds.schema.metadata or {}).get(EXTRACT_SETTINGS_METADATA_KEY)
     t = ds.to_table(columns=["video_id", "extract_config"])
-    return dict(zip(t["video_id"].to_pylist(), t["extract_config"].to_pylist())), (json.loads(meta) if meta else None)
+    configs = dict(zip(t["video_id"].to_pylist(), t["extract_config"].to_pylist(), strict=True))
+    return configs, (json.loads(meta) if meta else None)
 
 
 def _videos_schema(cfg: ExtractConfig) -> pa.Schema:
@@ -289,7 +290,7 @@ def _write_classes(cfg: ExtractConfig, dataset: Dataset) -> None:
     classes = list(dataset.classes)
     if table_exists(cfg.store_uri, CLASSES.name, so):
         t = open_table(cfg.store_uri, CLASSES.name, so).to_table()
-        stored = [n for _, n in sorted(zip(t["label"].to_pylist(), t["class_name"].to_pylist()))]
+        stored = [n for _, n in sorted(zip(t["label"].to_pylist(), t["class_name"].to_pylist(), strict=True))]
         if stored == classes:
             return
         if stored:

@@ -165,7 +165,8 @@ def _load_aligned(fs, models: Sequence[str], split: int, subset: str) -> _Aligne
 
 def _models_in_store(fs, split: int) -> list[str]:
     t = fs.table(VIDEO_SCORES.name).to_table(columns=["model", "split"])
-    present = {m for m, s in zip(t.column("model").to_pylist(), t.column("split").to_pylist()) if s == split}
+    present = {m for m, s in zip(t.column("model").to_pylist(), t.column("split").to_pylist(), strict=True)
+               if s == split}
     return [m for m in MODEL_NAMES if m in present and m != HYBRID]
 
 
@@ -193,7 +194,7 @@ def _provenance(fs) -> tuple[dict, dict[str, str]]:
         t = fs.table(FRAME_FEATURES_NAME).to_table(columns=["spatial_run_id", "motion_run_id"])
     except FileNotFoundError:
         return settings, cnn_runs
-    pairs = Counter(zip(t.column("spatial_run_id").to_pylist(), t.column("motion_run_id").to_pylist()))
+    pairs = Counter(zip(t.column("spatial_run_id").to_pylist(), t.column("motion_run_id").to_pylist(), strict=True))
     if pairs:
         (s_run, m_run), _ = pairs.most_common(1)[0]
         if len(pairs) > 1:
@@ -227,7 +228,7 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
     weights, table = search_weights(
         [val.scores[m] for m in models], val.labels, cfg.step, metric,
         labels_multi=val.labels_multi if multilabel else None, refine=cfg.refine, names=models)
-    wdict = {m: float(w) for m, w in zip(models, weights)}
+    wdict = {m: float(w) for m, w in zip(models, weights, strict=True)}
     val_hyb = combine([val.scores[m] for m in models], weights)
     test_hyb = combine([test.scores[m] for m in models], weights)
 

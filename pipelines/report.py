@@ -203,7 +203,8 @@ def to_markdown(rep: Report) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if any(e.source == "hybrid-eval" for per in rep.entries.values() for e in per.values()):
-        lines += ["¹ recomputed by the hybrid stage from `video_scores` (the model's own run logged no test metric).", ""]
+        lines += ["¹ recomputed by the hybrid stage from `video_scores` (the model's own run logged no test metric).",
+                  ""]
     if partial:
         lines += ["² mean over only the splits that have a run of this model.", ""]
     extra = [m for m in rep.models() if m not in {m for _, rows in TABLES for m, _ in rows}]

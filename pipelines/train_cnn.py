@@ -140,7 +140,7 @@ def _split_data(store_uri: str, split: int, storage_options: dict | None):
     labels = videos.column("label").to_pylist()
     subsets = videos.column("subset").to_pylist()
     by_subset: dict[str, dict[str, int]] = {"train": {}, "val": {}}
-    for v, lab, s in zip(ids, labels, subsets):
+    for v, lab, s in zip(ids, labels, subsets, strict=True):
         if s in by_subset and lab is not None and lab >= 0:
             by_subset[s][v] = int(lab)
     if not by_subset["train"]:
@@ -255,7 +255,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
         t0 = time.perf_counter()
         try:
             job.result = trainer.fit()
-        except BaseException as e:  # recorded in its MLflow run, re-raised after the other stream ends
+        except BaseException as e:  # noqa: BLE001 - recorded in its MLflow run, re-raised after the other stream ends
             job.error = e
         log.info("%s fit %s in %.1f s", job.stream, "failed" if job.error else "done", time.perf_counter() - t0)
 

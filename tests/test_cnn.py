@@ -162,7 +162,7 @@ def test_random_crop_flip():
     out = random_crop_flip(stacks, (10, 14), rng, "flow")
     assert out.shape == (8, 4, 10, 14)
     # Each output is a crop of its input, either plain or flow-flipped.
-    for src, dst in zip(stacks, out):
+    for src, dst in zip(stacks, out, strict=True):
         found = False
         for cand in (src, flip_flow_stack(src)):
             for y in range(3):

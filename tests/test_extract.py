@@ -11,10 +11,10 @@ import pyarrow.compute as pc
 import pytest
 from video_fixtures import write_bad_files, write_ucf
 
-from hyvid.pipelines.cli import main as cli_main
 from hyvid.pipelines import faults
-from hyvid.pipelines.extract import ExtractConfig, extract, ok_video_ids
+from hyvid.pipelines.cli import main as cli_main
 from hyvid.pipelines.data.video import dequantize_flow
+from hyvid.pipelines.extract import ExtractConfig, extract, ok_video_ids
 from hyvid.store.clips import decode_flow_stack, decode_frame
 from hyvid.store.lance_io import open_table
 from hyvid.store.tables import CLASSES, CLIPS, STATUS_FAILED, STATUS_OK, VIDEOS
@@ -88,7 +88,8 @@ def test_tables_follow_their_schemas(extracted):
     classes = open_table(str(store), CLASSES.name).to_table().to_pylist()
     assert classes == [{"label": 0, "class_name": "Jump"}, {"label": 1, "class_name": "HandstandPushups"}]
 
-    row = next(v for v in videos.to_table().to_pylist() if v["video_id"] == "HandstandPushups/v_HandStandPushups_g01_c01")
+    row = next(v for v in videos.to_table().to_pylist()
+               if v["video_id"] == "HandstandPushups/v_HandStandPushups_g01_c01")
     assert row["label"] == 1 and row["labels"] == [1] and row["group"] == "g01" and row["status"] == STATUS_OK
     assert {(s["split"], s["subset"]) for s in row["splits"]} == {(1, "test"), (2, "train"), (3, "test")}
     assert row["n_frames"] == 12 + 1 + 1 and (row["width"], row["height"]) == (64, 48)
@@ -150,7 +151,8 @@ def test_resume_after_a_worker_is_killed(dataset, tmp_path, ray_session):
     flag = tmp_path / "crashed"
     store = tmp_path / "s"
     victim = "Jump/v_Jump_g02_c01"
-    r = extract(_cfg(dataset, store, shard_size=2, faults=faults.spec(faults.Fault(faults.EXTRACT_VIDEO, victim, once=str(flag)))))
+    fault = faults.Fault(faults.EXTRACT_VIDEO, victim, once=str(flag))
+    r = extract(_cfg(dataset, store, shard_size=2, faults=faults.spec(fault)))
     assert flag.exists()  # the worker really died
     assert r.ok == N_GOOD and r.failed == 4
     _assert_each_video_once(store, N_GOOD + 4, N_GOOD)

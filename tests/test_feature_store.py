@@ -79,7 +79,8 @@ def store(tmp_path):
     feats = make_features(videos, rng)
     clips = [{"video_id": r["video_id"], "position": r["position"], "frame_index": r["frame_index"],
               "timestamp": r["timestamp"], "frame": b"jpg", "flow_stack": b"\x80" * 4, "height": 2,
-              "width": 1, "stack": 1} for r in feats.select(["video_id", "position", "frame_index", "timestamp"]).to_pylist()]
+              "width": 1, "stack": 1}
+             for r in feats.select(["video_id", "position", "frame_index", "timestamp"]).to_pylist()]
     append_rows(uri, CLIPS.name, pa.Table.from_pylist(clips, schema=CLIPS.schema))
     # Two commits, so lookups span fragments.
     half = feats.num_rows // 2
@@ -198,8 +199,9 @@ def test_video_features_is_the_mean(store):
     assert vf.features["motion"].dtype == np.float32
     for i, vid in enumerate(vf.video_ids):
         exp = _expected(feats, vid)
-        np.testing.assert_allclose(vf.features["spatial"][i], np.mean(exp.column("spatial").to_pylist(), axis=0), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(vf.features["motion"][i], np.mean(exp.column("motion").to_pylist(), axis=0), rtol=1e-5, atol=1e-6)
+        for stream in ("spatial", "motion"):
+            np.testing.assert_allclose(vf.features[stream][i], np.mean(exp.column(stream).to_pylist(), axis=0),
+                                       rtol=1e-5, atol=1e-6)
     multi = fs.video_features(1, "trainval")
     i = multi.video_ids.index("multi/v_ml_g04_c02")
     assert multi.labels_multi[i] == [0, 1] and multi.labels[i] == 0

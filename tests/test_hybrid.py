@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+
 from hyvid.models.registry import LATE_FUSIONS
 from hyvid.pipelines import hybrid as H
 from hyvid.pipelines.evaluation import metrics as M
@@ -112,6 +113,7 @@ CLASSES = ["jump", "run", "swim", "wave"]
 def _make_store(root, true_w=(0.5, 0.3, 0.2), n_val=120, n_test=120, extra=True, seed=0):
     """A store with videos, classes and video_scores of the LSTMs, fusion and (optionally) CNNs."""
     import pyarrow as pa
+
     from hyvid.store.lance_io import append_rows
     from hyvid.store.scores import upsert_video_scores
     from hyvid.store.tables import CLASSES as CLASSES_T
@@ -127,7 +129,7 @@ def _make_store(root, true_w=(0.5, 0.3, 0.2), n_val=120, n_test=120, extra=True,
             subsets.append(subset)
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, c, len(ids))
-    for vid, lab in zip(ids, labels):
+    for vid, lab in zip(ids, labels, strict=True):
         rows.append({"video_id": vid, "class_name": CLASSES[lab], "label": int(lab), "labels": [int(lab)],
                      "group": "g01", "status": "ok"})
     meta = {b"hyvid.extract_settings": json.dumps({"frames": 6, "stack": 2, "flow": "dis", "size": 32}).encode()}
@@ -136,7 +138,7 @@ def _make_store(root, true_w=(0.5, 0.3, 0.2), n_val=120, n_test=120, extra=True,
         [{"label": i, "class_name": n} for i, n in enumerate(CLASSES)], schema=CLASSES_T.schema))
     scores, _ = _planted(true_w, n=len(ids), c=c, seed=seed, labels=labels)
     t = np.eye(c)[labels]
-    named = dict(zip(("spatial_lstm", "motion_lstm", "fusion"), scores))
+    named = dict(zip(("spatial_lstm", "motion_lstm", "fusion"), scores, strict=True))
     if extra:
         named["spatial_cnn"] = t * 0.6 + rng.random((len(ids), c))
         named["motion_cnn"] = t * 0.4 + rng.random((len(ids), c))
@@ -147,8 +149,9 @@ def _make_store(root, true_w=(0.5, 0.3, 0.2), n_val=120, n_test=120, extra=True,
 
 def test_hybrid_stage_end_to_end(tmp_path, tracking_uri):
     import mlflow
-    from hyvid.store.feature_store import FeatureStore
     from mlflow.tracking import MlflowClient
+
+    from hyvid.store.feature_store import FeatureStore
 
     store, labels, named = _make_store(tmp_path)
     out = tmp_path / "plots"
@@ -167,7 +170,8 @@ def test_hybrid_stage_end_to_end(tmp_path, tracking_uri):
     assert float(run.data.params["weight.spatial_lstm"]) == pytest.approx(0.5)
     assert run.data.params["component.fusion.run_id"] == "run_fusion"
     assert run.data.metrics["test_accuracy"] == 1.0
-    assert run.data.metrics["eval.spatial_cnn.test_accuracy"] == pytest.approx(res.components["spatial_cnn"]["accuracy"])
+    assert run.data.metrics["eval.spatial_cnn.test_accuracy"] == pytest.approx(
+        res.components["spatial_cnn"]["accuracy"])
     assert "lineage.video_scores.version" in run.data.params
     # What `hyvid predict` needs to prepare a new video like the training ones.
     assert run.data.params["extract.stack"] == "2" and run.data.params["extract.flow"] == "dis"

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from processes import free_port, kill_session
 
 from hyvid.cluster import jobs

@@ -69,8 +69,13 @@ def peephole_reference(cell: PeepholeLSTMCell, x, h, c):
     H = cell.hidden_size
     Wx, Wh, b = (p.detach().numpy().astype(np.float64) for p in (cell.weight_ih, cell.weight_hh, cell.bias))
     wci, wcf, wco = (p.detach().numpy().astype(np.float64) for p in (cell.w_ci, cell.w_cf, cell.w_co))
-    sig = lambda z: 1 / (1 + np.exp(-z))
-    pre = lambda k: x @ Wx[k * H : (k + 1) * H].T + h @ Wh[k * H : (k + 1) * H].T + b[k * H : (k + 1) * H]
+
+    def sig(z):
+        return 1 / (1 + np.exp(-z))
+
+    def pre(k):
+        return x @ Wx[k * H : (k + 1) * H].T + h @ Wh[k * H : (k + 1) * H].T + b[k * H : (k + 1) * H]
+
     i = sig(pre(0) + wci * c)
     f = sig(pre(1) + wcf * c)
     c_new = f * c + i * np.tanh(pre(2))
@@ -99,7 +104,7 @@ def test_peephole_cell_without_peepholes_is_nn_lstmcell():
         for p in (cell.w_ci, cell.w_cf, cell.w_co):
             p.zero_()
     x, h, c = torch.randn(3, 5), torch.randn(3, 7), torch.randn(3, 7)
-    for a, b in zip(cell(x, (h, c)), ref(x, (h, c))):
+    for a, b in zip(cell(x, (h, c)), ref(x, (h, c)), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -153,7 +158,10 @@ def test_lstm_learns_order_while_mean_pooled_features_are_at_chance():
     torch.manual_seed(0)
     model = fit(StreamLSTM(D, 2, hidden=(32, 16)), x, lengths, y)
     assert accuracy(model, xt, lt, yt) >= 0.95
-    mean = lambda a, n: (a.sum(1) / n[:, None]).numpy()
+
+    def mean(a, n):
+        return (a.sum(1) / n[:, None]).numpy()
+
     pooled = LogisticRegression(max_iter=1000).fit(mean(x, lengths), y.numpy())
     assert pooled.score(mean(xt, lt), yt.numpy()) <= 0.65
 
@@ -175,7 +183,8 @@ def test_sequence_loss_variants():
     torch.testing.assert_close(ce, torch.nn.functional.cross_entropy(model.video_logits(x, lengths), y))
     multi = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0]]).float()
     bce = sequence_loss(model, x, lengths, multi, multilabel=True)
-    torch.testing.assert_close(bce, torch.nn.functional.binary_cross_entropy_with_logits(model.video_logits(x, lengths), multi))
+    torch.testing.assert_close(
+        bce, torch.nn.functional.binary_cross_entropy_with_logits(model.video_logits(x, lengths), multi))
     dense = sequence_loss(model, x, lengths, y, all_steps=True)
     assert dense.isfinite() and not torch.isclose(dense, ce)
     with pytest.raises(ValueError, match="multilabel=True"):

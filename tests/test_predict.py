@@ -69,7 +69,7 @@ def logged(tmp_path_factory):
     meta = {b"hyvid.extract_settings": json.dumps(EXTRACT).encode()}
     append_rows(store, VIDEOS.name, pa.Table.from_pylist(
         [{"video_id": v, "class_name": CLASSES[lab], "label": int(lab), "labels": [int(lab)], "status": "ok"}
-         for v, lab in zip(ids, labels)], schema=VIDEOS.schema.with_metadata(meta)))
+         for v, lab in zip(ids, labels, strict=True)], schema=VIDEOS.schema.with_metadata(meta)))
     append_rows(store, CLASSES_T.name, pa.Table.from_pylist(
         [{"label": i, "class_name": n} for i, n in enumerate(CLASSES)], schema=CLASSES_T.schema))
     append_rows(store, FRAME_FEATURES_NAME, pa.Table.from_pylist(
@@ -111,9 +111,9 @@ def test_hybrid_run_names_everything_predict_needs(logged):
 
 
 def test_predict_matches_the_models_and_isolates_a_bad_file(logged):
+    from hyvid.pipelines.data.video import extract_clip_arrays
     from hyvid.pipelines.inference.cnn import cnn_forward
     from hyvid.pipelines.predict import PredictConfig, load_hybrid, predict
-    from hyvid.pipelines.data.video import extract_clip_arrays
 
     h = load_hybrid(logged["uri"], "exp")
     paths = [logged["good"][0], logged["bad"], logged["good"][1]]

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hyvid.pipelines import tracking
-from hyvid.pipelines.report import ReportConfig, collect, report, to_json
+from hyvid.pipelines.report import ReportConfig, collect, report
 from hyvid.pipelines.runs import RunsConfig, format_table, list_runs
 
 T0 = 1_700_000_000_000  # ms; explicit start times make "latest" deterministic

@@ -40,7 +40,8 @@ def test_run_chains_every_stage_then_resumes(tmp_path, ray_session):
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("smoke")
     def stage_counts() -> Counter:
-        return Counter(r.data.tags.get("hyvid.stage") for r in client.search_runs([exp.experiment_id], max_results=1000))
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        return Counter(r.data.tags.get("hyvid.stage") for r in runs)
 
     before = stage_counts()
     assert before["train-cnn"] == 2 and before["train"] == 3 and before["hybrid"] == 1

@@ -40,7 +40,7 @@ def test_upsert_creates_then_replaces_without_duplicates(tmp_path):
                              labels_multi=[[0], [0], [1], [1], [2, 0]])
     assert v2 == v_other + 1, "an upsert is one commit"
     table = open_table(uri, VIDEO_SCORES.name).to_table()
-    keys = list(zip(table["video_id"].to_pylist(), table["model"].to_pylist(), table["split"].to_pylist()))
+    keys = list(zip(table["video_id"].to_pylist(), table["model"].to_pylist(), table["split"].to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) == 5 + 4
     got = fs.scores("spatial_cnn", 1)
     assert got.video_ids == sorted(ids5) and got.run_id == "run2"

@@ -110,7 +110,8 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
     from hyvid.pipelines.training.cnn_loop import _cache_pooled
 
     spatial = mlflow.pytorch.load_model(f"runs:/{res.run_ids['spatial']}/model").eval()
-    labels = {v: 0 for v in open_table(store, "clips").to_table(columns=["video_id"]).column("video_id").to_pylist()[:1]}
+    clip_ids = open_table(store, "clips").to_table(columns=["video_id"]).column("video_id").to_pylist()
+    labels = {v: 0 for v in clip_ids[:1]}
     data = ClipsDataset(store, labels, "spatial")
     idx = np.arange(len(data))
     cached = _cache_pooled(spatial, data, idx, 3, torch.device("cpu"))
@@ -133,9 +134,9 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
     t = ff.to_table()
     assert t.num_rows == n_clips
     assert t.schema.field("spatial").type == pa.list_(pa.float32(), 48)
-    keys = set(zip(t.column("video_id").to_pylist(), t.column("position").to_pylist()))
+    keys = set(zip(t.column("video_id").to_pylist(), t.column("position").to_pylist(), strict=True))
     clips = open_table(store, "clips").to_table(columns=["video_id", "position", "frame_index"])
-    assert keys == set(zip(clips.column("video_id").to_pylist(), clips.column("position").to_pylist()))
+    assert keys == set(zip(clips.column("video_id").to_pylist(), clips.column("position").to_pylist(), strict=True))
     assert set(t.column("spatial_run_id").to_pylist()) == {res.run_ids["spatial"]}
     assert set(t.column("motion_run_id").to_pylist()) == {res.run_ids["motion"]}
     sp = np.stack(t.column("spatial").to_numpy(zero_copy_only=False))
@@ -212,7 +213,7 @@ def test_commit_features_replaces_rows_of_other_runs(tmp_path):
     v1 = _commit_features(store, frags, ["a"], schema, None)
     assert v1 == v0 + 1
     t = open_table(store, "frame_features").to_table()
-    got = sorted(zip(t.column("video_id").to_pylist(), t.column("spatial_run_id").to_pylist()))
+    got = sorted(zip(t.column("video_id").to_pylist(), t.column("spatial_run_id").to_pylist(), strict=True))
     assert got == [("a", "new")] * 3 + [("b", "old")] * 3
     # The previous version is intact (readers of v0 never saw a half-replaced video).
     assert open_table(store, "frame_features", version=v0).count_rows() == 6

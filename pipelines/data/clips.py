@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from hyvid.store.clips import decode_flow_stack, decode_frame
 from hyvid.store.lance_io import open_table
-from hyvid.store.tables import CLIPS  # noqa: I001 (first: store.tables <-> store.clips import each other)
+from hyvid.store.tables import CLIPS
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,11 @@ def decode_rows(rows: pa.Table, stream: str) -> np.ndarray:
     w = rows.column("width").to_pylist()
     if stream == "spatial":
         blobs = rows.column("frame").to_pylist()
-        out = [decode_frame(b, hh, ww) for b, hh, ww in zip(blobs, h, w)]
+        out = [decode_frame(b, hh, ww) for b, hh, ww in zip(blobs, h, w, strict=True)]
     else:
         blobs = rows.column("flow_stack").to_pylist()
         stacks = rows.column("stack").to_pylist()
-        out = [decode_flow_stack(b, s, hh, ww) for b, s, hh, ww in zip(blobs, stacks, h, w)]
+        out = [decode_flow_stack(b, s, hh, ww) for b, s, hh, ww in zip(blobs, stacks, h, w, strict=True)]
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
         raise ValueError(
@@ -104,7 +104,7 @@ class ClipsDataset(Dataset):
     def __getitems__(self, idx: list[int]) -> list[tuple[torch.Tensor, int]]:
         # DataLoader's batched fetch: one take per batch instead of one per item.
         x, y = self.get_batch(idx)
-        return [(torch.from_numpy(a), int(b)) for a, b in zip(x, y)]
+        return [(torch.from_numpy(a), int(b)) for a, b in zip(x, y, strict=True)]
 
 
 def iter_batches(

@@ -99,7 +99,8 @@ def _read_class_ind(path: Path) -> list[str]:
 def load_ucf101(root: str | os.PathLike) -> Dataset:
     """Discover a UCF-101-layout dataset (see the module docstring for the quirks handled)."""
     root = Path(root).resolve()
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name != UCF_LISTS_DIR and not d.name.startswith("."))
+    class_dirs = sorted(
+        d for d in root.iterdir() if d.is_dir() and d.name != UCF_LISTS_DIR and not d.name.startswith("."))
     lists = root / UCF_LISTS_DIR
     class_ind = lists / "classInd.txt"
     if class_ind.exists():

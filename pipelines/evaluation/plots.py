@@ -45,7 +45,7 @@ def weight_surface(
         pts = ax.scatter(x, y, c=v, cmap="viridis", s=14, edgecolors="k", linewidths=0.2)
         fig.colorbar(sc or pts, ax=ax, label=value, shrink=0.8)
         ax.plot([0, 1, 0.5, 0], [0, 0, h, 0], "k-", lw=0.8)
-        for (cx, cy), name in zip([(0, 0), (1, 0), (0.5, h)], names):
+        for (cx, cy), name in zip([(0, 0), (1, 0), (0.5, h)], names, strict=True):
             ax.annotate(name, (cx, cy), xytext=(0, -14 if cy == 0 else 8), textcoords="offset points",
                         ha="center", va="top" if cy == 0 else "bottom", fontsize=9)
         if best is not None:

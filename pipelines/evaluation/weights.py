@@ -51,7 +51,7 @@ def combine(scores_list: Sequence[np.ndarray], weights: Sequence[float]) -> np.n
     if len(shapes) != 1:
         raise ValueError(f"score sets must have one shape [videos, classes], got {sorted(shapes)}")
     out = np.zeros(np.shape(scores_list[0]), dtype=np.float64)
-    for s, w in zip(scores_list, weights):
+    for s, w in zip(scores_list, weights, strict=True):
         out += float(w) * np.asarray(s, dtype=np.float64)
     return out
 

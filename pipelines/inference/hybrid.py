@@ -14,6 +14,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -124,7 +125,8 @@ def _extract_settings(run) -> dict[str, Any]:
     missing = [k for k in ("frames", "stack", "flow", "size") if f"{tracking.EXTRACT_PREFIX}{k}" not in p]
     if missing:
         raise ValueError(
-            f"hybrid run {run.info.run_id} records no extraction settings ({', '.join(tracking.EXTRACT_PREFIX + k for k in missing)}); "
+            f"hybrid run {run.info.run_id} records no extraction settings "
+            f"({', '.join(tracking.EXTRACT_PREFIX + k for k in missing)}); "
             "it predates them: re-run `hyvid hybrid` on the store so predict can prepare videos the same way")
     return {"frames": int(p[f"{tracking.EXTRACT_PREFIX}frames"]), "stack": int(p[f"{tracking.EXTRACT_PREFIX}stack"]),
             "flow": p[f"{tracking.EXTRACT_PREFIX}flow"], "size": int(p[f"{tracking.EXTRACT_PREFIX}size"])}
@@ -174,7 +176,8 @@ def load_hybrid(tracking_uri: str | None, experiment: str = DEFAULT_EXPERIMENT, 
 
     cnn_ids = {}
     for m in (R.SPATIAL_CNN, R.MOTION_CNN):
-        rid = params.get(f"{tracking.CNN_PREFIX}{m}.run_id") or _latest_cnn_run(client.get_experiment(run.info.experiment_id).name, m, run_split)
+        rid = (params.get(f"{tracking.CNN_PREFIX}{m}.run_id")
+               or _latest_cnn_run(client.get_experiment(run.info.experiment_id).name, m, run_split))
         if not rid:
             raise FileNotFoundError(f"hybrid run {run_id} names no {m} run and the experiment has no finished "
                                     f"`hyvid train-cnn` run of {m}; train the CNNs first")
@@ -185,7 +188,7 @@ def load_hybrid(tracking_uri: str | None, experiment: str = DEFAULT_EXPERIMENT, 
 
     try:
         class_names = list(mlflow.artifacts.load_dict(f"runs:/{run_id}/{tracking.CLASSES_ARTIFACT}")["class_names"])
-    except Exception:  # older runs: numbered classes
+    except Exception:  # noqa: BLE001 - older runs have no classes artifact: numbered classes
         class_names = []
     n_classes = getattr(spatial, "num_classes", None) or len(class_names)
     if len(class_names) != n_classes:
@@ -308,7 +311,7 @@ def classify_videos(h: LoadedHybrid, paths: Sequence[str], top: int = 5, batch_s
                 (sf, sp), (mf, mp) = pool.map(stream_forward, (h.spatial_cnn, h.motion_cnn), (frames, flows),
                                               (spatial_input, motion_input))
             bounds = np.cumsum([0] + [len(c.frames) for _, _, c, _ in ok])
-            cut = [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+            cut = list(pairwise(bounds))
             timing["cnn_s"] += time.perf_counter() - t
             timing["cnn_cpu_s"] += time.process_time() - c
 
@@ -319,7 +322,7 @@ def classify_videos(h: LoadedHybrid, paths: Sequence[str], top: int = 5, batch_s
             timing["lstm_fusion_s"] += time.perf_counter() - t
             timing["lstm_fusion_cpu_s"] += time.process_time() - c
             k = min(top, scores.shape[1])
-            for (i, p, _, secs), s in zip(ok, scores):
+            for (i, p, _, secs), s in zip(ok, scores, strict=True):
                 order = np.argsort(-s, kind="stable")[:k]
                 results[i] = VideoPrediction(p, [(h.class_names[c], float(s[c])) for c in order], s.astype(np.float32),
                                              frames_flow_s=secs)
