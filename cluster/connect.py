@@ -9,21 +9,24 @@ import ray
 log = logging.getLogger(__name__)
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
+def connect(address: str | None = None, num_cpus: int | None = None) -> dict[str, float]:
     """Connect to Ray once per process and return the cluster's resources.
 
     With no address (and no RAY_ADDRESS), a local Ray starts with `num_cpus` or all cores.
     Inside a Ray job the driver is already attached to the cluster, so "auto" is used.
     """
+    resources: dict[str, float]
     if ray.is_initialized():
-        return ray.cluster_resources()
+        resources = ray.cluster_resources()
+        return resources
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
         # address="local": never attach silently to some other cluster left running on this machine.
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=True, runtime_env={"worker_process_setup_hook": "hyvid.cluster.connect.quiet_worker_logs"})
+                 log_to_driver=True,
+                 runtime_env={"worker_process_setup_hook": "hyvid.cluster.connect.quiet_worker_logs"})
     resources = ray.cluster_resources()
     log.info("Ray resources: %s", resources)
     return resources

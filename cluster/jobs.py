@@ -4,8 +4,8 @@ A job ships the project as its `runtime_env.working_dir`, and hyvid's four packa
 `hyvid` package in `runtime_env.py_modules` (staged at submit time, since the checkout's folders
 install under the `hyvid.` prefix), and runs `python -m hyvid.pipelines.cli ...` there. So the
 cluster needs only Ray and the dependencies (ray_config.yaml's setup_commands install both), not
-this exact checkout, and the job runs the code it was submitted with. The job's driver runs on the head node and attaches to
-the cluster through the RAY_ADDRESS that Ray sets for it, so stages need no --address.
+this exact checkout, and the job runs the code it was submitted with. The job's driver runs on the head node and
+attaches to the cluster through the RAY_ADDRESS that Ray sets for it, so stages need no --address.
 
 Ray's token authentication stays on: requests carry `Authorization: Bearer <token>`, with the
 token found where Ray itself looks (RAY_AUTH_TOKEN, then RAY_AUTH_TOKEN_PATH, then
@@ -21,11 +21,15 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator, cast
 
 from hyvid.cluster.settings import REPO_ROOT, SECRET_KEY_RE
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobDetails, JobSubmissionClient
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,7 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def client(address: str):
+def client(address: str) -> JobSubmissionClient:
     """A JobSubmissionClient for the dashboard at `address` (http://HEAD:8265), authenticated."""
     from ray.job_submission import JobSubmissionClient
 
@@ -130,7 +134,8 @@ class SubmitConfig:
 
     def __post_init__(self) -> None:
         if not self.args:
-            raise ValueError("nothing to submit: give the hyvid command after `--`, e.g. `hyvid submit -- extract DATA`")
+            raise ValueError(
+                "nothing to submit: give the hyvid command after `--`, e.g. `hyvid submit -- extract DATA`")
         if self.working_dir is not None and not _is_checkout(self.working_dir):
             raise ValueError(f"working dir {self.working_dir!r} has no pipelines/cli/ package; pass the hyvid checkout")
         for name in self.env:
@@ -145,9 +150,9 @@ class SubmitConfig:
     def entrypoint(self) -> str:
         return f"{shlex.quote(self.python)} -m {CLI_MODULE} {shlex.join(self.args)}"
 
-    def runtime_env(self, package_dir: str | None = None) -> dict:
+    def runtime_env(self, package_dir: str | None = None) -> dict[str, Any]:
         """The job's runtime_env; `package_dir` is the staged `hyvid` package (see staged_package)."""
-        env: dict = {}
+        env: dict[str, Any] = {}
         if self.working_dir is not None:
             env["working_dir"] = str(self.working_dir)
             env["excludes"] = list(self.excludes)
@@ -211,7 +216,7 @@ def submit(cfg: SubmitConfig, agent_wait_s: float = 60.0) -> str:
     return job_id
 
 
-def list_jobs(address: str) -> list:
+def list_jobs(address: str) -> list[JobDetails]:
     """Every job the cluster knows, oldest first (ray JobDetails)."""
     return sorted(client(address).list_jobs(), key=lambda j: j.start_time or 0)
 
@@ -227,7 +232,7 @@ def logs(address: str, job_id: str) -> str:
 def follow_logs(address: str, job_id: str) -> Iterator[str]:
     """Chunks of the job's output as it runs, until the job ends."""
     c = client(address)
-    agen = c.tail_job_logs(job_id)
+    agen = cast(AsyncGenerator[str, None], c.tail_job_logs(job_id))  # an async generator: it has aclose()
     loop = asyncio.new_event_loop()
     try:
         while True:

@@ -10,7 +10,10 @@ callers that already hold them, and tests, need no second look-up.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from ray.train import ScalingConfig
 
 GPU = "GPU"
 
@@ -33,7 +36,8 @@ def _resources(cluster: Mapping[str, float] | None) -> Mapping[str, float]:
 
     if not ray.is_initialized():
         raise RuntimeError("Ray is not connected; call cluster.connect.connect() first")
-    return ray.cluster_resources()
+    resources: dict[str, float] = ray.cluster_resources()
+    return resources
 
 
 def accelerator_count(accelerator: str = GPU, cluster: Mapping[str, float] | None = None) -> float:
@@ -96,7 +100,7 @@ def scaling_config(
     accelerator: str = GPU,
     cluster: Mapping[str, float] | None = None,
     sharing: int | None = None,
-):
+) -> ScalingConfig:
     """A Ray Train ScalingConfig: `num_workers` workers, each on an accelerator when there is one.
 
     `sharing` is how many workers (of this and concurrent fits) share the accelerators: each asks

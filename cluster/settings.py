@@ -81,7 +81,7 @@ class Settings:
 def expand_env(value: str, what: str = "value") -> str:
     """Expand `${VAR}` / `$VAR`; an unset variable is an error naming it (never a silent "")."""
 
-    def sub(m: re.Match) -> str:
+    def sub(m: re.Match[str]) -> str:
         name = m.group(1) or m.group(2)
         if name not in os.environ:
             raise ValueError(f"{what} refers to ${{{name}}}, which is not set in the environment; export it")

@@ -22,6 +22,8 @@ Cost: the kernels are O(N² D) to build and O(N²) floats to hold, so they suit 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ _NEGATIVE_TOLERANCE = 1e-6
 
 def _mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-2], sizes[1:-1]):
+    for a, b in pairwise(sizes[:-1]):
         layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return nn.Sequential(*layers)
@@ -57,7 +59,8 @@ class _FusionMLP(nn.Module):
         if not input_dims or any(d <= 0 for d in input_dims):
             raise ValueError(f"input_dims must be a non-empty sequence of positive widths, got {input_dims}")
         if num_classes <= 0 or any(h <= 0 for h in hidden):
-            raise ValueError(f"num_classes and hidden sizes must be positive, got num_classes={num_classes}, hidden={hidden}")
+            raise ValueError(
+                f"num_classes and hidden sizes must be positive, got num_classes={num_classes}, hidden={hidden}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.input_dims = input_dims
@@ -67,7 +70,7 @@ class _FusionMLP(nn.Module):
     def _check(self, xs: Sequence[torch.Tensor]) -> None:
         if len(xs) != len(self.input_dims):
             raise ValueError(f"expected {len(self.input_dims)} streams, got {len(xs)}")
-        for i, (x, d) in enumerate(zip(xs, self.input_dims)):
+        for i, (x, d) in enumerate(zip(xs, self.input_dims, strict=True)):
             if x.dim() != 2 or x.shape[1] != d:
                 raise ValueError(f"stream {i}: expected shape [B, {d}], got {tuple(x.shape)}")
 
@@ -98,7 +101,8 @@ class EarlyFusionMLP(_FusionMLP):
     def head_logits(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """``[1, B, C]``: the single head's logits."""
         self._check(xs)
-        return self.net(torch.cat(list(xs), dim=1))[None]
+        logits: torch.Tensor = self.net(torch.cat(list(xs), dim=1))
+        return logits[None]
 
 
 class LateFusionMLP(_FusionMLP):
@@ -118,7 +122,7 @@ class LateFusionMLP(_FusionMLP):
     def head_logits(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """``[S, B, C]``: each stream's own logits."""
         self._check(xs)
-        return torch.stack([net(x) for net, x in zip(self.nets, xs)])
+        return torch.stack([net(x) for net, x in zip(self.nets, xs, strict=True)])
 
 
 def mlp_loss(model: EarlyFusionMLP | LateFusionMLP, xs: Sequence[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
@@ -133,10 +137,11 @@ def mlp_loss(model: EarlyFusionMLP | LateFusionMLP, xs: Sequence[torch.Tensor], 
     if model.multilabel:
         if y.shape != logits.shape[1:]:
             raise ValueError(f"multi-label y must be [B, {model.num_classes}] multi-hot, got {tuple(y.shape)}")
-        return sum(nn.functional.binary_cross_entropy_with_logits(h, y.to(h.dtype)) for h in logits)
+        return cast(torch.Tensor, sum(nn.functional.binary_cross_entropy_with_logits(h, y.to(h.dtype)) for h in logits))
     if y.dim() != 1:
-        raise ValueError(f"single-label y must be [B] class indices, got {tuple(y.shape)}; build the model with multilabel=True for multi-hot")
-    return sum(nn.functional.cross_entropy(h, y.long()) for h in logits)
+        raise ValueError(f"single-label y must be [B] class indices, got {tuple(y.shape)}; "
+                         "build the model with multilabel=True for multi-hot")
+    return cast(torch.Tensor, sum(nn.functional.cross_entropy(h, y.long()) for h in logits))  # >= 1 head
 
 
 # ---------------------------------------------------------------------------------------------- χ² kernel SVMs
@@ -148,10 +153,12 @@ def _non_negative(X: np.ndarray, what: str) -> np.ndarray:
         raise ValueError(f"{what}: expected a 2-D [N, D] feature array, got shape {X.shape}")
     if X.size and X.min() < -_NEGATIVE_TOLERANCE:
         raise ValueError(
-            f"{what}: the χ² kernel needs non-negative features (post-ReLU fc1 outputs), but the minimum is {X.min():.4g}; "
+            f"{what}: the χ² kernel needs non-negative features (post-ReLU fc1 outputs), "
+            f"but the minimum is {X.min():.4g}; "
             "pass the raw averaged CNN features, not standardized ones"
         )
-    return np.clip(X, 0.0, None)  # float noise just below 0 would make the χ² terms wrong-signed
+    clipped: np.ndarray = np.clip(X, 0.0, None)
+    return clipped  # float noise just below 0 would make the χ² terms wrong-signed
 
 
 def chi2_kernel(X: np.ndarray, Y: np.ndarray | None = None, gamma: float = 1.0) -> np.ndarray:
@@ -162,7 +169,8 @@ def chi2_kernel(X: np.ndarray, Y: np.ndarray | None = None, gamma: float = 1.0) 
     """
     X = _non_negative(X, "chi2_kernel X")
     Y = X if Y is None else _non_negative(Y, "chi2_kernel Y")
-    return _sk_chi2_kernel(X, Y, gamma=gamma)
+    K: np.ndarray = _sk_chi2_kernel(X, Y, gamma=gamma)
+    return K
 
 
 def chi2_gamma(X: np.ndarray, max_rows: int = 1000, seed: int = 0) -> float:
@@ -174,7 +182,7 @@ def chi2_gamma(X: np.ndarray, max_rows: int = 1000, seed: int = 0) -> float:
     return 1.0 / mean_dist if mean_dist > 0 else 1.0
 
 
-def encode_labels(y, num_classes: int | None = None) -> np.ndarray:
+def encode_labels(y: Any, num_classes: int | None = None) -> np.ndarray:
     """Labels -> ``[N, C]`` 0/1 indicator matrix.
 
     Accepts ``[N]`` class indices (single-label), a ``[N, C]`` 0/1 array, or a list of label lists (multi-label).
@@ -186,7 +194,8 @@ def encode_labels(y, num_classes: int | None = None) -> np.ndarray:
         C = top if num_classes is None else num_classes
         if top > C:
             raise ValueError(f"label {top - 1} is out of range for num_classes={C}")
-        return MultiLabelBinarizer(classes=list(range(C))).fit_transform(labels).astype(np.int8)
+        indicators: np.ndarray = MultiLabelBinarizer(classes=list(range(C))).fit_transform(labels).astype(np.int8)
+        return indicators
     arr = np.asarray(y)
     if arr.ndim == 2:
         if num_classes is not None and arr.shape[1] != num_classes:
@@ -195,7 +204,8 @@ def encode_labels(y, num_classes: int | None = None) -> np.ndarray:
             raise ValueError("a 2-D label array must be a 0/1 indicator matrix [N, C]")
         return arr.astype(np.int8)
     if arr.ndim != 1:
-        raise ValueError(f"labels must be [N] class indices, [N, C] indicators or a list of label lists, got shape {arr.shape}")
+        raise ValueError(
+            f"labels must be [N] class indices, [N, C] indicators or a list of label lists, got shape {arr.shape}")
     arr = arr.astype(np.int64)
     C = int(arr.max()) + 1 if num_classes is None else num_classes
     if arr.size and (arr.min() < 0 or arr.max() >= C):
@@ -228,6 +238,11 @@ class _OneVsRestKernelSVM:
 
 
 class _SVMFusionBase:
+    # Set by fit().
+    train_: list[np.ndarray]
+    gammas_: list[float]
+    num_classes_: int
+
     def __init__(self, C: float = 1.0, gamma: float | Sequence[float] | None = None) -> None:
         if C <= 0:
             raise ValueError(f"SVM C must be > 0, got {C}")
@@ -238,10 +253,11 @@ class _SVMFusionBase:
         if self.gamma is None:
             return [chi2_gamma(x) for x in xs]
         if np.isscalar(self.gamma):
-            return [float(self.gamma)] * len(xs)
-        if len(self.gamma) != len(xs):
-            raise ValueError(f"gamma has {len(self.gamma)} values for {len(xs)} streams")
-        return [float(g) for g in self.gamma]
+            return [float(cast(float, self.gamma))] * len(xs)
+        gammas = cast(Sequence[float], self.gamma)
+        if len(gammas) != len(xs):
+            raise ValueError(f"gamma has {len(gammas)} values for {len(xs)} streams")
+        return [float(g) for g in gammas]
 
     def _check_streams(self, xs: Sequence[np.ndarray], fitted: bool) -> list[np.ndarray]:
         xs = [_non_negative(x, f"stream {i}") for i, x in enumerate(xs)]
@@ -252,13 +268,13 @@ class _SVMFusionBase:
         if fitted:
             if len(xs) != len(self.train_):
                 raise ValueError(f"fitted on {len(self.train_)} streams, got {len(xs)}")
-            for i, (x, t) in enumerate(zip(xs, self.train_)):
+            for i, (x, t) in enumerate(zip(xs, self.train_, strict=True)):
                 if x.shape[1] != t.shape[1]:
                     raise ValueError(f"stream {i}: fitted on width {t.shape[1]}, got {x.shape[1]}")
         return xs
 
     def _kernels(self, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [chi2_kernel(x, t, g) for x, t, g in zip(xs, self.train_, self.gammas_)]
+        return [chi2_kernel(x, t, g) for x, t, g in zip(xs, self.train_, self.gammas_, strict=True)]
 
 
 class SVMEarlyFusion(_SVMFusionBase):
@@ -270,7 +286,7 @@ class SVMEarlyFusion(_SVMFusionBase):
             1 / (mean χ² distance on the training set).
     """
 
-    def fit(self, xs: Sequence[np.ndarray], y, num_classes: int | None = None) -> "SVMEarlyFusion":
+    def fit(self, xs: Sequence[np.ndarray], y: Any, num_classes: int | None = None) -> "SVMEarlyFusion":
         """``xs``: per-stream ``[N, D_i]`` non-negative features; ``y``: see :func:`encode_labels`."""
         xs = self._check_streams(xs, fitted=False)
         Y = encode_labels(y, num_classes)
@@ -295,7 +311,7 @@ class SVMLateFusion(_SVMFusionBase):
     Args as :class:`SVMEarlyFusion`.
     """
 
-    def fit(self, xs: Sequence[np.ndarray], y, num_classes: int | None = None) -> "SVMLateFusion":
+    def fit(self, xs: Sequence[np.ndarray], y: Any, num_classes: int | None = None) -> "SVMLateFusion":
         """``xs``: per-stream ``[N, D_i]`` non-negative features; ``y``: see :func:`encode_labels`."""
         xs = self._check_streams(xs, fitted=False)
         Y = encode_labels(y, num_classes)
@@ -310,4 +326,6 @@ class SVMLateFusion(_SVMFusionBase):
     def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:
         """``[N, num_classes]`` decision values averaged over the streams' SVMs."""
         xs = self._check_streams(xs, fitted=True)
-        return np.mean([svm.decision(K) for svm, K in zip(self.svms_, self._kernels(xs))], axis=0)
+        scores: np.ndarray = np.mean(
+            [svm.decision(K) for svm, K in zip(self.svms_, self._kernels(xs), strict=True)], axis=0)
+        return scores

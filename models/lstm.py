@@ -2,8 +2,9 @@
 
 Pure PyTorch. What a training loop needs:
 
-* :class:`StreamLSTM` -- ``forward(x, lengths) -> [B, T, C]`` per-step logits and ``video_logits(x, lengths) -> [B, C]``,
-  the video prediction (the last valid step's output, the paper's choice, or the mean over valid steps).
+* :class:`StreamLSTM` -- ``forward(x, lengths) -> [B, T, C]`` per-step logits and
+  ``video_logits(x, lengths) -> [B, C]``, the video prediction (the last valid step's output, the paper's choice,
+  or the mean over valid steps).
 * :func:`sequence_loss` -- cross-entropy (or BCE-with-logits for multi-label data) on the video prediction.
 * :func:`make_optimizer` -- the paper's recipe by default: SGD, lr 1e-4, momentum 0.9 (mini-batches of
   :data:`PAPER_BATCH_SIZE` = 10 videos); ``name="adam"`` for quicker small-scale runs.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -52,7 +54,8 @@ class PeepholeLSTMCell(nn.Module):
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
         if input_size <= 0 or hidden_size <= 0:
-            raise ValueError(f"PeepholeLSTMCell sizes must be positive, got input_size={input_size}, hidden_size={hidden_size}")
+            raise ValueError(
+                f"PeepholeLSTMCell sizes must be positive, got input_size={input_size}, hidden_size={hidden_size}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
@@ -148,9 +151,9 @@ class StreamLSTM(nn.Module):
         sizes = (self.input_dim, *hidden)
         self.input_norm = Standardize(self.input_dim)
         if self.peephole:
-            self.layers = nn.ModuleList(PeepholeLSTM(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+            self.layers = nn.ModuleList(PeepholeLSTM(a, b) for a, b in pairwise(sizes))
         else:
-            self.layers = nn.ModuleList(nn.LSTM(a, b, batch_first=True) for a, b in zip(sizes[:-1], sizes[1:]))
+            self.layers = nn.ModuleList(nn.LSTM(a, b, batch_first=True) for a, b in pairwise(sizes))
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden[-1], num_classes)
 
@@ -185,7 +188,7 @@ class StreamLSTM(nn.Module):
                 packed, _ = layer(packed)
                 packed = packed._replace(data=self.dropout(packed.data))
             h, _ = pad_packed_sequence(packed, batch_first=True, total_length=T)
-        logits = self.classifier(h)
+        logits: torch.Tensor = self.classifier(h)
         return logits * self.valid_mask(lengths, T).to(logits.device, logits.dtype)[:, :, None]
 
     def fit_input_stats(self, frames: torch.Tensor) -> None:
@@ -243,7 +246,8 @@ def sequence_loss(
             raise ValueError(f"multi-label y must be [B, {model.num_classes}] multi-hot, got {tuple(y.shape)}")
         return nn.functional.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
     if y.dim() != 1:
-        raise ValueError(f"single-label y must be [B] class indices, got shape {tuple(y.shape)}; pass multilabel=True for multi-hot")
+        raise ValueError(
+            f"single-label y must be [B] class indices, got shape {tuple(y.shape)}; pass multilabel=True for multi-hot")
     return nn.functional.cross_entropy(logits, y.long())
 
 

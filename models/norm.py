@@ -13,6 +13,9 @@ from torch import nn
 class Standardize(nn.Module):
     """(x - mean) / std per feature dimension; the identity until `fit` is called."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, dim: int, eps: float = 1e-3) -> None:
         super().__init__()
         self.eps = float(eps)

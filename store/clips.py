@@ -53,7 +53,8 @@ def encode_flow_stack(arr: np.ndarray) -> bytes:
     """Encode a quantized flow stack (uint8 [2L, H, W]) losslessly as zstd-compressed bytes."""
     if arr.dtype != np.uint8 or arr.ndim != 3:
         raise ValueError(f"expected a uint8 [2L, H, W] flow stack, got {arr.dtype} {arr.shape}")
-    return _codec.compress(np.ascontiguousarray(arr).tobytes(), asbytes=True)
+    blob: bytes = _codec.compress(np.ascontiguousarray(arr).tobytes(), asbytes=True)
+    return blob
 
 
 def decode_flow_stack(data: bytes, stack: int, height: int, width: int) -> np.ndarray:

@@ -56,7 +56,7 @@ def _bring_up_to_date(ds: lance.LanceDataset, name: str) -> str:
 
 
 def ensure_scalar_index(store_uri: str, table: str, column: str = "video_id",
-                        storage_options: dict | None = None) -> str:
+                        storage_options: dict[str, str] | None = None) -> str:
     """Create the BTREE index on `table.column`, or fold new fragments into it.
 
     Returns "created", "optimized" or "up_to_date".
@@ -87,7 +87,7 @@ def ivf_pq_params(n_rows: int, dim: int) -> tuple[int, int]:
 
 
 def ensure_vector_index(store_uri: str, table: str = FRAME_FEATURES_NAME, column: str = "spatial",
-                        min_rows: int = VECTOR_MIN_ROWS, storage_options: dict | None = None) -> str:
+                        min_rows: int = VECTOR_MIN_ROWS, storage_options: dict[str, str] | None = None) -> str:
     """Create an IVF_PQ (L2) index on a vector column once the table has `min_rows` rows.
 
     Returns "skipped" (too few rows), "created", "optimized" or "up_to_date".

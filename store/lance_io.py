@@ -34,7 +34,7 @@ def canonical_store_uri(uri: str) -> str:
     return uri.rstrip("/")
 
 
-def table_exists(store_uri: str, table: str, storage_options: dict | None = None) -> bool:
+def table_exists(store_uri: str, table: str, storage_options: dict[str, str] | None = None) -> bool:
     try:
         open_table(store_uri, table, storage_options)
         return True
@@ -43,7 +43,7 @@ def table_exists(store_uri: str, table: str, storage_options: dict | None = None
 
 
 def open_table(
-    store_uri: str, table: str, storage_options: dict | None = None, version: int | None = None
+    store_uri: str, table: str, storage_options: dict[str, str] | None = None, version: int | None = None
 ) -> lance.LanceDataset:
     """Open one table; raises FileNotFoundError naming the table and what creates it."""
     uri = table_uri(store_uri, table)
@@ -56,7 +56,7 @@ def open_table(
 
 
 def write_table_fragments(
-    store_uri: str, table: str, data: pa.Table, storage_options: dict | None = None
+    store_uri: str, table: str, data: pa.Table, storage_options: dict[str, str] | None = None
 ) -> list[FragmentMetadata]:
     """Worker side: write `data` as new fragment files, visible to nobody until committed."""
     if data.num_rows == 0:
@@ -71,7 +71,7 @@ def commit_fragments(
     table: str,
     fragments: Iterable[FragmentMetadata],
     schema: pa.Schema,
-    storage_options: dict | None = None,
+    storage_options: dict[str, str] | None = None,
 ) -> int:
     """Driver side: commit fragments as one atomic append (creating the table if needed).
 
@@ -81,24 +81,26 @@ def commit_fragments(
     uri = table_uri(store_uri, table)
     if table_exists(store_uri, table, storage_options):
         ds = open_table(store_uri, table, storage_options)
-        op = lance.LanceOperation.Append(fragments)
-        ds = lance.LanceDataset.commit(uri, op, read_version=ds.version, storage_options=storage_options)
+        append = lance.LanceOperation.Append(fragments)
+        ds = lance.LanceDataset.commit(uri, append, read_version=ds.version, storage_options=storage_options)
     else:
-        op = lance.LanceOperation.Overwrite(schema, fragments)
-        ds = lance.LanceDataset.commit(uri, op, storage_options=storage_options)
+        overwrite = lance.LanceOperation.Overwrite(schema, fragments)
+        ds = lance.LanceDataset.commit(uri, overwrite, storage_options=storage_options)
     log.debug("committed %d fragment(s) to %s -> version %d", len(fragments), uri, ds.version)
     return ds.version
 
 
 def append_rows(
-    store_uri: str, table: str, data: pa.Table, storage_options: dict | None = None
+    store_uri: str, table: str, data: pa.Table, storage_options: dict[str, str] | None = None
 ) -> int:
     """Driver-side convenience for small tables: write and commit in one step."""
     frags = write_table_fragments(store_uri, table, data, storage_options)
     return commit_fragments(store_uri, table, frags, data.schema, storage_options)
 
 
-def table_versions(store_uri: str, tables: Iterable[str], storage_options: dict | None = None) -> dict[str, int]:
+def table_versions(
+    store_uri: str, tables: Iterable[str], storage_options: dict[str, str] | None = None
+) -> dict[str, int]:
     """Current version of each existing table: the lineage a run logs."""
     out = {}
     for t in tables:

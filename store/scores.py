@@ -76,7 +76,7 @@ def upsert_video_scores(
     scores: np.ndarray,
     labels: Sequence[int],
     labels_multi: Sequence[Sequence[int]] | None = None,
-    storage_options: dict | None = None,
+    storage_options: dict[str, str] | None = None,
 ) -> int:
     """Store one model's class scores for some videos of a split in one atomic commit.
 
