@@ -1,0 +1,128 @@
+"""What every `hyvid` sub-command shares: the command table, the common flags and default formatting.
+
+Nothing here imports a stage module: `hyvid --help` imports this and the command modules only.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from types import SimpleNamespace
+from typing import Any, Callable, NamedTuple
+
+from hyvid.cluster.settings import Settings
+
+
+class Command(NamedTuple):
+    """One sub-command: its help line, examples, flags, what it runs and (for tests) its config."""
+
+    help: str
+    examples: str
+    add_arguments: Callable[[argparse.ArgumentParser, Settings], None]
+    run: Callable[[argparse.Namespace, Settings], int]
+    # args -> the stage's config dataclass, without running anything; None for commands with no config.
+    config: Callable[[argparse.Namespace, Settings], Any] | None = None
+
+
+# name -> Command in the order `hyvid --help` lists them. The command modules add their entries when
+# imported, so this module needs none of them (no import cycle with `submit`, which reads the table).
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, examples: str, add_arguments: Callable, run: Callable,
+            config: Callable | None = None) -> None:
+    """Register a sub-command."""
+    COMMANDS[name] = Command(help, examples, add_arguments, run, config)
+
+
+def defaults(cls: type) -> SimpleNamespace:
+    """A config dataclass's field defaults by field name (MISSING for required fields).
+
+    Read from the class, not an instance, so configs with required or checked fields need no dummy values.
+    """
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = dataclasses.MISSING
+    return SimpleNamespace(**out)
+
+
+def shown(value: Any) -> str:
+    """A default written the way a user types it on the command line (tuples as a,b,c; floats short)."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(shown(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The keyword arguments the user gave: None means "flag absent", so the config's default applies.
+
+    Never truthiness: 0, "" and False are values the config must see (and may reject).
+    """
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def csv(text: str | None) -> tuple[str, ...] | None:
+    """`a,b,c` -> ("a", "b", "c"); None stays None (flag absent)."""
+    if text is None:
+        return None
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def csv_numbers(text: str | None, flag: str, kind: type = float, example: str = "0,1e-4") -> tuple | None:
+    """`1,2,3` -> numbers of `kind`; None stays None. A non-number names the flag and the expected form."""
+    if text is None:
+        return None
+    try:
+        return tuple(kind(x) for x in csv(text))
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers such as {example}") from None
+
+
+def common(p: argparse.ArgumentParser, s: Settings, cfg: type | None = None, *, store: bool = True,
+           split: bool = True, experiment: bool = True, address: bool = True) -> None:
+    """The flags most stages share; settings give the store, experiment and address defaults.
+
+    `cfg` is the stage's config dataclass, whose `split` default the help states (needed with split=True).
+    """
+    if store:
+        p.add_argument("--store", default=s.store_uri, help=f"store URI (default: {s.store_uri})")
+    if split:
+        d = defaults(cfg)
+        # A config over several splits (`run`) defaults --split to its `splits`.
+        default = d.split if hasattr(d, "split") else d.splits
+        p.add_argument("--split", type=int, choices=(1, 2, 3), help=f"official split (default {shown(default)})")
+    if experiment:
+        p.add_argument("--experiment", default=s.experiment, help=f"MLflow experiment (default: {s.experiment})")
+        tracking_arg(p)
+    if address:
+        p.add_argument("--address", default=s.ray_address,
+                       help=f"Ray cluster address (default: {s.ray_address or 'start a local Ray'})")
+
+
+def tracking_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ray_config.yaml, else sqlite:///mlflow.db)")
+
+
+def tracking_uri(args: argparse.Namespace, s: Settings) -> str:
+    """The tracking URI a stage logs to: flag > MLFLOW_TRACKING_URI > settings > sqlite:///mlflow.db."""
+    from hyvid.pipelines import tracking
+
+    return tracking.resolve_tracking_uri(args.tracking_uri, s)
+
+
+def settings_workers(s: Settings, stage: str) -> int | None:
+    """`metadata.hyvid.workers.<stage>` from the settings, or None so the stage's own default applies."""
+    n = s.workers.get(stage)
+    return None if n is None else int(n)
+
+
+def per_node(counts: dict[str, int]) -> str:
+    """`node=count` pairs with short node ids, for the extract/features summaries."""
+    return ", ".join(f"{n[:12]}={k}" for n, k in sorted(counts.items()))

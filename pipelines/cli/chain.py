@@ -1,0 +1,120 @@
+"""`hyvid run` and `hyvid demo`: the whole chain of stages on a dataset, or on a synthetic one."""
+from __future__ import annotations
+
+import argparse
+
+from hyvid.cluster.settings import Settings
+from hyvid.pipelines.cli._common import command, common, csv, csv_numbers, defaults, given, shown, tracking_uri
+
+
+def _run_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    from hyvid.models.cnn import FINETUNE_MODES
+    from hyvid.pipelines.data.video import FLOW_METHODS
+    from hyvid.pipelines.extract import ExtractConfig
+    from hyvid.pipelines.run import RunConfig
+    from hyvid.pipelines.train import TrainConfig
+
+    d, train = defaults(RunConfig), defaults(TrainConfig)
+    p.add_argument("dataset", help="UCF-101-layout folder or manifest CSV")
+    common(p, s, RunConfig)
+    p.add_argument("--splits", help="comma-separated splits, e.g. 1,2,3 (the UCF-101 protocol); overrides --split")
+    p.add_argument("--frames", type=int, help=f"sampled positions per video (default {d.frames})")
+    p.add_argument("--stack", type=int, help=f"L flows per stack (default {d.stack})")
+    p.add_argument("--flow", choices=FLOW_METHODS, help=f"optical flow (default {d.flow})")
+    p.add_argument("--size", type=int,
+                   help=f"stored short side in pixels (default: extract's, {defaults(ExtractConfig).size})")
+    p.add_argument("--cnn-epochs", type=int, help=f"train-cnn epochs of both streams (default {d.cnn_epochs})")
+    p.add_argument("--finetune", choices=FINETUNE_MODES, help=f"spatial CNN fine-tuning (default {d.finetune})")
+    p.add_argument("--models", help=f"models for `train` (default: {shown(d.models)})")
+    p.add_argument("--lstm-epochs", type=int, help=f"epochs of the LSTMs (default: train's, {train.lstm_epochs})")
+    p.add_argument("--video-epochs", type=int,
+                   help=f"epochs of the fusion net and NN baselines (default: train's, {train.video_epochs})")
+    p.add_argument("--lam-grid", help=f"λ2 and λ3 values cross-validated for the fusion net (default: train's, "
+                                      f"λ2 {shown(train.lam2_grid)} and λ3 {shown(train.lam3_grid)})")
+    p.add_argument("--hybrid-step", type=float, help=f"hybrid weight grid step (default {shown(d.hybrid_step)})")
+    p.add_argument("--plots", help="folder for the hybrid's PNG plots (default: none, MLflow artifacts only)")
+
+
+def _splits(args: argparse.Namespace) -> tuple[int, ...] | None:
+    """--splits wins over --split; None when neither was given (the config's default)."""
+    if args.splits is not None:
+        return csv_numbers(args.splits, "--splits", int, "1,2,3")
+    return None if getattr(args, "split", None) is None else (args.split,)
+
+
+def _run_config(args: argparse.Namespace, s: Settings):
+    from hyvid.pipelines.extract import ExtractConfig
+    from hyvid.pipelines.run import RunConfig
+    from hyvid.pipelines.train import TrainConfig
+
+    lam_grid = csv_numbers(args.lam_grid, "--lam-grid", float, "0,1e-4,1e-3")
+    cfg = RunConfig(
+        dataset=args.dataset, store_uri=args.store, experiment=args.experiment, tracking_uri=tracking_uri(args, s),
+        address=args.address, storage_options=s.resolved_storage_options(), **given(
+            splits=_splits(args), frames=args.frames, stack=args.stack, flow=args.flow, size=args.size,
+            cnn_epochs=args.cnn_epochs, finetune=args.finetune, models=csv(args.models),
+            lstm_epochs=args.lstm_epochs, video_epochs=args.video_epochs, lam2_grid=lam_grid, lam3_grid=lam_grid,
+            hybrid_step=args.hybrid_step, out_dir=args.plots))
+    # run() forwards these three only when truthy, so a 0 would quietly become the stage's default;
+    # the stage configs that receive them check them now, before any extraction or training.
+    TrainConfig(store_uri=cfg.store_uri, **given(lstm_epochs=cfg.lstm_epochs, video_epochs=cfg.video_epochs))
+    ExtractConfig(dataset=cfg.dataset, store_uri=cfg.store_uri, **given(size=cfg.size))
+    return cfg
+
+
+def _run_run(args: argparse.Namespace, s: Settings) -> int:
+    from hyvid.pipelines.run import run
+
+    res = run(_run_config(args, s))
+    print("\nstage seconds:", ", ".join(f"{k}: {v}" for k, v in res.seconds.items()))
+    for split, m in res.test_metrics.items():
+        print(f"hybrid split {split}: " + ", ".join(f"{k}={v:.3f}" for k, v in m.items()))
+    return 0
+
+
+command("run", "run extract, train-cnn, features, train and hybrid in order, resuming what is done",
+        "  hyvid run data/synth --store store --experiment exp1\n"
+        "  hyvid run /data/UCF-101 --store s3://bucket/ucf --splits 1,2,3\n",
+        _run_args, _run_run, _run_config)
+
+
+def _demo_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    from hyvid.pipelines.data.synth import SynthConfig
+    from hyvid.pipelines.run import DemoConfig
+
+    d = defaults(DemoConfig)
+    p.add_argument("--out", help=f"folder for the data, store, MLflow db and plots (default {d.out})")
+    p.add_argument("--classes", type=int, help=f"synthetic classes (default: synth's, {defaults(SynthConfig).classes})")
+    p.add_argument("--videos-per-class", type=int, help=f"synthetic videos per class (default {d.videos_per_class})")
+    p.add_argument("--splits", help=f"comma-separated splits (default {shown(d.splits)})")
+    p.add_argument("--experiment", help=f"MLflow experiment (default {d.experiment})")
+
+
+def _demo_config(args: argparse.Namespace, s: Settings):
+    from hyvid.pipelines.data.synth import SynthConfig
+    from hyvid.pipelines.run import DemoConfig
+
+    cfg = DemoConfig(**given(out=args.out, classes=args.classes, videos_per_class=args.videos_per_class,
+                             splits=_splits(args), experiment=args.experiment))
+    # DemoConfig checks nothing and demo() forwards these only when truthy, so `--videos-per-class 0`
+    # would quietly become synth's default; SynthConfig, which receives them, checks them now.
+    SynthConfig(out=cfg.out, **given(classes=cfg.classes, videos_per_class=cfg.videos_per_class))
+    return cfg
+
+
+def _demo_run(args: argparse.Namespace, s: Settings) -> int:
+    from hyvid.pipelines.run import demo, next_steps
+    from hyvid.store.feature_store import FeatureStore
+
+    cfg = _demo_config(args, s)
+    res, md = demo(cfg)
+    print("\n" + md)
+    print("stage seconds:", ", ".join(f"{k}: {v}" for k, v in res.seconds.items()))
+    ids = FeatureStore(cfg.paths()["store"]).videos(split=cfg.splits[0], subset="test")["video_id"].to_pylist()
+    print("\n" + next_steps(cfg, ids[0] if ids else None))
+    return 0
+
+
+command("demo", "generate a synthetic dataset and run the whole pipeline on it, locally",
+        "  hyvid demo --out demo_out\n  hyvid demo --out /tmp/d --classes 6 --videos-per-class 8\n",
+        _demo_args, _demo_run, _demo_config)

@@ -1,0 +1,123 @@
+"""`hyvid synth` and `hyvid extract`: make a dataset, and turn one into the store's clips."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hyvid.cluster.settings import Settings
+from hyvid.pipelines.cli._common import command, common, defaults, given, per_node, settings_workers
+
+_SYNTH_EXAMPLES = """  hyvid synth data/synth                      # the default classes and videos per class
+  hyvid synth data/tiny --classes 4 --videos-per-class 2 --frames 40
+  hyvid synth data/big --classes 19 --videos-per-class 25 --size 320x240 --seed 7
+  hyvid synth data/synth --overwrite --seed 1   # replace a dataset made with other settings
+classes are named after the clue that separates them: Appearance* (static appearance),
+Motion* (short-term motion), Order* (order of two sub-actions; pairs). See docs/synth.md."""
+
+
+def _synth_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    from hyvid.pipelines.data.synth import MAX_CLASSES, MIN_CLASSES, SynthConfig
+
+    d = defaults(SynthConfig)
+    p.add_argument("out", help="output directory (UCF-101 layout: OUT/<Class>/*.avi + OUT/ucfTrainTestlist/)")
+    p.add_argument("--classes", type=int,
+                   help=f"number of classes, {MIN_CLASSES}..{MAX_CLASSES} (default {d.classes})")
+    p.add_argument("--videos-per-class", type=int,
+                   help=f"videos per class, spread over groups g01..g25 (default {d.videos_per_class})")
+    p.add_argument("--frames", type=int, help=f"mean frames per video; each varies by ±20%% (default {d.frames})")
+    p.add_argument("--size", help=f"WxH (default {'x'.join(map(str, d.size))})")
+    p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    p.add_argument("--stack", type=int,
+                   help=f"flow stack length L the order classes' pause must exceed (default {d.stack})")
+    p.add_argument("--workers", type=int, help=f"writer threads (default {d.workers})")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace a synth dataset made with other settings")
+
+
+def _synth_config(args: argparse.Namespace, s: Settings):
+    from hyvid.pipelines.data.synth import SynthConfig, parse_size
+
+    return SynthConfig(out=args.out, **given(
+        classes=args.classes, videos_per_class=args.videos_per_class, frames=args.frames,
+        size=parse_size(args.size) if args.size is not None else None, seed=args.seed, stack=args.stack,
+        workers=args.workers, overwrite=args.overwrite))
+
+
+def _synth_run(args: argparse.Namespace, s: Settings) -> int:
+    from collections import Counter
+
+    from hyvid.pipelines.data.synth import synth
+
+    res = synth(_synth_config(args, s))
+    kinds = Counter(c.kind for c in res.classes)
+    verb = "reused" if res.reused else "wrote"
+    print(f"{verb} {len(res.videos)} videos of {len(res.classes)} classes "
+          f"({', '.join(f'{n} {k}' for k, n in kinds.items())}) in {res.root} [{res.seconds:.1f} s]")
+    for c in res.classes:
+        print(f"  {c.label + 1:2d} {c.name:22s} {c.kind:10s} {c.description}")
+    print(f"next: hyvid extract {res.root} --store STORE")
+    return 0
+
+
+command("synth", "write a synthetic UCF-101-layout dataset whose classes need appearance, motion or order",
+        _SYNTH_EXAMPLES, _synth_args, _synth_run, _synth_config)
+
+_EXTRACT_EXAMPLES = """  hyvid extract data/synth --store store                 # local Ray, all cores, default settings
+  hyvid extract /data/UCF-101 --store s3://bucket/ucf --address auto --workers 32
+  hyvid extract data/ccv/manifest.csv --store ccv_store --flow farneback --size 160
+  hyvid extract data/synth --store store --frames 25 --stack 10 --overwrite   # changed settings
+a dataset is a UCF-101 layout (ROOT/<Class>/*.avi + ROOT/ucfTrainTestlist/) or a manifest CSV
+`path,labels[,subset][,group]` (labels 'A|B' for multi-label). Re-running skips extracted videos."""
+
+
+def _extract_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    from hyvid.pipelines.data.video import FLOW_METHODS
+    from hyvid.pipelines.extract import ExtractConfig
+
+    d = defaults(ExtractConfig)
+    p.add_argument("dataset", help="UCF-101-layout directory or manifest .csv")
+    common(p, s, ExtractConfig, experiment=False)
+    p.add_argument("--frames", type=int, help=f"positions sampled uniformly per video (default {d.frames})")
+    p.add_argument("--stack", type=int, help=f"flows per stack, L (default {d.stack})")
+    p.add_argument("--flow", choices=FLOW_METHODS,
+                   help=f"optical flow: dis (fast), farneback, tvl1 (~100x slower) (default {d.flow})")
+    p.add_argument("--size", type=int, help=f"stored short side in pixels, aspect kept (default {d.size})")
+    p.add_argument("--workers", type=int, default=settings_workers(s, "extract"),
+                   help="concurrent extraction tasks (default: settings workers.extract, else the cluster's CPUs)")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="empty the store's videos/clips/classes and extract again (needed to change settings)")
+
+
+def _extract_config(args: argparse.Namespace, s: Settings):
+    from hyvid.pipelines.extract import ExtractConfig
+
+    return ExtractConfig(dataset=args.dataset, store_uri=args.store, address=args.address,
+                         storage_options=s.resolved_storage_options(), **given(
+                             split=args.split, frames=args.frames, stack=args.stack, flow=args.flow,
+                             size=args.size, workers=args.workers, overwrite=args.overwrite))
+
+
+def _extract_run(args: argparse.Namespace, s: Settings) -> int:
+    from hyvid.pipelines.extract import extract
+
+    r = extract(_extract_config(args, s))
+    print(f"extracted {r.ok} videos, {r.failed} failed, {r.skipped} skipped (already in the store) "
+          f"of {r.total} in {r.seconds:.1f} s: {r.frames_per_s:.0f} source frames/s, {r.clips} clips "
+          f"[settings {r.config_hash}]")
+    if r.node_spread:
+        print("videos per node: " + per_node(r.node_spread))
+    if r.orphans_deleted:
+        print(f"removed {r.orphans_deleted} clips rows left by an interrupted run")
+    if r.failures:
+        print(f"failed videos ({len(r.failures)}):")
+        for vid, reason in r.failures[:50]:
+            print(f"  {vid}: {reason}")
+        if len(r.failures) > 50:
+            print(f"  ... and {len(r.failures) - 50} more (videos table, status = 'failed')")
+    if r.exit_code:
+        print("nothing could be extracted", file=sys.stderr)
+    return r.exit_code
+
+
+command("extract", "decode videos, sample frames and stack optical flow into the Lance store (Ray tasks)",
+        _EXTRACT_EXAMPLES, _extract_args, _extract_run, _extract_config)

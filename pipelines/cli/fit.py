@@ -1,0 +1,165 @@
+"""`hyvid train` and `hyvid hybrid`: fit the LSTMs, fusion net and baselines, then fuse their scores."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from hyvid.cluster.settings import Settings
+from hyvid.pipelines.cli._common import (
+    command,
+    common,
+    csv,
+    csv_numbers,
+    defaults,
+    given,
+    settings_workers,
+    shown,
+    tracking_uri,
+)
+
+
+def _units(widths: tuple[int, ...]) -> str:
+    return "/".join(map(str, widths))
+
+
+def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    from hyvid.models.fusion import PAPER_LR
+    from hyvid.models.registry import BASELINE_MODELS
+    from hyvid.pipelines.train import TrainConfig
+
+    d = defaults(TrainConfig)
+    paper = TrainConfig.paper(store_uri="-")  # the --paper-lstm preset, to say what it changes
+    common(p, s, TrainConfig)
+    p.add_argument("--models", help=f"comma-separated registry names; 'baselines' = {shown(BASELINE_MODELS)} "
+                                    f"(default: {shown(d.models)})")
+    p.add_argument("--workers-per-model", type=int, default=settings_workers(s, "train"),
+                   help="Ray Train workers (data-parallel ranks) per torch model "
+                        f"(default: settings workers.train, else {d.workers_per_model})")
+    p.add_argument("--cpus-per-worker", type=float,
+                   help="CPUs each worker, SVM task and CV trial asks for (default: the cluster's CPUs shared "
+                        "evenly among all fits' workers, or all of them per fit with --sequential)")
+    p.add_argument("--epochs", type=int, help="epochs of every model (sets --lstm-epochs and --video-epochs)")
+    p.add_argument("--lstm-epochs", type=int, help=f"epochs of the LSTMs (default {d.lstm_epochs})")
+    p.add_argument("--video-epochs", type=int,
+                   help=f"epochs of the fusion net and NN baselines (default {d.video_epochs})")
+    p.add_argument("--paper-lstm", action="store_true",
+                   help=f"the paper's LSTM: {_units(paper.lstm_hidden)} units, {paper.lstm_optimizer.upper()} "
+                        f"lr {shown(paper.lstm_lr)}, momentum {shown(paper.lstm_momentum)}, batch "
+                        f"{paper.lstm_batch_size} (the default is {_units(d.lstm_hidden)} units with "
+                        f"{d.lstm_optimizer} at lr {shown(d.lstm_lr)}, which converges in a few epochs)")
+    p.add_argument("--lstm-hidden", help=f"LSTM layer widths bottom first (default {shown(d.lstm_hidden)})")
+    p.add_argument("--lstm-lr", type=float, help=f"LSTM learning rate (default {shown(d.lstm_lr)})")
+    p.add_argument("--lstm-optimizer", choices=("sgd", "adam"),
+                   help=f"LSTM optimizer (default {d.lstm_optimizer}; sgd is the paper's)")
+    p.add_argument("--pooling", choices=("last", "mean"),
+                   help=f"LSTM video prediction: last step (paper) or mean (default {d.lstm_pooling})")
+    p.add_argument("--peephole", action="store_true", default=None, help="LSTM cells with the paper's peephole terms")
+    p.add_argument("--fusion-lr", type=float,
+                   help=f"SGD learning rate of the fusion net and fusion_noreg (default {shown(d.fusion_lr)}; "
+                        f"the paper's is {shown(PAPER_LR)}, which was unstable on the demo's features)")
+    grids = (shown(d.lam2_grid) if d.lam2_grid == d.lam3_grid
+             else f"λ2 {shown(d.lam2_grid)} and λ3 {shown(d.lam3_grid)}")
+    p.add_argument("--lam-grid", help=f"λ2 and λ3 values cross-validated for the fusion net (default {grids})")
+    p.add_argument("--sequential", action="store_true", help="fit the models one after another (for comparison)")
+    p.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: <store>/_train; "
+                                          "shared storage on a multi-node cluster)")
+
+
+def _train_config(args: argparse.Namespace, s: Settings):
+    from hyvid.pipelines.train import TrainConfig
+
+    lam_grid = csv_numbers(args.lam_grid, "--lam-grid", float, "0,1e-4,1e-3")
+    values = given(
+        split=args.split, models=csv(args.models), workers_per_model=args.workers_per_model,
+        cpus_per_worker=args.cpus_per_worker, concurrent=False if args.sequential else None,
+        lstm_epochs=args.epochs, video_epochs=args.epochs,
+        lstm_hidden=csv_numbers(args.lstm_hidden, "--lstm-hidden", int, "1024,512"),
+        lstm_lr=args.lstm_lr, lstm_optimizer=args.lstm_optimizer, lstm_pooling=args.pooling,
+        lstm_peephole=args.peephole, fusion_lr=args.fusion_lr, lam2_grid=lam_grid, lam3_grid=lam_grid,
+        storage_path=args.storage_path)
+    # --lstm-epochs / --video-epochs are the finer flags: they win over --epochs.
+    values.update(given(lstm_epochs=args.lstm_epochs, video_epochs=args.video_epochs))
+    make = TrainConfig.paper if args.paper_lstm else TrainConfig
+    return make(store_uri=args.store, experiment=args.experiment, address=args.address,
+                tracking_uri=tracking_uri(args, s), storage_options=s.resolved_storage_options(), **values)
+
+
+def _train_run(args: argparse.Namespace, s: Settings) -> int:
+    from hyvid.pipelines.train import format_table, train
+
+    print(format_table(train(_train_config(args, s))))
+    return 0
+
+
+command("train", "fit the LSTMs, the regularized fusion net and the baselines concurrently (Ray Train/Tune + MLflow)",
+        "  hyvid train --store store\n"
+        "  hyvid train --store store --models spatial_lstm,motion_lstm --epochs 20 --workers-per-model 2\n"
+        "  hyvid train --store store --models fusion --lam-grid 0,3e-5,3e-4,3e-3\n"
+        "  hyvid train --store store --paper-lstm --split 2 --experiment paper\n",
+        _train_args, _train_run, _train_config)
+
+
+def _hybrid_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
+    from hyvid.pipelines.hybrid import DEFAULT_OUT_DIR, SEARCH_METRICS, HybridConfig
+
+    d = defaults(HybridConfig)
+    common(p, s, HybridConfig, address=False)
+    p.add_argument("--splits", help="several splits, e.g. 1,2,3 (overrides --split)")
+    p.add_argument("--models", help=f"score sets to fuse (default {shown(d.models)}; CNN scores may be added: "
+                                    f"{shown((SPATIAL_CNN, MOTION_CNN, TWO_STREAM_CNN)).replace(',', ', ')})")
+    p.add_argument("--step", type=float, help=f"weight grid step on the simplex (default {shown(d.step)})")
+    p.add_argument("--refine", action="store_true", default=None,
+                   help="then search a 4x finer grid around the best weights")
+    p.add_argument("--metric", choices=SEARCH_METRICS,
+                   help="validation metric to maximise (default: accuracy, or map for multi-label data)")
+    p.add_argument("--out", default=DEFAULT_OUT_DIR, help="folder for the PNG/CSV files (default %(default)s; "
+                                                          "split<N>/ inside)")
+    p.add_argument("--no-late-fusion", dest="late_fusion", action="store_false", default=None,
+                   help="skip Table 1's late average fusions")
+    p.add_argument("--register", metavar="NAME",
+                   help="register the hybrid (a pyfunc that classifies video files) as MLflow model NAME; "
+                        "then `hyvid predict --model models:/NAME/<version>`")
+
+
+def _hybrid_config(args: argparse.Namespace, s: Settings) -> list:
+    """One HybridConfig per split, all built (so all checked) before any split runs."""
+    from hyvid.pipelines.hybrid import HybridConfig
+
+    splits = csv_numbers(args.splits, "--splits", int, "1,2,3") if args.splits is not None else (args.split,)
+    if not splits:
+        raise ValueError(f"--splits {args.splits!r}: expected comma-separated split numbers such as 1,2,3")
+    out = args.out.rstrip("/")
+    uri = tracking_uri(args, s)
+    cfgs = []
+    for split in splits:
+        cfg = HybridConfig(
+            store_uri=args.store, experiment=args.experiment, tracking_uri=uri,
+            storage_options=s.resolved_storage_options(), **given(
+                split=split, models=csv(args.models), step=args.step, refine=args.refine, metric=args.metric,
+                late_fusion=args.late_fusion, register_as=args.register))
+        cfgs.append(dataclasses.replace(cfg, out_dir=f"{out}/split{cfg.split}"))  # the split may be the default
+    return cfgs
+
+
+def _hybrid_run(args: argparse.Namespace, s: Settings) -> int:
+    from hyvid.pipelines.hybrid import hybrid
+
+    for cfg in _hybrid_config(args, s):
+        res = hybrid(cfg)
+        print(f"split {cfg.split}: hybrid weights " + ", ".join(f"{m}={w:.3f}" for m, w in res.weights.items()))
+        print(f"  val {res.metric} {res.val_metric:.4f}; test " +
+              ", ".join(f"{k} {v:.4f}" for k, v in res.test_metrics.items()))
+        for row, vals in res.late_fusion.items():
+            print(f"  late fusion {row}: test " + ", ".join(f"{k} {v:.4f}" for k, v in vals.items()))
+        print(f"  MLflow run {res.run_id}; files in {cfg.out_dir}/")
+        if res.registered_version:
+            print(f"  registered as models:/{args.register}/{res.registered_version}")
+    return 0
+
+
+command("hybrid", "fuse the models' scores linearly with weights searched on validation (Sec. 4.2.3)",
+        "  hyvid hybrid --store store\n"
+        "  hyvid hybrid --store store --splits 1,2,3 --models spatial_lstm,motion_lstm,fusion,spatial_cnn --step 0.1\n"
+        "  hyvid hybrid --store store --refine --experiment hyvid\n",
+        _hybrid_args, _hybrid_run, _hybrid_config)

@@ -1,0 +1,123 @@
+"""`hyvid query` and `hyvid similar`: read stored per-frame features, and search them by similarity."""
+from __future__ import annotations
+
+import argparse
+
+from hyvid.cluster.settings import Settings
+from hyvid.pipelines.cli._common import command, common, given
+
+
+def _positions(text: str | None) -> tuple[int, int | None]:
+    """`A:B` -> [A, B); `A:` / `:B` open-ended; `A` -> just position A."""
+    if not text:
+        return 0, None
+    try:
+        if ":" not in text:
+            return int(text), int(text) + 1
+        a, b = text.split(":", 1)
+        return (int(a) if a else 0), (int(b) if b else None)
+    except ValueError:
+        raise ValueError(f"--frames {text!r}: expected A:B, A:, :B or A (sampled positions)") from None
+
+
+def _print_rows(table, vector_cols: tuple[str, ...], n_values: int = 4) -> None:
+    """A readable terminal table: scalar columns, then the first values of each vector + its dim."""
+    cols = [c for c in table.column_names if c not in vector_cols and not c.endswith("_run_id")]
+    header = list(cols)
+    cells = [[("%.3f" % v if isinstance(v, float) else str(v)) for v in (r[c] for c in cols)]
+             for r in table.to_pylist()]
+    for vc in (c for c in vector_cols if c in table.column_names):
+        header.append(f"{vc}[{table.schema.field(vc).type.list_size}]")
+        for row, vec in zip(cells, table.column(vc).to_pylist(), strict=True):
+            row.append(" ".join(f"{x:+.3f}" for x in vec[:n_values]) + (" ..." if len(vec) > n_values else ""))
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def _emit(table, fmt: str, out: str | None, vector_cols: tuple[str, ...]) -> None:
+    """Print or write rows as a readable table, JSON, or a Parquet file."""
+    import json
+
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        if not out:
+            raise ValueError("--format parquet writes a file: give --out FILE.parquet")
+        pq.write_table(table, out)
+        print(f"wrote {table.num_rows} rows to {out}")
+    elif fmt == "json":
+        text = json.dumps(table.to_pylist())
+        if out:
+            with open(out, "w") as f:
+                f.write(text)
+        else:
+            print(text)
+    else:
+        _print_rows(table, vector_cols)
+
+
+def _query_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    common(p, s, split=False, experiment=False, address=False)
+    p.add_argument("--video", required=True, help="video id (quotes and any characters are fine)")
+    p.add_argument("--frames", help="sampled positions A:B (half-open), A:, :B or A (default: all)")
+    p.add_argument("--format", choices=("table", "json", "parquet"), default="table",
+                   help="table: readable summary; json: full rows; parquet: write --out")
+    p.add_argument("--out", help="output file (required for parquet; optional for json)")
+
+
+def _query_run(args: argparse.Namespace, s: Settings) -> int:
+    from hyvid.models.registry import STREAMS
+    from hyvid.store.feature_store import FeatureStore
+
+    start, stop = _positions(args.frames)
+    rows = FeatureStore(args.store).frame_features(args.video, start, stop)
+    if rows.num_rows == 0:
+        raise ValueError(f"no frame_features rows for video {args.video!r} positions {args.frames or 'all'} "
+                         f"in {args.store!r}; list ids with FeatureStore(...).videos()")
+    _emit(rows, args.format, args.out, STREAMS)
+    return 0
+
+
+def _similar_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    import inspect
+
+    from hyvid.models.registry import STREAMS
+    from hyvid.store.feature_store import FeatureStore
+
+    d = inspect.signature(FeatureStore.similar).parameters  # no config dataclass: the method's defaults
+    common(p, s, split=False, experiment=False, address=False)
+    p.add_argument("--video", required=True, help="video id of the query frame")
+    p.add_argument("--frame", type=int, required=True,
+                   help="sampled position of the query frame (as in query --frames)")
+    p.add_argument("-k", "--k", type=int,
+                   help=f"neighbours to return (default {d['k'].default}; the frame itself is first)")
+    p.add_argument("--column", choices=STREAMS, default=d["column"].default,
+                   help="feature stream to compare (default %(default)s)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def _similar_run(args: argparse.Namespace, s: Settings) -> int:
+    from hyvid.store.feature_store import FeatureStore
+
+    fs = FeatureStore(args.store)
+    row = fs.frame_features(args.video, args.frame, args.frame + 1, columns=[args.column])
+    if row.num_rows == 0:
+        raise ValueError(f"video {args.video!r} has no stored frame at position {args.frame} in {args.store!r}")
+    hits = fs.similar(row.column(args.column)[0].values.to_numpy(), column=args.column, **given(k=args.k))
+    _emit(hits, args.format, None, ())
+    return 0
+
+
+command("query", "print one video's stored per-frame features",
+        "  hyvid query --store store --video 'ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01' --frames 0:5\n"
+        "  hyvid query --store store --video 'Basketball/v_Basketball_g01_c01' --format json > rows.json\n"
+        "  hyvid query --store s3://bucket/store --video 'Basketball/v_Basketball_g01_c01' \\\n"
+        "      --format parquet --out v.parquet\n",
+        _query_args, _query_run)
+command("similar", "find the stored frames nearest to one frame's features",
+        "  hyvid similar --store store --video 'Basketball/v_Basketball_g01_c01' --frame 3 -k 10\n"
+        "  hyvid similar --store store --video 'Basketball/v_Basketball_g01_c01' --frame 0 -k 5 \\\n"
+        "      --column motion --format json\n",
+        _similar_args, _similar_run)
