@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple
 
 from hyvid.cluster.settings import Settings
+from hyvid.models.registry import SPLITS
 
 
 class Command(NamedTuple):
@@ -96,7 +97,7 @@ def common(p: argparse.ArgumentParser, s: Settings, cfg: type | None = None, *, 
         d = defaults(cfg)
         # A config over several splits (`run`) defaults --split to its `splits`.
         default = d.split if hasattr(d, "split") else d.splits
-        p.add_argument("--split", type=int, choices=(1, 2, 3), help=f"official split (default {shown(default)})")
+        p.add_argument("--split", type=int, choices=SPLITS, help=f"official split (default {shown(default)})")
     if experiment:
         p.add_argument("--experiment", default=s.experiment, help=f"MLflow experiment (default: {s.experiment})")
         tracking_arg(p)

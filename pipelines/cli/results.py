@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from hyvid.cluster.settings import Settings
+from hyvid.models.registry import SPLITS
 from hyvid.pipelines.cli._common import command, common, csv_numbers, defaults, given, tracking_arg, tracking_uri
 
 
@@ -14,7 +15,7 @@ def _report_args(p: argparse.ArgumentParser, s: Settings) -> None:
     d = defaults(ReportConfig)
     common(p, s, store=False, split=False, address=False)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--split", type=int, choices=(1, 2, 3), help="report one split")
+    g.add_argument("--split", type=int, choices=SPLITS, help="report one split")
     g.add_argument("--splits", help="report these splits and their mean, e.g. 1,2,3 (default: every split with runs)")
     p.add_argument("--format", choices=FORMATS,
                    help="markdown: the paper's Tables 1-3 beside its numbers; json: {model: {metric: value}} "
@@ -90,7 +91,7 @@ def _predict_args(p: argparse.ArgumentParser, s: Settings) -> None:
                    help=f"use the latest hybrid run of this MLflow experiment (default: {s.experiment})")
     g.add_argument("--model", help="a hybrid run, runs:/<run id> (see `hyvid runs --stage hybrid`), or a registered "
                                    "hybrid, models:/<name>/<version> or models:/<name>@<alias>")
-    p.add_argument("--split", type=int, choices=(1, 2, 3), help="the latest hybrid run of this split (default: any)")
+    p.add_argument("--split", type=int, choices=SPLITS, help="the latest hybrid run of this split (default: any)")
     p.add_argument("--top", type=int, help=f"classes to print per video (default {d.top})")
     p.add_argument("--batch-size", type=int, help=f"videos per CNN/LSTM batch (default {d.batch_size})")
     p.add_argument("--threads", type=int, help="frames+flow threads (default: one per CPU core)")
