@@ -15,8 +15,8 @@ The paper's reference point (Sec. 4.2.3): 9 s of CNN features per 8-s UCF-101 vi
 i.e. 25 frames + 25 stacks through VGG-19 and CNN-M, about 2.8 clips/s. The JSON records the load
 average before and after: on a shared machine the numbers are noisy.
 
-    .venv/bin/python benchmarks/cnn_features.py            # writes benchmarks/results/cnn_features.json
-    .venv/bin/python benchmarks/cnn_features.py --quick    # fewer repetitions
+    .venv/bin/python -m benchmarks.cnn_features            # writes benchmarks/results/cnn_features.json
+    .venv/bin/python -m benchmarks.cnn_features --quick    # fewer repetitions
 """
 from __future__ import annotations
 
@@ -25,20 +25,16 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hyvid.models.cnn import MotionCNN, SpatialCNN, motion_input, spatial_input  # noqa: E402
-from hyvid.pipelines.inference.cnn import cnn_forward  # noqa: E402
-from hyvid.pipelines.data.video import DEFAULT_SIZE, DEFAULT_STACK, stored_shape  # noqa: E402
-from hyvid.store.tables import CLIPS  # noqa: E402,F401  (before store.clips: the two import each other)
-from hyvid.store.clips import decode_flow_stack, decode_frame, encode_flow_stack, encode_frame  # noqa: E402
+from hyvid.models.cnn import MotionCNN, SpatialCNN, motion_input, spatial_input
+from hyvid.pipelines.data.video import DEFAULT_SIZE, DEFAULT_STACK, stored_shape
+from hyvid.pipelines.inference.cnn import cnn_forward
+from hyvid.store.clips import decode_flow_stack, decode_frame, encode_flow_stack, encode_frame
 
 log = logging.getLogger("bench.cnn_features")
 RESULTS = Path(__file__).resolve().parent / "results" / "cnn_features.json"

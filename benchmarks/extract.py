@@ -15,8 +15,8 @@ Targets (issue 2): >= 400 source frames/s at 320x240 with DIS on this 2-core mac
 2 workers >= 1.7x Ray 1 worker. Other processes on a shared machine make the numbers noisy;
 the JSON records the load average before and after.
 
-    .venv/bin/python benchmarks/extract.py               # writes benchmarks/results/extract.json
-    .venv/bin/python benchmarks/extract.py --videos 4    # a quick look
+    .venv/bin/python -m benchmarks.extract               # writes benchmarks/results/extract.json
+    .venv/bin/python -m benchmarks.extract --videos 4    # a quick look
 """
 from __future__ import annotations
 
@@ -26,18 +26,13 @@ import logging
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cv2  # noqa: E402
-
-from hyvid.pipelines.extract import ExtractConfig, extract  # noqa: E402
-from hyvid.pipelines.data.video import (  # noqa: E402
+from hyvid.pipelines.data.video import (
     DEFAULT_SIZE,
     compute_flows,
     decode_video,
@@ -45,9 +40,10 @@ from hyvid.pipelines.data.video import (  # noqa: E402
     extract_clip_arrays,
     resize_frame,
 )
-from hyvid.store import clips as codec  # noqa: E402
-from hyvid.store.lance_io import open_table, table_uri  # noqa: E402
-from hyvid.store.tables import CLIPS  # noqa: E402
+from hyvid.pipelines.extract import ExtractConfig, extract
+from hyvid.store import clips as codec
+from hyvid.store.lance_io import open_table, table_uri
+from hyvid.store.tables import CLIPS
 
 log = logging.getLogger("bench.extract")
 RESULTS = Path(__file__).resolve().parent / "results" / "extract.json"
@@ -139,9 +135,9 @@ def encodings(ca) -> dict:
          codec.decode_frame),
         ("raw", lambda f: f.tobytes(), lambda b: np.frombuffer(b, np.uint8).reshape(frames.shape[1:])),
     ):
-        blobs, enc_ms = timed(lambda: [enc(f) for f in frames])
-        back, dec_ms = timed(lambda: [dec(b) for b in blobs])
-        mse = np.mean([(b.astype(float) - f) ** 2 for b, f in zip(back, frames)])
+        blobs, enc_ms = timed(lambda enc=enc: [enc(f) for f in frames])
+        back, dec_ms = timed(lambda dec=dec, blobs=blobs: [dec(b) for b in blobs])
+        mse = np.mean([(b.astype(float) - f) ** 2 for b, f in zip(back, frames, strict=True)])
         res["frame"][name] = {"bytes": int(np.mean([len(b) for b in blobs])),
                               "encode_ms": round(enc_ms / len(frames), 3), "decode_ms": round(dec_ms / len(frames), 3),
                               "psnr_db": round(10 * np.log10(255**2 / mse), 1) if mse > 0 else None}
@@ -158,9 +154,9 @@ def encodings(ca) -> dict:
          lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED).reshape(shape)),
         ("raw", lambda s: s.tobytes(), lambda b: np.frombuffer(b, np.uint8).reshape(shape)),
     ):
-        blobs, enc_ms = timed(lambda: [enc(s) for s in stacks])
-        back, dec_ms = timed(lambda: [dec(b) for b in blobs])
-        errs = [np.abs(dequantize_flow(b) - dequantize_flow(s)) for b, s in zip(back, stacks)]
+        blobs, enc_ms = timed(lambda enc=enc: [enc(s) for s in stacks])
+        back, dec_ms = timed(lambda dec=dec, blobs=blobs: [dec(b) for b in blobs])
+        errs = [np.abs(dequantize_flow(b) - dequantize_flow(s)) for b, s in zip(back, stacks, strict=True)]
         res["flow_stack"][name] = {"bytes": int(np.mean([len(b) for b in blobs])),
                                    "encode_ms": round(enc_ms / len(stacks), 3),
                                    "decode_ms": round(dec_ms / len(stacks), 3),

@@ -15,8 +15,8 @@ synthetic (textured shapes moving over a textured background), encoded with XVID
 In the same run, two reference points: decoding the video alone (the floor for step 1) and the
 same predict with the paper's LSTM widths (1024, 512).
 
-    .venv/bin/python benchmarks/predict.py               # writes benchmarks/results/predict.json
-    .venv/bin/python benchmarks/predict.py --repeats 2   # a quicker look
+    .venv/bin/python -m benchmarks.predict               # writes benchmarks/results/predict.json
+    .venv/bin/python -m benchmarks.predict --repeats 2   # a quicker look
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,13 +35,11 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hyvid.models import registry as R  # noqa: E402
-from hyvid.pipelines import tracking  # noqa: E402
-from hyvid.pipelines.hybrid import CLASSES_ARTIFACT, CNN_PREFIX, EXTRACT_PREFIX, STAGE  # noqa: E402
-from hyvid.pipelines.predict import PAPER_TIMES_S, PredictConfig, load_hybrid, predict  # noqa: E402
-from hyvid.pipelines.data.video import DEFAULT_POSITIONS, DEFAULT_SIZE, DEFAULT_STACK, decode_video  # noqa: E402
+from hyvid.models import registry as R
+from hyvid.pipelines import tracking
+from hyvid.pipelines.data.video import DEFAULT_POSITIONS, DEFAULT_SIZE, DEFAULT_STACK, decode_video
+from hyvid.pipelines.inference.hybrid import load_hybrid
+from hyvid.pipelines.predict import PAPER_TIMES_S, PredictConfig, predict
 
 log = logging.getLogger("bench.predict")
 RESULTS = Path(__file__).resolve().parent / "results" / "predict.json"
@@ -107,21 +104,22 @@ def log_models(uri: str, classes: int, lstm_hidden: tuple[int, ...], tag: str) -
     }
     ids = {}
     for name, model in models.items():
-        with tracking.start_run(name, "train-cnn" if name in R.CNN_MODELS else "train", 1) as run:
+        stage = tracking.STAGE_TRAIN_CNN if name in R.CNN_MODELS else tracking.STAGE_TRAIN
+        with tracking.start_run(name, stage, 1) as run:
             mlflow.pytorch.log_model(model.eval(), name="model", serialization_format="pickle",
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
             ids[name] = run.info.run_id
     comps = (R.SPATIAL_LSTM, R.MOTION_LSTM, R.FUSION)
-    with tracking.start_run(R.HYBRID, STAGE, 1, tags={"bench": tag}) as run:
+    with tracking.start_run(R.HYBRID, tracking.STAGE_HYBRID, 1, tags={"bench": tag}) as run:
         mlflow.log_params({
             "models": ",".join(comps), "multilabel": False,
-            **{f"weight.{m}": w for m, w in zip(comps, (0.4, 0.3, 0.3))},
-            **{f"component.{m}.run_id": ids[m] for m in comps},
-            **{f"{CNN_PREFIX}{m}.run_id": ids[m] for m in (R.SPATIAL_CNN, R.MOTION_CNN)},
-            **{f"{EXTRACT_PREFIX}{k}": v for k, v in
+            **{f"{tracking.WEIGHT_PREFIX}{m}": w for m, w in zip(comps, (0.4, 0.3, 0.3), strict=True)},
+            **{f"{tracking.COMPONENT_PREFIX}{m}.run_id": ids[m] for m in comps},
+            **{f"{tracking.CNN_PREFIX}{m}.run_id": ids[m] for m in (R.SPATIAL_CNN, R.MOTION_CNN)},
+            **{f"{tracking.EXTRACT_PREFIX}{k}": v for k, v in
                {"frames": DEFAULT_POSITIONS, "stack": DEFAULT_STACK, "flow": "dis", "size": DEFAULT_SIZE}.items()},
         })
-        mlflow.log_dict({"class_names": [f"class_{i:03d}" for i in range(classes)]}, CLASSES_ARTIFACT)
+        mlflow.log_dict({"class_names": [f"class_{i:03d}" for i in range(classes)]}, tracking.CLASSES_ARTIFACT)
         return run.info.run_id
 
 

@@ -14,8 +14,8 @@ Then it times fetching one video's features for random video ids:
 Both files sit in the page cache after the build, so this measures the query path, not the
 disk. Targets (issue 3): Lance p50 < 5 ms and >= 50x faster than the Parquet scan.
 
-    .venv/bin/python benchmarks/query.py            # full size, writes benchmarks/results/query.json
-    .venv/bin/python benchmarks/query.py --videos 500 --queries 50   # a quick look
+    .venv/bin/python -m benchmarks.query            # full size, writes benchmarks/results/query.json
+    .venv/bin/python -m benchmarks.query --videos 500 --queries 50   # a quick look
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import logging
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -34,12 +33,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hyvid.store.feature_store import FeatureStore  # noqa: E402
-from hyvid.store.indexes import ensure_scalar_index  # noqa: E402
-from hyvid.store.lance_io import commit_fragments, write_table_fragments  # noqa: E402
-from hyvid.store.tables import FRAME_FEATURES_NAME, frame_features_schema  # noqa: E402
+from hyvid.store.feature_store import FeatureStore
+from hyvid.store.indexes import ensure_scalar_index
+from hyvid.store.lance_io import commit_fragments, write_table_fragments
+from hyvid.store.tables import FRAME_FEATURES_NAME, frame_features_schema
 
 log = logging.getLogger("bench.query")
 RESULTS = Path(__file__).resolve().parent / "results" / "query.json"

@@ -1,0 +1,1 @@
+"""Benchmarks, one module per measured claim: run each as `python -m benchmarks.NAME` from the repo root."""
