@@ -132,9 +132,11 @@ def write_feature_store(cfg: FeatureSynthConfig) -> FeatureSynthResult:
         else:
             a, b = patterns[stream][(label - n_plain) // 2]
             first, second = (a, b) if (label - n_plain) % 2 == 0 else (b, a)
-            mean = np.concatenate([np.broadcast_to(first, (half, d)), np.broadcast_to(second, (cfg.positions - half, d))])
+            mean = np.concatenate([np.broadcast_to(first, (half, d)),
+                                   np.broadcast_to(second, (cfg.positions - half, d))])
         video = vrng.normal(0.0, 0.3, d).astype(np.float32) * (mean.max(0) > 0)  # this video's own take
-        x = mean + group_offset[stream][group] + video + vrng.normal(0.0, cfg.noise, (cfg.positions, d)).astype(np.float32)
+        noise = vrng.normal(0.0, cfg.noise, (cfg.positions, d)).astype(np.float32)
+        x = mean + group_offset[stream][group] + video + noise
         return np.maximum(x, 0.0, dtype=np.float32)
 
     schema = frame_features_schema(cfg.spatial_dim, cfg.motion_dim)
