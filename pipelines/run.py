@@ -62,6 +62,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "splits", R.check_splits(self.splits))
+        for name in ("lstm_epochs", "video_epochs", "cnn_epochs", "size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if not os.path.exists(self.dataset):
             raise FileNotFoundError(
                 f"dataset {self.dataset!r} does not exist; give a UCF-101-layout folder or a manifest "
@@ -102,7 +106,7 @@ def run(cfg: RunConfig) -> RunResult:
         return out
 
     ex_kw = dict(frames=cfg.frames, stack=cfg.stack, flow=cfg.flow)
-    if cfg.size:
+    if cfg.size is not None:
         ex_kw["size"] = cfg.size
     ex = timed(
         "extract", extract,
@@ -149,9 +153,9 @@ def run(cfg: RunConfig) -> RunResult:
         )
         if todo:
             kw = {}
-            if cfg.lstm_epochs:
+            if cfg.lstm_epochs is not None:
                 kw["lstm_epochs"] = cfg.lstm_epochs
-            if cfg.video_epochs:
+            if cfg.video_epochs is not None:
                 kw["video_epochs"] = cfg.video_epochs
             for name in ("lam2_grid", "lam3_grid"):
                 if getattr(cfg, name) is not None:
@@ -189,6 +193,13 @@ class DemoConfig:
     splits: tuple[int, ...] = (1,)
     experiment: str = "hyvid-demo"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "splits", R.check_splits(self.splits))
+        for name in ("classes", "videos_per_class"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+
     def paths(self) -> dict[str, str]:
         out = Path(self.out).resolve()
         return {
@@ -207,9 +218,9 @@ def demo(cfg: DemoConfig) -> tuple[RunResult, str]:
     p = cfg.paths()
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     kw = {}
-    if cfg.classes:
+    if cfg.classes is not None:
         kw["classes"] = cfg.classes
-    if cfg.videos_per_class:
+    if cfg.videos_per_class is not None:
         kw["videos_per_class"] = cfg.videos_per_class
     t0 = time.perf_counter()
     print("== synth ==", flush=True)
