@@ -183,6 +183,7 @@ class ModelResult:
     end: float
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the fusion net's chosen lam2/lam3
     seconds: dict[str, float] = field(default_factory=dict)  # startup, load, compute, log (training.pool)
+    peak_rss_gb: float = float("nan")  # the resident memory of the worker that ran it, at its highest
 
     @property
     def wall_s(self) -> float:
@@ -417,7 +418,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         split = out.time_split()
         extra = dict(stage.chosen) if model == R.FUSION else {}
         results[model] = ModelResult(model, out.result["run_id"], out.result["metrics"], out.submitted,
-                                     out.finished, extra, seconds=split)
+                                     out.finished, extra, seconds=split,
+                                     peak_rss_gb=float(out.result.get("peak_rss_gb", float("nan"))))
         log.info("%s done in %.1f s (%s): %s", model, out.wall_s,
                  " + ".join(f"{v:.1f} {k}" for k, v in split.items()),
                  ", ".join(f"{k}={v:.3f}" for k, v in sorted(out.result["metrics"].items())

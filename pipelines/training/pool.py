@@ -29,12 +29,11 @@ class FitWorker:
 
     def __init__(self, threads: int) -> None:
         t0 = time.perf_counter()
-        import torch
-
         # The fit code, MLflow's model flavour and the store's readers and writers, imported now
         # rather than in the first fit. (skops, which logs the SVMs, costs ~5 s to import: only
         # the workers that fit an SVM pay for it.)
         import mlflow.pytorch  # noqa: F401
+        import torch
 
         import hyvid.pipelines.training.loops  # noqa: F401
         import hyvid.pipelines.training.sklearn_fit  # noqa: F401
@@ -64,16 +63,49 @@ class FitWorker:
         from hyvid.pipelines.training.sklearn_fit import sklearn_fit
 
         config = {**config, "torch_threads": self.threads}
-        if config["model"] in SKLEARN_MODELS:
-            return sklearn_fit(config)
-        device = torch.device("cuda") if torch.cuda.is_available() and ray.get_gpu_ids() else CPU
-        if not config.get("checkpoint", True):
-            return fit_loop(config, NullSession(), device=device)
-        session = FileSession(config["storage_path"], config["fit_id"], config.get("storage_options"))
-        out = fit_loop(config, session, device=device)
-        if not config.get("keep_checkpoints"):
-            session.clear()  # the model lives in MLflow now
-        return out
+        with _PeakRSS() as peak:
+            if config["model"] in SKLEARN_MODELS:
+                out = sklearn_fit(config)
+            else:
+                device = torch.device("cuda") if torch.cuda.is_available() and ray.get_gpu_ids() else CPU
+                if not config.get("checkpoint", True):
+                    out = fit_loop(config, NullSession(), device=device)
+                else:
+                    session = FileSession(config["storage_path"], config["fit_id"], config.get("storage_options"))
+                    out = fit_loop(config, session, device=device)
+                    if not config.get("keep_checkpoints"):
+                        session.clear()  # the model lives in MLflow now
+        return {**out, "peak_rss_gb": peak.gb}
+
+
+class _PeakRSS:
+    """The highest resident memory of this process while a block runs (sampled every 0.2 s),
+    in GB: what one fit costs its worker, including data that worker keeps from earlier fits."""
+
+    def __enter__(self) -> "_PeakRSS":
+        import threading
+
+        import psutil
+
+        self._proc = psutil.Process()
+        self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    @property
+    def gb(self) -> float:
+        return self.peak / 1e9
 
 
 @dataclass
