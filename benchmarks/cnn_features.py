@@ -21,12 +21,10 @@ average before and after: on a shared machine the numbers are noisy.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,14 +34,16 @@ from hyvid.pipelines.data.video import DEFAULT_SIZE, DEFAULT_STACK, stored_shape
 from hyvid.pipelines.inference.cnn import cnn_forward
 from hyvid.store.clips import decode_flow_stack, decode_frame, encode_flow_stack, encode_frame
 
+from ._common import RESULTS_DIR, arg_parser, write_json
+
 log = logging.getLogger("bench.cnn_features")
-RESULTS = Path(__file__).resolve().parent / "results" / "cnn_features.json"
+RESULTS = RESULTS_DIR / "cnn_features.json"
 PAPER_CLIPS_PER_S = 25 / 9.0  # Sec. 4.2.3: 9 s of CNN features for a 25-position UCF-101 video (K40)
 NUM_CLASSES = 101
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = arg_parser(__doc__)
     p.add_argument("--batch", type=int, default=25, help="positions per forward pass (default: one video)")
     p.add_argument("--repeats", type=int, default=5, help="timed batches per measurement")
     p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="stored short side (4:3 source)")
@@ -143,8 +143,7 @@ def main(args) -> dict:
         "machine": {"cpus": cores, "platform": platform.platform(), "torch": torch.__version__,
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     for r in runs:
         log.info("%s x%d threads: spatial %.1f frames/s (%.2fx the 224-px rate), motion %.1f stacks/s, "
                  "both %.1f clips/s (%.1f with decoding; %.2fx the paper's K40)", r["device"], r["torch_threads"],

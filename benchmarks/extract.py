@@ -21,7 +21,6 @@ the JSON records the load average before and after.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -45,20 +44,21 @@ from hyvid.store import clips as codec
 from hyvid.store.lance_io import open_table, table_uri
 from hyvid.store.tables import CLIPS
 
+from ._common import RESULTS_DIR, add_scratch_args, arg_parser, write_json
+
 log = logging.getLogger("bench.extract")
-RESULTS = Path(__file__).resolve().parent / "results" / "extract.json"
+RESULTS = RESULTS_DIR / "extract.json"
 TARGET_FPS = 400.0
 TARGET_RATIO = 1.7
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = arg_parser(__doc__)
     p.add_argument("--videos", type=int, default=24, help="videos in the generated dataset")
     p.add_argument("--frames", type=int, default=150, help="frames per video (UCF-101 averages ~186)")
     p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="stored short side")
     p.add_argument("--tvl1-frames", type=int, default=4, help="frames for the TV-L1 measurement")
-    p.add_argument("--workdir", default="/tmp/hyvid_bench_extract", help="scratch folder (deleted afterwards)")
-    p.add_argument("--keep", action="store_true", help="keep the scratch data")
+    add_scratch_args(p, "/tmp/hyvid_bench_extract")
     p.add_argument("--out", default=str(RESULTS))
     return p
 
@@ -276,7 +276,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = get_args_parser().parse_args()
     result = main(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print_table(result)
     print(f"\nwrote {args.out}")

@@ -41,13 +41,15 @@ from hyvid.pipelines.data.video import DEFAULT_POSITIONS, DEFAULT_SIZE, DEFAULT_
 from hyvid.pipelines.inference.hybrid import load_hybrid
 from hyvid.pipelines.predict import PAPER_TIMES_S, PredictConfig, predict
 
+from ._common import RESULTS_DIR, arg_parser
+
 log = logging.getLogger("bench.predict")
-RESULTS = Path(__file__).resolve().parent / "results" / "predict.json"
+RESULTS = RESULTS_DIR / "predict.json"
 TARGET_S = 2.0
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = arg_parser(__doc__)
     p.add_argument("--seconds", type=float, default=8.0, help="video length (UCF-101: ~8 s typical)")
     p.add_argument("--fps", type=float, default=25.0)
     p.add_argument("--width", type=int, default=320)

@@ -20,7 +20,6 @@ disk. Targets (issue 3): Lance p50 < 5 ms and >= 50x faster than the Parquet sca
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -38,22 +37,23 @@ from hyvid.store.indexes import ensure_scalar_index
 from hyvid.store.lance_io import commit_fragments, write_table_fragments
 from hyvid.store.tables import FRAME_FEATURES_NAME, frame_features_schema
 
+from ._common import RESULTS_DIR, add_scratch_args, arg_parser, write_json
+
 log = logging.getLogger("bench.query")
-RESULTS = Path(__file__).resolve().parent / "results" / "query.json"
+RESULTS = RESULTS_DIR / "query.json"
 TARGET_P50_MS = 5.0
 TARGET_SPEEDUP = 50.0
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = arg_parser(__doc__)
     p.add_argument("--videos", type=int, default=13_320, help="videos (UCF-101: 13,320)")
     p.add_argument("--positions", type=int, default=25, help="sampled positions per video")
     p.add_argument("--spatial-dim", type=int, default=1024)
     p.add_argument("--motion-dim", type=int, default=1024)
     p.add_argument("--batch-videos", type=int, default=520, help="videos per written batch / fragment")
     p.add_argument("--queries", type=int, default=200, help="timed queries per method")
-    p.add_argument("--workdir", default="/tmp/hyvid_bench_query", help="scratch folder (deleted afterwards)")
-    p.add_argument("--keep", action="store_true", help="keep the scratch data")
+    add_scratch_args(p, "/tmp/hyvid_bench_query")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -181,8 +181,7 @@ def main(args: argparse.Namespace) -> dict:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, end="\n")
     print(f"\n{rows:,} rows ({args.videos:,} videos x {args.positions}), dims "
           f"{args.spatial_dim}+{args.motion_dim}, {args.queries} random single-video queries")
     print(f"{'method':<34}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'cpu p50 ms':>12}")

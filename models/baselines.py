@@ -50,8 +50,15 @@ def _mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
 
 
 class _FusionMLP(nn.Module):
+    """NN-EF and NN-LF alike: checked widths, then :meth:`_build_heads` makes the subclass's MLP(s)."""
+
     def __init__(
-        self, input_dims: Sequence[int], num_classes: int, hidden: Sequence[int], dropout: float, multilabel: bool
+        self,
+        input_dims: Sequence[int],
+        num_classes: int,
+        hidden: Sequence[int] = (200,),
+        dropout: float = 0.0,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
         input_dims = tuple(int(d) for d in input_dims)
@@ -66,6 +73,10 @@ class _FusionMLP(nn.Module):
         self.input_dims = input_dims
         self.num_classes = int(num_classes)
         self.multilabel = bool(multilabel)
+        self._build_heads(hidden, dropout)
+
+    def _build_heads(self, hidden: tuple[int, ...], dropout: float) -> None:
+        raise NotImplementedError
 
     def _check(self, xs: Sequence[torch.Tensor]) -> None:
         if len(xs) != len(self.input_dims):
@@ -87,16 +98,8 @@ class _FusionMLP(nn.Module):
 class EarlyFusionMLP(_FusionMLP):
     """NN-EF: concatenate the streams' video-level features, then one MLP (ReLU hidden layers)."""
 
-    def __init__(
-        self,
-        input_dims: Sequence[int],
-        num_classes: int,
-        hidden: Sequence[int] = (200,),
-        dropout: float = 0.0,
-        multilabel: bool = False,
-    ) -> None:
-        super().__init__(input_dims, num_classes, hidden, dropout, multilabel)
-        self.net = _mlp((sum(self.input_dims), *hidden, num_classes), dropout)
+    def _build_heads(self, hidden: tuple[int, ...], dropout: float) -> None:
+        self.net = _mlp((sum(self.input_dims), *hidden, self.num_classes), dropout)
 
     def head_logits(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """``[1, B, C]``: the single head's logits."""
@@ -108,16 +111,8 @@ class EarlyFusionMLP(_FusionMLP):
 class LateFusionMLP(_FusionMLP):
     """NN-LF: one MLP per stream; their softmax (or sigmoid) scores are averaged."""
 
-    def __init__(
-        self,
-        input_dims: Sequence[int],
-        num_classes: int,
-        hidden: Sequence[int] = (200,),
-        dropout: float = 0.0,
-        multilabel: bool = False,
-    ) -> None:
-        super().__init__(input_dims, num_classes, hidden, dropout, multilabel)
-        self.nets = nn.ModuleList(_mlp((d, *hidden, num_classes), dropout) for d in self.input_dims)
+    def _build_heads(self, hidden: tuple[int, ...], dropout: float) -> None:
+        self.nets = nn.ModuleList(_mlp((d, *hidden, self.num_classes), dropout) for d in self.input_dims)
 
     def head_logits(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """``[S, B, C]``: each stream's own logits."""
@@ -273,6 +268,22 @@ class _SVMFusionBase:
                     raise ValueError(f"stream {i}: fitted on width {t.shape[1]}, got {x.shape[1]}")
         return xs
 
+    def _fit_streams(
+        self, xs: Sequence[np.ndarray], y: Any, num_classes: int | None
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Check the training streams and labels, and keep what the kernels need (``train_``, ``gammas_``).
+
+        Returns the checked streams and the ``[N, C]`` indicator labels.
+        """
+        train = self._check_streams(xs, fitted=False)
+        Y = encode_labels(y, num_classes)
+        if len(Y) != len(train[0]):
+            raise ValueError(f"{len(Y)} labels for {len(train[0])} samples")
+        self.train_ = train
+        self.gammas_ = self._gammas(train)
+        self.num_classes_ = Y.shape[1]
+        return train, Y
+
     def _kernels(self, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [chi2_kernel(x, t, g) for x, t, g in zip(xs, self.train_, self.gammas_, strict=True)]
 
@@ -288,14 +299,8 @@ class SVMEarlyFusion(_SVMFusionBase):
 
     def fit(self, xs: Sequence[np.ndarray], y: Any, num_classes: int | None = None) -> "SVMEarlyFusion":
         """``xs``: per-stream ``[N, D_i]`` non-negative features; ``y``: see :func:`encode_labels`."""
-        xs = self._check_streams(xs, fitted=False)
-        Y = encode_labels(y, num_classes)
-        if len(Y) != len(xs[0]):
-            raise ValueError(f"{len(Y)} labels for {len(xs[0])} samples")
-        self.train_ = xs
-        self.gammas_ = self._gammas(xs)
-        self.num_classes_ = Y.shape[1]
-        self.svm_ = _OneVsRestKernelSVM(self.C).fit(np.mean(self._kernels(xs), axis=0), Y)
+        train, Y = self._fit_streams(xs, y, num_classes)
+        self.svm_ = _OneVsRestKernelSVM(self.C).fit(np.mean(self._kernels(train), axis=0), Y)
         return self
 
     def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:
@@ -313,14 +318,8 @@ class SVMLateFusion(_SVMFusionBase):
 
     def fit(self, xs: Sequence[np.ndarray], y: Any, num_classes: int | None = None) -> "SVMLateFusion":
         """``xs``: per-stream ``[N, D_i]`` non-negative features; ``y``: see :func:`encode_labels`."""
-        xs = self._check_streams(xs, fitted=False)
-        Y = encode_labels(y, num_classes)
-        if len(Y) != len(xs[0]):
-            raise ValueError(f"{len(Y)} labels for {len(xs[0])} samples")
-        self.train_ = xs
-        self.gammas_ = self._gammas(xs)
-        self.num_classes_ = Y.shape[1]
-        self.svms_ = [_OneVsRestKernelSVM(self.C).fit(K, Y) for K in self._kernels(xs)]
+        train, Y = self._fit_streams(xs, y, num_classes)
+        self.svms_ = [_OneVsRestKernelSVM(self.C).fit(K, Y) for K in self._kernels(train)]
         return self
 
     def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:

@@ -55,18 +55,27 @@ def _bring_up_to_date(ds: lance.LanceDataset, name: str) -> str:
     return "optimized"
 
 
+def _open_for_index(store_uri: str, table: str, column: str, name: str,
+                    storage_options: dict[str, str] | None) -> tuple[lance.LanceDataset, str | None]:
+    """The table, and when index `name` exists already, what bringing it up to date did (else None)."""
+    ds = open_table(store_uri, table, storage_options)
+    if column not in ds.schema.names:
+        raise ValueError(f"table {table!r} has no column {column!r} (columns: {ds.schema.names})")
+    if _has_index(ds, name):
+        return ds, _bring_up_to_date(ds, name)
+    return ds, None
+
+
 def ensure_scalar_index(store_uri: str, table: str, column: str = "video_id",
                         storage_options: dict[str, str] | None = None) -> str:
     """Create the BTREE index on `table.column`, or fold new fragments into it.
 
     Returns "created", "optimized" or "up_to_date".
     """
-    ds = open_table(store_uri, table, storage_options)
-    if column not in ds.schema.names:
-        raise ValueError(f"table {table!r} has no column {column!r} (columns: {ds.schema.names})")
     name = scalar_index_name(column)
-    if _has_index(ds, name):
-        return _bring_up_to_date(ds, name)
+    ds, status = _open_for_index(store_uri, table, column, name, storage_options)
+    if status is not None:
+        return status
     ds.create_scalar_index(column, "BTREE", name=name)
     log.info("created BTREE index %s on %s.%s (%d rows)", name, table, column, ds.count_rows())
     return "created"
@@ -92,12 +101,10 @@ def ensure_vector_index(store_uri: str, table: str = FRAME_FEATURES_NAME, column
 
     Returns "skipped" (too few rows), "created", "optimized" or "up_to_date".
     """
-    ds = open_table(store_uri, table, storage_options)
-    if column not in ds.schema.names:
-        raise ValueError(f"table {table!r} has no column {column!r} (columns: {ds.schema.names})")
     name = vector_index_name(column)
-    if _has_index(ds, name):
-        return _bring_up_to_date(ds, name)
+    ds, status = _open_for_index(store_uri, table, column, name, storage_options)
+    if status is not None:
+        return status
     n_rows = ds.count_rows()
     if n_rows < max(min_rows, 256):  # PQ codebooks have 256 centroids per sub-vector
         log.info("no vector index on %s.%s: %d rows < %d (flat search is exact and fast)",
