@@ -37,8 +37,9 @@ test-fast: install
 demo: install
 	$(VENV)/bin/hyvid demo --out demo_out
 
+# Every module of benchmarks/ but the private helpers (_common.py, ...) and __init__.py.
 bench: install
-	for m in $$(cd benchmarks && ls *.py | grep -v '^__init__' | sed 's/\.py$$//'); do \
+	for m in $$(cd benchmarks && ls *.py | grep -v '^_' | sed 's/\.py$$//'); do \
 		$(PY) -m benchmarks.$$m || exit 1; \
 	done
 
