@@ -60,9 +60,9 @@ def _loadavg() -> list[float]:
 def main(args: argparse.Namespace) -> dict:
     import mlflow
     import ray
+    from test_train import build_toy_store
 
     from hyvid.pipelines.train import TrainConfig, train
-    from test_train import build_toy_store
 
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
     store = str(root / "store")
@@ -104,10 +104,11 @@ def main(args: argparse.Namespace) -> dict:
     ratio = (sum(conc) / len(conc)) / (sum(seq) / len(seq))
     # One ratio per (concurrent, sequential) pair run back to back: less exposed to a load spike
     # that hits one pair than the ratio of the means.
-    pair_ratios = [round(c / s, 3) for c, s in zip(conc, seq)]
+    pair_ratios = [round(c / s, 3) for c, s in zip(conc, seq, strict=True)]
     out = {
         "benchmark": "train_parallel",
-        "claim": "hyvid train fits its models concurrently: wall time <= 0.65x fitting them one after another (2 cores)",
+        "claim": ("hyvid train fits its models concurrently: wall time <= 0.65x fitting them one after another "
+                  "(2 cores)"),
         "models": list(models),
         "cpus": args.cpus,
         "videos": 28 * args.videos_per_group,

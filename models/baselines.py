@@ -27,10 +27,11 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from sklearn.kernel_approximation import AdditiveChi2Sampler
 from sklearn.metrics.pairwise import additive_chi2_kernel
 from sklearn.metrics.pairwise import chi2_kernel as _sk_chi2_kernel
 from sklearn.preprocessing import MultiLabelBinarizer
-from sklearn.svm import SVC
+from sklearn.svm import SVC, LinearSVC
 from torch import nn
 
 # Below this, a feature value is treated as float noise around 0 and clipped; above it in magnitude, a negative value
@@ -232,17 +233,56 @@ class _OneVsRestKernelSVM:
         return np.stack(cols, axis=1)
 
 
+class _OneVsRestLinearSVM:
+    """One binary ``LinearSVC`` per class column (on explicit feature maps); constant columns as above."""
+
+    def __init__(self, C: float) -> None:
+        self.C = C
+
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> "_OneVsRestLinearSVM":
+        self.models_: list[LinearSVC | float] = []
+        for c in range(Y.shape[1]):
+            col = Y[:, c]
+            if col.min() == col.max():
+                self.models_.append(1.0 if col[0] else -1.0)
+            else:
+                self.models_.append(LinearSVC(C=self.C, dual="auto", max_iter=2000).fit(X, col))
+        return self
+
+    def decision(self, X: np.ndarray) -> np.ndarray:
+        cols = [np.full(len(X), m) if isinstance(m, float) else m.decision_function(X) for m in self.models_]
+        return np.stack(cols, axis=1)
+
+
+KERNELS = ("exact", "approx")
+# The explicit map of the additive χ² kernel: 2 * sample_steps - 1 values per feature (3x wider).
+CHI2_MAP_STEPS = 2
+
+
+def additive_chi2_map(X: np.ndarray) -> np.ndarray:
+    """Scikit-learn's explicit feature map of the additive χ² kernel (Vedaldi & Zisserman), [N, 3D]:
+    a linear SVM on it approximates an additive-χ² kernel SVM at linear cost in N."""
+    out: np.ndarray = AdditiveChi2Sampler(sample_steps=CHI2_MAP_STEPS).fit_transform(_non_negative(X, "chi2 map"))
+    return out.astype(np.float32)
+
+
 class _SVMFusionBase:
     # Set by fit().
     train_: list[np.ndarray]
     gammas_: list[float]
+    widths_: list[int]
     num_classes_: int
 
-    def __init__(self, C: float = 1.0, gamma: float | Sequence[float] | None = None) -> None:
+    def __init__(self, C: float = 1.0, gamma: float | Sequence[float] | None = None, kernel: str = "exact") -> None:
+        """kernel="exact": the exponential χ² kernel, precomputed (N x N per stream: for small sets);
+        "approx": the additive χ² kernel's explicit map with linear SVMs (linear in N: for large sets)."""
         if C <= 0:
             raise ValueError(f"SVM C must be > 0, got {C}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.C = float(C)
         self.gamma = gamma
+        self.kernel = kernel
 
     def _gammas(self, xs: Sequence[np.ndarray]) -> list[float]:
         if self.gamma is None:
@@ -261,11 +301,11 @@ class _SVMFusionBase:
         if len({len(x) for x in xs}) != 1:
             raise ValueError(f"all streams must have the same number of rows, got {[len(x) for x in xs]}")
         if fitted:
-            if len(xs) != len(self.train_):
-                raise ValueError(f"fitted on {len(self.train_)} streams, got {len(xs)}")
-            for i, (x, t) in enumerate(zip(xs, self.train_, strict=True)):
-                if x.shape[1] != t.shape[1]:
-                    raise ValueError(f"stream {i}: fitted on width {t.shape[1]}, got {x.shape[1]}")
+            if len(xs) != len(self.widths_):
+                raise ValueError(f"fitted on {len(self.widths_)} streams, got {len(xs)}")
+            for i, (x, w) in enumerate(zip(xs, self.widths_, strict=True)):
+                if x.shape[1] != w:
+                    raise ValueError(f"stream {i}: fitted on width {w}, got {x.shape[1]}")
         return xs
 
     def _fit_streams(
@@ -279,17 +319,35 @@ class _SVMFusionBase:
         Y = encode_labels(y, num_classes)
         if len(Y) != len(train[0]):
             raise ValueError(f"{len(Y)} labels for {len(train[0])} samples")
-        self.train_ = train
-        self.gammas_ = self._gammas(train)
+        self.widths_ = [x.shape[1] for x in train]
+        if self.kernel == "exact":  # the kernels against the training set need it; the map does not
+            self.train_ = train
+            self.gammas_ = self._gammas(train)
         self.num_classes_ = Y.shape[1]
         return train, Y
 
     def _kernels(self, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per stream: the exact kernel against the training set, or the explicit map of the features."""
+        if self.kernel == "approx":
+            return [additive_chi2_map(x) for x in xs]
         return [chi2_kernel(x, t, g) for x, t, g in zip(xs, self.train_, self.gammas_, strict=True)]
+
+    def _svm(self) -> _OneVsRestKernelSVM | _OneVsRestLinearSVM:
+        return _OneVsRestKernelSVM(self.C) if self.kernel == "exact" else _OneVsRestLinearSVM(self.C)
+
+    def _early(self, per_stream: list[np.ndarray]) -> np.ndarray:
+        """The streams fused early: the average of the kernels, or (approx) the maps side by side,
+        scaled so their linear kernel is that average."""
+        if self.kernel == "exact":
+            avg: np.ndarray = np.mean(per_stream, axis=0)
+            return avg
+        side_by_side: np.ndarray = np.concatenate(per_stream, axis=1) / np.sqrt(len(per_stream))
+        return side_by_side
 
 
 class SVMEarlyFusion(_SVMFusionBase):
-    """SVM-EF: one χ² kernel per stream, averaged, then one-vs-rest SVMs on the precomputed average.
+    """SVM-EF: one χ² kernel per stream, averaged, then one-vs-rest SVMs on the precomputed average
+    (with kernel="approx": the streams' additive-χ² maps side by side, then linear SVMs).
 
     Args:
         C: the SVM's soft-margin constant.
@@ -300,13 +358,13 @@ class SVMEarlyFusion(_SVMFusionBase):
     def fit(self, xs: Sequence[np.ndarray], y: Any, num_classes: int | None = None) -> "SVMEarlyFusion":
         """``xs``: per-stream ``[N, D_i]`` non-negative features; ``y``: see :func:`encode_labels`."""
         train, Y = self._fit_streams(xs, y, num_classes)
-        self.svm_ = _OneVsRestKernelSVM(self.C).fit(np.mean(self._kernels(train), axis=0), Y)
+        self.svm_ = self._svm().fit(self._early(self._kernels(train)), Y)
         return self
 
     def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:
         """``[N, num_classes]`` decision values (higher = more likely), one column per class index."""
         xs = self._check_streams(xs, fitted=True)
-        return self.svm_.decision(np.mean(self._kernels(xs), axis=0))
+        return self.svm_.decision(self._early(self._kernels(xs)))
 
 
 class SVMLateFusion(_SVMFusionBase):
@@ -319,7 +377,7 @@ class SVMLateFusion(_SVMFusionBase):
     def fit(self, xs: Sequence[np.ndarray], y: Any, num_classes: int | None = None) -> "SVMLateFusion":
         """``xs``: per-stream ``[N, D_i]`` non-negative features; ``y``: see :func:`encode_labels`."""
         train, Y = self._fit_streams(xs, y, num_classes)
-        self.svms_ = [_OneVsRestKernelSVM(self.C).fit(K, Y) for K in self._kernels(train)]
+        self.svms_ = [self._svm().fit(K, Y) for K in self._kernels(train)]
         return self
 
     def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:

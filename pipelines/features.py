@@ -142,9 +142,9 @@ def _features_task(
         return {"fragments": [], "n_rows": 0, "written": [], "scores": {}, "missing": sorted(video_ids),
                 "dims": None, "node_id": node_id}
     h, w, stack = (rows.column(c).to_pylist() for c in ("height", "width", "stack"))
-    frames = np.stack([decode_frame(b, hh, ww) for b, hh, ww in zip(rows.column("frame").to_pylist(), h, w)])
+    frames = np.stack([decode_frame(b, hh, ww) for b, hh, ww in zip(rows.column("frame").to_pylist(), h, w, strict=True)])
     flows = np.stack([decode_flow_stack(b, s, hh, ww)
-                      for b, s, hh, ww in zip(rows.column("flow_stack").to_pylist(), stack, h, w)])
+                      for b, s, hh, ww in zip(rows.column("flow_stack").to_pylist(), stack, h, w, strict=True)])
     sf, mf, sp, mp = cnn_forward(spatial, motion, frames, flows, batch_size)
 
     vid_arr = np.asarray(vids, dtype=object)
@@ -196,7 +196,7 @@ def _existing_features(store_uri: str, storage_options: dict | None) -> tuple[di
     ds = open_table(store_uri, FRAME_FEATURES_NAME, storage_options)
     t = ds.to_table(columns=["video_id", "spatial_run_id", "motion_run_id"])
     out: dict[str, set] = {}
-    for v, s, m in zip(*(t.column(c).to_pylist() for c in ("video_id", "spatial_run_id", "motion_run_id"))):
+    for v, s, m in zip(*(t.column(c).to_pylist() for c in ("video_id", "spatial_run_id", "motion_run_id")), strict=True):
         out.setdefault(v, set()).add((s, m))
     dims = (ds.schema.field("spatial").type.list_size, ds.schema.field("motion").type.list_size)
     return out, dims
@@ -283,7 +283,7 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
         raise ValueError(f"no ok video in split {cfg.split} of store {store_uri!r}; run `hyvid extract` first")
     info = {v: (s, lab, labs) for v, s, lab, labs in zip(
         ids, videos.column("subset").to_pylist(), videos.column("label").to_pylist(),
-        videos.column("labels").to_pylist())}
+        videos.column("labels").to_pylist(), strict=True)}
     clips_version = open_table(store_uri, CLIPS.name, cfg.storage_options).version
 
     existing, table_dims = _existing_features(store_uri, cfg.storage_options)
@@ -346,7 +346,7 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
                 mp = np.stack([scored[v][1] for v in sv])
                 subsets = [info[v][0] for v in sv]
                 labels = [info[v][1] if info[v][1] is not None else -1 for v in sv]
-                multi = [list(info[v][2] or [lab]) for v, lab in zip(sv, labels)]
+                multi = [list(info[v][2] or [lab]) for v, lab in zip(sv, labels, strict=True)]
                 for model, s in ((SPATIAL_CNN, sp), (MOTION_CNN, mp), (TWO_STREAM_CNN, two_stream_scores(sp, mp))):
                     vs_version = upsert_video_scores(store_uri, model, cfg.split, runs[model], sv, subsets, s,
                                                      labels, multi, storage_options=cfg.storage_options)

@@ -245,11 +245,11 @@ class FeatureStore:
         groups = table.column("group").to_pylist()
         # The carve uses every officially-training video, whatever its status, so one video
         # failing to decode never moves a whole group between train and val.
-        train_groups = [g for g, o in zip(groups, official) if o == "train"]
+        train_groups = [g for g, o in zip(groups, official, strict=True) if o == "train"]
         if not train_groups and not any(official):
             raise ValueError(f"no video of the store {self.uri!r} belongs to split {split}")
         val = val_groups(train_groups) if train_groups else set()
-        subsets = [subset_of(o, g, val) for o, g in zip(official, groups)]
+        subsets = [subset_of(o, g, val) for o, g in zip(official, groups, strict=True)]
         table = table.append_column("subset", pa.array(subsets, pa.string()))
         return table.filter(pc.is_valid(table["subset"]))
 
@@ -313,7 +313,7 @@ class FeatureStore:
 
     def _kept(self, split: int, subset: str | None, ids: list[str], found: np.ndarray) -> list[int]:
         """Indices of `ids` that have feature rows; warns about (or refuses) the ones without."""
-        missing = [v for v, ok in zip(ids, found) if not ok]
+        missing = [v for v, ok in zip(ids, found, strict=True) if not ok]
         if missing:
             log.warning("%d of %d videos of split %s subset %r have no frame_features (e.g. %r); "
                         "they are left out — run `hyvid features` to complete the table",
@@ -439,7 +439,7 @@ class FeatureStore:
             raise ValueError(f"scores of model {model!r} split {split} have mixed class counts {n_classes}")
         run_ids = sorted(set(t.column("run_id").to_pylist()) - {None})
         labels = t.column("label").to_pylist()
-        labels_multi = [list(m or [lab]) for m, lab in zip(t.column("labels").to_pylist(), labels)]
+        labels_multi = [list(m or [lab]) for m, lab in zip(t.column("labels").to_pylist(), labels, strict=True)]
         return ScoreSet(
             video_ids=t.column("video_id").to_pylist(),
             scores=np.asarray(score_lists, dtype=np.float32),

@@ -211,7 +211,7 @@ def _scenario(work: Path) -> dict:
         def run_extract() -> None:
             try:
                 box["result"] = ex.extract(cfg)
-            except BaseException as e:  # surfaced below, with the scenario's other output
+            except BaseException as e:  # noqa: BLE001 - surfaced below, with the scenario's other output
                 box["error"] = repr(e)
 
         runner = threading.Thread(target=run_extract, daemon=True)
@@ -280,10 +280,10 @@ def _train_loses_its_node(cluster, work: Path, tracking_uri: str, head_id: str) 
     import mlflow
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from hyvid.pipelines.train import TrainConfig, train
-    from hyvid.pipelines.tracking import TAG_NODES
     from test_train import build_toy_store
+
+    from hyvid.pipelines.tracking import TAG_NODES
+    from hyvid.pipelines.train import TrainConfig, train
 
     toy = str(work / "toy")
     build_toy_store(toy)
@@ -305,7 +305,7 @@ def _train_loses_its_node(cluster, work: Path, tracking_uri: str, head_id: str) 
     def run_train() -> None:
         try:
             box["result"] = train(cfg)
-        except BaseException as e:  # surfaced below
+        except BaseException as e:  # noqa: BLE001 - surfaced below
             box["error"] = repr(e)
 
     out: dict = {}

@@ -286,7 +286,8 @@ def test_lineage_points_at_the_lance_versions_read(trained):
     import mlflow
 
     lineage = mlflow.artifacts.download_artifacts(run_id=trained["result"].models["fusion"].run_id,
-                                                  artifact_path="lineage.json", tracking_uri=trained["cfg"].tracking_uri)
+                                                  artifact_path="lineage.json",
+                                                  tracking_uri=trained["cfg"].tracking_uri)
     with open(lineage) as f:
         assert json.load(f)["tables"] == {"videos": versions["videos"], "frame_features": versions["frame_features"]}
 

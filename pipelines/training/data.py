@@ -33,7 +33,8 @@ class Subset:
         return len(self.video_ids)
 
 
-def target_matrix(labels: np.ndarray, labels_multi: list[list[int]], num_classes: int, multilabel: bool) -> torch.Tensor:
+def target_matrix(labels: np.ndarray, labels_multi: list[list[int]], num_classes: int,
+                  multilabel: bool) -> torch.Tensor:
     """One-hot (single-label) or multi-hot (multi-label) float targets [N, C]."""
     y = torch.zeros(len(labels), num_classes)
     if multilabel:

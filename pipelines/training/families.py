@@ -105,7 +105,8 @@ def train_epoch(config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
             # computed here from one forward so the same logits also give the training accuracy.
             video = model.pool(model(xs[stream].to(device), lengths), lengths)
             if multilabel:
-                loss = F.binary_cross_entropy_with_logits(video, target_matrix(labels.numpy(), labels_multi, c, True).to(device))
+                target = target_matrix(labels.numpy(), labels_multi, c, True).to(device)
+                loss = F.binary_cross_entropy_with_logits(video, target)
             else:
                 loss = F.cross_entropy(video, labels.to(device))
             loss.backward()

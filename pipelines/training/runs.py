@@ -57,7 +57,7 @@ def log_fit_params(client, run_id: str, config: dict) -> None:
     elif name in (R.NN_EF, R.NN_LF):
         keys += ["nn_lr", "nn_hidden", "nn_batch_size"]
     else:
-        keys += ["svm_c"]
+        keys += ["svm_c", "svm_kernel", "svm_exact_max"]
     keys += ["cpus_per_worker"]
     existing = client.get_run(run_id).data.params
     params = {k: str(config[k]) for k in keys if k in config and k not in existing}
