@@ -79,7 +79,7 @@ class ScoreSet:
     run_id: str  # MLflow run id; comma-joined and sorted when rows come from several runs
 
 
-class SequenceDataset(Dataset):
+class SequenceDataset(Dataset[tuple[dict[str, torch.Tensor], int, list[int], str]]):
     """Per-video feature sequences held in memory: item = (stream -> [T, D], label, labels, video_id)."""
 
     def __init__(
@@ -154,7 +154,8 @@ def _check_streams(streams: Iterable[str]) -> tuple[str, ...]:
 class FeatureStore:
     """Read access to a hyvid store (a folder or s3:// prefix of Lance tables)."""
 
-    def __init__(self, uri: str, storage_options: dict | None = None, *, follow_latest: bool = True) -> None:
+    def __init__(self, uri: str, storage_options: dict[str, str] | None = None, *,
+                 follow_latest: bool = True) -> None:
         self.uri = str(uri)
         self.storage_options = storage_options
         self.follow_latest = follow_latest
@@ -256,7 +257,7 @@ class FeatureStore:
     def class_names(self) -> list[str]:
         """Class names in label order (from the `classes` table)."""
         t = self.table(CLASSES.name).to_table().sort_by("label")
-        return t.column("class_name").to_pylist()
+        return [str(n) for n in t.column("class_name").to_pylist()]
 
     def is_multilabel(self) -> bool:
         """True when any ok video carries more than one label (CCV-like datasets)."""
@@ -337,7 +338,9 @@ class FeatureStore:
         vids = self._subset_videos(split, subset)
         ids = vids.column("video_id").to_pylist()
         id_set = pa.array(ids, pa.string())
-        keys, positions, parts = [], [], {s: [] for s in streams}
+        keys: list[np.ndarray] = []
+        positions: list[np.ndarray] = []
+        parts: dict[str, list[np.ndarray]] = {s: [] for s in streams}
         for batch in self._feature_batches(ids, ["position", *streams]):
             keys.append(pc.index_in(batch.column("video_id"), value_set=id_set).to_numpy(zero_copy_only=False))
             positions.append(batch.column("position").to_numpy(zero_copy_only=False))
