@@ -121,6 +121,7 @@ def _features_task(
     tracking_uri: str,
     batch_size: int,
     storage_options: dict | None,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """Ray task: the CNNs over some videos' clips; writes `write_ids`' feature fragments.
 
@@ -128,10 +129,12 @@ def _features_task(
     """
     import ray
 
-    from hyvid.store.clips import decode_flow_stack, decode_frame
+    from hyvid.pipelines.data.clips import decode_rows
     from hyvid.store.lance_io import open_table, write_table_fragments
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # As many intra-op threads as the task's CPU share: more only fight the other tasks' threads.
+    torch.set_num_threads(max(1, threads))
+    device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
     spatial, motion = load_cnn_pair(tracking_uri, spatial_run_id, motion_run_id, device)
     ds = open_table(store_uri, CLIPS.name, storage_options, version=clips_version)
     rows = ds.scanner(columns=_CLIP_COLUMNS, filter=pc.field("video_id").isin(video_ids)).to_table()
@@ -141,11 +144,7 @@ def _features_task(
     if not vids:
         return {"fragments": [], "n_rows": 0, "written": [], "scores": {}, "missing": sorted(video_ids),
                 "dims": None, "node_id": node_id}
-    h, w, stack = (rows.column(c).to_pylist() for c in ("height", "width", "stack"))
-    frames = np.stack([decode_frame(b, hh, ww) for b, hh, ww in zip(rows.column("frame").to_pylist(), h, w, strict=True)])
-    flows = np.stack([decode_flow_stack(b, s, hh, ww)
-                      for b, s, hh, ww in zip(rows.column("flow_stack").to_pylist(), stack, h, w, strict=True)])
-    sf, mf, sp, mp = cnn_forward(spatial, motion, frames, flows, batch_size)
+    sf, mf, sp, mp = cnn_forward(spatial, motion, decode_rows(rows, "spatial"), decode_rows(rows, "motion"), batch_size)
 
     vid_arr = np.asarray(vids, dtype=object)
     scores = {}
@@ -196,7 +195,8 @@ def _existing_features(store_uri: str, storage_options: dict | None) -> tuple[di
     ds = open_table(store_uri, FRAME_FEATURES_NAME, storage_options)
     t = ds.to_table(columns=["video_id", "spatial_run_id", "motion_run_id"])
     out: dict[str, set] = {}
-    for v, s, m in zip(*(t.column(c).to_pylist() for c in ("video_id", "spatial_run_id", "motion_run_id")), strict=True):
+    columns = (t.column(c).to_pylist() for c in ("video_id", "spatial_run_id", "motion_run_id"))
+    for v, s, m in zip(*columns, strict=True):
         out.setdefault(v, set()).add((s, m))
     dims = (ds.schema.field("spatial").type.list_size, ds.schema.field("motion").type.list_size)
     return out, dims
@@ -315,7 +315,7 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
             while pending_chunks and len(running) < in_flight:
                 c = pending_chunks.pop()
                 ref = task.remote(store_uri, clips_version, c, [v for v in c if v in need_f], s_run, m_run,
-                                  tracking_uri, cfg.batch_size, cfg.storage_options)
+                                  tracking_uri, cfg.batch_size, cfg.storage_options, int(opts["num_cpus"]))
                 running[ref] = c
 
         def flush() -> None:
