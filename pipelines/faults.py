@@ -1,7 +1,7 @@
 """Fault injection: named crash points that make a worker die as a preempted node would.
 
 hyvid promises that a dying worker loses no committed work and duplicates nothing: extraction
-retries a shard, then its videos one by one, and records a poison file as failed; a Ray Train
+retries a shard, then its videos one by one, and records a poison file as failed; a training
 fit resumes from its last checkpoint in the same MLflow run. The fault tests (and anyone who
 wants to see it happen on their own cluster) trigger those paths through this module, never
 through hooks hidden in the stages.

@@ -124,11 +124,11 @@ class TrainConfig:
     experiment: str = DEFAULT_EXPERIMENT
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     storage_options: dict[str, str] | None = None
-    storage_path: str | None = None  # Ray Train/Tune checkpoints; None: <store>/_train (local stores)
+    storage_path: str | None = None  # fit checkpoints (shared storage on a cluster); None: <store>/_train (local)
     keep_checkpoints: bool = False  # the model lives in MLflow; drop a finished fit's checkpoints
     max_failures: int = 2  # times a fit whose worker died is started again (from its checkpoint)
-    # Checkpoint (Ray Train report) at most this often, and after the last epoch; see
-    # pipelines.training.loops._report_due for why not after every epoch of a small model.
+    # Checkpoint (and flush per-epoch metrics) at most this often, and after the last epoch; see
+    # pipelines.training.checkpoint.report_due for why not after every epoch of a small model.
     checkpoint_every_s: float = 5.0
     address: str | None = None
     seed: int = 0
