@@ -33,11 +33,10 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--models", help=f"comma-separated registry names; 'baselines' = {shown(BASELINE_MODELS)} "
                                     f"(default: {shown(d.models)})")
     p.add_argument("--workers-per-model", type=int, default=settings_workers(s, "train"),
-                   help="Ray Train workers (data-parallel ranks) per torch model "
-                        f"(default: settings workers.train, else {d.workers_per_model})")
+                   help="data-parallel workers per torch fit; above 1 each is a Ray Train TorchTrainer "
+                        f"(default: settings workers.train, else {d.workers_per_model}: one pool worker per fit)")
     p.add_argument("--cpus-per-worker", type=float,
-                   help="CPUs each worker, SVM task and CV trial asks for (default: the cluster's CPUs shared "
-                        "evenly among all fits' workers, or all of them per fit with --sequential)")
+                   help="CPUs of each fit worker (default: 1, one worker per CPU; all of them with --sequential)")
     p.add_argument("--epochs", type=int, help="epochs of every model (sets --lstm-epochs and --video-epochs)")
     p.add_argument("--lstm-epochs", type=int, help=f"epochs of the LSTMs (default {d.lstm_epochs})")
     p.add_argument("--video-epochs", type=int,
@@ -61,8 +60,14 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
              else f"λ2 {shown(d.lam2_grid)} and λ3 {shown(d.lam3_grid)}")
     p.add_argument("--lam-grid", help=f"λ2 and λ3 values cross-validated for the fusion net (default {grids})")
     p.add_argument("--sequential", action="store_true", help="fit the models one after another (for comparison)")
-    p.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: <store>/_train; "
+    p.add_argument("--storage-path", help="where fits keep checkpoints (default: <store>/_train; "
                                           "shared storage on a multi-node cluster)")
+    p.add_argument("--max-failures", type=int,
+                   help=f"restarts of a fit whose worker died, from its checkpoint (default {d.max_failures})")
+    p.add_argument("--svm-kernel", choices=("auto", "exact", "approx"),
+                   help=f"SVM baselines: exact chi2 kernel, or the additive-chi2 feature map with linear SVMs "
+                        f"(default {d.svm_kernel}: exact up to --svm-exact-max training videos)")
+    p.add_argument("--svm-exact-max", type=int, help=f"see --svm-kernel (default {d.svm_exact_max})")
 
 
 def _train_config(args: argparse.Namespace, s: Settings):
@@ -76,7 +81,8 @@ def _train_config(args: argparse.Namespace, s: Settings):
         lstm_hidden=csv_numbers(args.lstm_hidden, "--lstm-hidden", int, "1024,512"),
         lstm_lr=args.lstm_lr, lstm_optimizer=args.lstm_optimizer, lstm_pooling=args.pooling,
         lstm_peephole=args.peephole, fusion_lr=args.fusion_lr, lam2_grid=lam_grid, lam3_grid=lam_grid,
-        storage_path=args.storage_path)
+        storage_path=args.storage_path, max_failures=args.max_failures, svm_kernel=args.svm_kernel,
+        svm_exact_max=args.svm_exact_max)
     # --lstm-epochs / --video-epochs are the finer flags: they win over --epochs.
     values.update(given(lstm_epochs=args.lstm_epochs, video_epochs=args.video_epochs))
     make = TrainConfig.paper if args.paper_lstm else TrainConfig
@@ -91,7 +97,7 @@ def _train_run(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
-command("train", "fit the LSTMs, the regularized fusion net and the baselines concurrently (Ray Train/Tune + MLflow)",
+command("train", "fit the LSTMs, the regularized fusion net and the baselines concurrently (Ray actors + MLflow)",
         "  hyvid train --store store\n"
         "  hyvid train --store store --models spatial_lstm,motion_lstm --epochs 20 --workers-per-model 2\n"
         "  hyvid train --store store --models fusion --lam-grid 0,3e-5,3e-4,3e-3\n"
