@@ -60,7 +60,7 @@ def _loadavg() -> list[float]:
 def main(args: argparse.Namespace) -> dict:
     import mlflow
     import ray
-    from test_train import build_toy_store
+    from helpers.toy_store import build_toy_store
 
     from hyvid.pipelines.train import TrainConfig, train
 

@@ -6,19 +6,14 @@ expanded from the environment; they must not appear in output, logs or MLflow pa
 from __future__ import annotations
 
 import copy
-import csv
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import requests
 import yaml
+from helpers.servers import free_port, serve
+from helpers.videos import DOWN, RIGHT, SquareClip, write_square_dataset
 
 from hyvid.cluster.settings import DEFAULT_CONFIG, load_settings
 from hyvid.store import lance_io
@@ -29,41 +24,19 @@ KEY_ID = "AKIAHYVIDTESTKEY0001"
 SECRET = "hyvid-moto-secret-d41d8cd98f00"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3_endpoint():
+def s3_endpoint(tmp_path_factory):
     """moto's S3 server on 127.0.0.1:<free port> with one bucket; killed at the end."""
     import boto3
 
     port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(endpoint, timeout=1)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start on {endpoint}") from None
-                time.sleep(0.3)
+    cmd = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    # Up as soon as it answers at all.
+    with serve(cmd, endpoint, log=tmp_path_factory.mktemp("moto") / "moto.log", healthy=lambda r: True):
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=KEY_ID,
                      aws_secret_access_key=SECRET).create_bucket(Bucket=BUCKET)
         yield endpoint
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture
@@ -114,27 +87,11 @@ def test_two_phase_lance_writes_on_s3(s3_settings):
 
 
 def _tiny_manifest(root: Path) -> Path:
-    import cv2
-    import numpy as np
-
-    rows = []
-    for i, cls in enumerate(["right", "down", "right", "down"]):
-        path = root / f"{cls}_{i}.avi"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
-        for t in range(14):
-            frame = np.full((48, 64, 3), 50 + 20 * i, np.uint8)
-            x, y = (6 + 2 * t, 10) if cls == "right" else (10, 4 + 2 * t)
-            frame[y:y + 8, x:x + 8] = 220
-            w.write(frame)
-        w.release()
-        rows.append({"path": path.name, "labels": cls, "subset": "train" if i < 2 else "test", "group": f"g{i}"})
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["path", "labels", "subset", "group"])
-        wr.writeheader()
-        wr.writerows(rows)
-    return manifest
+    moves = {"right": ((6, 10), RIGHT), "down": ((10, 4), DOWN)}  # the square's start and step
+    classes = ["right", "down", "right", "down"]
+    return write_square_dataset(root, [SquareClip(f"{c}_{i}.avi", c, "train" if i < 2 else "test", f"g{i}",
+                                                  50 + 20 * i, *moves[c]) for i, c in enumerate(classes)],
+                                n_frames=14, colour=220)
 
 
 @pytest.mark.slow

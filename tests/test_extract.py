@@ -9,7 +9,7 @@ import lance
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-from video_fixtures import write_bad_files, write_ucf
+from helpers.videos import write_bad_files, write_ucf
 
 from hyvid.pipelines import faults
 from hyvid.pipelines.cli import main as cli_main

@@ -16,14 +16,8 @@ from hyvid.models.fusion import (
 
 NUM_CLASSES = 4
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls: intra-op threads only spin against each other on a shared 2-core CI box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny matmuls: one torch thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def split_streams(n: int, seed: int, num_streams: int = 2, dim: int = 16):

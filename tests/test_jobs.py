@@ -5,7 +5,6 @@ stop every Ray on the machine): teardown kills exactly the processes of that ses
 """
 from __future__ import annotations
 
-import csv
 import os
 import secrets
 import shutil
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from processes import free_port, kill_session
+from helpers.servers import free_port, serve
+from helpers.videos import DOWN, RIGHT, SquareClip, write_square_dataset
 
 from hyvid.cluster import jobs
 from hyvid.pipelines import cli
@@ -49,29 +49,12 @@ def ray_head():
         f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=2", f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
-    log_path = Path(temp_dir) / "head.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    head = RayHead(f"http://127.0.0.1:{dash_port}", token, proc, temp_dir)
+    dashboard = f"http://127.0.0.1:{dash_port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ray start exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                r = requests.get(f"{head.dashboard}/api/version", timeout=2,
-                                 headers={"Authorization": f"Bearer {token}"})
-                if r.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"dashboard not up after 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield head
+        with serve(cmd, f"{dashboard}/api/version", env=env, log=Path(temp_dir) / "head.log", timeout=120,
+                   headers={"Authorization": f"Bearer {token}"}) as proc:
+            yield RayHead(dashboard, token, proc, temp_dir)
     finally:
-        kill_session(proc.pid)
-        proc.wait(timeout=10)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -163,29 +146,10 @@ def test_stop_a_running_job(as_client, capsys):
 
 def _tiny_videos(root: Path, per_class: int = 2) -> Path:
     """A manifest dataset of real encoded videos: a square moving right or down."""
-    import cv2
-    import numpy as np
-
-    rows = []
-    for cls, (dx, dy) in {"right": (2, 0), "down": (0, 2)}.items():
-        for i in range(per_class):
-            path = root / cls / f"{cls}_{i}.avi"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
-            for t in range(16):
-                frame = np.full((48, 64, 3), 40 + 30 * i, np.uint8)
-                x, y = 8 + dx * t, 8 + dy * t
-                frame[y:y + 10, x:x + 10] = 230
-                w.write(frame)
-            w.release()
-            rows.append({"path": f"{cls}/{cls}_{i}.avi", "labels": cls,
-                         "subset": "train" if i else "test", "group": f"{cls}{i}"})
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["path", "labels", "subset", "group"])
-        wr.writeheader()
-        wr.writerows(rows)
-    return manifest
+    return write_square_dataset(root, [
+        SquareClip(f"{cls}/{cls}_{i}.avi", cls, "train" if i else "test", f"{cls}{i}", 40 + 30 * i, (8, 8), step)
+        for cls, step in {"right": RIGHT, "down": DOWN}.items() for i in range(per_class)
+    ], square=10)
 
 
 @slow

@@ -10,14 +10,8 @@ from hyvid.models.lstm import PeepholeLSTMCell, StreamLSTM, make_optimizer, sequ
 
 D = 16
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls: intra-op threads only spin against each other on a shared 2-core CI box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny matmuls: one torch thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def order_task(n: int, seed: int, T: int = 20, t_min: int = 12):

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from video_fixtures import moving_square_frames, write_video
+from helpers.videos import moving_square_frames, write_video
 
 from hyvid.models import registry as R
 from hyvid.pipelines import tracking

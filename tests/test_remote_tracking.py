@@ -3,18 +3,14 @@ proxied artifacts directory, written through pipelines.tracking and found with M
 from __future__ import annotations
 
 import copy
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import requests
 import yaml
-from processes import free_port
+from helpers.servers import free_port, serve
+from helpers.toy_store import build_toy_store
 
 from hyvid.cluster.settings import DEFAULT_CONFIG, load_settings
 
@@ -30,29 +26,9 @@ def mlflow_server(tmp_path_factory):
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{root}/backend.db", "--artifacts-destination", str(artifacts),
            "--workers", "1"]
-    log_path = root / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
-    try:
-        # A few seconds on an idle machine; minutes when many processes share two cores.
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or still importing (slow start)
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not come up on {url}:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    # A few seconds on an idle machine; minutes when many processes share two cores.
+    with serve(cmd, f"{url}/health", cwd=root, log=root / "server.log", timeout=300, grace_s=15):
         yield url, artifacts
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_runs_logged_through_tracking_are_found_on_the_server(mlflow_server, tmp_path, monkeypatch):
@@ -130,7 +106,6 @@ def test_train_stage_logs_to_the_server(mlflow_server, tmp_path, monkeypatch, ra
     from hyvid.pipelines.hybrid import HybridConfig, hybrid
     from hyvid.pipelines.train import TrainConfig, train
     from hyvid.store.feature_store import FeatureStore
-    from tests.test_train import build_toy_store
 
     url, artifacts = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)

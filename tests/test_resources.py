@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import kill_session
+from helpers.servers import kill_session
+from helpers.videos import DOWN, RIGHT, SquareClip, write_square_dataset
 
 from hyvid.cluster.resources import cluster_has_gpus, scaling_config, split_resources, task_options
 
@@ -91,30 +92,10 @@ def test_split_resources_rejects_nonsense():
 # --- a real 3-node cluster ------------------------------------------------------------------------
 
 def _tiny_dataset(root: Path, n: int) -> Path:
-    import csv
-
-    import cv2
-    import numpy as np
-
-    rows = []
-    for i in range(n):
-        cls = ("right", "down")[i % 2]
-        path = root / cls / f"{cls}_{i}.avi"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
-        for t in range(16):
-            frame = np.full((48, 64, 3), 30 + 10 * i, np.uint8)
-            x, y = (8 + 2 * t, 8) if cls == "right" else (8, 4 + 2 * t)
-            frame[y:y + 8, x:x + 8] = 230
-            w.write(frame)
-        w.release()
-        rows.append({"path": f"{cls}/{cls}_{i}.avi", "labels": cls, "subset": "train", "group": f"g{i}"})
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["path", "labels", "subset", "group"])
-        wr.writeheader()
-        wr.writerows(rows)
-    return manifest
+    moves = {"right": ((8, 8), RIGHT), "down": ((8, 4), DOWN)}  # the square's start and step
+    classes = [("right", "down")[i % 2] for i in range(n)]
+    return write_square_dataset(root, [SquareClip(f"{c}/{c}_{i}.avi", c, "train", f"g{i}", 30 + 10 * i, *moves[c])
+                                       for i, c in enumerate(classes)])
 
 
 def _make_probe(marker: str, head_id: str):
@@ -279,8 +260,8 @@ def _train_loses_its_node(cluster, work: Path, tracking_uri: str, head_id: str) 
 
     import mlflow
     import ray
+    from helpers.toy_store import build_toy_store
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    from test_train import build_toy_store
 
     from hyvid.pipelines.tracking import TAG_NODES
     from hyvid.pipelines.train import TrainConfig, train

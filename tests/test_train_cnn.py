@@ -5,15 +5,13 @@ with OpenCV. The videos are tiny (64x48, 20 frames) and stored at 32 px so it al
 """
 from __future__ import annotations
 
-import csv
-
-import cv2
 import lance
 import mlflow
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from helpers.videos import DOWN, LEFT, RIGHT, square_frames, write_manifest, write_video
 
 from hyvid.models.cnn import MotionCNN, SpatialCNN, spatial_input
 from hyvid.models.registry import CNN_MODELS, MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
@@ -30,17 +28,12 @@ N_POSITIONS, STACK, SIZE = 4, 3, 32
 def _write_video(path, cls: int, seed: int, n_frames: int = 20, w: int = 64, h: int = 48) -> None:
     """A coloured square moving one way per class, on a noisy background."""
     rng = np.random.default_rng(seed)
-    colour = [(0, 0, 255), (0, 255, 0), (255, 0, 0)][cls]  # BGR
-    dx, dy = [(2, 0), (-2, 0), (0, 2)][cls]
-    x0, y0 = int(rng.integers(12, 40)), int(rng.integers(8, 24))
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (w, h))
-    assert vw.isOpened()
-    for t in range(n_frames):
-        img = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-        x, y = (x0 + dx * t) % (w - 12), (y0 + dy * t) % (h - 12)
-        img[y:y + 12, x:x + 12] = colour
-        vw.write(img)
-    vw.release()
+    colour = [(255, 0, 0), (0, 255, 0), (0, 0, 255)][cls]  # RGB
+    step = [RIGHT, LEFT, DOWN][cls]
+    start = int(rng.integers(12, 40)), int(rng.integers(8, 24))
+    # The noise is drawn as BGR, one frame at a time (the random stream these tests were tuned on).
+    noise = np.stack([rng.integers(0, 60, (h, w, 3), dtype=np.uint8)[..., ::-1] for _ in range(n_frames)])
+    write_video(path, square_frames(n_frames, start, step, noise, colour, square=12, w=w, h=h, wrap=12))
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +50,7 @@ def tiny_store(tmp_path_factory, ray_session):
             _write_video(p, c, seed=10 * c + g)
             rows.append({"path": str(p.relative_to(root)), "labels": name,
                          "subset": "test" if g == 4 else "train", "group": f"g{g:02d}"})
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "labels", "subset", "group"])
-        w.writeheader()
-        w.writerows(rows)
+    manifest = write_manifest(root / "manifest.csv", rows)
     store = str(root / "store")
     res = extract(ExtractConfig(dataset=str(manifest), store_uri=store, frames=N_POSITIONS, stack=STACK,
                                 size=SIZE, workers=2, progress=False))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from video_fixtures import SQUARE, moving_square_frames, write_bad_files, write_video
+from helpers.videos import SQUARE, moving_square_frames, write_bad_files, write_video
 
 from hyvid.pipelines.data.video import (
     FLOW_METHODS,

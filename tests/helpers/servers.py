@@ -1,15 +1,20 @@
-"""Processes the tests start and must clean up: free ports, and whole process sessions.
+"""Processes the tests start and must clean up: free ports, whole process sessions, and servers.
 
-Servers under test (`ray start --head`, the multi-node scenario) run as session leaders, so
-teardown can kill exactly their processes, never another Ray on the machine.
+Servers under test (`ray start --head`, moto's S3, `mlflow server`, the multi-node scenario) run
+as session leaders, so teardown kills exactly their processes, never another Ray on the machine.
 """
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import subprocess
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+
+import requests
 
 
 def free_port() -> int:
@@ -48,3 +53,50 @@ def kill_session(sid: int, grace_s: float = 5.0) -> None:
             for p in session_pids(sid)
         ):
             time.sleep(0.2)
+
+
+def _is_200(r: requests.Response) -> bool:
+    return r.status_code == 200
+
+
+@contextmanager
+def serve(
+    cmd: Sequence[str],
+    health_url: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    log: str | Path | None = None,
+    timeout: float = 60.0,
+    headers: Mapping[str, str] | None = None,
+    healthy: Callable[[requests.Response], bool] = _is_200,
+    grace_s: float = 10.0,
+) -> Iterator[subprocess.Popen]:
+    """Run `cmd` as the leader of a new process session; yield once GET `health_url` is `healthy`.
+
+    Polls until the server answers (connection refused, timeouts and other request errors mean "not
+    yet"), up to `timeout` seconds; if the process exits first or time runs out, raises RuntimeError
+    with the tail of `log` (where stdout and stderr go; nowhere if None). At the end, whatever
+    happened, every process of the session gets SIGTERM, then SIGKILL after `grace_s`.
+    """
+    name = Path(cmd[0]).name
+    with open(log, "w") if log is not None else nullcontext(subprocess.DEVNULL) as out:
+        proc = subprocess.Popen(list(cmd), env=None if env is None else dict(env), cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if healthy(requests.get(health_url, timeout=5, headers=dict(headers or {}))):
+                    break
+            except requests.RequestException:  # not listening yet, or still importing (slow start)
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = f"exited {proc.returncode}" if proc.poll() is not None else f"not up after {timeout:.0f} s"
+                tail = Path(log).read_text()[-3000:] if log is not None else ""
+                raise RuntimeError(f"{name} ({health_url}) {why}:\n{tail}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        kill_session(proc.pid, grace_s=grace_s)
+        proc.wait(timeout=grace_s)

@@ -1,7 +1,17 @@
-"""Tiny real videos for the extraction tests, written with cv2.VideoWriter (no dependency on synth)."""
+"""Tiny real videos and datasets of them, written with cv2.VideoWriter (no dependency on synth).
+
+Frames are RGB arrays; `write_video` encodes them (MJPG .avi by default). Two kinds of frames:
+`moving_square_frames` (a textured square over a smooth background, for optical flow) and
+`square_frames` (a flat square over a flat or noisy background, for the stage and cluster tests).
+Datasets: `write_ucf` (UCF-101 layout with split lists), `write_manifest` (a CSV manifest of rows),
+`write_square_dataset` (one `square_frames` video per `SquareClip`, plus their manifest).
+"""
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -89,3 +99,61 @@ def write_ucf(root: Path, classes: dict[str, str], groups=(1, 2), clips=(1,), n_
         folder, file_name = next(iter(classes.items()))
         write_bad_files(root / folder, f"v_{file_name}")
     return root
+
+
+# --- flat squares and manifest datasets ---------------------------------------------------------
+
+RIGHT, LEFT, DOWN = (2, 0), (-2, 0), (0, 2)
+MANIFEST_FIELDS = ("path", "labels", "subset", "group")
+
+
+def square_frames(n: int, start: tuple[int, int], step: tuple[int, int], background: int | np.ndarray = 0,
+                  colour: int | Sequence[int] = 230, square: int = 8, w: int = 64, h: int = 48,
+                  wrap: int = 0) -> list[np.ndarray]:
+    """RGB frames of a flat `colour` square (`square` px) at `start` + t * `step` over `background`.
+
+    `background` is a grey level, or an array of n frames (n, h, w, 3) drawn over; with `wrap`, the
+    square's position is taken modulo (w - wrap, h - wrap) instead of running off the frame.
+    """
+    frames = []
+    for t in range(n):
+        f = np.full((h, w, 3), background, np.uint8) if np.isscalar(background) else background[t].copy()
+        x, y = start[0] + step[0] * t, start[1] + step[1] * t
+        if wrap:
+            x, y = x % (w - wrap), y % (h - wrap)
+        f[y:y + square, x:x + square] = colour
+        frames.append(f)
+    return frames
+
+
+def write_manifest(path: Path, rows: Iterable[dict]) -> Path:
+    """A manifest CSV (path, labels, subset, group) of `rows`."""
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(MANIFEST_FIELDS))
+        wr.writeheader()
+        wr.writerows(rows)
+    return path
+
+
+class SquareClip(NamedTuple):
+    """One video of `write_square_dataset`: its manifest row, and how its square moves."""
+
+    path: str  # relative to the dataset root
+    labels: str
+    subset: str
+    group: str
+    background: int
+    start: tuple[int, int]
+    step: tuple[int, int]
+
+
+def write_square_dataset(root: Path, clips: Iterable[SquareClip], n_frames: int = 16, square: int = 8,
+                         colour: int = 230, fps: float = 10.0) -> Path:
+    """Each clip as a real video under `root`, and `root`/manifest.csv listing them in order."""
+    root = Path(root)
+    rows = []
+    for c in clips:
+        write_video(root / c.path, square_frames(n_frames, c.start, c.step, c.background, colour, square), fps=fps)
+        rows.append({"path": c.path, "labels": c.labels, "subset": c.subset, "group": c.group})
+    return write_manifest(root / "manifest.csv", rows)
