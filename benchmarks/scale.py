@@ -83,7 +83,8 @@ def e2e(work: Path, size: dict) -> dict:
                           str(size["videos_per_class"]), *frames], work / "logs" / "synth.log")
     _check(synth, "hyvid synth")
     run = run_measured([*HYVID, "run", str(data), "--store", str(store), "--experiment", exp, "--tracking-uri",
-                        _tracking(work), *size.get("run_args", [])], work / "logs" / "run.log", stage_re=STAGE_RE)
+                        _tracking(work), "--plots", str(work / "plots"), *size.get("run_args", [])],
+                       work / "logs" / "run.log", stage_re=STAGE_RE)
     _check(run, "hyvid run")
     report = run_measured([*HYVID, "report", "--experiment", exp, "--tracking-uri", _tracking(work)],
                           work / "logs" / "report.log")
@@ -129,7 +130,7 @@ def feature_scale(work: Path, size: dict) -> dict:
     common = ["--store", str(store), "--experiment", exp, "--tracking-uri", _tracking(work)]
     train = run_measured([*HYVID, "train", *common, *size.get("train_args", [])], work / "logs" / "train.log")
     _check(train, "hyvid train")
-    hybrid = run_measured([*HYVID, "hybrid", *common], work / "logs" / "hybrid.log")
+    hybrid = run_measured([*HYVID, "hybrid", *common, "--out", str(work / "plots")], work / "logs" / "hybrid.log")
     _check(hybrid, "hyvid hybrid")
     models = {}
     hybrid_acc = None
