@@ -20,7 +20,8 @@ from helpers.videos import DOWN, RIGHT, SquareClip, write_square_dataset
 
 from hyvid.cluster.resources import cluster_has_gpus, scaling_config, split_resources, task_options
 
-REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parents[1]  # on the scenario's PYTHONPATH: it imports helpers
+REPO = TESTS.parent
 FAKE = "GPU_fake"  # a custom resource standing in for GPUs: Ray schedules it the same way
 
 
@@ -331,7 +332,7 @@ def cluster_run(tmp_path_factory):
     ray_tmp = tempfile.mkdtemp(prefix="hvc", dir="/tmp")  # short: Ray's unix sockets live under it
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex(), RAY_USAGE_STATS_ENABLED="0",
-               PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}", RAY_DEDUP_LOGS="0",
+               PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")]), RAY_DEDUP_LOGS="0",
                RAY_TMPDIR=ray_tmp)
     proc = subprocess.Popen([sys.executable, __file__, str(work)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
