@@ -211,46 +211,31 @@ def encode_labels(y: Any, num_classes: int | None = None) -> np.ndarray:
     return out
 
 
-class _OneVsRestKernelSVM:
-    """One binary ``SVC(kernel="precomputed")`` per class column; classes with a single label value get a constant."""
+class _OneVsRestSVM:
+    """One binary SVM per class column: ``SVC(kernel="precomputed")`` on kernel matrices, or ``LinearSVC``
+    on explicit feature maps; classes with a single label value get a constant."""
 
-    def __init__(self, C: float) -> None:
+    def __init__(self, C: float, linear: bool = False) -> None:
         self.C = C
+        self.linear = linear
 
-    def fit(self, K: np.ndarray, Y: np.ndarray) -> "_OneVsRestKernelSVM":
-        self.models_: list[SVC | float] = []
+    def _estimator(self) -> SVC | LinearSVC:
+        return LinearSVC(C=self.C, dual="auto", max_iter=2000) if self.linear else SVC(kernel="precomputed", C=self.C)
+
+    def fit(self, K: np.ndarray, Y: np.ndarray) -> "_OneVsRestSVM":
+        """``K``: the training kernel ``[N, N]`` (or feature map ``[N, F]`` when linear); ``Y``: ``[N, C]`` 0/1."""
+        self.models_: list[SVC | LinearSVC | float] = []
         for c in range(Y.shape[1]):
             col = Y[:, c]
             if col.min() == col.max():
                 # No positive (or no negative) training example: a constant margin on the far side, not a crash.
                 self.models_.append(1.0 if col[0] else -1.0)
             else:
-                self.models_.append(SVC(kernel="precomputed", C=self.C).fit(K, col))
+                self.models_.append(self._estimator().fit(K, col))
         return self
 
     def decision(self, K: np.ndarray) -> np.ndarray:
         cols = [np.full(len(K), m) if isinstance(m, float) else m.decision_function(K) for m in self.models_]
-        return np.stack(cols, axis=1)
-
-
-class _OneVsRestLinearSVM:
-    """One binary ``LinearSVC`` per class column (on explicit feature maps); constant columns as above."""
-
-    def __init__(self, C: float) -> None:
-        self.C = C
-
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> "_OneVsRestLinearSVM":
-        self.models_: list[LinearSVC | float] = []
-        for c in range(Y.shape[1]):
-            col = Y[:, c]
-            if col.min() == col.max():
-                self.models_.append(1.0 if col[0] else -1.0)
-            else:
-                self.models_.append(LinearSVC(C=self.C, dual="auto", max_iter=2000).fit(X, col))
-        return self
-
-    def decision(self, X: np.ndarray) -> np.ndarray:
-        cols = [np.full(len(X), m) if isinstance(m, float) else m.decision_function(X) for m in self.models_]
         return np.stack(cols, axis=1)
 
 
@@ -332,8 +317,8 @@ class _SVMFusionBase:
             return [additive_chi2_map(x) for x in xs]
         return [chi2_kernel(x, t, g) for x, t, g in zip(xs, self.train_, self.gammas_, strict=True)]
 
-    def _svm(self) -> _OneVsRestKernelSVM | _OneVsRestLinearSVM:
-        return _OneVsRestKernelSVM(self.C) if self.kernel == "exact" else _OneVsRestLinearSVM(self.C)
+    def _svm(self) -> _OneVsRestSVM:
+        return _OneVsRestSVM(self.C, linear=self.kernel == "approx")
 
     def _early(self, per_stream: list[np.ndarray]) -> np.ndarray:
         """The streams fused early: the average of the kernels, or (approx) the maps side by side,

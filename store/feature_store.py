@@ -306,6 +306,13 @@ class FeatureStore:
             raise ValueError(f"no ok video in split {split} subset {subset!r} of store {self.uri!r}")
         return vids
 
+    def _subset_ids(self, split: int, subset: str | None, streams: Sequence[str]
+                    ) -> tuple[tuple[str, ...], pa.Table, list[str], pa.Array]:
+        """Checked streams, the subset's videos, their ids, and the ids as an Arrow lookup set."""
+        vids = self._subset_videos(split, subset)
+        ids = [str(v) for v in vids.column("video_id").to_pylist()]
+        return _check_streams(streams), vids, ids, pa.array(ids, pa.string())
+
     def _feature_batches(self, ids: list[str], columns: list[str]) -> Iterable[pa.RecordBatch]:
         # One scan for all videos (a typed isin filter, index-assisted), in batches.
         scanner = self.table(FRAME_FEATURES_NAME).scanner(
@@ -334,10 +341,7 @@ class FeatureStore:
     def sequences(self, split: int, subset: str | None,
                   streams: Sequence[str] = STREAMS) -> SequenceDataset:
         """A torch Dataset of per-video feature sequences (T x D per stream) with labels."""
-        streams = _check_streams(streams)
-        vids = self._subset_videos(split, subset)
-        ids = vids.column("video_id").to_pylist()
-        id_set = pa.array(ids, pa.string())
+        streams, vids, ids, id_set = self._subset_ids(split, subset, streams)
         keys: list[np.ndarray] = []
         positions: list[np.ndarray] = []
         parts: dict[str, list[np.ndarray]] = {s: [] for s in streams}
@@ -372,10 +376,7 @@ class FeatureStore:
     def video_features(self, split: int, subset: str | None,
                        streams: Sequence[str] = STREAMS) -> VideoFeatures:
         """Each video's features averaged over its frames (the fusion network's input)."""
-        streams = _check_streams(streams)
-        vids = self._subset_videos(split, subset)
-        ids = vids.column("video_id").to_pylist()
-        id_set = pa.array(ids, pa.string())
+        streams, vids, ids, id_set = self._subset_ids(split, subset, streams)
         counts = np.zeros(len(ids), dtype=np.int64)
         sums: dict[str, np.ndarray] = {}
         for batch in self._feature_batches(ids, list(streams)):
