@@ -194,13 +194,55 @@ def extrapolate(result: dict) -> dict:
     return out
 
 
+def markdown(result: dict) -> str:
+    """The README's tables from a scale.json."""
+    lines = []
+    e2e, fsc = result.get("e2e"), result.get("feature_scale")
+    if e2e:
+        lines += [f"End to end, {e2e['videos']:,} videos of {e2e['classes']} classes ({e2e['clips']:,} clips; "
+                  f"`hyvid run` {' '.join(e2e.get('run_args', []))}):", "",
+                  "| stage | seconds | peak memory (GB) |", "|---|---|---|"]
+        lines += [f"| {s} | {v['seconds']:,.0f} | {v['peak_rss_gb']:.1f} |" for s, v in e2e["stages"].items()]
+        lines.append("")
+    if fsc:
+        args = " ".join(fsc.get("train_args", []))
+        lines += [f"Feature level, {fsc['videos']:,} videos x {fsc['frame_rows'] // fsc['videos']} = "
+                  f"{fsc['frame_rows']:,} frame rows of {fsc['dims'][0]:,} + {fsc['dims'][1]:,} float32 "
+                  f"(`hyvid train {args}`):",
+                  "", "| stage / model | seconds | peak memory (GB) | test accuracy |", "|---|---|---|---|"]
+        lines += [f"| `hyvid {s}` | {v['seconds']:,.0f} | {v['peak_rss_gb']:.1f} | "
+                  f"{(fsc.get('hybrid_test_accuracy') or 0) * 100:.1f} |" if s == "hybrid" else
+                  f"| `hyvid {s}` | {v['seconds']:,.0f} | {v['peak_rss_gb']:.1f} | |" for s, v in fsc["stages"].items()]
+        lines += [f"| {m} ({v.get('epochs') or '-'} epochs) | {v['run_seconds']:,.0f} "
+                  f"(compute {v.get('compute_s', 0):,.0f}) | "
+                  f"{v['peak_rss_gb']:.1f} (its worker) | {100 * (v['test_accuracy'] or 0):.1f} |"
+                  for m, v in fsc["models"].items()]
+        lines.append("")
+    ex = result.get("extrapolation") or {}
+    for name in ("ucf101", "kinetics400"):
+        if name not in ex:
+            continue
+        lines += [f"Extrapolated hours, {name}:", "",
+                  "| nodes | extract | train-cnn | features | train | hybrid | total |",
+                  "|---|---|---|---|---|---|---|"]
+        for n, row in ex[name].items():
+            lines.append(f"| {n.split('_')[0]} | " + " | ".join(
+                f"{row[k]:.2f}" for k in ("extract", "train-cnn", "features", "train", "hybrid", "total_hours")) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = arg_parser(__doc__)
     p.add_argument("--only", choices=("e2e", "feature_scale"), help="run one part (the other is kept from --out)")
     p.add_argument("--tiny", action="store_true", help="a few videos and a few thousand rows (the test's size)")
     p.add_argument("--out", default=str(RESULTS_DIR / "scale.json"))
+    p.add_argument("--markdown", action="store_true", help="print the README's tables from --out and exit")
     add_scratch_args(p, "/tmp/hyvid-scale")
     args = p.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return 0
     sizes = TINY if args.tiny else FULL
     out = Path(args.out)
     result = json.loads(out.read_text()) if args.only and out.exists() else {}
