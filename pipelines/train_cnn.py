@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models.cnn import FINETUNE_MODES, build_stream_cnn
@@ -127,7 +127,8 @@ class _StreamJob:
     stream: str
     run_id: str
     loop_config: dict[str, Any]
-    result: Any = None
+    state: dict | None = None  # the final checkpoint's state (model, history)
+    checkpoint: str = ""  # where that checkpoint lives
     error: BaseException | None = None
 
 
@@ -161,14 +162,13 @@ def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_nam
     model_name = MODEL_OF_STREAM[job.stream]
     num_classes = len(class_names)
     with tracking.start_run(model_name, tracking.STAGE_TRAIN_CNN, cfg.split, store_uri, run_id=job.run_id):
-        ckpt = job.result.checkpoint if job.error is None else None
-        if job.error is None and ckpt is None:
+        if job.error is None and job.state is None:
             job.error = RuntimeError(f"the {job.stream} fit reported no checkpoint")
         if job.error is not None:
             mlflow.set_tag(tracking.TAG_ERROR, str(job.error)[:5000])
             mlflow.end_run(status="FAILED")
             return None, []
-        state = load_checkpoint(ckpt, map_location="cpu", weights_only=True)
+        state = job.state
         history = list(state["history"])
         for m in history:
             step = int(m["epoch"])
@@ -179,7 +179,7 @@ def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_nam
         model.eval()
         mlflow.log_dict(
             {"stream": job.stream, "num_classes": num_classes, "class_names": class_names, "stack": stack,
-             "feature_dim": cfg.feature_dim, "finetune": cfg.finetune, "checkpoint": ckpt.path},
+             "feature_dim": cfg.feature_dim, "finetune": cfg.finetune, "checkpoint": job.checkpoint},
             tracking.CNN_CONFIG_ARTIFACT,
         )
         # Pickle (not pt2/torch.export) keeps the whole module, so `features()` is there on load.
@@ -187,11 +187,17 @@ def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_nam
                                  pip_requirements=mlflow.pytorch.get_default_pip_requirements())
         # The run was created (and ended) before the fit; `features` only picks runs with a model.
         mlflow.set_tag(tracking.TAG_MODEL_LOGGED, "true")
-        return ckpt.path, history
+        return job.checkpoint, history
 
 
 def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
-    """Fit the chosen stream CNN(s) with Ray Train and log each as an MLflow run."""
+    """Fit the chosen stream CNN(s) and log each as an MLflow run.
+
+    With one worker per stream (the default) each stream is a fit of the long-lived worker pool
+    (`training.pool`: no Ray Train controller or worker group to start); with `workers > 1` it is
+    a Ray Train fit of that many data-parallel workers. Either way it checkpoints every epoch
+    under the checkpoint path and resumes from there.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -234,11 +240,15 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
         }
         jobs.append(_StreamJob(stream, run_id, loop_config))
 
-    def fit(job: _StreamJob) -> None:
+    def fit_name(job: _StreamJob) -> str:
         # A fixed name resumes from that directory's checkpoints; a fresh fit gets a new one.
         name = f"{MODEL_OF_STREAM[job.stream]}-split{cfg.split}"
         if not cfg.resume:
             name += f"-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        return name
+
+    def fit(job: _StreamJob) -> None:
+        name = fit_name(job)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=job.loop_config,
@@ -254,12 +264,16 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
                  scaling.resources_per_worker)
         t0 = time.perf_counter()
         try:
-            job.result = trainer.fit()
+            result = trainer.fit()
+            job.checkpoint = result.checkpoint.path if result.checkpoint else ""
+            job.state = load_checkpoint(result.checkpoint, map_location="cpu", weights_only=True)
         except BaseException as e:  # noqa: BLE001 - recorded in its MLflow run, re-raised after the other stream ends
             job.error = e
         log.info("%s fit %s in %.1f s", job.stream, "failed" if job.error else "done", time.perf_counter() - t0)
 
-    if len(jobs) == 1:
+    if cfg.workers == 1:
+        _fit_on_pool(cfg, jobs, fit_name, storage, cpus, resources)
+    elif len(jobs) == 1:
         fit(jobs[0])
     else:
         with cf.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
@@ -279,3 +293,30 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
             "; ".join(f"{j.stream} CNN fit failed (MLflow run {j.run_id}): {j.error}" for j in errors)
         ) from errors[0].error
     return TrainCNNResult(run_ids, metrics, history, checkpoints)
+
+
+def _fit_on_pool(cfg: TrainCNNConfig, jobs: list[_StreamJob], fit_name: Callable[[_StreamJob], str], storage: str,
+                 cpus: float, resources: dict) -> None:
+    """One stream per long-lived pool worker (training.pool), checkpointing to `storage`."""
+    from hyvid.cluster.resources import task_options
+    from hyvid.pipelines.training.checkpoint import FileSession
+    from hyvid.pipelines.training.pool import run_fits
+
+    by_id = {}
+    for job in jobs:
+        name = fit_name(job)
+        job.loop_config = {**job.loop_config, "kind": "cnn", "model": MODEL_OF_STREAM[job.stream], "fit_id": name,
+                           "storage_path": storage}
+        by_id[name] = job
+        log.info("fitting %s (fit %s on a pool worker x %g CPU(s))", job.stream, name, cpus)
+    options = task_options("train-cnn", in_flight=len(jobs), num_cpus=cpus, use_gpu=cfg.use_gpu, cluster=resources)
+    outcomes = run_fits([j.loop_config for j in jobs], size=len(jobs), threads=max(1, int(cpus)),
+                        max_failures=cfg.max_failures, actor_options={**options, "scheduling_strategy": "SPREAD"})
+    for name, out in outcomes.items():
+        job = by_id[name]
+        if out.error is not None:
+            job.error = out.error
+            continue
+        session = FileSession(storage, name, cfg.storage_options)
+        job.state, job.checkpoint = session.restore(), session.path
+        log.info("%s fit done in %.1f s", job.stream, out.wall_s)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 
 from hyvid.models.cnn import build_stream_cnn, random_crop_flip, stream_input
 from hyvid.pipelines.data.clips import ClipsDataset, iter_batches
-from hyvid.pipelines.training.checkpoint import load_checkpoint, report_with_checkpoint
+from hyvid.pipelines.training.checkpoint import FitSession, RayTrainSession
 from hyvid.pipelines.training.distributed import allreduce_sum, average_gradients
 
 log = logging.getLogger(__name__)
@@ -92,16 +92,25 @@ def _cache_pooled(core: nn.Module, data, indices: np.ndarray, batch_size: int, d
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker: fit one stream's CNN for `epochs`, reporting and checkpointing each epoch."""
+    """Ray Train worker (several workers per stream): `cnn_fit` under Ray Train's session and DDP."""
     import ray.train
     import ray.train.torch
 
-    stream = config["stream"]
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cnn_fit(config, RayTrainSession(), ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
+            prepare=ray.train.torch.prepare_model)
+
+
+def cnn_fit(config: dict[str, Any], session: FitSession, rank: int = 0, world: int = 1,
+            device: torch.device | None = None, prepare: Callable[[nn.Module], nn.Module] | None = None) -> None:
+    """Fit one stream's CNN for `epochs`, reporting and checkpointing (through `session`) every epoch.
+
+    `prepare` wraps the model for data parallelism (Ray Train's DDP); one worker needs none.
+    """
+    stream = config["stream"]
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
     torch.manual_seed(config["seed"] + rank)
-    device = ray.train.torch.get_device()
+    device = device or torch.device("cpu")
 
     train_data = ClipsDataset(config["store_uri"], config["train_labels"], stream,
                               version=config["clips_version"], storage_options=config["storage_options"])
@@ -114,7 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     model = build_stream_cnn(stream, config["num_classes"], config["stack"], config["feature_dim"],
                         config["dropout"], config["finetune"], pretrained=True)
-    model = ray.train.torch.prepare_model(model)
+    model = prepare(model) if prepare is not None else model.to(device)
     core = model.module if hasattr(model, "module") else model
     params = [p for p in core.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
@@ -123,7 +132,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     history: list[dict[str, float]] = []
     start_epoch = 0
 
-    state = load_checkpoint(ray.train.get_checkpoint(), map_location=device, weights_only=True)
+    state = session.restore()
     if state is not None:
         core.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -211,6 +220,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics["val_clip_accuracy"] = v_clip_correct / max(n_val_clips, 1.0)
         history.append(metrics)
         log.info("%s epoch %d: %s", stream, epoch, {k: round(v, 4) for k, v in metrics.items()})
-        report_with_checkpoint(ray.train.report, metrics, {
+        session.report(metrics, {
             "model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "epoch": epoch, "history": history} if rank == 0 else None)

@@ -64,7 +64,14 @@ class FitWorker:
 
         config = {**config, "torch_threads": self.threads}
         with _PeakRSS() as peak:
-            if config["model"] in SKLEARN_MODELS:
+            if config.get("kind") == "cnn":  # a stream CNN of train-cnn (training.cnn_loop)
+                from hyvid.pipelines.training.cnn_loop import cnn_fit
+
+                device = torch.device("cuda") if torch.cuda.is_available() and ray.get_gpu_ids() else CPU
+                cnn_fit(config, FileSession(config["storage_path"], config["fit_id"], config.get("storage_options")),
+                        device=device)
+                out = {}
+            elif config["model"] in SKLEARN_MODELS:
                 out = sklearn_fit(config)
             else:
                 device = torch.device("cuda") if torch.cuda.is_available() and ray.get_gpu_ids() else CPU
