@@ -1,137 +1,112 @@
-"""Benchmark: `hyvid train` fitting its models concurrently vs one after another.
+"""Benchmark: `hyvid train` on a demo-sized store: where the wall time goes, per model, and
+concurrent fitting against one fit after another.
 
-Same models, same data, same Ray cluster, same process: the toy feature store of
-tests/test_train.py (two classes told apart by their mean features, two only by the ORDER of
-two patterns), every model of `hyvid train` (spatial/motion LSTMs, the fusion net with its
-λ2/λ3 Tune grid, fusion_noreg, NN-EF, NN-LF, SVM-EF, SVM-LF), fitted
+The store is the demo's size at the feature level (`hyvid.pipelines.data.feature_synth`: 200
+videos of 10 classes, 25 positions of 1,024 + 1,024 features, order-only pairs included), and
+the models are the default `hyvid train` (spatial/motion LSTMs, the fusion net with its λ2/λ3
+trials, fusion_noreg, NN-EF, NN-LF, SVM-EF, SVM-LF) at their default settings:
 
-* concurrently (`TrainConfig(concurrent=True)`, the default): every fit launched at once, Ray's
-  scheduler sharing the CPUs among their workers;
-* sequentially (`concurrent=False`): each fit starts when the previous one has finished.
+* concurrent (the default): the fit pool runs one fit per CPU, longest first;
+* sequential (`--sequential`): one worker, one fit after another.
 
-ratio = concurrent wall time / sequential wall time; the target is <= 0.65 on 2 cores. The two
-modes run alternately (`--repeats` pairs, concurrent first in odd pairs, sequential first in
-even ones) so a warmer page cache or a quieter minute does not favour one of them; the JSON
-keeps every measurement and the load average, since a shared machine makes them noisy.
+Each run is the whole `hyvid train` command in a subprocess (Ray start included, as a user
+pays it), timed from the outside; the per-model time split (start-up: a new worker's spawn and
+imports, waiting and Ray calls; load; compute; logging) comes from each fit's MLflow run.
+Targets: the concurrent run <= 90 s on 2 cores (issue 12), concurrent / sequential <= 0.65.
 
-    .venv/bin/python benchmarks/train_parallel.py          # writes benchmarks/results/train_parallel.json
+    .venv/bin/python -m benchmarks.train_parallel     # writes benchmarks/results/train_parallel.json
 """
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import os
-import platform
-import statistics
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from ._common import RESULTS_DIR, add_scratch_args, arg_parser, write_json
+from ._measure import machine, run_measured
 
-log = logging.getLogger("bench.train_parallel")
-RESULTS = ROOT / "benchmarks" / "results" / "train_parallel.json"
+RESULTS = RESULTS_DIR / "train_parallel.json"
+TARGET_S = 90.0
 TARGET_RATIO = 0.65
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster (default 2)")
-    p.add_argument("--models", default="spatial_lstm,motion_lstm,fusion,baselines")
-    p.add_argument("--videos-per-group", type=int, default=4, help="toy store size (4 -> 112 videos)")
-    p.add_argument("--lstm-epochs", type=int, default=12)
-    p.add_argument("--video-epochs", type=int, default=30)
-    p.add_argument("--repeats", type=int, default=1, help="pairs of (concurrent, sequential) runs")
-    p.add_argument("--out", default=str(RESULTS))
-    return p
-
-
-def _loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def main(args: argparse.Namespace) -> dict:
+def _models(tracking_uri: str, experiment: str) -> dict:
     import mlflow
-    import ray
-    from helpers.toy_store import build_toy_store
 
-    from hyvid.pipelines.train import TrainConfig, train
-
-    root = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    store = str(root / "store")
-    build_toy_store(store, videos_per_group=args.videos_per_group)
-    uri = f"sqlite:///{root}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-
-    runs = []
-    try:
-        for rep in range(args.repeats):
-            order = (True, False) if rep % 2 == 0 else (False, True)
-            for concurrent in order:
-                name = f"bench-{'concurrent' if concurrent else 'sequential'}-{rep}"
-                mlflow.create_experiment(name, artifact_location=str(root / "artifacts" / name))
-                cfg = TrainConfig(
-                    store_uri=store, tracking_uri=uri, experiment=name, models=models, concurrent=concurrent,
-                    lstm_epochs=args.lstm_epochs, lstm_hidden=(32, 16), video_epochs=args.video_epochs,
-                    abstraction=32, fusion_units=32, nn_hidden=32, lam2_grid=(0.0, 3e-4), lam3_grid=(0.0,),
-                )
-                load_before = _loadavg()
-                t0 = time.perf_counter()
-                res = train(cfg)
-                wall = time.perf_counter() - t0
-                runs.append({
-                    "mode": "concurrent" if concurrent else "sequential", "repeat": rep, "wall_s": round(wall, 2),
-                    "per_model_s": {m: round(r.wall_s, 2) for m, r in res.models.items()},
-                    "test_accuracy": {m: round(r.metrics.get("test_accuracy", float("nan")), 4)
-                                      for m, r in res.models.items()},
-                    "loadavg_before": load_before, "loadavg_after": _loadavg(),
-                })
-                log.info("%s: %.1f s", name, wall)
-    finally:
-        ray.shutdown()
-
-    conc = [r["wall_s"] for r in runs if r["mode"] == "concurrent"]
-    seq = [r["wall_s"] for r in runs if r["mode"] == "sequential"]
-    ratio = (sum(conc) / len(conc)) / (sum(seq) / len(seq))
-    # One ratio per (concurrent, sequential) pair run back to back: less exposed to a load spike
-    # that hits one pair than the ratio of the means.
-    pair_ratios = [round(c / s, 3) for c, s in zip(conc, seq, strict=True)]
-    out = {
-        "benchmark": "train_parallel",
-        "claim": ("hyvid train fits its models concurrently: wall time <= 0.65x fitting them one after another "
-                  "(2 cores)"),
-        "models": list(models),
-        "cpus": args.cpus,
-        "videos": 28 * args.videos_per_group,
-        "lstm_epochs": args.lstm_epochs,
-        "video_epochs": args.video_epochs,
-        "concurrent_wall_s": conc,
-        "sequential_wall_s": seq,
-        "ratio": round(ratio, 3),
-        "pair_ratios": pair_ratios,
-        "median_pair_ratio": round(statistics.median(pair_ratios), 3),
-        "target_ratio": TARGET_RATIO,
-        "meets_target": ratio <= TARGET_RATIO,
-        "runs": runs,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "note": "the machine is shared: see loadavg_before/after of each run",
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("concurrent_wall_s", "sequential_wall_s", "ratio", "pair_ratios",
-                                          "meets_target")}))
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    out: dict = {}
+    for r in mlflow.search_runs([exp.experiment_id], output_format="list", order_by=["attributes.start_time ASC"]):
+        tags, m = r.data.tags, r.data.metrics
+        if tags.get("hyvid.stage") != "train" or "mlflow.parentRunId" in tags:
+            continue
+        out[tags["hyvid.model"]] = {
+            "run_s": round((r.info.end_time - r.info.start_time) / 1000, 1),
+            **{k: round(m[f"time_{k}_s"], 1) for k in ("load", "compute", "log") if f"time_{k}_s" in m},
+            "peak_rss_gb": round(m.get("peak_rss_gb", float("nan")), 2),
+            "test_accuracy": round(m.get("test_accuracy", float("nan")), 4),
+        }
     return out
 
 
+def main() -> int:
+    p = arg_parser(__doc__)
+    p.add_argument("--videos", type=int, default=200)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=1, help="pairs of (concurrent, sequential) runs")
+    p.add_argument("--no-sequential", action="store_true", help="only the concurrent run")
+    p.add_argument("--out", default=str(RESULTS))
+    add_scratch_args(p, "/tmp/hyvid_bench_train")
+    args = p.parse_args()
+
+    from hyvid.pipelines.data.feature_synth import FeatureSynthConfig, write_feature_store
+
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    store = str(work / "store")
+    write_feature_store(FeatureSynthConfig(store_uri=store, videos=args.videos, classes=args.classes,
+                                           test_videos=int(args.videos * 0.3)))
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    runs = []
+    try:
+        for rep in range(args.repeats):
+            modes = ("concurrent",) if args.no_sequential else (
+                ("concurrent", "sequential") if rep % 2 == 0 else ("sequential", "concurrent"))
+            for mode in modes:
+                exp = f"bench-{mode}-{rep}"
+                before = machine()
+                cmd = [sys.executable, "-m", "hyvid.pipelines.cli", "train", "--store", store, "--experiment", exp,
+                       "--tracking-uri", uri, *(["--sequential"] if mode == "sequential" else [])]
+                m = run_measured(cmd, work / f"{exp}.log", echo=False)
+                if m.returncode:
+                    raise RuntimeError(f"hyvid train failed:\n{m.output[-3000:]}")
+                runs.append({"mode": mode, "repeat": rep, **m.to_json(), "models": _models(uri, exp),
+                             "loadavg_before": before["loadavg_1_5_15"],
+                             "loadavg_after": machine()["loadavg_1_5_15"]})
+                print(f"{exp}: {m.seconds:.1f} s", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    conc = [r["seconds"] for r in runs if r["mode"] == "concurrent"]
+    seq = [r["seconds"] for r in runs if r["mode"] == "sequential"]
+    out = {
+        "benchmark": "train_parallel",
+        "claim": f"default `hyvid train` on a {args.videos}-video store in <= {TARGET_S:.0f} s wall on 2 cores; "
+                 f"concurrent <= {TARGET_RATIO}x sequential",
+        "videos": args.videos, "classes": args.classes,
+        "concurrent_s": conc, "sequential_s": seq,
+        "ratio": round(sum(conc) / len(conc) / (sum(seq) / len(seq)), 3) if seq else None,
+        "meets_time_target": max(conc) <= TARGET_S,
+        "runs": runs, "machine": machine(), "measured_at": time.strftime("%Y-%m-%d %H:%M"),
+        "note": "each run is the whole `hyvid train` command (Ray start included); the machine is shared: "
+                "see loadavg_before/after of each run",
+    }
+    write_json(args.out, out, end="\n")
+    print(json.dumps({k: out[k] for k in ("concurrent_s", "sequential_s", "ratio", "meets_time_target")}))
+    return 0
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main(get_args_parser().parse_args())
+    sys.exit(main())

@@ -138,7 +138,7 @@ def evaluate(
     labels_multi: Sequence[Sequence[int]] | None = None,
     multilabel: bool = False,
 ) -> dict[str, float]:
-    """The paper's metrics for one score set, keyed like pipelines.tracking.METRICS.
+    """The paper's metrics for one score set, keyed like models.registry.METRICS.
 
     Single-label (UCF-101): accuracy, mean_class_accuracy, top5, and map (one-vs-rest over the
     one-hot labels, handy for comparing with multi-label runs). Multi-label (CCV): map (the
