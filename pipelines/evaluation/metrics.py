@@ -2,7 +2,7 @@
 
 Pure NumPy functions over a score matrix `scores[N, C]` (any monotone class scores: softmax
 probabilities, sigmoid outputs or SVM decision values) and integer labels. Each one matches the
-scikit-learn function named in its docstring; tests/test_metrics.py checks that.
+scikit-learn function named in its docstring; tests/pipelines/test_metrics.py checks that.
 """
 from __future__ import annotations
 
