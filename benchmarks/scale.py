@@ -40,7 +40,8 @@ E2E_STAGES = ("extract", "train-cnn", "features", "train", "hybrid")
 # (7.4K videos, batch 10) takes ~10 CPU-minutes. Every fit's compute time and epochs are in MLflow
 # (time_compute_s, epochs), so the defaults' (30 LSTM, 60 video-level epochs) follow by
 # multiplication, and memory does not depend on the epoch count.
-FULL = {"e2e": {"classes": 101, "videos_per_class": 13, "run_args": ["--lstm-epochs", "10", "--video-epochs", "30"]},
+FULL = {"e2e": {"classes": 101, "videos_per_class": 13,
+                "run_args": ["--cnn-epochs", "3", "--lstm-epochs", "3", "--video-epochs", "20"]},
         "feature_scale": {"videos": 13_320, "classes": 101, "positions": 25, "dim": 1024, "test_videos": 3_783,
                           "train_args": ["--lstm-epochs", "1", "--video-epochs", "5"]}}
 TINY = {"e2e": {"classes": 4, "videos_per_class": 4, "frames": 40, "run_args": [
