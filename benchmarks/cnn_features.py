@@ -21,6 +21,7 @@ average before and after: on a shared machine the numbers are noisy.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -112,6 +113,23 @@ def measure(device: torch.device, threads: int, args, frames, stacks, frame_byte
     return out
 
 
+def features_stage_rate(runs: list[dict]) -> dict | None:
+    """The `features` stage's own rate (clips/s, measured end to end in benchmarks/scale.py's e2e run)
+    beside this forward pass's rate on all cores: how much of the hardware the stage uses."""
+    scale = RESULTS_DIR / "scale.json"
+    if not scale.exists():
+        return None
+    e2e = (json.loads(scale.read_text()) or {}).get("e2e") or {}
+    stage = (e2e.get("stages") or {}).get("features")
+    if not stage:
+        return None
+    stage_rate = e2e["clips"] / stage["seconds"]
+    forward = max(r["both_with_decode_clips_per_s"] for r in runs if r["device"] == "cpu")
+    return {"source": "benchmarks/results/scale.json e2e", "clips": e2e["clips"], "seconds": stage["seconds"],
+            "stage_clips_per_s": round(stage_rate, 1), "forward_with_decode_clips_per_s": round(forward, 1),
+            "stage_vs_forward": round(stage_rate / forward, 2)}
+
+
 def main(args) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.quick:
@@ -143,6 +161,7 @@ def main(args) -> dict:
         "machine": {"cpus": cores, "platform": platform.platform(), "torch": torch.__version__,
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
     }
+    result["features_stage"] = features_stage_rate(runs)
     write_json(args.out, result)
     for r in runs:
         log.info("%s x%d threads: spatial %.1f frames/s (%.2fx the 224-px rate), motion %.1f stacks/s, "
