@@ -164,9 +164,11 @@ def extrapolate(result: dict) -> dict:
     cores = machine()["cpus"] or 1
     out: dict = {"assumptions": (
         f"nodes like this one ({cores} cores); extract, train-cnn and features scale with cores (Ray tasks and "
-        "Train workers on every node) from the per-core rates measured in e2e; train is the feature-scale "
-        "measurement scaled by training videos, and runs as many fits at once as there are cores but no "
-        "faster than its longest fit (one LSTM); hybrid and the driver's commits stay on one node")}
+        "Train workers on every node) from the per-core rates measured in e2e (at its epochs: run_args); train is "
+        "the feature-scale measurement (at its epochs: train_args) scaled by training videos, and runs as many "
+        "fits at once as there are cores but no faster than its longest fit (one LSTM); hybrid and the driver's "
+        "commits stay on one node. train_default_epochs: the same with each fit's compute scaled to the defaults' "
+        "30 LSTM and 60 video-level epochs")}
     e2e, fsc = result.get("e2e"), result.get("feature_scale")
     if not e2e or not fsc:
         return out
@@ -177,6 +179,13 @@ def extrapolate(result: dict) -> dict:
     hybrid_s = fsc["stages"]["hybrid"]["seconds"]
     clips_per_video = e2e["clips"] / max(1, e2e["videos"])
     train_cnn_epochs_factor = 1.0  # the same epochs as the e2e run
+    def default_epochs(m: str, v: dict) -> float:
+        per_epoch = ((v.get("compute_s") or 0) / v["epochs"]) if v.get("epochs") and not m.startswith("svm") else 0
+        return (v.get("compute_s") or 0) + per_epoch * ((30 if m.endswith("lstm") else 60) - (v.get("epochs") or 0))
+
+    trials = 6 * (models.get("fusion", {}).get("compute_s") or 0)  # the λ trials: like the final fit each
+    default_total = sum(default_epochs(m, v) for m, v in models.items()) + trials * 12
+    default_longest = max((default_epochs(m, v) for m, v in models.items()), default=0.0)
     for name, t in TARGETS.items():
         row = {}
         scale = t["train_videos"] / max(1, fsc["train_videos"])
@@ -191,7 +200,8 @@ def extrapolate(result: dict) -> dict:
                 "hybrid": hybrid_s * t["videos"] / max(1, fsc["videos"]),
             }
             row[f"{n}_nodes"] = {k: round(v / 3600, 2) for k, v in stages.items()} | {
-                "total_hours": round(sum(stages.values()) / 3600, 2)}
+                "total_hours": round(sum(stages.values()) / 3600, 2),
+                "train_default_epochs": round(max(default_longest * scale, default_total * scale / c) / 3600, 2)}
         out[name] = row
     return out
 
@@ -215,21 +225,22 @@ def markdown(result: dict) -> str:
         lines += [f"| `hyvid {s}` | {v['seconds']:,.0f} | {v['peak_rss_gb']:.1f} | "
                   f"{(fsc.get('hybrid_test_accuracy') or 0) * 100:.1f} |" if s == "hybrid" else
                   f"| `hyvid {s}` | {v['seconds']:,.0f} | {v['peak_rss_gb']:.1f} | |" for s, v in fsc["stages"].items()]
-        lines += [f"| {m} ({v.get('epochs') or '-'} epochs) | {v['run_seconds']:,.0f} "
-                  f"(compute {v.get('compute_s', 0):,.0f}) | "
-                  f"{v['peak_rss_gb']:.1f} (its worker) | {100 * (v['test_accuracy'] or 0):.1f} |"
-                  for m, v in fsc["models"].items()]
+        for m, v in fsc["models"].items():
+            epochs = "" if m.startswith("svm") else f" ({v.get('epochs')} epochs)"
+            lines.append(f"| {m}{epochs} | {v['run_seconds']:,.0f} (compute {v.get('compute_s', 0):,.0f}) | "
+                         f"{v['peak_rss_gb']:.1f} (its worker) | {100 * (v['test_accuracy'] or 0):.1f} |")
         lines.append("")
     ex = result.get("extrapolation") or {}
     for name in ("ucf101", "kinetics400"):
         if name not in ex:
             continue
         lines += [f"Extrapolated hours, {name}:", "",
-                  "| nodes | extract | train-cnn | features | train | hybrid | total |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| nodes | extract | train-cnn | features | train | hybrid | total | train at default epochs |",
+                  "|---|---|---|---|---|---|---|---|"]
         for n, row in ex[name].items():
             lines.append(f"| {n.split('_')[0]} | " + " | ".join(
-                f"{row[k]:.2f}" for k in ("extract", "train-cnn", "features", "train", "hybrid", "total_hours")) + " |")
+                f"{row[k]:.2f}" for k in ("extract", "train-cnn", "features", "train", "hybrid", "total_hours",
+                                          "train_default_epochs")) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -240,8 +251,14 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="a few videos and a few thousand rows (the test's size)")
     p.add_argument("--out", default=str(RESULTS_DIR / "scale.json"))
     p.add_argument("--markdown", action="store_true", help="print the README's tables from --out and exit")
+    p.add_argument("--extrapolate", action="store_true", help="recompute --out's extrapolation and exit")
     add_scratch_args(p, "/tmp/hyvid-scale")
     args = p.parse_args()
+    if args.extrapolate:
+        result = json.loads(Path(args.out).read_text())
+        result["extrapolation"] = extrapolate(result)
+        write_json(args.out, result, end="\n")
+        return 0
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
         return 0
