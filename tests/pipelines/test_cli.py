@@ -17,7 +17,7 @@ from hyvid.cluster.settings import Settings
 from hyvid.pipelines.cli import COMMANDS, build_parser, main
 from hyvid.pipelines.cli._common import shown
 
-CLI_DIR = Path(__file__).resolve().parent.parent / "pipelines" / "cli"
+CLI_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "cli"
 HEAVY = ("torch", "mlflow", "ray", "lance", "cv2")
 # Settings unlike every built-in default, so a value that came from them is recognisable.
 S = Settings(store_uri="s3://bucket/st", tracking_uri="sqlite:////tmp/hyvid-cli-test.db", ray_address="ray://head:10001",
