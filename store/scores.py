@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 SCORE_KEY = ("video_id", "model", "split")
 
 
-def scores_table(
+def upsert_video_scores(
+    store_uri: str,
     model: str,
     split: int,
     run_id: str,
@@ -31,8 +32,14 @@ def scores_table(
     scores: np.ndarray,
     labels: Sequence[int],
     labels_multi: Sequence[Sequence[int]] | None = None,
-) -> pa.Table:
-    """Validate one model's scores and build `video_scores` rows (schema store.tables.VIDEO_SCORES)."""
+    storage_options: dict[str, str] | None = None,
+) -> int:
+    """Store one model's class scores for some videos of a split in one atomic commit.
+
+    Rows are keyed on (video_id, model, split): existing ones are replaced, new ones inserted,
+    other models' rows are untouched. Creates the table on first write. Returns the version.
+    """
+    # Validate before anything is written: a bad score set must not reach the table.
     check_model_names([model])
     scores = np.asarray(scores, dtype=np.float32)
     n = len(video_ids)
@@ -51,7 +58,7 @@ def scores_table(
     if len(set(video_ids)) != n:
         dup = sorted({v for v in video_ids if list(video_ids).count(v) > 1})[:3]
         raise ValueError(f"duplicate video ids in scores of model {model!r}, e.g. {dup}")
-    return pa.table(
+    data = pa.table(
         {
             "video_id": pa.array(list(video_ids), pa.string()),
             "model": pa.array([model] * n, pa.string()),
@@ -64,26 +71,6 @@ def scores_table(
         },
         schema=VIDEO_SCORES.schema,
     )
-
-
-def upsert_video_scores(
-    store_uri: str,
-    model: str,
-    split: int,
-    run_id: str,
-    video_ids: Sequence[str],
-    subsets: Sequence[str],
-    scores: np.ndarray,
-    labels: Sequence[int],
-    labels_multi: Sequence[Sequence[int]] | None = None,
-    storage_options: dict[str, str] | None = None,
-) -> int:
-    """Store one model's class scores for some videos of a split in one atomic commit.
-
-    Rows are keyed on (video_id, model, split): existing ones are replaced, new ones inserted,
-    other models' rows are untouched. Creates the table on first write. Returns the version.
-    """
-    data = scores_table(model, split, run_id, video_ids, subsets, scores, labels, labels_multi)
     if data.num_rows == 0:
         raise ValueError(f"no scores to store for model {model!r} split {split}")
     uri = table_uri(store_uri, VIDEO_SCORES.name)
