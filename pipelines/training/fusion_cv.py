@@ -26,7 +26,7 @@ def choose(trials: list[tuple[float, float, float, float, str]]) -> tuple[float,
     The last rule prefers the sparser network when the data cannot tell the candidates apart.
     """
     if not trials:
-        raise ValueError("no finished λ2/λ3 trial to choose from; see the Tune trial errors above")
+        raise ValueError("no finished λ2/λ3 trial to choose from; see the trials' errors above")
     lam2, lam3, val, _, _ = max(trials, key=lambda t: (t[2], -t[3], t[0] + t[1]))
     return lam2, lam3, val
 
