@@ -8,9 +8,13 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def arg_parser(doc: str | None) -> argparse.ArgumentParser:
-    """A parser whose --help shows the benchmark module's docstring as written."""
-    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arg_parser(doc: str | None, results: str | None = None) -> argparse.ArgumentParser:
+    """A parser whose --help shows the benchmark module's docstring as written; with `results` (a
+    name), an --out flag defaulting to benchmarks/results/<results>.json."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if results is not None:
+        p.add_argument("--out", default=str(RESULTS_DIR / f"{results}.json"), help="where the JSON goes")
+    return p
 
 
 def add_scratch_args(p: argparse.ArgumentParser, workdir: str) -> None:

@@ -38,19 +38,17 @@ from hyvid.store.clips import decode_flow_stack, decode_frame, encode_flow_stack
 from ._common import RESULTS_DIR, arg_parser, write_json
 
 log = logging.getLogger("bench.cnn_features")
-RESULTS = RESULTS_DIR / "cnn_features.json"
 PAPER_CLIPS_PER_S = 25 / 9.0  # Sec. 4.2.3: 9 s of CNN features for a 25-position UCF-101 video (K40)
 NUM_CLASSES = 101
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = arg_parser(__doc__)
+    p = arg_parser(__doc__, "cnn_features")
     p.add_argument("--batch", type=int, default=25, help="positions per forward pass (default: one video)")
     p.add_argument("--repeats", type=int, default=5, help="timed batches per measurement")
     p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="stored short side (4:3 source)")
     p.add_argument("--stack", type=int, default=DEFAULT_STACK, help="flows per stack, L")
     p.add_argument("--quick", action="store_true", help="2 repeats")
-    p.add_argument("--out", default=str(RESULTS))
     return p
 
 

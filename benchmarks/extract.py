@@ -44,22 +44,20 @@ from hyvid.store import clips as codec
 from hyvid.store.lance_io import open_table, table_uri
 from hyvid.store.tables import CLIPS
 
-from ._common import RESULTS_DIR, add_scratch_args, arg_parser, write_json
+from ._common import add_scratch_args, arg_parser, write_json
 
 log = logging.getLogger("bench.extract")
-RESULTS = RESULTS_DIR / "extract.json"
 TARGET_FPS = 400.0
 TARGET_RATIO = 1.7
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = arg_parser(__doc__)
+    p = arg_parser(__doc__, "extract")
     p.add_argument("--videos", type=int, default=24, help="videos in the generated dataset")
     p.add_argument("--frames", type=int, default=150, help="frames per video (UCF-101 averages ~186)")
     p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="stored short side")
     p.add_argument("--tvl1-frames", type=int, default=4, help="frames for the TV-L1 measurement")
     add_scratch_args(p, "/tmp/hyvid_bench_extract")
-    p.add_argument("--out", default=str(RESULTS))
     return p
 
 

@@ -41,15 +41,14 @@ from hyvid.pipelines.data.video import DEFAULT_POSITIONS, DEFAULT_SIZE, DEFAULT_
 from hyvid.pipelines.inference.hybrid import load_hybrid
 from hyvid.pipelines.predict import PAPER_TIMES_S, PredictConfig, predict
 
-from ._common import RESULTS_DIR, arg_parser
+from ._common import arg_parser
 
 log = logging.getLogger("bench.predict")
-RESULTS = RESULTS_DIR / "predict.json"
 TARGET_S = 2.0
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = arg_parser(__doc__)
+    p = arg_parser(__doc__, "predict")
     p.add_argument("--seconds", type=float, default=8.0, help="video length (UCF-101: ~8 s typical)")
     p.add_argument("--fps", type=float, default=25.0)
     p.add_argument("--width", type=int, default=320)
@@ -58,7 +57,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed predictions of the single video (median reported)")
     p.add_argument("--batch", type=int, default=4, help="videos in the batched measurement")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir, deleted afterwards)")
-    p.add_argument("--out", default=str(RESULTS))
     return p
 
 

@@ -37,16 +37,15 @@ from hyvid.store.indexes import ensure_scalar_index
 from hyvid.store.lance_io import commit_fragments, write_table_fragments
 from hyvid.store.tables import FRAME_FEATURES_NAME, frame_features_schema
 
-from ._common import RESULTS_DIR, add_scratch_args, arg_parser, write_json
+from ._common import add_scratch_args, arg_parser, write_json
 
 log = logging.getLogger("bench.query")
-RESULTS = RESULTS_DIR / "query.json"
 TARGET_P50_MS = 5.0
 TARGET_SPEEDUP = 50.0
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = arg_parser(__doc__)
+    p = arg_parser(__doc__, "query")
     p.add_argument("--videos", type=int, default=13_320, help="videos (UCF-101: 13,320)")
     p.add_argument("--positions", type=int, default=25, help="sampled positions per video")
     p.add_argument("--spatial-dim", type=int, default=1024)
@@ -54,7 +53,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-videos", type=int, default=520, help="videos per written batch / fragment")
     p.add_argument("--queries", type=int, default=200, help="timed queries per method")
     add_scratch_args(p, "/tmp/hyvid_bench_query")
-    p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--seed", type=int, default=0)
     return p
 
