@@ -37,11 +37,10 @@ def _report_run(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+REPORT_EXAMPLES = ("hyvid report --experiment hyvid", "hyvid report --experiment hyvid --splits 1,2,3",
+                   "hyvid report --experiment hyvid --format json > results.json")
 command("report", "the paper's Tables 1-3 from the experiment's MLflow runs, beside the paper's numbers",
-        "  hyvid report --experiment hyvid\n"
-        "  hyvid report --experiment hyvid --splits 1,2,3\n"
-        "  hyvid report --experiment hyvid --format json > results.json\n",
-        _report_args, _report_run, _report_config)
+        "".join(f"  {e}\n" for e in REPORT_EXAMPLES), _report_args, _report_run, _report_config)
 
 
 def _runs_args(p: argparse.ArgumentParser, s: Settings) -> None:
@@ -73,11 +72,10 @@ def _runs_run(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+RUNS_EXAMPLES = ("hyvid runs --experiment hyvid", "hyvid runs --experiment hyvid --model fusion --all-params",
+                 "hyvid runs --stage hybrid --limit 5")
 command("runs", "compare an experiment's runs: parameters, test metrics, lineage",
-        "  hyvid runs --experiment hyvid\n"
-        "  hyvid runs --experiment hyvid --model fusion --all-params\n"
-        "  hyvid runs --stage hybrid --limit 5\n",
-        _runs_args, _runs_run, _runs_config)
+        "".join(f"  {e}\n" for e in RUNS_EXAMPLES), _runs_args, _runs_run, _runs_config)
 
 
 def _predict_args(p: argparse.ArgumentParser, s: Settings) -> None:
