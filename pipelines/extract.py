@@ -386,7 +386,10 @@ def _run_ray(cfg, shards, workers, settings, config_hash, committer, bar) -> Non
 
     # The worker process or its node died (or was killed for memory): Ray retried the task already.
     crashes = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError)
-    task = ray.remote(_shard_task).options(num_cpus=1, max_retries=cfg.task_retries)
+    from hyvid.cluster.resources import task_options
+
+    # One CPU per task (decoding and flow are CPU work: resources never gives extraction a GPU).
+    task = ray.remote(_shard_task).options(max_retries=cfg.task_retries, **task_options("extract"))
     fault_spec = faults.resolve(cfg.faults)
     queue = deque(shards)
     inflight: dict = {}
