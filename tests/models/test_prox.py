@@ -70,3 +70,32 @@ def test_prox_rejects_bad_input():
         prox_l21_l11(torch.zeros(3), 0.1, 0.1)
     with pytest.raises(ValueError, match=">= 0"):
         prox_l21_l11(torch.zeros(3, 3), -0.1, 0.1)
+
+
+def _objective(X: np.ndarray, W: np.ndarray, lam2: float, lam3: float) -> float:
+    """What Eq. 4 minimizes: 1/2 ||X - W||_F^2 + lam2 * sum_r ||X_r||_2 + lam3 * sum |X_ij|."""
+    return 0.5 * ((X - W) ** 2).sum() + lam2 * np.sqrt((X ** 2).sum(axis=1)).sum() + lam3 * np.abs(X).sum()
+
+
+@pytest.mark.parametrize("lam2,lam3", [(0.0, 0.3), (0.5, 0.0), (0.8, 0.2), (0.05, 0.9)])
+def test_prox_solves_the_minimization_it_stands_for(lam2, lam3):
+    """The output satisfies the optimality conditions of the problem, not just a restatement of the formula:
+    0 is in the subdifferential of the objective at V, and no perturbation lowers the objective."""
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(30, 7))
+    W[:6] *= 0.2  # rows the row penalty should zero
+    V = prox_l21_l11(torch.from_numpy(W), lam2, lam3).numpy()
+    for r in range(W.shape[0]):
+        norm = np.linalg.norm(V[r])
+        if norm == 0:
+            # 0 in -W_r + lam2 * (unit ball) + lam3 * [-1, 1]^n  <=>  ||soft(W_r, lam3)|| <= lam2
+            soft = np.sign(W[r]) * np.maximum(np.abs(W[r]) - lam3, 0.0)
+            assert np.linalg.norm(soft) <= lam2 + 1e-9, r
+            continue
+        nz = V[r] != 0
+        grad = V[r][nz] - W[r][nz] + lam2 * V[r][nz] / norm + lam3 * np.sign(V[r][nz])
+        np.testing.assert_allclose(grad, 0.0, atol=1e-9)
+        assert (np.abs(W[r][~nz]) <= lam3 + 1e-9).all(), r  # zero entries: |W_rj| within lam3's subgradient
+    best = _objective(V, W, lam2, lam3)
+    for _ in range(200):
+        assert _objective(V + rng.normal(scale=1e-3, size=V.shape), W, lam2, lam3) >= best - 1e-12
