@@ -39,7 +39,9 @@ from hyvid.pipelines.training.families import (
     val_loss,
 )
 from hyvid.pipelines.training.runs import (
+    FitClock,
     complete_run,
+    finish_run,
     log_fit_params,
     log_torch_model,
     metric_batch,
@@ -52,19 +54,6 @@ from hyvid.pipelines.training.runs import (
 log = logging.getLogger(__name__)
 
 
-class _Clock:
-    """Seconds spent loading data, computing and logging: the fit's time split (start-up is the caller's)."""
-
-    def __init__(self) -> None:
-        self.seconds = {"load": 0.0, "compute": 0.0, "log": 0.0}
-        self._t = time.perf_counter()
-
-    def lap(self, what: str) -> None:
-        now = time.perf_counter()
-        self.seconds[what] += now - self._t
-        self._t = now
-
-
 def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, device: torch.device = CPU) -> dict:
     """Train one torch model for ``config["epochs"]`` epochs, selecting the best-val epoch.
 
@@ -73,7 +62,7 @@ def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, d
     checkpoint (every ``report_every_s`` and after the last epoch), so a resumed fit logs every
     epoch exactly once.
     """
-    clock = _Clock()
+    clock = FitClock()
     # floor(this worker's CPU share) threads: concurrent fits share the machine's cores.
     torch.set_num_threads(int(config.get("torch_threads", 1)))
     torch.manual_seed(int(config["seed"]))  # the same init on every rank (then broadcast, to be sure)
@@ -140,7 +129,7 @@ def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, d
 
 
 def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dict, data: dict[str, Subset],
-            versions: dict[str, int], clock: _Clock) -> dict:
+            versions: dict[str, int], clock: FitClock) -> dict:
     """Rank 0, after the last epoch: best weights -> final metrics, model, scores, lineage."""
     if best["state"] is not None:
         model.load_state_dict(best["state"])
@@ -158,11 +147,8 @@ def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dic
     # Final metrics sit one step after the last epoch, so "latest" val_accuracy is the selected epoch's.
     client.log_batch(run_id, metrics=metric_batch(final, step=int(config["epochs"])))
     if not config.get("cv_only"):
-        complete_run(config, client, run_id, versions, data, scores, lambda: log_torch_model(model),
-                     terminate=False)
-    clock.lap("log")
-    client.log_batch(run_id, metrics=metric_batch({f"time_{k}_s": v for k, v in clock.seconds.items()}, step=0))
-    client.set_terminated(run_id, "FINISHED")
+        complete_run(config, run_id, versions, data, scores, lambda: log_torch_model(model))
+    finish_run(client, run_id, clock)
     return {"run_id": run_id, "metrics": final}
 
 

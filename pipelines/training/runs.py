@@ -97,17 +97,37 @@ def score_subsets(config: dict, data: dict[str, Subset], score: Callable[[Subset
     return scores, metrics
 
 
-def complete_run(config: dict, client, run_id: str, versions: dict[str, int], data: dict[str, Subset],
-                 scores: dict[str, np.ndarray], log_model: Callable[[], None], terminate: bool = True) -> None:
-    """A final fit's last steps: lineage and model into its run, scores into the store, run finished."""
+class FitClock:
+    """Seconds a fit spends loading data, computing and logging: its time split (start-up is the caller's)."""
+
+    def __init__(self) -> None:
+        self.seconds = {"load": 0.0, "compute": 0.0, "log": 0.0}
+        self._t = time.perf_counter()
+
+    def lap(self, what: str) -> None:
+        """Charge the time since the last lap to `what`."""
+        now = time.perf_counter()
+        self.seconds[what] += now - self._t
+        self._t = now
+
+
+def complete_run(config: dict, run_id: str, versions: dict[str, int], data: dict[str, Subset],
+                 scores: dict[str, np.ndarray], log_model: Callable[[], None]) -> None:
+    """A final fit's last steps: lineage and model into its run, scores into the store."""
     import mlflow
 
     with mlflow.start_run(run_id=run_id):
         tracking.log_lineage(config["store_uri"], LINEAGE_TABLES, config.get("storage_options"), versions=versions)
         log_model()
     write_scores(config, run_id, data, scores)
-    if terminate:
-        client.set_terminated(run_id, "FINISHED")
+
+
+def finish_run(client, run_id: str, clock: FitClock) -> dict[str, float]:
+    """Log the fit's time split (time_load_s, time_compute_s, time_log_s), end its run; returns the split."""
+    clock.lap("log")
+    client.log_batch(run_id, metrics=metric_batch({f"time_{k}_s": v for k, v in clock.seconds.items()}, step=0))
+    client.set_terminated(run_id, "FINISHED")
+    return clock.seconds
 
 
 def log_torch_model(model: torch.nn.Module) -> None:

@@ -2,14 +2,14 @@
 torch fits, run as a Ray task."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from hyvid.models import registry as R
 from hyvid.pipelines.training.data import load_subsets
 from hyvid.pipelines.training.runs import (
+    FitClock,
     complete_run,
+    finish_run,
     log_fit_params,
     log_sklearn_model,
     metric_batch,
@@ -33,15 +33,15 @@ def sklearn_fit(config: dict) -> dict:
     """Fit SVM-EF or SVM-LF on the video-level features; same logging and scores as the torch fits."""
     from hyvid.models.baselines import SVMEarlyFusion, SVMLateFusion
 
-    t0 = time.perf_counter()
+    clock = FitClock()
     data, versions = load_subsets(config)
-    t1 = time.perf_counter()
+    clock.lap("load")
     client = mlflow_client(config)
     run_id = open_run(config)
     log_fit_params(client, run_id, {**config, "world_size": 1})
-    t2 = time.perf_counter()
     kernel = svm_kernel(config, len(data["train"]))
     client.log_param(run_id, "svm_kernel_used", SVM_KERNEL_NAMES[kernel])
+    clock.lap("log")
     cls = SVMEarlyFusion if config["model"] == R.SVM_EF else SVMLateFusion
     est = cls(C=float(config["svm_c"]), kernel=kernel)
     y = data["train"].labels_multi if config["multilabel"] else data["train"].labels
@@ -51,10 +51,8 @@ def sklearn_fit(config: dict) -> dict:
         return np.asarray(est.predict_scores([x.numpy() for x in subset.inputs]), dtype=np.float32)
 
     scores, final = score_subsets(config, data, score)
-    t3 = time.perf_counter()
+    clock.lap("compute")
     client.log_batch(run_id, metrics=metric_batch(final, step=0))
-    complete_run(config, client, run_id, versions, data, scores, lambda: log_sklearn_model(est), terminate=False)
-    seconds = {"load": t1 - t0, "compute": t3 - t2, "log": (t2 - t1) + (time.perf_counter() - t3)}
-    client.log_batch(run_id, metrics=metric_batch({f"time_{k}_s": v for k, v in seconds.items()}, step=0))
-    client.set_terminated(run_id, "FINISHED")
+    complete_run(config, run_id, versions, data, scores, lambda: log_sklearn_model(est))
+    seconds = finish_run(client, run_id, clock)
     return {"run_id": run_id, "metrics": final, "seconds": seconds}
