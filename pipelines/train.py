@@ -269,7 +269,7 @@ class _Stage:
     """One `train` call: the fit configs, the fusion net's λ search, the results."""
 
     def __init__(self, cfg: TrainConfig, store_uri: str, tracking_uri: str, experiment_id: str,
-                 num_classes: int, multilabel: bool) -> None:
+                 num_classes: int, multilabel: bool, cpus: float) -> None:
         self.cfg, self.store_uri, self.tracking_uri, self.experiment_id = cfg, store_uri, tracking_uri, experiment_id
         self.num_classes, self.multilabel = num_classes, multilabel
         self.storage_path = _storage_path(cfg, store_uri)
@@ -278,27 +278,26 @@ class _Stage:
         self.trials: list[tuple[float, float, float, float, str]] = []
         self.n_trials = 0
         self.chosen: dict[str, float] = {}
-        self.cpus = 1.0
+        self.cpus = cpus  # of each fit worker
 
-    def config(self, model: str, cpus: float) -> dict:
+    def config(self, model: str) -> dict:
         config = fit_config(self.cfg, model, store_uri=self.store_uri, tracking_uri=self.tracking_uri,
                             experiment_id=self.experiment_id, fit_id=f"{model}-{self.batch_id}",
                             num_classes=self.num_classes, multilabel=self.multilabel, storage_path=self.storage_path)
-        config["cpus_per_worker"] = cpus
-        config["torch_threads"] = max(1, int(cpus))
+        config["cpus_per_worker"] = self.cpus
+        config["torch_threads"] = max(1, int(self.cpus))
         return config
 
-    def first_fits(self, cpus: float) -> list[dict]:
+    def first_fits(self) -> list[dict]:
         """Every fit that can start now: all models but the fusion net, and its λ trials (or its fit)."""
         from mlflow import MlflowClient
 
         from hyvid.pipelines.training.loops import cv_trial_config
 
-        self.cpus = cpus
-        out = [self.config(m, cpus) for m in self.cfg.models if m != R.FUSION]
+        out = [self.config(m) for m in self.cfg.models if m != R.FUSION]
         if R.FUSION not in self.cfg.models:
             return out
-        base = self.config(R.FUSION, cpus)
+        base = self.config(R.FUSION)
         self.parent = MlflowClient(self.tracking_uri).create_run(
             self.experiment_id, run_name=R.FUSION,
             tags=tracking.run_tags(R.FUSION, tracking.STAGE_TRAIN, self.cfg.split, self.store_uri,
@@ -317,7 +316,7 @@ class _Stage:
         client.log_param(self.parent, "lam2", lam2)
         client.log_param(self.parent, "lam3", lam3)
         self.chosen = {"lam2": float(lam2), "lam3": float(lam3)}
-        return {**self.config(R.FUSION, self.cpus), "lam2": float(lam2), "lam3": float(lam3), "run_id": self.parent}
+        return {**self.config(R.FUSION), "lam2": float(lam2), "lam3": float(lam3), "run_id": self.parent}
 
     def on_result(self, out) -> list[dict]:
         """A CV trial's result is recorded; the last one chooses λ2/λ3 and queues the final fusion fit."""
@@ -399,10 +398,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)  # absolute, for the same reason
     experiment_id = tracking.setup(tracking_uri, cfg.experiment)
     resources = connect(cfg.address)
-    stage = _Stage(cfg, store_uri, tracking_uri, experiment_id, num_classes, multilabel)
     n_first = len(cfg.models) + (len(cfg.lam2_grid) * len(cfg.lam3_grid) - 1 if R.FUSION in cfg.models else 0)
     size, cpus = pool_plan(cfg, float(resources.get("CPU", 1)), n_first)
-    first = stage.first_fits(cpus)
+    stage = _Stage(cfg, store_uri, tracking_uri, experiment_id, num_classes, multilabel, cpus)
+    first = stage.first_fits()
     log.info("fitting %s on split %d of %s: %d fit(s) on %d worker(s) x %g CPU(s)%s", ", ".join(cfg.models),
              cfg.split, tracking.redact(store_uri), len(first), size, cpus,
              "" if cfg.concurrent else " (one after another)")

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import torch
 
+from hyvid.pipelines.training.distributed import agree_on
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
@@ -55,8 +57,6 @@ def report_due(every_s: float, epoch: int, epochs: int, last_report: float, worl
     a killed worker loses at most `every_s` of work. Rank 0's clock decides for all ranks, since
     every rank must report equally often.
     """
-    from hyvid.pipelines.training.distributed import agree_on
-
     due = force or epoch == epochs - 1 or time.monotonic() - last_report >= float(every_s)
     return agree_on(due, world)
 
@@ -76,14 +76,7 @@ class FitSession:
 
 
 class NullSession(FitSession):
-    """No checkpoints: `report` only hands metrics to `on_report` (if given)."""
-
-    def __init__(self, on_report: Callable[[dict], None] | None = None) -> None:
-        self.on_report = on_report
-
-    def report(self, metrics: dict, state: dict | None) -> None:
-        if self.on_report is not None:
-            self.on_report(metrics)
+    """No checkpoints: nothing to restore, reports go nowhere (the fit logs its metrics to MLflow itself)."""
 
 
 class RayTrainSession(FitSession):

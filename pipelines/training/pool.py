@@ -28,7 +28,6 @@ class FitWorker:
     """One long-lived process that runs fits (`run`) one after another; see the module doc."""
 
     def __init__(self, threads: int) -> None:
-        t0 = time.perf_counter()
         # The fit code, MLflow's model flavour and the store's readers and writers, imported now
         # rather than in the first fit. (skops, which logs the SVMs, costs ~5 s to import: only
         # the workers that fit an SVM pay for it.)
@@ -40,17 +39,8 @@ class FitWorker:
         import hyvid.store.feature_store  # noqa: F401
         import hyvid.store.scores  # noqa: F401
 
-        torch.set_num_threads(max(1, int(threads)))
         self.threads = max(1, int(threads))
-        self.import_s = time.perf_counter() - t0
-
-    def info(self) -> dict[str, Any]:
-        """Where this worker runs and what starting it cost (imports)."""
-        import os
-
-        import ray
-
-        return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "import_s": self.import_s}
+        torch.set_num_threads(self.threads)
 
     def run(self, config: dict) -> dict:
         """Run one fit (a torch model or an SVM baseline) described by a fit config dict."""
@@ -63,22 +53,20 @@ class FitWorker:
         from hyvid.pipelines.training.sklearn_fit import sklearn_fit
 
         config = {**config, "torch_threads": self.threads}
+        device = torch.device("cuda") if torch.cuda.is_available() and ray.get_gpu_ids() else CPU
         with _PeakRSS() as peak:
-            if config.get("kind") == "cnn":  # a stream CNN of train-cnn (training.cnn_loop)
-                from hyvid.pipelines.training.cnn_loop import cnn_fit
-
-                device = torch.device("cuda") if torch.cuda.is_available() and ray.get_gpu_ids() else CPU
-                cnn_fit(config, FileSession(config["storage_path"], config["fit_id"], config.get("storage_options")),
-                        device=device)
-                out = {}
-            elif config["model"] in SKLEARN_MODELS:
+            if config["model"] in SKLEARN_MODELS:
                 out = sklearn_fit(config)
+            elif not config.get("checkpoint", True):  # a λ trial: short, rerun rather than resumed
+                out = fit_loop(config, NullSession(), device=device)
             else:
-                device = torch.device("cuda") if torch.cuda.is_available() and ray.get_gpu_ids() else CPU
-                if not config.get("checkpoint", True):
-                    out = fit_loop(config, NullSession(), device=device)
+                session = FileSession(config["storage_path"], config["fit_id"], config.get("storage_options"))
+                if config.get("kind") == "cnn":  # a stream CNN of train-cnn, whose checkpoints stay for --resume
+                    from hyvid.pipelines.training.cnn_loop import cnn_fit
+
+                    cnn_fit(config, session, device=device)
+                    out = {}
                 else:
-                    session = FileSession(config["storage_path"], config["fit_id"], config.get("storage_options"))
                     out = fit_loop(config, session, device=device)
                     if not config.get("keep_checkpoints"):
                         session.clear()  # the model lives in MLflow now
@@ -137,12 +125,6 @@ class FitOutcome:
         return {"startup": max(0.0, self.wall_s - own), **inside}
 
 
-@dataclass
-class _Worker:
-    handle: Any
-    created: float  # driver clock
-
-
 def run_fits(
     configs: Iterable[dict],
     *,
@@ -165,23 +147,22 @@ def run_fits(
     remote_cls = ray.remote(FitWorker)
     queue: deque[dict] = deque(sorted(configs, key=cost, reverse=True))
     outcomes: dict[str, FitOutcome] = {}
-    workers: list[_Worker] = []
+    workers: list[Any] = []  # actor handles
 
-    def new_worker() -> _Worker:
-        handle = remote_cls.options(max_restarts=0, max_task_retries=0, **actor_options).remote(threads)
-        w = _Worker(handle, time.time())
+    def new_worker() -> Any:
+        w = remote_cls.options(max_restarts=0, max_task_retries=0, **actor_options).remote(threads)
         workers.append(w)
         return w
 
-    idle: deque[_Worker] = deque(new_worker() for _ in range(max(1, min(size, len(queue)))))
-    running: dict[Any, tuple[_Worker, dict]] = {}
+    idle: deque[Any] = deque(new_worker() for _ in range(max(1, min(size, len(queue)))))
+    running: dict[Any, tuple[Any, dict]] = {}
     try:
         while queue or running:
             while queue and idle:
                 w, config = idle.popleft(), queue.popleft()
                 out = outcomes.setdefault(config["fit_id"], FitOutcome(config, submitted=time.time()))
                 out.attempts += 1
-                running[w.handle.run.remote(config)] = (w, config)
+                running[w.run.remote(config)] = (w, config)
             if not running:
                 idle.append(new_worker())  # every worker died with work still queued
                 continue
@@ -211,15 +192,15 @@ def run_fits(
                 on_done(out)
     finally:
         for w in workers:
-            ray.kill(w.handle, no_restart=True)
+            ray.kill(w, no_restart=True)
     return outcomes
 
 
-def _forget(workers: list[_Worker], dead: _Worker) -> None:
+def _forget(workers: list[Any], dead: Any) -> None:
     import ray
 
     workers.remove(dead)
     try:
-        ray.kill(dead.handle, no_restart=True)
+        ray.kill(dead, no_restart=True)
     except Exception:  # noqa: BLE001 - it is gone already
         pass
