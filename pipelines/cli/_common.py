@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from types import SimpleNamespace
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 from hyvid.cluster.settings import Settings
 from hyvid.models.registry import SPLITS
@@ -29,9 +29,11 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, help: str, examples: str, add_arguments: Callable, run: Callable,
+def command(name: str, help: str, examples: str | Sequence[str], add_arguments: Callable, run: Callable,
             config: Callable | None = None) -> None:
-    """Register a sub-command."""
+    """Register a sub-command; `examples` is the help's examples block, or its command lines."""
+    if not isinstance(examples, str):
+        examples = "".join(f"  {e}\n" for e in examples)
     COMMANDS[name] = Command(help, examples, add_arguments, run, config)
 
 

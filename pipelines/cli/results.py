@@ -37,10 +37,9 @@ def _report_run(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
-REPORT_EXAMPLES = ("hyvid report --experiment hyvid", "hyvid report --experiment hyvid --splits 1,2,3",
-                   "hyvid report --experiment hyvid --format json > results.json")
 command("report", "the paper's Tables 1-3 from the experiment's MLflow runs, beside the paper's numbers",
-        "".join(f"  {e}\n" for e in REPORT_EXAMPLES), _report_args, _report_run, _report_config)
+        ("hyvid report --experiment hyvid", "hyvid report --experiment hyvid --splits 1,2,3",
+         "hyvid report --experiment hyvid --format json > results.json"), _report_args, _report_run, _report_config)
 
 
 def _runs_args(p: argparse.ArgumentParser, s: Settings) -> None:
@@ -72,10 +71,9 @@ def _runs_run(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
-RUNS_EXAMPLES = ("hyvid runs --experiment hyvid", "hyvid runs --experiment hyvid --model fusion --all-params",
-                 "hyvid runs --stage hybrid --limit 5")
 command("runs", "compare an experiment's runs: parameters, test metrics, lineage",
-        "".join(f"  {e}\n" for e in RUNS_EXAMPLES), _runs_args, _runs_run, _runs_config)
+        ("hyvid runs --experiment hyvid", "hyvid runs --experiment hyvid --model fusion --all-params",
+         "hyvid runs --stage hybrid --limit 5"), _runs_args, _runs_run, _runs_config)
 
 
 def _predict_args(p: argparse.ArgumentParser, s: Settings) -> None:
