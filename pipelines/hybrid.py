@@ -1,9 +1,10 @@
 """The hybrid framework (Sec. 4.2.3): a linear fusion of the models' prediction scores.
 
 The paper fuses the scores of the spatial LSTM, the motion LSTM and the regularized fusion
-network linearly, with weights "estimated by cross-validation". Here the weights are searched on
-the validation subset (carved from the training split by group, so test is never looked at)
-over a grid on the simplex, then the chosen combination is evaluated once on test. The stage
+network linearly, with weights "estimated by cross-validation". Here the weights are searched
+over a grid on the simplex on the components' out-of-fold scores of the training videos (K folds
+by group, written by `hyvid train --cv-folds K`), then the chosen combination is evaluated once
+on test. Without out-of-fold scores the search falls back to the validation subset. The stage
 also computes the simple late average fusions of Table 1 (CNN+LSTM per stream and all four).
 
 Scores are read from the store's `video_scores` (written by `hyvid features` for the CNNs and
@@ -163,6 +164,26 @@ def _load_aligned(fs, models: Sequence[str], split: int, subset: str) -> _Aligne
     return _Aligned(ids, scores, ref[0], ref[1], run_ids)
 
 
+WEIGHTS_FROM_OOF = "out-of-fold training videos"
+WEIGHTS_FROM_VAL = "validation videos"
+
+
+def _weight_scores(fs, models: Sequence[str], split: int, val: _Aligned) -> tuple[_Aligned, str]:
+    """The scores the weights are fitted on, and which they are.
+
+    The paper estimates the weights by cross-validation: `hyvid train --cv-folds K` stores each
+    component's out-of-fold scores of the training videos (subset "train"), which no choice of
+    epoch or hyperparameter has seen. Without them (CNN components, or `--cv-folds 0`) the weights
+    fall back to the val scores, which also chose the components' epochs, so they are optimistic.
+    """
+    try:
+        return _load_aligned(fs, models, split, "train"), WEIGHTS_FROM_OOF
+    except FileNotFoundError as e:
+        log.warning("hybrid weights from the validation scores, which also chose the models' epochs (%s); "
+                    "`hyvid train --cv-folds 3` gives every component out-of-fold training scores", e)
+        return val, WEIGHTS_FROM_VAL
+
+
 def _models_in_store(fs, split: int) -> list[str]:
     t = fs.table(VIDEO_SCORES.name).to_table(columns=["model", "split"])
     present = {m for m, s in zip(t.column("model").to_pylist(), t.column("split").to_pylist(), strict=True)
@@ -210,7 +231,8 @@ def _log_metrics(prefix: str, subset: str, values: dict[str, float]) -> None:
 
 
 def hybrid(cfg: HybridConfig) -> HybridResult:
-    """Search the hybrid weights on val, evaluate on test, log it all to MLflow, store the scores."""
+    """Search the hybrid weights on out-of-fold training scores (else val), evaluate on test, log it
+    all to MLflow, store the scores."""
     from hyvid.store.feature_store import FeatureStore
     from hyvid.store.scores import upsert_video_scores
 
@@ -218,16 +240,18 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
     models = list(cfg.models)
     val = _load_aligned(fs, models, cfg.split, "val")
     test = _load_aligned(fs, models, cfg.split, "test")
+    fit_on, weight_source = _weight_scores(fs, models, cfg.split, val)
     multilabel = fs.is_multilabel()
     metric = cfg.metric or primary_metric(multilabel)
     n_classes = next(iter(test.scores.values())).shape[1]
     class_names = _class_names(fs, n_classes)
-    log.info("hybrid split %d: searching weights of %s on %d val videos (%s, step %g)",
-             cfg.split, models, len(val.video_ids), metric, cfg.step)
+    log.info("hybrid split %d: searching weights of %s on %d %s (%s, step %g)",
+             cfg.split, models, len(fit_on.video_ids), weight_source, metric, cfg.step)
 
     weights, table = search_weights(
-        [val.scores[m] for m in models], val.labels, cfg.step, metric,
-        labels_multi=val.labels_multi if multilabel else None, refine=cfg.refine, names=models)
+        # Multi-label data is searched on labels_multi; its first labels hold -1 for label-less videos.
+        [fit_on.scores[m] for m in models], None if multilabel else fit_on.labels, cfg.step, metric,
+        labels_multi=fit_on.labels_multi if multilabel else None, refine=cfg.refine, names=models)
     wdict = {m: float(w) for m, w in zip(models, weights, strict=True)}
     val_hyb = combine([val.scores[m] for m in models], weights)
     test_hyb = combine([test.scores[m] for m in models], weights)
@@ -263,6 +287,7 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
             tracking.log_params_safe({
                 "models": ",".join(models), "step": cfg.step, "refine": cfg.refine, "metric": metric,
                 "multilabel": multilabel, "n_val": len(val.video_ids), "n_test": len(test.video_ids),
+                "weights_fitted_on": weight_source, "n_weight_videos": len(fit_on.video_ids),
                 "n_candidates": len(table),
                 **{f"{tracking.WEIGHT_PREFIX}{m}": round(w, 6) for m, w in wdict.items()},
                 **{f"{tracking.COMPONENT_PREFIX}{m}.run_id": val.run_ids[m] or test.run_ids[m] for m in models},
@@ -298,7 +323,8 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
                 per_class, class_names, "AP" if multilabel else "accuracy",
                 out_dir / f"hybrid_per_class_split{cfg.split}.png",
                 title=f"per-class {'AP' if multilabel else 'accuracy'} on test, split {cfg.split}")
-            cm = M.confusion_matrix(test_hyb, test.labels, n_classes)
+            first = test.labels >= 0  # multi-label videos without a label have no first label to plot
+            cm = M.confusion_matrix(test_hyb[first], test.labels[first], n_classes)
             files["confusion"] = plots.confusion_matrix_plot(
                 cm, class_names, out_dir / f"hybrid_confusion_split{cfg.split}.png",
                 title=f"hybrid, test split {cfg.split}" + (" (first label)" if multilabel else ""))

@@ -56,16 +56,22 @@ class RunConfig:
     video_epochs: int | None = None
     lam2_grid: tuple[float, ...] | None = None  # fusion net's λ2/λ3 cross-validation; None: train's grid
     lam3_grid: tuple[float, ...] | None = None
+    paper: bool = False  # every paper setting of `train` (TrainConfig.paper)
+    cv_folds: int | None = None  # out-of-fold folds for the hybrid's weights; None: train's default
+    refit: bool = False  # refit every chosen model on train + val before it scores test
+    seeds: int = 1  # repeat train + hybrid with seeds 0..seeds-1 and report mean ± sd
     # hybrid
     hybrid_step: float = 0.05
     out_dir: str | None = None  # plots of the hybrid stage
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "splits", R.check_splits(self.splits))
-        for name in ("lstm_epochs", "video_epochs", "cnn_epochs", "size"):
+        for name in ("lstm_epochs", "video_epochs", "cnn_epochs", "size", "seeds"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.seeds > 1 and len(self.splits) > 1:
+            raise ValueError(f"--seeds {self.seeds} repeats the fits of one split; got splits {list(self.splits)}")
         if not os.path.exists(self.dataset):
             raise FileNotFoundError(
                 f"dataset {self.dataset!r} does not exist; give a UCF-101-layout folder or a manifest "
@@ -79,6 +85,21 @@ class RunResult:
     skipped: list[str] = field(default_factory=list)
     hybrid_run_ids: dict[int, str] = field(default_factory=dict)
     test_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    # With seeds > 1: seed -> model (the hybrid included) -> its test metrics.
+    seed_metrics: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    def seed_summary(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """model -> metric -> (mean, sd) over the seeds (sd with ddof=1; 0 for one seed)."""
+        import numpy as np
+
+        out: dict[str, dict[str, tuple[float, float]]] = {}
+        models = {m for per in self.seed_metrics.values() for m in per}
+        for m in sorted(models):
+            metrics = {k for per in self.seed_metrics.values() for k in per.get(m, {})}
+            for k in sorted(metrics):
+                vals = np.array([per[m][k] for per in self.seed_metrics.values() if k in per.get(m, {})])
+                out.setdefault(m, {})[k] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+        return out
 
 
 # The tables each fitting stage reads: a fit is current when it read their present versions.
@@ -144,41 +165,43 @@ def run(cfg: RunConfig) -> RunResult:
                            address=cfg.address),
         )
 
-        versions = fs.versions()
-        fit_runs = tracking.latest_runs_by_model(cfg.experiment, stage=tracking.STAGE_TRAIN, split=split,
-                                                 store_uri=cfg.store_uri)
-        todo = tuple(
-            m for m in expand_models(cfg.models)
-            if not _up_to_date(fit_runs.get(m), versions, TRAIN_INPUTS)
-        )
-        if todo:
-            kw = {}
-            if cfg.lstm_epochs is not None:
-                kw["lstm_epochs"] = cfg.lstm_epochs
-            if cfg.video_epochs is not None:
-                kw["video_epochs"] = cfg.video_epochs
-            for name in ("lam2_grid", "lam3_grid"):
-                if getattr(cfg, name) is not None:
-                    kw[name] = tuple(getattr(cfg, name))
-            timed(
-                f"train split {split}", train,
-                TrainConfig(store_uri=cfg.store_uri, split=split, models=todo, experiment=cfg.experiment,
-                            tracking_uri=tracking_uri, storage_options=cfg.storage_options,
-                            address=cfg.address, **kw),
+        for seed in range(cfg.seeds):
+            tag = f"split {split}" + (f" seed {seed}" if cfg.seeds > 1 else "")
+            versions = fs.versions()
+            fit_runs = tracking.latest_runs_by_model(cfg.experiment, stage=tracking.STAGE_TRAIN, split=split,
+                                                     store_uri=cfg.store_uri)
+            todo = tuple(
+                m for m in expand_models(cfg.models)
+                if not (_up_to_date(fit_runs.get(m), versions, TRAIN_INPUTS)
+                        and fit_runs[m].data.params.get("seed") == str(seed))
             )
-        else:
-            res.skipped.append(f"train split {split}")
-            print(f"\n== train split {split}: current runs found, skipped ==", flush=True)
+            if todo:
+                timed(f"train {tag}", train, _train_config(cfg, split, seed, todo, tracking_uri))
+            else:
+                res.skipped.append(f"train {tag}")
+                print(f"\n== train {tag}: current runs found, skipped ==", flush=True)
 
-        hy = timed(
-            f"hybrid split {split}", hybrid,
-            HybridConfig(store_uri=cfg.store_uri, split=split, step=cfg.hybrid_step,
-                         experiment=cfg.experiment, tracking_uri=tracking_uri,
-                         storage_options=cfg.storage_options, out_dir=cfg.out_dir),
-        )
-        res.hybrid_run_ids[split] = hy.run_id
-        res.test_metrics[split] = dict(hy.test_metrics)
+            hy = timed(
+                f"hybrid {tag}", hybrid,
+                HybridConfig(store_uri=cfg.store_uri, split=split, step=cfg.hybrid_step,
+                             experiment=cfg.experiment, tracking_uri=tracking_uri,
+                             storage_options=cfg.storage_options, out_dir=cfg.out_dir),
+            )
+            res.hybrid_run_ids[split] = hy.run_id
+            res.test_metrics[split] = dict(hy.test_metrics)
+            if cfg.seeds > 1:
+                res.seed_metrics[seed] = {**hy.components, R.HYBRID: dict(hy.test_metrics)}
     return res
+
+
+def _train_config(cfg: RunConfig, split: int, seed: int, models: tuple[str, ...], tracking_uri: str) -> TrainConfig:
+    """`train`'s config for one split and seed: the run's overrides on train's (or the paper's) defaults."""
+    kw = {name: getattr(cfg, name) for name in ("lstm_epochs", "video_epochs", "lam2_grid", "lam3_grid", "cv_folds")
+          if getattr(cfg, name) is not None}
+    make = TrainConfig.paper if cfg.paper else TrainConfig
+    return make(store_uri=cfg.store_uri, split=split, models=models, experiment=cfg.experiment,
+                tracking_uri=tracking_uri, storage_options=cfg.storage_options, address=cfg.address,
+                refit=cfg.refit, seed=seed, **kw)
 
 
 @dataclass(frozen=True)

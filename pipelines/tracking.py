@@ -28,7 +28,7 @@ STAGE_EXTRACT = "extract"
 STAGE_TRAIN_CNN = "train-cnn"
 STAGE_FEATURES = "features"
 STAGE_TRAIN = "train"
-STAGE_TRAIN_CV = "train-cv"  # fusion λ2/λ3 trials: nested runs, never mistaken for the final fit
+STAGE_TRAIN_CV = "train-cv"  # search trials and out-of-fold fits: nested runs, never mistaken for the final fit
 STAGE_HYBRID = "hybrid"
 STAGE_LATE_FUSION = "late_fusion"  # Table 1's "+" rows, nested under the hybrid run
 CHAIN = (STAGE_EXTRACT, STAGE_TRAIN_CNN, STAGE_FEATURES, STAGE_TRAIN, STAGE_HYBRID)  # `hyvid run`'s order
@@ -45,6 +45,7 @@ TAG_RESUMED_FROM = "hyvid.resumed_from_epoch"  # set when a fit resumed from a c
 TAG_MODEL_LOGGED = "hyvid.model_logged"  # "true" once a CNN run's model artifact is complete
 TAG_ERROR = "hyvid.error"
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag for nested runs
+TAG_REFIT_OF = "hyvid.refit_of"  # a refit's (train + val) run -> the final fit whose choices it repeats
 
 # -- param prefixes -----------------------------------------------------------------------------
 LINEAGE_PREFIX = "lineage."  # lineage.store_uri, lineage.<table>.version

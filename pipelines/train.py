@@ -30,36 +30,46 @@ from tqdm import tqdm
 
 from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models import registry as R
-from hyvid.models.fusion import PAPER_LAM1
+from hyvid.models.fusion import PAPER_LAM1, PAPER_LR
 from hyvid.pipelines import faults, tracking
 from hyvid.pipelines.training.data import LSTM_STREAM
-from hyvid.pipelines.training.families import SKLEARN_MODELS
-from hyvid.pipelines.training.fusion_cv import DEFAULT_LAM2_GRID, DEFAULT_LAM3_GRID
+from hyvid.pipelines.training.search import (
+    DEFAULT_LAM2_GRID,
+    DEFAULT_LAM3_GRID,
+    DEFAULT_MDBM_LR_GRID,
+    DEFAULT_NN_LR_GRID,
+    DEFAULT_NOREG_LR_GRID,
+    DEFAULT_RDNN_LAM_GRID,
+    DEFAULT_SVM_C_GRID,
+    PAPER_LAM_GRID,
+    SEARCH_KEYS,
+    Setting,
+)
 from hyvid.store.lance_io import canonical_store_uri, is_local_uri
 
 log = logging.getLogger(__name__)
 
-BASELINES = "baselines"  # CLI shorthand for every Table 2 baseline we fit
+BASELINES = "baselines"  # CLI shorthand for the Table 2 baselines fitted by default (R.BASELINE_MODELS)
+ALL = "all"  # CLI shorthand for every model `train` fits: the LSTMs, the fusion net and every Table 2 row
 DEFAULT_MODELS = (R.SPATIAL_LSTM, R.MOTION_LSTM, R.FUSION, BASELINES)
-TRAINABLE = (*R.LSTM_MODELS, *R.FUSION_MODELS, R.NN_EF, R.NN_LF, *SKLEARN_MODELS)
+TRAINABLE = (*R.LSTM_MODELS, *R.FUSION_MODELS, R.NN_EF, R.NN_LF, R.SVM_EF, R.SVM_LF, *R.EXTRA_BASELINE_MODELS)
+_SHORTHANDS = {BASELINES: R.BASELINE_MODELS, ALL: TRAINABLE}
 
 # The paper's LSTM (Sec. 3.2): 1024/512 units, SGD lr 1e-4, momentum 0.9, mini-batch 10, 150K
 # iterations. With a few epochs on a small store lr 1e-4 barely moves the weights, so the demo
-# default is Adam (lr 1e-3) on a smaller net; `TrainConfig.paper()` / `--paper-lstm` restores the paper's.
-# On the demo's features Adam learned the order classes SGD (lr 0.05) missed: motion LSTM val
-# accuracy on them 88% against 50% (test 75% against 62%), in the same 30 epochs.
+# default is Adam (lr 1e-3) on a smaller net; `TrainConfig.paper()` / `--paper` restores the paper's.
+# Chosen on validation: on the demo's features Adam reached a motion LSTM val accuracy of 88%
+# against 50% for SGD (lr 0.05), in the same 30 epochs.
 PAPER_LSTM_HIDDEN = (1024, 512)
 PAPER_LSTM_LR = 1e-4
 DEMO_LSTM_HIDDEN = (256, 128)
 DEMO_LSTM_LR = 1e-3
 DEMO_LSTM_OPTIMIZER = "adam"
-# The fusion net's SGD step. The paper's lr 0.7 was unstable on the demo's standardized features:
-# over 5 seeds on two demo stores its appearance+motion test accuracy was 0.91 and 0.94 (one seed
-# 0.56 on appearance), against 0.96 and 0.96 at lr 0.3, and the hybrid built on it 0.82 and 0.79
-# against 0.86 and 0.83. Lower still (0.1) did as well on the demo but underfit the tests' toy store
-# in 30 epochs (test accuracy 0.47-0.66 against 0.75). `--fusion-lr 0.7` restores the paper's; λ
-# keeps its meaning either way, since the prox step's thresholds scale with lr
-# (models.fusion.proximal_step).
+# The fusion net's SGD step. Chosen on validation accuracy: the paper's lr 0.7 diverged on some
+# seeds of the demo's standardized features (see benchmarks/results/fusion_lr.json, val accuracy
+# per lr and seed), 0.3 did not. `--fusion-lr 0.7` or `--paper` restores the paper's; λ keeps its
+# meaning either way, since the prox step's thresholds scale with lr (models.fusion.proximal_step).
+# fusion_noreg searches its lr over DEFAULT_NOREG_LR_GRID (0.7 included) on validation.
 DEMO_FUSION_LR = 0.3
 
 
@@ -67,7 +77,7 @@ def expand_models(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """Registry names to fit, with ``baselines`` expanded, duplicates dropped, order kept."""
     out: list[str] = []
     for n in names:
-        for m in (R.BASELINE_MODELS if n == BASELINES else (n,)):
+        for m in _SHORTHANDS.get(n, (n,)):
             if m not in out:
                 out.append(m)
     R.check_model_names(out)
@@ -75,7 +85,7 @@ def expand_models(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     if bad:
         raise ValueError(
             f"`hyvid train` does not fit {bad}: CNNs are fitted by `hyvid train-cnn`, the hybrid by "
-            f"`hyvid hybrid`; choose from {list(TRAINABLE) + [BASELINES]}"
+            f"`hyvid hybrid`; choose from {list(TRAINABLE) + list(_SHORTHANDS)}"
         )
     return tuple(out)
 
@@ -111,9 +121,20 @@ class TrainConfig:
     fusion_units: int = 200
     fusion_batch_size: int = 10
     nn_hidden: int = 200
-    nn_lr: float = 0.01
     nn_batch_size: int = 10
-    svm_c: float = 1.0
+    # Each baseline's main hyperparameter, chosen on val from its grid (training.search; one value:
+    # no search). The torch nets also choose their epoch on val.
+    nn_lr_grid: tuple[float, ...] = DEFAULT_NN_LR_GRID
+    noreg_lr_grid: tuple[float, ...] = DEFAULT_NOREG_LR_GRID
+    svm_c_grid: tuple[float, ...] = DEFAULT_SVM_C_GRID
+    rdnn_lam_grid: tuple[float, ...] = DEFAULT_RDNN_LAM_GRID
+    mdbm_lr_grid: tuple[float, ...] = DEFAULT_MDBM_LR_GRID
+    # The protocol (training.search): out-of-fold scores of these models over the training videos,
+    # by group, for the hybrid's weights (0: none, and the hybrid falls back to val scores); and a
+    # refit of every chosen model on train + val before it scores test.
+    cv_folds: int = 3
+    oof_models: tuple[str, ...] = R.HYBRID_COMPONENTS
+    refit: bool = False
     # The SVM baselines' χ² kernel: "exact" (precomputed, N x N per stream), "approx" (scikit-learn's
     # additive-χ² feature map and linear SVMs, linear in N), or "auto": exact up to svm_exact_max
     # training videos. The bound is a cost bound, not a tuned one: at UCF-101's 7.4K training videos
@@ -159,27 +180,46 @@ class TrainConfig:
             raise ValueError(f"svm_kernel must be 'auto', 'exact' or 'approx', got {self.svm_kernel!r}")
         if self.svm_exact_max < 1:
             raise ValueError(f"svm_exact_max must be >= 1, got {self.svm_exact_max}")
-        for name in ("lstm_lr", "fusion_lr", "nn_lr", "svm_c"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("lam1",):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lam2_grid", "lam3_grid"):
+        for name in ("lstm_lr", "fusion_lr"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if not 0 <= self.lam1 < math.inf:
+            raise ValueError(f"lam1 must be a finite number >= 0, got {self.lam1}")
+        for name, low in (("lam2_grid", 0.0), ("lam3_grid", 0.0), ("rdnn_lam_grid", 0.0), ("nn_lr_grid", None),
+                          ("noreg_lr_grid", None), ("svm_c_grid", None), ("mdbm_lr_grid", None)):
             grid = tuple(float(v) for v in getattr(self, name))
-            if not grid or any(v < 0 for v in grid):
-                raise ValueError(f"{name} must be a non-empty list of values >= 0, got {getattr(self, name)}")
+            ok = all(math.isfinite(v) and (v >= 0 if low is not None else v > 0) for v in grid)
+            if not grid or not ok:
+                raise ValueError(f"{name} must be a non-empty list of finite values "
+                                 f"{'>= 0' if low is not None else '> 0'}, got {getattr(self, name)}")
             object.__setattr__(self, name, grid)
+        if self.cv_folds < 0 or self.cv_folds == 1:
+            raise ValueError(f"cv_folds must be 0 (no out-of-fold scores) or >= 2, got {self.cv_folds}")
+        object.__setattr__(self, "oof_models", tuple(self.oof_models))
+        R.check_model_names(list(self.oof_models))
         bad = sorted(faults.targets(self.faults, faults.TRAIN_AFTER_EPOCH) - set(self.models))
         if bad:
             raise ValueError(f"faults: {faults.TRAIN_AFTER_EPOCH} names models that are not fitted: {bad}")
 
     @classmethod
     def paper(cls, store_uri: str, **overrides: Any) -> "TrainConfig":
-        """The paper's LSTM settings (1024/512 units, SGD lr 1e-4, momentum 0.9, batch 10)."""
-        values = {"lstm_hidden": PAPER_LSTM_HIDDEN, "lstm_lr": PAPER_LSTM_LR, "lstm_optimizer": "sgd",
-                  "lstm_momentum": 0.9, "lstm_batch_size": 10, **overrides}
-        return cls(store_uri=store_uri, **values)
+        """Every setting the paper gives (Sec. 3.2, 3.3, 4.1.2): the LSTM (1024/512 units with
+        peepholes, SGD lr 1e-4, momentum 0.9, batch 10), the fusion net (lr 0.7, λ1 = 3e-5, λ2/λ3
+        searched around 3e-5); `overrides` win."""
+        return cls(store_uri=store_uri, **{**PAPER_SETTINGS, **overrides})
+
+    def grids(self) -> dict[str, tuple[float, ...]]:
+        """Config key -> the values its model's search tries (training.search.SEARCH_KEYS)."""
+        return {"lam2": self.lam2_grid, "lam3": self.lam3_grid, "nn_lr": self.nn_lr_grid,
+                "fusion_lr": self.noreg_lr_grid, "svm_c": self.svm_c_grid, "rdnn_lam": self.rdnn_lam_grid,
+                "mdbm_lr": self.mdbm_lr_grid}
+
+
+PAPER_SETTINGS: dict[str, Any] = {
+    "lstm_hidden": PAPER_LSTM_HIDDEN, "lstm_lr": PAPER_LSTM_LR, "lstm_optimizer": "sgd", "lstm_momentum": 0.9,
+    "lstm_batch_size": 10, "lstm_peephole": True, "fusion_lr": PAPER_LR, "lam1": PAPER_LAM1,
+    "lam2_grid": PAPER_LAM_GRID, "lam3_grid": PAPER_LAM_GRID,
+}
 
 
 @dataclass(frozen=True)
@@ -249,7 +289,9 @@ def fit_config(cfg: TrainConfig, model: str, *, store_uri: str, tracking_uri: st
         "lstm_batch_size": cfg.lstm_batch_size,
         "fusion_lr": cfg.fusion_lr, "lam1": cfg.lam1, "lam2": 0.0, "lam3": 0.0, "abstraction": cfg.abstraction,
         "fusion_units": cfg.fusion_units, "fusion_batch_size": cfg.fusion_batch_size,
-        "nn_hidden": cfg.nn_hidden, "nn_lr": cfg.nn_lr, "nn_batch_size": cfg.nn_batch_size, "svm_c": cfg.svm_c,
+        "nn_hidden": cfg.nn_hidden, "nn_batch_size": cfg.nn_batch_size,
+        # Searched keys start at their grid's first value; every fit of a searched model overrides them.
+        **{k: grid[0] for k, grid in cfg.grids().items() if k in SEARCH_KEYS.get(model, ())},
         "svm_kernel": cfg.svm_kernel, "svm_exact_max": cfg.svm_exact_max,
         "faults": faults.resolve(cfg.faults), "report_every_s": cfg.checkpoint_every_s,
         "storage_path": storage_path, "keep_checkpoints": cfg.keep_checkpoints,
@@ -266,7 +308,7 @@ def _cost(config: dict) -> float:
 
 
 class _Stage:
-    """One `train` call: the fit configs, the fusion net's λ search, the results."""
+    """One `train` call: every model's search, final fit, refit and out-of-fold fits (training.search)."""
 
     def __init__(self, cfg: TrainConfig, store_uri: str, tracking_uri: str, experiment_id: str,
                  num_classes: int, multilabel: bool, cpus: float) -> None:
@@ -274,11 +316,10 @@ class _Stage:
         self.num_classes, self.multilabel = num_classes, multilabel
         self.storage_path = _storage_path(cfg, store_uri)
         self.batch_id = uuid.uuid4().hex[:8]
-        self.parent: str | None = None  # the fusion net's MLflow run
-        self.trials: list[tuple[float, float, float, float, str]] = []
-        self.n_trials = 0
-        self.chosen: dict[str, float] = {}
         self.cpus = cpus  # of each fit worker
+        self.searches: dict[str, dict[str, Any]] = {}  # model -> its parent run, grid and finished trials
+        self.chosen: dict[str, Setting] = {}
+        self.folds: dict[str, dict[str, Any]] = {}  # model -> its final run and finished held-out folds
 
     def config(self, model: str) -> dict:
         config = fit_config(self.cfg, model, store_uri=self.store_uri, tracking_uri=self.tracking_uri,
@@ -289,51 +330,92 @@ class _Stage:
         return config
 
     def first_fits(self) -> list[dict]:
-        """Every fit that can start now: all models but the fusion net, and its λ trials (or its fit)."""
+        """Every fit that can start now: each model's search trials, or its final fit if it has no search."""
         from mlflow import MlflowClient
 
-        from hyvid.pipelines.training.loops import cv_trial_config
+        from hyvid.pipelines.training.search import model_grid, trial_config
 
-        out = [self.config(m) for m in self.cfg.models if m != R.FUSION]
-        if R.FUSION not in self.cfg.models:
-            return out
-        base = self.config(R.FUSION)
-        self.parent = MlflowClient(self.tracking_uri).create_run(
-            self.experiment_id, run_name=R.FUSION,
-            tags=tracking.run_tags(R.FUSION, tracking.STAGE_TRAIN, self.cfg.split, self.store_uri,
-                                   **{tracking.TAG_FIT_ID: base["fit_id"]}),
-        ).info.run_id
-        grid = [(l2, l3) for l2 in self.cfg.lam2_grid for l3 in self.cfg.lam3_grid]
-        if len(grid) == 1:
-            return [*out, self._final_fusion(*grid[0])]
-        self.n_trials = len(grid)
-        return [*out, *(cv_trial_config(base, l2, l3, self.parent) for l2, l3 in grid)]
+        out = []
+        for model in self.cfg.models:
+            grid = model_grid(model, self.cfg.grids())
+            if len(grid) == 1:
+                out.append(self._final(model, grid[0], None))
+                continue
+            base = self.config(model)
+            parent = MlflowClient(self.tracking_uri).create_run(
+                self.experiment_id, run_name=model,
+                tags=tracking.run_tags(model, tracking.STAGE_TRAIN, self.cfg.split, self.store_uri,
+                                       **{tracking.TAG_FIT_ID: base["fit_id"]}),
+            ).info.run_id
+            self.searches[model] = {"parent": parent, "grid": grid, "trials": []}
+            out += [trial_config(base, setting, parent) for setting in grid]
+        return out
 
-    def _final_fusion(self, lam2: float, lam3: float) -> dict:
-        from mlflow import MlflowClient
+    def _final(self, model: str, setting: Setting, parent: str | None) -> dict:
+        if parent is not None:
+            from mlflow import MlflowClient
 
-        client = MlflowClient(self.tracking_uri)
-        client.log_param(self.parent, "lam2", lam2)
-        client.log_param(self.parent, "lam3", lam3)
-        self.chosen = {"lam2": float(lam2), "lam3": float(lam3)}
-        return {**self.config(R.FUSION), "lam2": float(lam2), "lam3": float(lam3), "run_id": self.parent}
+            client = MlflowClient(self.tracking_uri)
+            for key, value in setting.items():
+                client.log_param(parent, key, value)
+        self.chosen[model] = dict(setting)
+        return {**self.config(model), **setting, "run_id": parent}
 
     def on_result(self, out) -> list[dict]:
-        """A CV trial's result is recorded; the last one chooses λ2/λ3 and queues the final fusion fit."""
-        config = out.config
-        if not config.get("cv_only"):
-            return []
-        m = out.result["metrics"]
-        val = float(m.get("best_val", -math.inf))
-        self.trials.append((config["lam2"], config["lam3"], val if math.isfinite(val) else -math.inf,
-                            float(m.get("best_val_loss", math.inf)), out.result["run_id"]))
-        if len(self.trials) < self.n_trials:
-            return []
-        from hyvid.pipelines.training.fusion_cv import log_choice
+        """A finished fit queues what depends on it: a search's last trial the final fit; a final fit
+        its refit and out-of-fold fits; the last fold the out-of-fold scores' commit."""
+        from hyvid.pipelines.training.search import fold_configs, log_choice, refit_config
 
-        lam2, lam3, best = log_choice(self.trials, self.tracking_uri, self.parent, self.cfg.lam2_grid,
-                                      self.cfg.lam3_grid)
-        return [self._final_fusion(lam2, lam3)]
+        config, model = out.config, out.config["model"]
+        if config.get("fold") is not None:
+            self._held_out(model, out.result)
+            return []
+        if config.get("cv_only"):
+            search = self.searches[model]
+            m = out.result["metrics"]
+            val = float(m.get("best_val", -math.inf))
+            search["trials"].append(({k: float(config[k]) for k in SEARCH_KEYS[model]},
+                                     val if math.isfinite(val) else -math.inf,
+                                     float(m.get("best_val_loss", math.inf))))
+            if len(search["trials"]) < len(search["grid"]):
+                return []
+            setting, _ = log_choice(model, search["trials"], search["grid"], self.tracking_uri, search["parent"])
+            return [self._final(model, setting, search["parent"])]
+        if config.get("refit"):
+            return []
+        run_id, metrics = out.result["run_id"], out.result["metrics"]
+        queued = [refit_config(config, metrics, run_id)] if self.cfg.refit else []
+        if self.cfg.cv_folds >= 2 and model in self.cfg.oof_models:
+            self.folds[model] = {"run_id": run_id, "parts": []}
+            queued += fold_configs(config, metrics, run_id, self.cfg.cv_folds)
+        return queued
+
+    def _held_out(self, model: str, result: dict) -> None:
+        """Collect a fold's held-out scores; once all K are in, store them as the model's training scores."""
+        import numpy as np
+        from mlflow import MlflowClient
+
+        from hyvid.pipelines.evaluation.metrics import evaluate
+        from hyvid.store.scores import upsert_video_scores
+
+        entry = self.folds[model]
+        entry["parts"].append(result["held_out"])
+        if len(entry["parts"]) < self.cfg.cv_folds:
+            return
+        parts = entry["parts"]
+        ids = [v for p in parts for v in p["video_ids"]]
+        scores = np.concatenate([np.asarray(p["scores"], dtype=np.float32) for p in parts])
+        labels = np.concatenate([np.asarray(p["labels"], dtype=np.int64) for p in parts])
+        multi = [m for p in parts for m in p["labels_multi"]]
+        # One commit for all folds: the hybrid reads a model's training scores whole or not at all.
+        upsert_video_scores(self.store_uri, model, self.cfg.split, entry["run_id"], ids, ["train"] * len(ids),
+                            scores, labels.tolist(), multi, storage_options=self.cfg.storage_options)
+        oof = evaluate(scores, labels, multi, multilabel=self.multilabel)
+        MlflowClient(self.tracking_uri).log_batch(entry["run_id"], metrics=_metrics(
+            {f"oof_{k}": v for k, v in oof.items()} | {"oof_videos": float(len(ids)),
+                                                       "cv_folds": float(self.cfg.cv_folds)}))
+        log.info("%s: out-of-fold scores of %d training videos (%d folds) stored, accuracy %.3f",
+                 model, len(ids), self.cfg.cv_folds, oof.get("accuracy", float("nan")))
 
     def mark_failed(self, fit_id: str) -> None:
         """A fit that gave up leaves a FAILED run, not one RUNNING forever."""
@@ -348,6 +430,12 @@ class _Stage:
                     client.set_terminated(run.info.run_id, "FAILED")
         except Exception as e:  # noqa: BLE001 - the fit's own error is the one to report
             log.warning("could not mark the MLflow run of %s as failed: %s", fit_id, e)
+
+
+def _metrics(values: dict[str, float]) -> list:
+    from hyvid.pipelines.training.runs import metric_batch
+
+    return metric_batch(values, step=0)
 
 
 def _trainer_fit(cfg: TrainConfig, config: dict, storage_path: str) -> dict:
@@ -384,6 +472,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from hyvid.cluster.connect import connect
     from hyvid.cluster.resources import task_options
     from hyvid.pipelines.training.pool import FitOutcome, run_fits
+    from hyvid.pipelines.training.search import model_grid
     from hyvid.store.feature_store import FeatureStore
     from hyvid.store.lance_io import open_table
     from hyvid.store.tables import FRAME_FEATURES_NAME
@@ -398,18 +487,18 @@ def train(cfg: TrainConfig) -> TrainResult:
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)  # absolute, for the same reason
     experiment_id = tracking.setup(tracking_uri, cfg.experiment)
     resources = connect(cfg.address)
-    n_first = len(cfg.models) + (len(cfg.lam2_grid) * len(cfg.lam3_grid) - 1 if R.FUSION in cfg.models else 0)
+    n_first = sum(len(model_grid(m, cfg.grids())) for m in cfg.models)
     size, cpus = pool_plan(cfg, float(resources.get("CPU", 1)), n_first)
     stage = _Stage(cfg, store_uri, tracking_uri, experiment_id, num_classes, multilabel, cpus)
     first = stage.first_fits()
-    log.info("fitting %s on split %d of %s: %d fit(s) on %d worker(s) x %g CPU(s)%s", ", ".join(cfg.models),
+    log.info("fitting %s on split %d of %s: %d fit(s) to start on %d worker(s) x %g CPU(s)%s", ", ".join(cfg.models),
              cfg.split, tracking.redact(store_uri), len(first), size, cpus,
              "" if cfg.concurrent else " (one after another)")
 
     results: dict[str, ModelResult] = {}
     errors: dict[str, BaseException] = {}
-    bar = tqdm(total=len(first) + (1 if stage.n_trials else 0), desc="train", unit="fit")
-    trainer_futures = {}
+    bar = tqdm(total=len(first), desc="train", unit="fit")
+    trainer_futures: dict[Any, FitOutcome] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, len(cfg.models)), thread_name_prefix="trainer")
 
     def record(out: FitOutcome) -> None:
@@ -418,65 +507,71 @@ def train(cfg: TrainConfig) -> TrainResult:
         if out.error is not None:
             log.error("fit %s failed: %s", config["fit_id"], out.error)
             stage.mark_failed(config["fit_id"])
-            if not config.get("cv_only"):
-                errors[model] = out.error
-            elif stage.parent:
-                errors.setdefault(R.FUSION, out.error)
+            errors.setdefault(model, out.error)  # a failed trial, fold or refit fails its model
             return
         if config.get("cv_only"):
             return
         split = out.time_split()
-        extra = dict(stage.chosen) if model == R.FUSION else {}
         results[model] = ModelResult(model, out.result["run_id"], out.result["metrics"], out.submitted,
-                                     out.finished, extra, seconds=split,
+                                     out.finished, dict(stage.chosen.get(model, {})), seconds=split,
                                      peak_rss_gb=float(out.result.get("peak_rss_gb", float("nan"))))
         if out.result.get("peak_rss_gb") is not None:
             from mlflow import MlflowClient
 
             MlflowClient(tracking_uri).log_metric(out.result["run_id"], "peak_rss_gb", float(out.result["peak_rss_gb"]))
-        log.info("%s done in %.1f s (%s): %s", model, out.wall_s,
-                 " + ".join(f"{v:.1f} {k}" for k, v in split.items()),
+        log.info("%s%s done in %.1f s (%s): %s", model, " (refit on train + val)" if config.get("refit") else "",
+                 out.wall_s, " + ".join(f"{v:.1f} {k}" for k, v in split.items()),
                  ", ".join(f"{k}={v:.3f}" for k, v in sorted(out.result["metrics"].items())
                            if k.startswith(("val_acc", "test_acc"))))
 
-    def on_result(out: FitOutcome) -> list[dict]:
-        queued = stage.on_result(out)
-        if cfg.workers_per_model > 1:  # the final fusion fit goes to a TorchTrainer too
-            for c in queued:
-                fut = pool.submit(_trainer_fit, cfg, c, stage.storage_path)
-                trainer_futures[fut] = FitOutcome(c, submitted=time.time())
-            return []
-        return queued
-
-    if cfg.workers_per_model > 1:
+    def dispatch(configs: list[dict]) -> list[dict]:
+        """Send torch fits other than search trials to TorchTrainers (with workers_per_model > 1);
+        return the rest, for the pool."""
         from hyvid.pipelines.training.families import TORCH_MODELS
 
-        to_trainers = [c for c in first if c["model"] in TORCH_MODELS and not c.get("cv_only")]
-        first = [c for c in first if c not in to_trainers]
-        for c in to_trainers:
-            fut = pool.submit(_trainer_fit, cfg, c, stage.storage_path)
-            trainer_futures[fut] = FitOutcome(c, submitted=time.time())
+        bar.total += len(configs)
+        bar.refresh()
+        if cfg.workers_per_model == 1:
+            return configs
+        to_pool = []
+        for c in configs:
+            if c["model"] in TORCH_MODELS and (c.get("fold") is not None or not c.get("cv_only")):
+                trainer_futures[pool.submit(_trainer_fit, cfg, c, stage.storage_path)] = FitOutcome(
+                    c, submitted=time.time())
+            else:
+                to_pool.append(c)
+        return to_pool
+
+    def on_result(out: FitOutcome) -> list[dict]:
+        return dispatch(stage.on_result(out))
+
+    bar.total -= len(first)  # dispatch counts them
+    pending = dispatch(first)
     try:
-        if first:
-            run_fits(first, size=size, threads=max(1, int(cpus)), max_failures=cfg.max_failures, cost=_cost,
-                     actor_options={**task_options("train", in_flight=size, num_cpus=cpus, use_gpu=cfg.use_gpu,
-                                                   cluster=resources), "scheduling_strategy": "SPREAD"},
-                     on_result=on_result, on_done=record)
-        while trainer_futures:
-            fut = next(iter(as_completed(list(trainer_futures))))
-            out = trainer_futures.pop(fut)
-            try:
-                out.result = fut.result()
-            except Exception as e:  # noqa: BLE001 - reported with the model's name below
-                out.error = e
-            out.finished = time.time()
-            record(out)
+        while pending or trainer_futures:
+            if pending:
+                run_fits(pending, size=size, threads=max(1, int(cpus)), max_failures=cfg.max_failures, cost=_cost,
+                         actor_options={**task_options("train", in_flight=size, num_cpus=cpus, use_gpu=cfg.use_gpu,
+                                                       cluster=resources), "scheduling_strategy": "SPREAD"},
+                         on_result=on_result, on_done=record)
+                pending = []
+            while trainer_futures and not pending:
+                fut = next(iter(as_completed(list(trainer_futures))))
+                out = trainer_futures.pop(fut)
+                try:
+                    out.result = fut.result()
+                except Exception as e:  # noqa: BLE001 - reported with the model's name below
+                    out.error = e
+                out.finished = time.time()
+                if out.error is None:
+                    pending = on_result(out)  # follow-ups of a TorchTrainer fit; any for the pool run next
+                record(out)
     finally:
         pool.shutdown(wait=True)
         bar.close()
     if errors:
         detail = "; ".join(f"{m}: {type(e).__name__}: {e}" for m, e in errors.items())
-        raise RuntimeError(f"{len(errors)} of {len(cfg.models)} fits failed ({detail}); "
+        raise RuntimeError(f"{len(errors)} of {len(cfg.models)} models failed ({detail}); "
                            f"finished: {sorted(results)}") from next(iter(errors.values()))
     ordered = {m: results[m] for m in cfg.models}
     return TrainResult(ordered, time.time() - t0, experiment_id, tracking_uri, cfg.concurrent)

@@ -25,11 +25,19 @@ def _run_args(p: argparse.ArgumentParser, s: Settings) -> None:
                    help=f"stored short side in pixels (default: extract's, {defaults(ExtractConfig).size})")
     p.add_argument("--cnn-epochs", type=int, help=f"train-cnn epochs of both streams (default {d.cnn_epochs})")
     p.add_argument("--finetune", choices=FINETUNE_MODES, help=f"spatial CNN fine-tuning (default {d.finetune})")
-    p.add_argument("--models", help=f"models for `train` (default: {shown(d.models)})")
+    p.add_argument("--models", help=f"models for `train` (default: {shown(d.models)}; 'all': every Table 2 row)")
+    p.add_argument("--paper", action="store_true", default=None,
+                   help="every paper setting for `train` (see `hyvid train --help`)")
+    p.add_argument("--cv-folds", type=int, help=f"out-of-fold folds for the hybrid's weights (default: train's, "
+                                                f"{train.cv_folds}; 0: weights from val)")
+    p.add_argument("--refit", action="store_true", default=None,
+                   help="refit every chosen model on train + val before it scores test")
+    p.add_argument("--seeds", type=int, help=f"repeat train and hybrid with seeds 0..N-1 and report mean ± sd "
+                                             f"(default {d.seeds})")
     p.add_argument("--lstm-epochs", type=int, help=f"epochs of the LSTMs (default: train's, {train.lstm_epochs})")
     p.add_argument("--video-epochs", type=int,
                    help=f"epochs of the fusion net and NN baselines (default: train's, {train.video_epochs})")
-    p.add_argument("--lam-grid", help=f"λ2 and λ3 values cross-validated for the fusion net (default: train's, "
+    p.add_argument("--lam-grid", help=f"λ2 and λ3 values searched on val for the fusion net (default: train's, "
                                       f"λ2 {shown(train.lam2_grid)} and λ3 {shown(train.lam3_grid)})")
     p.add_argument("--hybrid-step", type=float, help=f"hybrid weight grid step (default {shown(d.hybrid_step)})")
     p.add_argument("--plots", help="folder for the hybrid's PNG plots (default: none, MLflow artifacts only)")
@@ -47,17 +55,19 @@ def _run_config(args: argparse.Namespace, s: Settings):
     from hyvid.pipelines.run import RunConfig
     from hyvid.pipelines.train import TrainConfig
 
-    lam_grid = csv_numbers(args.lam_grid, "--lam-grid", float, "0,1e-4,1e-3")
+    lam_grid = csv_numbers(args.lam_grid, "--lam-grid", float, "0,1e-3,3e-3")
     cfg = RunConfig(
         dataset=args.dataset, store_uri=args.store, experiment=args.experiment, tracking_uri=tracking_uri(args, s),
         address=args.address, storage_options=s.resolved_storage_options(), **given(
             splits=_splits(args), frames=args.frames, stack=args.stack, flow=args.flow, size=args.size,
             cnn_epochs=args.cnn_epochs, finetune=args.finetune, models=csv(args.models),
             lstm_epochs=args.lstm_epochs, video_epochs=args.video_epochs, lam2_grid=lam_grid, lam3_grid=lam_grid,
+            paper=args.paper, cv_folds=args.cv_folds, refit=args.refit, seeds=args.seeds,
             hybrid_step=args.hybrid_step, out_dir=args.plots))
     # run() forwards these three only when truthy, so a 0 would quietly become the stage's default;
     # the stage configs that receive them check them now, before any extraction or training.
-    TrainConfig(store_uri=cfg.store_uri, **given(lstm_epochs=cfg.lstm_epochs, video_epochs=cfg.video_epochs))
+    TrainConfig(store_uri=cfg.store_uri, models=cfg.models, **given(
+        lstm_epochs=cfg.lstm_epochs, video_epochs=cfg.video_epochs, cv_folds=cfg.cv_folds))
     ExtractConfig(dataset=cfg.dataset, store_uri=cfg.store_uri, **given(size=cfg.size))
     return cfg
 
@@ -69,12 +79,18 @@ def _run_run(args: argparse.Namespace, s: Settings) -> int:
     print("\nstage seconds:", ", ".join(f"{k}: {v}" for k, v in res.seconds.items()))
     for split, m in res.test_metrics.items():
         print(f"hybrid split {split}: " + ", ".join(f"{k}={v:.3f}" for k, v in m.items()))
+    if res.seed_metrics:
+        print(f"\ntest metrics over {len(res.seed_metrics)} seeds (mean ± sd; the CNNs are fitted once):")
+        for model, per in res.seed_summary().items():
+            print(f"  {model:<16}" + ", ".join(f"{k} {mu:.3f} ± {sd:.3f}" for k, (mu, sd) in per.items()
+                                               if not k.endswith(("_ci_low", "_ci_high"))))
     return 0
 
 
 command("run", "run extract, train-cnn, features, train and hybrid in order, resuming what is done",
         "  hyvid run data/synth --store store --experiment exp1\n"
-        "  hyvid run /data/UCF-101 --store s3://bucket/ucf --splits 1,2,3\n",
+        "  hyvid run /data/UCF-101 --store s3://bucket/ucf --splits 1,2,3\n"
+        "  hyvid run ccv.csv --store store --models all --refit --seeds 3\n",
         _run_args, _run_run, _run_config)
 
 

@@ -24,13 +24,14 @@ def _units(widths: tuple[int, ...]) -> str:
 
 def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
     from hyvid.models.fusion import PAPER_LR
-    from hyvid.models.registry import BASELINE_MODELS
+    from hyvid.models.registry import BASELINE_MODELS, EXTRA_BASELINE_MODELS
     from hyvid.pipelines.train import TrainConfig
 
     d = defaults(TrainConfig)
-    paper = TrainConfig.paper(store_uri="-")  # the --paper-lstm preset, to say what it changes
+    paper = TrainConfig.paper(store_uri="-")  # the --paper preset, to say what it changes
     common(p, s, TrainConfig)
-    p.add_argument("--models", help=f"comma-separated registry names; 'baselines' = {shown(BASELINE_MODELS)} "
+    p.add_argument("--models", help=f"comma-separated registry names; 'baselines' = {shown(BASELINE_MODELS)}; "
+                                    f"'all' = every Table 2 row too, {shown(EXTRA_BASELINE_MODELS)} "
                                     f"(default: {shown(d.models)})")
     p.add_argument("--workers-per-model", type=int, default=settings_workers(s, "train"),
                    help="data-parallel workers per torch fit; above 1 each is a Ray Train TorchTrainer "
@@ -41,11 +42,14 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--lstm-epochs", type=int, help=f"epochs of the LSTMs (default {d.lstm_epochs})")
     p.add_argument("--video-epochs", type=int,
                    help=f"epochs of the fusion net and NN baselines (default {d.video_epochs})")
-    p.add_argument("--paper-lstm", action="store_true",
-                   help=f"the paper's LSTM: {_units(paper.lstm_hidden)} units, {paper.lstm_optimizer.upper()} "
-                        f"lr {shown(paper.lstm_lr)}, momentum {shown(paper.lstm_momentum)}, batch "
-                        f"{paper.lstm_batch_size} (the default is {_units(d.lstm_hidden)} units with "
-                        f"{d.lstm_optimizer} at lr {shown(d.lstm_lr)}, which converges in a few epochs)")
+    p.add_argument("--paper", "--paper-lstm", dest="paper", action="store_true",
+                   help=f"every paper setting: LSTM {_units(paper.lstm_hidden)} units with peepholes, "
+                        f"{paper.lstm_optimizer.upper()} lr {shown(paper.lstm_lr)}, "
+                        f"momentum {shown(paper.lstm_momentum)}, "
+                        f"batch {paper.lstm_batch_size}; fusion lr {shown(paper.fusion_lr)}, λ1 {shown(paper.lam1)}, "
+                        f"λ2/λ3 grid {shown(paper.lam2_grid)} (the defaults: {_units(d.lstm_hidden)} units with "
+                        f"{d.lstm_optimizer} at lr {shown(d.lstm_lr)}, fusion lr {shown(d.fusion_lr)}, chosen on "
+                        "validation; other flags override either)")
     p.add_argument("--lstm-hidden", help=f"LSTM layer widths bottom first (default {shown(d.lstm_hidden)})")
     p.add_argument("--lstm-lr", type=float, help=f"LSTM learning rate (default {shown(d.lstm_lr)})")
     p.add_argument("--lstm-optimizer", choices=("sgd", "adam"),
@@ -55,10 +59,18 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--peephole", action="store_true", default=None, help="LSTM cells with the paper's peephole terms")
     p.add_argument("--fusion-lr", type=float,
                    help=f"SGD learning rate of the fusion net and fusion_noreg (default {shown(d.fusion_lr)}; "
-                        f"the paper's is {shown(PAPER_LR)}, which was unstable on the demo's features)")
-    grids = (shown(d.lam2_grid) if d.lam2_grid == d.lam3_grid
-             else f"λ2 {shown(d.lam2_grid)} and λ3 {shown(d.lam3_grid)}")
-    p.add_argument("--lam-grid", help=f"λ2 and λ3 values cross-validated for the fusion net (default {grids})")
+                        f"the paper's is {shown(PAPER_LR)}, which diverged on some seeds of the demo's validation)")
+    p.add_argument("--lam-grid", help=f"λ2 and λ3 values searched on val for the fusion net (default: λ2 "
+                                      f"{shown(d.lam2_grid)} and λ3 {shown(d.lam3_grid)}; with --paper "
+                                      f"{shown(paper.lam2_grid)} for both)")
+    p.add_argument("--svm-c-grid", help=f"C values searched on val for every SVM (default {shown(d.svm_c_grid)})")
+    p.add_argument("--nn-lr-grid", help=f"learning rates searched on val for NN-EF/NN-LF (default "
+                                        f"{shown(d.nn_lr_grid)})")
+    p.add_argument("--cv-folds", type=int,
+                   help=f"folds (by group) of the out-of-fold training scores the hybrid's weights are fitted on, "
+                        f"for {shown(d.oof_models)} (default {d.cv_folds}; 0: none, the hybrid then uses val)")
+    p.add_argument("--refit", action="store_true", default=None,
+                   help="retrain each chosen model on train + val for its chosen epochs before it scores test")
     p.add_argument("--sequential", action="store_true", help="fit the models one after another (for comparison)")
     p.add_argument("--storage-path", help="where fits keep checkpoints (default: <store>/_train; "
                                           "shared storage on a multi-node cluster)")
@@ -73,7 +85,7 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
 def _train_config(args: argparse.Namespace, s: Settings):
     from hyvid.pipelines.train import TrainConfig
 
-    lam_grid = csv_numbers(args.lam_grid, "--lam-grid", float, "0,1e-4,1e-3")
+    lam_grid = csv_numbers(args.lam_grid, "--lam-grid", float, "0,1e-3,3e-3")
     values = given(
         split=args.split, models=csv(args.models), workers_per_model=args.workers_per_model,
         cpus_per_worker=args.cpus_per_worker, concurrent=False if args.sequential else None,
@@ -81,11 +93,14 @@ def _train_config(args: argparse.Namespace, s: Settings):
         lstm_hidden=csv_numbers(args.lstm_hidden, "--lstm-hidden", int, "1024,512"),
         lstm_lr=args.lstm_lr, lstm_optimizer=args.lstm_optimizer, lstm_pooling=args.pooling,
         lstm_peephole=args.peephole, fusion_lr=args.fusion_lr, lam2_grid=lam_grid, lam3_grid=lam_grid,
+        svm_c_grid=csv_numbers(args.svm_c_grid, "--svm-c-grid", float, "0.1,1,10"),
+        nn_lr_grid=csv_numbers(args.nn_lr_grid, "--nn-lr-grid", float, "0.01,0.03"),
+        cv_folds=args.cv_folds, refit=args.refit,
         storage_path=args.storage_path, max_failures=args.max_failures, svm_kernel=args.svm_kernel,
         svm_exact_max=args.svm_exact_max)
     # --lstm-epochs / --video-epochs are the finer flags: they win over --epochs.
     values.update(given(lstm_epochs=args.lstm_epochs, video_epochs=args.video_epochs))
-    make = TrainConfig.paper if args.paper_lstm else TrainConfig
+    make = TrainConfig.paper if args.paper else TrainConfig
     return make(store_uri=args.store, experiment=args.experiment, address=args.address,
                 tracking_uri=tracking_uri(args, s), storage_options=s.resolved_storage_options(), **values)
 
@@ -101,7 +116,8 @@ command("train", "fit the LSTMs, the regularized fusion net and the baselines co
         "  hyvid train --store store\n"
         "  hyvid train --store store --models spatial_lstm,motion_lstm --epochs 20 --workers-per-model 2\n"
         "  hyvid train --store store --models fusion --lam-grid 0,3e-5,3e-4,3e-3\n"
-        "  hyvid train --store store --paper-lstm --split 2 --experiment paper\n",
+        "  hyvid train --store store --models all --refit --cv-folds 3\n"
+        "  hyvid train --store store --paper --split 2 --experiment paper\n",
         _train_args, _train_run, _train_config)
 
 
@@ -164,7 +180,7 @@ def _hybrid_run(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
-command("hybrid", "fuse the models' scores linearly with weights searched on validation (Sec. 4.2.3)",
+command("hybrid", "fuse the models' scores linearly, weights cross-validated on training videos (Sec. 4.2.3)",
         "  hyvid hybrid --store store\n"
         "  hyvid hybrid --store store --splits 1,2,3 --models spatial_lstm,motion_lstm,fusion,spatial_cnn --step 0.1\n"
         "  hyvid hybrid --store store --refine --experiment hyvid\n",

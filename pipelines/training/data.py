@@ -53,8 +53,75 @@ _VIDEO_LEVEL_CACHE: OrderedDict[tuple, Subset] = OrderedDict()
 _CACHE_ENTRIES = 6  # train/val/test of two stores or splits
 
 
+def group_folds(groups: list[str], k: int) -> np.ndarray:
+    """Fold index (0..k-1) of each video, whole groups to one fold, folds balanced by video count.
+
+    Deterministic (no RNG): groups are dealt largest first to the fold holding the fewest videos,
+    so videos of one group (UCF-101's gXX: clips cut from one long video) never straddle folds.
+    """
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+    sizes: dict[str, int] = {}
+    for g in groups:
+        sizes[g] = sizes.get(g, 0) + 1
+    if len(sizes) < k:
+        raise ValueError(f"{k} folds by group need at least {k} groups among the training videos, found "
+                         f"{len(sizes)}; lower --cv-folds or give the videos groups")
+    load = [0] * k
+    fold_of: dict[str, int] = {}
+    for g in sorted(sizes, key=lambda g: (-sizes[g], g)):
+        f = min(range(k), key=lambda i: (load[i], i))
+        fold_of[g] = f
+        load[f] += sizes[g]
+    return np.array([fold_of[g] for g in groups], dtype=np.int64)
+
+
+def take(subset: Subset, idx: np.ndarray) -> Subset:
+    """The videos ``idx`` of a subset (either kind of inputs), in that order."""
+    from hyvid.store.feature_store import SequenceDataset
+
+    idx = np.asarray(idx, dtype=np.int64)
+    ids = [subset.video_ids[i] for i in idx]
+    multi = [subset.labels_multi[i] for i in idx]
+    labels = np.asarray(subset.labels)[idx]
+    if isinstance(subset.inputs, SequenceDataset):
+        ds = subset.inputs
+        inputs: Any = SequenceDataset(ids, {s: [ds.features[s][i] for i in idx] for s in ds.streams},
+                                      labels.tolist(), multi)
+    else:
+        t = torch.as_tensor(idx)
+        inputs = [x[t] for x in subset.inputs]
+    return Subset(ids, inputs, labels, multi)
+
+
+def concat(a: Subset, b: Subset) -> Subset:
+    """Two subsets as one (train + val for a refit)."""
+    from hyvid.store.feature_store import SequenceDataset
+
+    ids, multi = a.video_ids + b.video_ids, a.labels_multi + b.labels_multi
+    labels = np.concatenate([np.asarray(a.labels), np.asarray(b.labels)])
+    if isinstance(a.inputs, SequenceDataset):
+        inputs: Any = SequenceDataset(ids, {s: a.inputs.features[s] + b.inputs.features[s] for s in a.inputs.streams},
+                                      labels.tolist(), multi)
+    else:
+        inputs = [torch.cat([x, y]) for x, y in zip(a.inputs, b.inputs, strict=True)]
+    return Subset(ids, inputs, labels, multi)
+
+
+def _groups(fs: Any, split: int, video_ids: list[str]) -> list[str]:
+    t = fs.videos(split, "train")
+    group = dict(zip(t.column("video_id").to_pylist(), t.column("group").to_pylist(), strict=True))
+    return [str(group.get(v) or v) for v in video_ids]
+
+
 def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
-    """Read train/val/test (or train/val for CV trials) for one fit through the FeatureStore.
+    """Read the subsets one fit needs through the FeatureStore.
+
+    * a final fit: train, val (selects the epoch) and test;
+    * a search trial (``cv_only``): train and val;
+    * a refit (``refit``): train + val as "train", and test;
+    * an out-of-fold fit (``fold`` = [k, K]): the train subset without fold k as "train", fold k
+      as "val" (folds by group, `group_folds`); its "val" scores are the hybrid's training scores.
 
     Returns the subsets and the Lance version of each table read (the fit's lineage): the store
     is pinned at first use, so every subset comes from the same versions even if a writer commits
@@ -65,7 +132,13 @@ def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
     fs = FeatureStore(config["store_uri"], config.get("storage_options"), follow_latest=False)
     versions = {t: v for t, v in fs.versions().items() if t in LINEAGE_TABLES}  # pins them
     split, model = int(config["split"]), config["model"]
-    subsets = ("train", "val") if config.get("cv_only") else ("train", "val", "test")
+    fold = config.get("fold")
+    if fold is not None:
+        subsets: tuple[str, ...] = ("train",)
+    elif config.get("cv_only"):
+        subsets = ("train", "val")
+    else:
+        subsets = ("train", "val", "test")
     out = {}
     for sub in subsets:
         if model in LSTM_STREAM:
@@ -81,4 +154,11 @@ def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
                 _VIDEO_LEVEL_CACHE.popitem(last=False)
         _VIDEO_LEVEL_CACHE.move_to_end(key)
         out[sub] = _VIDEO_LEVEL_CACHE[key]
+    if fold is not None:
+        k, n_folds = int(fold[0]), int(fold[1])
+        assign = group_folds(_groups(fs, split, out["train"].video_ids), n_folds)
+        return {"train": take(out["train"], np.flatnonzero(assign != k)),
+                "val": take(out["train"], np.flatnonzero(assign == k))}, versions
+    if config.get("refit"):
+        return {"train": concat(out["train"], out["val"]), "test": out["test"]}, versions
     return out, versions

@@ -9,8 +9,9 @@
   few seconds and after the last (so a killed worker resumes from its last checkpointed epoch, in
   the same MLflow run), and on rank 0 logs everything to one MLflow run and writes the per-video
   val/test scores to ``video_scores``. Several workers split each epoch and average their gradients.
-* A λ2/λ3 cross-validation trial of the fusion net is the same loop with ``cv_only``: train on
-  train, select on val, never look at test, logged as an MLflow run nested under ``fusion``.
+* A search trial or an out-of-fold fit (`training.search`) is the same loop with ``cv_only``:
+  it never looks at test and is logged as an MLflow run nested under its model's run; a refit
+  trains on train + val. Both of the latter keep their last epoch (``select`` False, or no val).
 
 Configs are plain dicts of JSON-able values (URIs, names, numbers), never arrays: each fit reads
 what it needs where it runs. The keys are documented in :func:`hyvid.pipelines.train.fit_config`.
@@ -42,6 +43,7 @@ from hyvid.pipelines.training.runs import (
     FitClock,
     complete_run,
     finish_run,
+    held_out_scores,
     log_fit_params,
     log_torch_model,
     metric_batch,
@@ -93,22 +95,28 @@ def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, d
     epochs = int(config["epochs"])
     last_report = time.monotonic()
     unlogged: list = []  # per-epoch MLflow metrics not yet written
+    # A refit (train + val) and an out-of-fold fit train for the epochs a final fit chose on val:
+    # they keep their last epoch, and an out-of-fold fit must not look at its held-out fold early.
+    select = "val" in data and config.get("select", True)
     for epoch in range(start_epoch, epochs):
         loss, acc = train_epoch(config, model, opt, data["train"], epoch, rank, world, device)
-        val_scores = predict(config, model, data["val"], device)
-        val = evaluate(config, val_scores, data["val"])
-        v_loss = val_loss(config, val_scores, data["val"])
-        if (val[key], -v_loss) > (best["value"], -best["loss"]):
-            best = {"value": val[key], "loss": v_loss, "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        epoch_metrics = {"train_loss": loss, "train_accuracy": acc}
+        if select:
+            val_scores = predict(config, model, data["val"], device)
+            val = evaluate(config, val_scores, data["val"])
+            v_loss = val_loss(config, val_scores, data["val"])
+            if (val[key], -v_loss) > (best["value"], -best["loss"]):
+                best = {"value": val[key], "loss": v_loss, "epoch": epoch,
+                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            epoch_metrics.update(val_accuracy=val["accuracy"], val_loss=v_loss,
+                                 **({"val_map": val["map"]} if config["multilabel"] else {}))
+        else:
+            best = {**best, "epoch": epoch, "state": None}  # the model as it is after the last epoch
         clock.lap("compute")
-        metrics = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc, f"val_{key}": val[key],
-                   "val_loss": v_loss, "best_val": best["value"], "best_val_loss": best["loss"],
-                   "best_epoch": best["epoch"], "run_id": run_id or ""}
+        metrics = {"epoch": epoch, "best_val": best["value"], "best_val_loss": best["loss"],
+                   "best_epoch": best["epoch"], "run_id": run_id or "", **epoch_metrics}
         if lead:
-            unlogged += metric_batch(
-                {"train_loss": loss, "train_accuracy": acc, "val_accuracy": val["accuracy"], "val_loss": v_loss,
-                 **({"val_map": val["map"]} if config["multilabel"] else {})}, step=epoch)
+            unlogged += metric_batch(epoch_metrics, step=epoch)
         kill = state is None and faults.due_after_epoch(config["model"], epoch, config.get("faults"))
         if report_due(float(config.get("report_every_s", 5.0)), epoch, epochs, last_report, world, kill):
             last_report = time.monotonic()
@@ -135,7 +143,7 @@ def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dic
         model.load_state_dict(best["state"])
     scores, metrics = score_subsets(config, data, lambda subset: predict(config, model, subset))
     final = {"best_epoch": best["epoch"], **metrics}
-    if config.get("cv_only"):  # what the λ choice compares (training.fusion_cv.choose)
+    if config.get("cv_only"):  # what a search compares (training.search.choose)
         final.update(best_val=best["value"], best_val_loss=best["loss"])
     if config["model"] in FUSION_NETS:
         from hyvid.models.fusion import zero_row_fraction, zero_weight_fraction
@@ -149,7 +157,7 @@ def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dic
     if not config.get("cv_only"):
         complete_run(config, run_id, versions, data, scores, lambda: log_torch_model(model))
     finish_run(client, run_id, clock)
-    return {"run_id": run_id, "metrics": final}
+    return {"run_id": run_id, "metrics": final, **held_out_scores(config, data, scores)}
 
 
 def torch_train_loop(config: dict) -> dict:
@@ -160,13 +168,3 @@ def torch_train_loop(config: dict) -> dict:
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device() if config.get("use_gpu") else CPU
     return fit_loop(config, RayTrainSession(), ctx.get_world_rank(), ctx.get_world_size(), device)
-
-
-def cv_trial_config(config: dict, lam2: float, lam3: float, parent_run_id: str) -> dict:
-    """The config of one λ2/λ3 trial of the fusion net: its own fit (own id, so its own MLflow run,
-    nested under the `fusion` parent), trained on train and selected on val only."""
-    return {**config, "lam2": float(lam2), "lam3": float(lam3), "run_id": None,
-            "fit_id": f"{config['fit_id']}-cv-{lam2:g}-{lam3:g}", "cv_only": True, "checkpoint": False,
-            "stage": tracking.STAGE_TRAIN_CV, "report_every_s": float("inf"),
-            "run_name": f"{config['model']}-lam2={lam2:g}-lam3={lam3:g}",
-            "extra_tags": {tracking.TAG_PARENT: parent_run_id}}

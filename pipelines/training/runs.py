@@ -52,13 +52,16 @@ def log_fit_params(client, run_id: str, config: dict) -> None:
     if name in LSTM_STREAM:
         keys += ["lstm_hidden", "lstm_pooling", "lstm_peephole", "lstm_optimizer", "lstm_lr", "lstm_momentum",
                  "lstm_batch_size"]
-    elif name in FUSION_NETS:
-        keys += ["fusion_lr", "lam1", "lam2", "lam3", "abstraction", "fusion_units", "fusion_batch_size"]
+    elif name in (*FUSION_NETS, R.RDNN):
+        keys += ["fusion_lr", "lam1", "abstraction", "fusion_units", "fusion_batch_size"]
+        keys += ["rdnn_lam"] if name == R.RDNN else ["lam2", "lam3"]
     elif name in (R.NN_EF, R.NN_LF):
         keys += ["nn_lr", "nn_hidden", "nn_batch_size"]
+    elif name == R.M_DBM:
+        keys += sorted(k for k in config if k.startswith("mdbm_"))
     else:
         keys += ["svm_c", "svm_kernel", "svm_exact_max"]
-    keys += ["cpus_per_worker"]
+    keys += ["cpus_per_worker", "refit", "fold"]
     existing = client.get_run(run_id).data.params
     params = {k: str(config[k]) for k in keys if k in config and k not in existing}
     for k, v in params.items():
@@ -95,6 +98,19 @@ def score_subsets(config: dict, data: dict[str, Subset], score: Callable[[Subset
         for k, v in evaluate(config, scores[sub], data[sub]).items():
             metrics[tracking.metric_name(sub, k)] = v
     return scores, metrics
+
+
+def held_out_scores(config: dict, data: dict[str, Subset], scores: dict[str, np.ndarray]) -> dict:
+    """What an out-of-fold fit hands back to the driver: its held-out videos' ids and scores.
+
+    The driver stores the K folds' scores in one commit as the model's training-video scores, on
+    which the hybrid's weights are fitted (small: one row of C floats per training video).
+    """
+    if config.get("fold") is None or "val" not in scores:
+        return {}
+    held = data["val"]
+    return {"held_out": {"video_ids": list(held.video_ids), "scores": np.asarray(scores["val"]).tolist(),
+                         "labels": np.asarray(held.labels).tolist(), "labels_multi": held.labels_multi}}
 
 
 class FitClock:

@@ -47,25 +47,62 @@ def test_pool_plan_gives_each_worker_a_core_and_never_more_workers_than_fits(tmp
     assert pool_plan(TrainConfig(store_uri=str(tmp_path), cpus_per_worker=4), 2.0, 14) == (1, 4.0)
 
 
-def test_cv_choice_prefers_val_then_loss_then_regularization():
-    from hyvid.pipelines.training.fusion_cv import choose
+def test_search_choice_prefers_val_then_loss_then_larger_values():
+    from hyvid.pipelines.training.search import choose
 
-    trials = [(0.0, 0.0, 0.8, 0.30, "a"), (3e-5, 0.0, 0.9, 0.40, "b"), (3e-4, 0.0, 0.9, 0.35, "c")]
-    assert choose(trials)[:2] == (3e-4, 0.0)  # best val, then lower val loss
-    tied = [(0.0, 0.0, 0.9, 0.35, "a"), (3e-5, 3e-5, 0.9, 0.35, "b")]
-    assert choose(tied)[:2] == (3e-5, 3e-5)  # a full tie goes to the sparser net
+    trials = [({"lam2": 0.0}, 0.8, 0.30), ({"lam2": 3e-5}, 0.9, 0.40), ({"lam2": 3e-4}, 0.9, 0.35)]
+    assert choose(trials)[0] == {"lam2": 3e-4}  # best val, then lower val loss
+    tied = [({"lam2": 0.0, "lam3": 0.0}, 0.9, 0.35), ({"lam2": 3e-5, "lam3": 3e-5}, 0.9, 0.35)]
+    assert choose(tied)[0] == {"lam2": 3e-5, "lam3": 3e-5}  # a full tie goes to the sparser net
     with pytest.raises(ValueError, match="no finished"):
         choose([])
+
+
+def test_every_searched_model_has_a_grid_and_the_paper_switch_sets_every_paper_setting(tmp_path):
+    from hyvid.models import registry as R
+    from hyvid.models.fusion import PAPER_LAM1, PAPER_LR
+    from hyvid.pipelines.train import TRAINABLE, TrainConfig
+    from hyvid.pipelines.training.search import SEARCH_KEYS, model_grid
+
+    cfg = TrainConfig(store_uri=str(tmp_path))
+    for model in TRAINABLE:
+        grid = model_grid(model, cfg.grids())
+        if model in R.LSTM_MODELS:
+            assert grid == [{}]  # their epoch is chosen on val; no other search
+        else:
+            assert len(grid) >= 3 and all(set(g) == set(SEARCH_KEYS[model]) for g in grid), model
+    paper = TrainConfig.paper(str(tmp_path))
+    assert (paper.lstm_hidden, paper.lstm_lr, paper.lstm_optimizer, paper.lstm_momentum, paper.lstm_batch_size,
+            paper.lstm_peephole) == ((1024, 512), 1e-4, "sgd", 0.9, 10, True)
+    assert paper.fusion_lr == PAPER_LR == 0.7 and paper.lam1 == PAPER_LAM1 == 3e-5
+    assert 3e-5 in paper.lam2_grid and 3e-5 in paper.lam3_grid and max(paper.lam2_grid) <= 1e-4
+    with pytest.raises(ValueError, match="cv_folds"):
+        TrainConfig(store_uri=str(tmp_path), cv_folds=1)
+    with pytest.raises(ValueError, match="svm_c_grid"):
+        TrainConfig(store_uri=str(tmp_path), svm_c_grid=(float("nan"),))
+
+
+def test_group_folds_keep_groups_whole_and_balance_videos():
+    from hyvid.pipelines.training.data import group_folds
+
+    groups = ["g1"] * 5 + ["g2"] * 4 + ["g3"] * 3 + ["g4"] * 3 + ["g5"] * 1
+    folds = group_folds(groups, 3)
+    for g in set(groups):
+        assert len({f for f, h in zip(folds, groups, strict=True) if h == g}) == 1, g
+    sizes = np.bincount(folds, minlength=3)
+    assert sizes.max() - sizes.min() <= 2 and set(folds) == {0, 1, 2}
+    with pytest.raises(ValueError, match="at least 4 groups"):
+        group_folds(["a", "b", "c"], 4)
 
 
 def test_cli_train_flags_parse(tmp_path):
     from hyvid.pipelines.cli import build_parser
 
     args = build_parser().parse_args(
-        ["train", "--store", str(tmp_path), "--models", "fusion,baselines", "--epochs", "3", "--paper-lstm",
+        ["train", "--store", str(tmp_path), "--models", "fusion,baselines", "--epochs", "3", "--paper",
          "--lam-grid", "0,1e-4", "--workers-per-model", "2", "--sequential", "--fusion-lr", "0.7"]
     )
-    assert args.command == "train" and args.epochs == 3 and args.paper_lstm and args.sequential
+    assert args.command == "train" and args.epochs == 3 and args.paper and args.sequential
     assert args.lam_grid == "0,1e-4" and args.workers_per_model == 2 and args.fusion_lr == 0.7
 
 
@@ -81,6 +118,8 @@ def test_missing_frame_features_names_the_stage(tmp_path):
 # ------------------------------------------------------------------------------------------------
 EPOCHS_LSTM, EPOCHS_VIDEO, KILL_AT = 12, 30, 3
 LAM2_GRID = (0.0, 3e-4)
+NN_LR_GRID = (0.01, 0.03)
+CV_FOLDS = 2
 EXPERIMENT = "train-test"
 
 
@@ -101,6 +140,7 @@ def trained(ray_session, tmp_path_factory):
         store_uri=store, tracking_uri=uri, experiment=EXPERIMENT,
         lstm_epochs=EPOCHS_LSTM, lstm_hidden=(32, 16), video_epochs=EPOCHS_VIDEO,
         abstraction=32, fusion_units=32, nn_hidden=32, lam2_grid=LAM2_GRID, lam3_grid=(0.0,),
+        nn_lr_grid=NN_LR_GRID, svm_c_grid=(1.0, 10.0), noreg_lr_grid=(0.1, 0.3), cv_folds=CV_FOLDS,
         # Its worker dies once; Ray Train must resume it.
         faults=faults.spec(faults.Fault(faults.TRAIN_AFTER_EPOCH, "motion_lstm", epoch=KILL_AT)),
     )
@@ -243,9 +283,51 @@ def test_fusion_cv_trials_are_nested_under_the_fusion_run(trained):
     assert float(_run(trained, "fusion_noreg").data.params["lam2"]) == 0.0
     from hyvid.pipelines.train import DEMO_FUSION_LR
 
-    # Trials, the refit and fusion_noreg all take the configured step (the demo's, not the paper's 0.7).
-    for run in (*trials, client.get_run(parent), _run(trained, "fusion_noreg")):
+    # The fusion net's trials and final fit take the configured step (the demo's, not the paper's 0.7);
+    # fusion_noreg searched its own.
+    for run in (*trials, client.get_run(parent)):
         assert float(run.data.params["fusion_lr"]) == trained["cfg"].fusion_lr == DEMO_FUSION_LR != 0.7
+    assert float(_run(trained, "fusion_noreg").data.params["fusion_lr"]) in (0.1, 0.3)
+
+
+@pytest.mark.slow
+def test_baselines_choose_their_main_hyperparameter_on_val_in_nested_trials(trained):
+    client = trained["client"]
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id])
+    for model, key, grid in (("nn_ef", "nn_lr", NN_LR_GRID), ("svm_lf", "svm_c", (1.0, 10.0)),
+                             ("fusion_noreg", "fusion_lr", (0.1, 0.3))):
+        parent = trained["result"].models[model].run_id
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent
+                  and r.data.tags["hyvid.stage"] == "train-cv" and "fold" not in r.info.run_name]
+        assert sorted(float(t.data.params[key]) for t in trials) == sorted(grid), model
+        assert all("test_accuracy" not in t.data.metrics for t in trials), model
+        best = max(trials, key=lambda t: t.data.metrics["best_val"])
+        chosen = float(client.get_run(parent).data.params[key])
+        assert best.data.metrics["best_val"] == max(
+            t.data.metrics["best_val"] for t in trials if float(t.data.params[key]) == chosen), model
+        assert trained["result"].models[model].extra == {key: chosen}
+
+
+@pytest.mark.slow
+def test_hybrid_components_get_out_of_fold_scores_of_every_training_video(trained):
+    from hyvid.models import registry as R
+    from hyvid.store.feature_store import FeatureStore
+
+    fs = FeatureStore(trained["store"])
+    train_ids = set(fs.videos(split=1, subset="train").column("video_id").to_pylist())
+    client = trained["client"]
+    for model in R.HYBRID_COMPONENTS:
+        s = fs.scores(model, 1, "train")
+        assert set(s.video_ids) == train_ids and set(s.subsets) == {"train"}, model
+        run = client.get_run(trained["result"].models[model].run_id)
+        assert s.run_id == run.info.run_id
+        assert run.data.metrics["cv_folds"] == CV_FOLDS and run.data.metrics["oof_videos"] == len(train_ids)
+        # Out-of-fold scores are honest held-out scores: well above chance (1/4) on the toy data,
+        # and no better than perfect.
+        assert 0.4 <= run.data.metrics["oof_accuracy"] <= 1.0, model
+    with pytest.raises(FileNotFoundError):
+        fs.scores("nn_ef", 1, "train")  # not a hybrid component: no folds fitted
 
 
 @pytest.mark.slow
