@@ -63,6 +63,12 @@ EXTRACT_ARTIFACT = "extract_settings.json"
 CLASSES_ARTIFACT = "classes.json"
 HYBRID_SUMMARY_ARTIFACT = "hybrid_summary.json"
 HYBRID_CANDIDATES_ARTIFACT = "hybrid_candidates.json"
+FINDINGS_ARTIFACT = "findings.json"  # the hybrid's paired-bootstrap tests of the paper's findings
+
+# -- metric suffixes ----------------------------------------------------------------------------
+CI_LOW_SUFFIX = "_ci_low"  # test_accuracy_ci_low / _ci_high: the 95% bootstrap interval over test videos
+CI_HIGH_SUFFIX = "_ci_high"
+N_VIDEOS_METRIC = "n_videos"  # test_n_videos: how many videos the test metrics (and intervals) rest on
 
 _FINISHED = "FINISHED"
 
@@ -70,6 +76,21 @@ _FINISHED = "FINISHED"
 def metric_name(subset: str, metric: str) -> str:
     """`val_accuracy`, `test_map`, ...: how a subset's metric is logged."""
     return f"{subset}_{metric}"
+
+
+def ci_metric_names(subset: str, metric: str) -> tuple[str, str]:
+    """`test_accuracy_ci_low`, `test_accuracy_ci_high`: how a metric's bootstrap interval is logged."""
+    name = metric_name(subset, metric)
+    return name + CI_LOW_SUFFIX, name + CI_HIGH_SUFFIX
+
+
+def interval_metrics(subset: str, intervals: dict[str, tuple[float, float]], n_videos: int) -> dict[str, float]:
+    """The `<subset>_<metric>_ci_low/_ci_high` and `<subset>_n_videos` metrics of a set of intervals."""
+    out = {metric_name(subset, N_VIDEOS_METRIC): float(n_videos)}
+    for m, (lo, hi) in intervals.items():
+        lo_name, hi_name = ci_metric_names(subset, m)
+        out[lo_name], out[hi_name] = float(lo), float(hi)
+    return out
 
 
 def model_uri(run_id: str) -> str:

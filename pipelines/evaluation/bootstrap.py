@@ -89,6 +89,8 @@ class _Prepared:
                 raise ValueError(f"{n} score rows but {self.y.shape[0]} label lists")
             hits = np.take_along_axis(self.y, top, axis=1).astype(bool)
             self.hits = {R.ACCURACY: hits[:, 0], R.TOP5: hits.any(axis=1)}
+            # As metrics.multilabel_hit_at_k: a video with no true class can neither hit nor miss.
+            self.counted = self.y.any(axis=1)
         else:
             if labels is None:
                 raise ValueError("single-label evaluation needs labels (one class index per video)")
@@ -99,6 +101,7 @@ class _Prepared:
                 raise ValueError(f"labels must lie in [0, {c}) for {c} classes, got [{lab.min()}, {lab.max()}]")
             self.y = M.label_matrix([[int(v)] for v in lab], c)
             self.hits = {R.ACCURACY: M.predictions(scores) == lab, R.TOP5: (top == lab[:, None]).any(axis=1)}
+            self.counted = np.ones(n, dtype=bool)
 
     def metrics(self) -> tuple[str, ...]:
         """The metrics metrics.evaluate reports for this kind of data (no mean class accuracy on multi-label)."""
@@ -111,7 +114,10 @@ class _Prepared:
         if metric not in self.metrics():
             raise ValueError(f"metric {metric!r} is not defined here; choose from {list(self.metrics())}")
         if metric in self.hits:
-            return (w @ self.hits[metric].astype(w.dtype)).astype(np.float64) / w.sum(axis=1, dtype=np.float64)
+            hit = (w @ self.hits[metric].astype(w.dtype)).astype(np.float64)
+            counted = (w @ self.counted.astype(w.dtype)).astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(counted > 0, hit / counted, np.nan)
         if metric == R.MEAN_CLASS_ACCURACY:
             yf = self.y.astype(w.dtype)
             totals = (w @ yf).astype(np.float64)

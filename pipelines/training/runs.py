@@ -13,6 +13,7 @@ import torch
 
 from hyvid.models import registry as R
 from hyvid.pipelines import tracking
+from hyvid.pipelines.evaluation.bootstrap import metric_intervals
 from hyvid.pipelines.training.data import LINEAGE_TABLES, LSTM_STREAM, Subset
 from hyvid.pipelines.training.families import FUSION_NETS, evaluate
 
@@ -89,7 +90,11 @@ def metric_batch(values: dict[str, float], step: int) -> list:
 
 def score_subsets(config: dict, data: dict[str, Subset], score: Callable[[Subset], np.ndarray]
                   ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Scores of the val and test subsets present, and their metrics named val_* / test_*."""
+    """Scores of the val and test subsets present, and their metrics named val_* / test_*.
+
+    The test metrics also get their 95% bootstrap interval over test videos (test_<metric>_ci_low
+    / _ci_high) and the count they rest on (test_n_videos), which `hyvid report` prints.
+    """
     scores, metrics = {}, {}
     for sub in ("val", "test"):
         if sub not in data:
@@ -97,6 +102,9 @@ def score_subsets(config: dict, data: dict[str, Subset], score: Callable[[Subset
         scores[sub] = score(data[sub])
         for k, v in evaluate(config, scores[sub], data[sub]).items():
             metrics[tracking.metric_name(sub, k)] = v
+        if sub == "test" and len(data[sub]):
+            ci = metric_intervals(scores[sub], data[sub].labels, data[sub].labels_multi, bool(config["multilabel"]))
+            metrics.update(tracking.interval_metrics(sub, ci, len(data[sub])))
     return scores, metrics
 
 
