@@ -3,15 +3,18 @@
 * NN-EF (:class:`EarlyFusionMLP`): the streams' features concatenated into one MLP.
 * NN-LF (:class:`LateFusionMLP`): one MLP per stream, trained independently, class scores averaged.
 * SVM-EF (:class:`SVMEarlyFusion`): a χ² kernel per stream, the kernels averaged, one SVM on the average.
-* SVM-LF (:class:`SVMLateFusion`): one χ²-kernel SVM per stream, decision scores averaged. With a single stream
-  it is Table 2's "Spatial SVM" / "Motion SVM".
+* SVM-LF (:class:`SVMLateFusion`): one χ²-kernel SVM per stream, decision scores averaged.
+* Spatial SVM / Motion SVM (:class:`SingleStreamSVM`): the χ²-kernel SVM on one stream, which it picks itself
+  from the full list of streams (so it is called like every other baseline).
+* SVM-MKL is in :mod:`hyvid.models.mkl`, M-DBM in :mod:`hyvid.models.mdbm`, RDNN in :mod:`hyvid.models.rdnn`.
 * The non-regularized fusion network (``fusion_noreg``) is :class:`models.fusion.RegularizedFusionNet` trained
   with lam2 = lam3 = 0; it has no class of its own.
 
-The MLPs are pure PyTorch: ``head_logits(xs) -> [H, B, C]`` (H = 1 head for EF, one per stream for LF), ``forward(xs)
--> [B, C]`` scores (softmax, or sigmoid when ``multilabel=True``, averaged over heads), and :func:`mlp_loss` trains
-every head against the labels; since the LF heads share no parameters, that is the same as training each stream's
-MLP on its own.
+The MLPs are pure PyTorch and standardize each stream's input with its training statistics, as the fusion net
+does (``fit_input_stats``, buffers kept in the model): ``head_logits(xs) -> [H, B, C]`` (H = 1 head for EF, one
+per stream for LF), ``forward(xs) -> [B, C]`` scores (softmax, or sigmoid when ``multilabel=True``, averaged over
+heads), and :func:`mlp_loss` trains every head against the labels; since the LF heads share no parameters, that is
+the same as training each stream's MLP on its own.
 
 The SVMs have a scikit-learn-style API on lists of per-stream arrays:
 ``SVMEarlyFusion(C=1.0).fit([X_spatial, X_motion], y).predict_scores([X_spatial_test, X_motion_test]) -> [N, C]``.
@@ -33,6 +36,8 @@ from sklearn.metrics.pairwise import chi2_kernel as _sk_chi2_kernel
 from sklearn.preprocessing import MultiLabelBinarizer
 from sklearn.svm import SVC, LinearSVC
 from torch import nn
+
+from hyvid.models.norm import Standardize
 
 # Below this, a feature value is treated as float noise around 0 and clipped; above it in magnitude, a negative value
 # means the features are not post-ReLU activations (e.g. they were standardized) and χ² is meaningless on them.
@@ -74,7 +79,18 @@ class _FusionMLP(nn.Module):
         self.input_dims = input_dims
         self.num_classes = int(num_classes)
         self.multilabel = bool(multilabel)
+        # The identity until fit_input_stats: the same standardization the fusion net gets (equal terms).
+        self.input_norms = nn.ModuleList(Standardize(d) for d in input_dims)
         self._build_heads(hidden, dropout)
+
+    def fit_input_stats(self, xs: Sequence[torch.Tensor]) -> None:
+        """Standardize each stream's input with its training statistics (kept as buffers)."""
+        for norm, x in zip(self.input_norms, xs, strict=True):
+            cast(Standardize, norm).fit(x)
+
+    def _normed(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        self._check(xs)
+        return [norm(x) for norm, x in zip(self.input_norms, xs, strict=True)]
 
     def _build_heads(self, hidden: tuple[int, ...], dropout: float) -> None:
         raise NotImplementedError
@@ -104,8 +120,7 @@ class EarlyFusionMLP(_FusionMLP):
 
     def head_logits(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """``[1, B, C]``: the single head's logits."""
-        self._check(xs)
-        logits: torch.Tensor = self.net(torch.cat(list(xs), dim=1))
+        logits: torch.Tensor = self.net(torch.cat(self._normed(xs), dim=1))
         return logits[None]
 
 
@@ -117,8 +132,7 @@ class LateFusionMLP(_FusionMLP):
 
     def head_logits(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """``[S, B, C]``: each stream's own logits."""
-        self._check(xs)
-        return torch.stack([net(x) for net, x in zip(self.nets, xs, strict=True)])
+        return torch.stack([net(x) for net, x in zip(self.nets, self._normed(xs), strict=True)])
 
 
 def mlp_loss(model: EarlyFusionMLP | LateFusionMLP, xs: Sequence[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
@@ -220,7 +234,10 @@ class _OneVsRestSVM:
         self.linear = linear
 
     def _estimator(self) -> SVC | LinearSVC:
-        return LinearSVC(C=self.C, dual="auto", max_iter=2000) if self.linear else SVC(kernel="precomputed", C=self.C)
+        # A fixed random_state: liblinear's coordinate descent shuffles, and a refit should give the same model.
+        if self.linear:
+            return LinearSVC(C=self.C, dual="auto", max_iter=2000, random_state=0)
+        return SVC(kernel="precomputed", C=self.C)
 
     def fit(self, K: np.ndarray, Y: np.ndarray) -> "_OneVsRestSVM":
         """``K``: the training kernel ``[N, N]`` (or feature map ``[N, F]`` when linear); ``Y``: ``[N, C]`` 0/1."""
@@ -371,3 +388,32 @@ class SVMLateFusion(_SVMFusionBase):
         scores: np.ndarray = np.mean(
             [svm.decision(K) for svm, K in zip(self.svms_, self._kernels(xs), strict=True)], axis=0)
         return scores
+
+
+class SingleStreamSVM(SVMLateFusion):
+    """Table 2's "Spatial SVM" / "Motion SVM": the χ²-kernel SVM of one stream.
+
+    It takes the full list of streams, like every other baseline, and reads only ``xs[stream]``, so a logged
+    model is called the same way as SVM-EF. Other args as :class:`SVMEarlyFusion`.
+    """
+
+    def __init__(self, stream: int, C: float = 1.0, gamma: float | Sequence[float] | None = None,
+                 kernel: str = "exact") -> None:
+        super().__init__(C=C, gamma=gamma, kernel=kernel)
+        if stream < 0:
+            raise ValueError(f"stream must be a stream index >= 0, got {stream}")
+        self.stream = int(stream)
+
+    def _pick(self, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self.stream >= len(xs):
+            raise ValueError(f"SingleStreamSVM reads stream {self.stream}, but only {len(xs)} streams were given")
+        return [xs[self.stream]]
+
+    def fit(self, xs: Sequence[np.ndarray], y: Any, num_classes: int | None = None) -> "SingleStreamSVM":
+        """``xs``: every stream's ``[N, D_i]`` features; only ``xs[stream]`` is used."""
+        super().fit(self._pick(xs), y, num_classes)
+        return self
+
+    def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+        """``[N, num_classes]`` decision values of the one stream's SVMs."""
+        return super().predict_scores(self._pick(xs))

@@ -9,6 +9,7 @@ from sklearn.metrics.pairwise import chi2_kernel as sk_chi2_kernel
 from hyvid.models.baselines import (
     EarlyFusionMLP,
     LateFusionMLP,
+    SingleStreamSVM,
     SVMEarlyFusion,
     SVMLateFusion,
     chi2_gamma,
@@ -135,3 +136,35 @@ def test_nn_multilabel_loss_and_scores():
     torch.testing.assert_close(model(xs), torch.sigmoid(heads).mean(0))
     with pytest.raises(ValueError, match="multi-hot"):
         mlp_loss(model, xs, torch.zeros(6, dtype=torch.long))
+
+
+def test_single_stream_svm_reads_only_its_stream(data):
+    (xs, y), (xt, yt) = data
+    spatial = SingleStreamSVM(stream=0, C=10.0).fit(xs, y)
+    # The same model as SVM-LF fitted on that stream alone, but called with every stream.
+    np.testing.assert_allclose(spatial.predict_scores(xt), SVMLateFusion(C=10.0).fit(xs[:1], y).predict_scores(xt[:1]))
+    motion = SingleStreamSVM(stream=1, C=10.0).fit(xs, y).predict_scores(xt)
+    # Stream s only tells apart the classes with c % 2 == s.
+    even, odd = yt % 2 == 0, yt % 2 == 1
+    assert accuracy(spatial.predict_scores(xt)[even], yt[even]) > accuracy(motion[even], yt[even])
+    assert accuracy(motion[odd], yt[odd]) > accuracy(spatial.predict_scores(xt)[odd], yt[odd])
+    with pytest.raises(ValueError, match="reads stream 2"):
+        SingleStreamSVM(stream=2).fit(xs, y)
+
+
+@pytest.mark.parametrize("cls", [EarlyFusionMLP, LateFusionMLP])
+def test_nn_baselines_standardize_their_inputs_like_the_fusion_net(cls, data):
+    (xs, _), _ = data
+    model = cls([DIM, DIM], NUM_CLASSES, hidden=(8,))
+    scaled = [torch.as_tensor(x, dtype=torch.float32) * k for x, k in zip(xs, (1.0, 1000.0), strict=True)]
+    model.fit_input_stats(scaled)
+    for norm, x in zip(model.input_norms, scaled, strict=True):
+        z = norm(x)
+        torch.testing.assert_close(z.mean(0), torch.zeros(DIM), atol=1e-4, rtol=0)
+        assert float(z.std(0, unbiased=False).max()) < 1.0 + 1e-3
+    assert {k for k in model.state_dict() if k.startswith("input_norms")} >= {"input_norms.0.mean", "input_norms.1.std"}
+    # The logits see standardized inputs: rescaling a stream after fitting the statistics changes them.
+    with torch.no_grad():
+        before = model.head_logits(scaled)
+        model.fit_input_stats([x / 1000.0 for x in scaled])
+        assert not torch.allclose(before, model.head_logits(scaled))
