@@ -10,6 +10,7 @@ import os
 from typing import Iterable
 
 import lance
+import numpy as np
 import pyarrow as pa
 from lance.fragment import FragmentMetadata, write_fragments
 
@@ -88,6 +89,47 @@ def commit_fragments(
         ds = lance.LanceDataset.commit(uri, overwrite, storage_options=storage_options)
     log.debug("committed %d fragment(s) to %s -> version %d", len(fragments), uri, ds.version)
     return ds.version
+
+
+def commit_replacing(
+    store_uri: str,
+    table: str,
+    row_addresses: Iterable[int],
+    new_fragments: Iterable[FragmentMetadata] = (),
+    storage_options: dict[str, str] | None = None,
+    read_version: int | None = None,
+) -> int:
+    """Delete rows by address and add new fragments in one atomic commit; returns the version.
+
+    Row addresses (`_rowaddr`: fragment id << 32 | offset) come from a scan of version
+    `read_version` (default: the latest). Readers see the old rows or the new ones, never both.
+    """
+    ds = open_table(store_uri, table, storage_options, version=read_version)
+    addrs = np.asarray(list(row_addresses), dtype=np.uint64)
+    removed: list[int] = []
+    updated: list[FragmentMetadata] = []
+    frag_ids = addrs >> np.uint64(32)
+    for fid in np.unique(frag_ids):
+        offsets = (addrs[frag_ids == fid] & np.uint64(0xFFFFFFFF)).astype(np.int64).tolist()
+        frag = ds.get_fragment(int(fid))
+        if frag is None:
+            raise ValueError(f"{table}: row addresses name fragment {int(fid)}, which version {ds.version} lacks")
+        new = frag.delete_rows(offsets)
+        if new is None:  # every row of the fragment is gone
+            removed.append(int(fid))
+        else:
+            updated.append(new)
+    op = lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated,
+                                     new_fragments=list(new_fragments))
+    out = lance.LanceDataset.commit(table_uri(store_uri, table), op, read_version=ds.version,
+                                    storage_options=storage_options)
+    log.debug("%s: deleted %d row(s), added fragments -> version %d", table, len(addrs), out.version)
+    return int(out.version)
+
+
+def row_addresses(ds: lance.LanceDataset, columns: list[str], filter: object = None) -> pa.Table:
+    """`columns` and each row's `_rowaddr` (for `commit_replacing`), optionally filtered."""
+    return ds.scanner(columns=columns, filter=filter, with_row_address=True).to_table()
 
 
 def append_rows(

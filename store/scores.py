@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from hyvid.models.registry import check_model_names
 from hyvid.store.lance_io import open_table, table_exists, table_uri
+from hyvid.store.lease import SCORES_LEASE, Lease
 from hyvid.store.tables import SUBSETS, VIDEO_SCORES
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ def upsert_video_scores(
 
     Rows are keyed on (video_id, model, split): existing ones are replaced, new ones inserted,
     other models' rows are untouched. Creates the table on first write. Returns the version.
+    Concurrent upserts (two fits finishing at once) take turns under the store's video_scores
+    lease, so none duplicates a key.
     """
     # Validate before anything is written: a bad score set must not reach the table.
     check_model_names([model])
@@ -47,7 +50,8 @@ def upsert_video_scores(
         raise ValueError(f"scores must be [n_videos={n}, n_classes], got shape {scores.shape}")
     if not np.isfinite(scores).all():
         raise ValueError(f"scores of model {model!r} contain NaN or inf; refusing to store them")
-    labels_multi = [[int(x)] for x in labels] if labels_multi is None else labels_multi
+    # Without labels_multi, each video's one label; a negative one (unknown, or none) is no label.
+    labels_multi = [[int(x)] if int(x) >= 0 else [] for x in labels] if labels_multi is None else labels_multi
     if len(subsets) != n or len(labels) != n or len(labels_multi) != n:
         raise ValueError(
             f"video_ids ({n}), subsets ({len(subsets)}), labels ({len(labels)}) and "
@@ -73,18 +77,21 @@ def upsert_video_scores(
     )
     if data.num_rows == 0:
         raise ValueError(f"no scores to store for model {model!r} split {split}")
+    # Under the video_scores lease: two upserts inserting the same new keys would otherwise both
+    # insert (Lance's merge_insert sees no conflict between disjoint new fragments).
+    with Lease(store_uri, SCORES_LEASE, f"video_scores upsert ({model}, split {split})",
+               storage_options=storage_options) as lease:
+        lease.check()
+        return _upsert(store_uri, model, split, data, storage_options)
+
+
+def _upsert(store_uri: str, model: str, split: int, data: pa.Table, storage_options: dict[str, str] | None) -> int:
     uri = table_uri(store_uri, VIDEO_SCORES.name)
     if not table_exists(store_uri, VIDEO_SCORES.name, storage_options):
-        try:
-            ds = lance.write_dataset(data, uri, schema=VIDEO_SCORES.schema, mode="create",
-                                     storage_options=storage_options)
-            log.info("created %s with %d %s scores (version %d)", uri, data.num_rows, model, ds.version)
-            return ds.version
-        except (OSError, ValueError) as e:
-            # Another writer created it between our check and our write: upsert into theirs.
-            if not table_exists(store_uri, VIDEO_SCORES.name, storage_options):
-                raise
-            log.debug("video_scores appeared concurrently (%s); upserting", e)
+        ds = lance.write_dataset(data, uri, schema=VIDEO_SCORES.schema, mode="create",
+                                 storage_options=storage_options)
+        log.info("created %s with %d %s scores (version %d)", uri, data.num_rows, model, ds.version)
+        return int(ds.version)
     ds = open_table(store_uri, VIDEO_SCORES.name, storage_options)
     stats = (
         ds.merge_insert(list(SCORE_KEY))
@@ -92,6 +99,6 @@ def upsert_video_scores(
         .when_not_matched_insert_all()
         .execute(data)
     )
-    version = open_table(store_uri, VIDEO_SCORES.name, storage_options).version
+    version = int(open_table(store_uri, VIDEO_SCORES.name, storage_options).version)
     log.info("upserted %s scores of split %d: %s (version %d)", model, split, stats, version)
     return version

@@ -56,6 +56,10 @@ VIDEOS = Table(
             pa.field("extract_config", pa.string()),  # hash of the extraction settings
             pa.field("flow_bound", pa.float32()),  # the ± clip bound used to quantize flow
             pa.field("node_id", pa.string()),  # Ray node that extracted it (spread record)
+            # The source file when it was extracted (local files): a failed video whose file has
+            # changed since is extracted again by the next run.
+            pa.field("file_size", pa.int64()),
+            pa.field("file_mtime", pa.float64()),  # seconds since the epoch
         ]
     ),
 )
@@ -141,3 +145,12 @@ VIDEO_SCORES = Table(
 )
 
 TABLE_NAMES = (VIDEOS.name, CLASSES.name, CLIPS.name, FRAME_FEATURES_NAME, VIDEO_SCORES.name)
+
+# The key of each table: no two rows share one (`hyvid doctor` checks and repairs this).
+TABLE_KEYS = {
+    VIDEOS.name: ("video_id",),
+    CLASSES.name: ("label",),
+    CLIPS.name: ("video_id", "position"),
+    FRAME_FEATURES_NAME: ("video_id", "position"),
+    VIDEO_SCORES.name: ("video_id", "model", "split"),
+}
