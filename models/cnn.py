@@ -70,11 +70,22 @@ class _Head(nn.Module):
 
 
 class _StreamCNN(nn.Module):
-    """Common API of the two streams: `pooled` (backbone) -> `_head`."""
+    """Common API of the two streams: `pooled` (backbone) -> `_head`.
+
+    `multilabel` says how the logits become class scores (`scores`): a softmax over the classes
+    (single-label, the paper's UCF-101 classifier) or a sigmoid per class (multi-label data such
+    as CCV, trained with binary cross-entropy). A class attribute, so models pickled before it
+    existed load as single-label.
+    """
 
     num_classes: int
     feature_dim: int
+    multilabel: bool = False
     _head: _Head
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class scores [N, C] from logits: sigmoid per class (multi-label) or softmax."""
+        return torch.sigmoid(logits) if self.multilabel else logits.softmax(1)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -206,14 +217,18 @@ class MotionCNN(_StreamCNN):
 
 
 def build_stream_cnn(stream: str, num_classes: int, stack: int, feature_dim: int = 1024, dropout: float = 0.5,
-                     finetune: str = "head", pretrained: bool = True) -> nn.Module:
+                     finetune: str = "head", pretrained: bool = True, multilabel: bool = False) -> nn.Module:
     """The CNN of one stream ("spatial" or "motion"), with the architecture arguments train-cnn records."""
+    model: _StreamCNN
     if stream == "spatial":
-        return SpatialCNN(num_classes, feature_dim=feature_dim, dropout=dropout, pretrained=pretrained,
-                          finetune=finetune)
-    if stream == "motion":
-        return MotionCNN(num_classes, stack=stack, feature_dim=feature_dim, dropout=dropout)
-    raise ValueError(f"unknown stream {stream!r}; choose 'spatial' or 'motion'")
+        model = SpatialCNN(num_classes, feature_dim=feature_dim, dropout=dropout, pretrained=pretrained,
+                           finetune=finetune)
+    elif stream == "motion":
+        model = MotionCNN(num_classes, stack=stack, feature_dim=feature_dim, dropout=dropout)
+    else:
+        raise ValueError(f"unknown stream {stream!r}; choose 'spatial' or 'motion'")
+    model.multilabel = bool(multilabel)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------

@@ -346,7 +346,8 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
                 mp = np.stack([scored[v][1] for v in sv])
                 subsets = [info[v][0] for v in sv]
                 labels = [info[v][1] if info[v][1] is not None else -1 for v in sv]
-                multi = [list(info[v][2] or [lab]) for v, lab in zip(sv, labels, strict=True)]
+                multi = [list(info[v][2]) if info[v][2] is not None else [lab] if lab >= 0 else []
+                         for v, lab in zip(sv, labels, strict=True)]
                 for model, s in ((SPATIAL_CNN, sp), (MOTION_CNN, mp), (TWO_STREAM_CNN, two_stream_scores(sp, mp))):
                     vs_version = upsert_video_scores(store_uri, model, cfg.split, runs[model], sv, subsets, s,
                                                      labels, multi, storage_options=cfg.storage_options)

@@ -19,6 +19,13 @@ divided by 10 for the last ~30% of the epochs (when there are at least 3). Defau
 rates: 1e-2 for the spatial head on the frozen backbone (fc1 and the classifier start from
 scratch), 1e-3 when the whole spatial net is fine-tuned (the paper's fine-tuning rate), and
 1e-2 for the motion CNN from scratch (the paper's starting rate).
+
+On multi-label data (a store where some video has several labels or none, CCV) each CNN is a
+sigmoid classifier trained with binary cross-entropy against its video's multi-hot labels,
+videos with no positive label train as negatives of every class, and the epoch with the best
+validation mAP (`models.registry.primary_metric(True)`) is the one logged; see
+`training.cnn_loop`. The logged model's `scores` are then sigmoids, so `hyvid features` stores
+sigmoid frame and video scores for it.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ from typing import Any, Callable
 
 from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models.cnn import FINETUNE_MODES, build_stream_cnn
-from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, STREAMS, check_split
+from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, STREAMS, check_split, primary_metric
 from hyvid.pipelines import tracking
 from hyvid.pipelines.training.checkpoint import load_checkpoint
 from hyvid.pipelines.training.cnn_loop import lr_milestones, train_loop_per_worker
@@ -127,22 +134,43 @@ class _StreamJob:
     stream: str
     run_id: str
     loop_config: dict[str, Any]
-    state: dict | None = None  # the final checkpoint's state (model, history)
+    state: dict | None = None  # the final checkpoint's state (model, history; best epoch when multi-label)
     checkpoint: str = ""  # where that checkpoint lives
     error: BaseException | None = None
 
 
-def _split_data(store_uri: str, split: int, storage_options: dict | None):
+@dataclass(frozen=True)
+class _SplitData:
+    """What a fit reads about its split's videos (the clips themselves are read by the loop)."""
+
+    train_labels: dict[str, int]  # video -> first label (-1: a multi-label video with none)
+    val_labels: dict[str, int]
+    class_names: list[str]
+    stack: int
+    multilabel: bool
+    train_targets: dict[str, list[int]]  # video -> every label (multi-label data; else empty)
+    val_targets: dict[str, list[int]]
+
+
+def _split_data(store_uri: str, split: int, storage_options: dict | None) -> _SplitData:
     from hyvid.store.feature_store import FeatureStore
 
     fs = FeatureStore(store_uri, storage_options)
+    multilabel = fs.is_multilabel()
     videos = fs.videos(split=split)
     ids = videos.column("video_id").to_pylist()
     labels = videos.column("label").to_pylist()
+    multi = videos.column("labels").to_pylist()
     subsets = videos.column("subset").to_pylist()
     by_subset: dict[str, dict[str, int]] = {"train": {}, "val": {}}
-    for v, lab, s in zip(ids, labels, subsets, strict=True):
-        if s in by_subset and lab is not None and lab >= 0:
+    targets: dict[str, dict[str, list[int]]] = {"train": {}, "val": {}}
+    for v, lab, labs, s in zip(ids, labels, multi, subsets, strict=True):
+        if s not in by_subset:
+            continue
+        if multilabel:  # a video with no positive label is a negative of every class
+            by_subset[s][v] = int(lab) if lab is not None else -1
+            targets[s][v] = [int(c) for c in labs or ()]
+        elif lab is not None and lab >= 0:
             by_subset[s][v] = int(lab)
     if not by_subset["train"]:
         raise ValueError(f"no labelled ok training video in split {split} of store {store_uri!r}; "
@@ -152,10 +180,12 @@ def _split_data(store_uri: str, split: int, storage_options: dict | None):
     first = clips.to_table(columns=["stack"], limit=1)
     if first.num_rows == 0:
         raise ValueError(f"the clips table of store {store_uri!r} is empty; run `hyvid extract` first")
-    return by_subset["train"], by_subset["val"], class_names, int(first.column("stack")[0].as_py())
+    return _SplitData(by_subset["train"], by_subset["val"], class_names, int(first.column("stack")[0].as_py()),
+                      multilabel, targets["train"], targets["val"])
 
 
-def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_names: list[str], stack: int):
+def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_names: list[str], stack: int,
+                 multilabel: bool = False):
     """Driver side: per-epoch metrics and the final model into the stream's MLflow run."""
     import mlflow
 
@@ -174,12 +204,18 @@ def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_nam
             step = int(m["epoch"])
             mlflow.log_metrics({k: float(v) for k, v in m.items() if k != "epoch"}, step=step)
         model = build_stream_cnn(job.stream, num_classes, stack, cfg.feature_dim, cfg.dropout, cfg.finetune,
-                            pretrained=False)
-        model.load_state_dict(state["model"])
+                                 pretrained=False, multilabel=multilabel)
+        # Multi-label fits log their best val-mAP epoch; single-label ones their last (see cnn_loop).
+        best = state.get("best") or {}
+        model.load_state_dict(best["model"] if best.get("model") is not None else state["model"])
         model.eval()
+        if best.get("model") is not None:
+            mlflow.log_metrics({"best_epoch": float(best["epoch"]), f"best_val_{primary_metric(True)}":
+                                float(best["value"])})
         mlflow.log_dict(
             {"stream": job.stream, "num_classes": num_classes, "class_names": class_names, "stack": stack,
-             "feature_dim": cfg.feature_dim, "finetune": cfg.finetune, "checkpoint": job.checkpoint},
+             "feature_dim": cfg.feature_dim, "finetune": cfg.finetune, "checkpoint": job.checkpoint,
+             "multilabel": multilabel},
             tracking.CNN_CONFIG_ARTIFACT,
         )
         # Pickle (not pt2/torch.export) keeps the whole module, so `features()` is there on load.
@@ -205,7 +241,8 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
     from hyvid.cluster.resources import scaling_config
 
     store_uri = canonical_store_uri(cfg.store_uri)
-    train_labels, val_labels, class_names, stack = _split_data(store_uri, cfg.split, cfg.storage_options)
+    data = _split_data(store_uri, cfg.split, cfg.storage_options)
+    train_labels, val_labels, class_names, stack = data.train_labels, data.val_labels, data.class_names, data.stack
     num_classes = len(class_names)
     if num_classes < 2:
         raise ValueError(f"store {store_uri!r} has {num_classes} class(es); a classifier needs at least 2")
@@ -227,7 +264,9 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
             params = {k: v for k, v in asdict(cfg).items() if k not in ("storage_options", "stream", "lr")}
             params.update(stream=stream, lr=lr, num_classes=num_classes, stack=stack, use_gpu=use_gpu,
                           cpus_per_worker=cpus, n_train_videos=len(train_labels), n_val_videos=len(val_labels),
-                          optimizer="sgd", lr_milestones=json.dumps(lr_milestones(cfg.epochs)))
+                          optimizer="sgd", lr_milestones=json.dumps(lr_milestones(cfg.epochs)),
+                          multilabel=data.multilabel, loss="bce_with_logits" if data.multilabel else "cross_entropy",
+                          selected_by=f"val_{primary_metric(True)} (best epoch)" if data.multilabel else "last epoch")
             tracking.log_params_safe(params)
             run_id = run.info.run_id
         loop_config = {
@@ -236,7 +275,8 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
             "num_classes": num_classes, "stack": stack, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "lr": lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "finetune": cfg.finetune,
             "feature_dim": cfg.feature_dim, "dropout": cfg.dropout, "crop": cfg.crop, "seed": cfg.seed,
-            "cpus_per_worker": cpus, "head_views": cfg.head_views,
+            "cpus_per_worker": cpus, "head_views": cfg.head_views, "multilabel": data.multilabel,
+            "train_targets": data.train_targets, "val_targets": data.val_targets,
         }
         jobs.append(_StreamJob(stream, run_id, loop_config))
 
@@ -281,7 +321,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
 
     run_ids, metrics, history, checkpoints = {}, {}, {}, {}
     for job in jobs:
-        path, hist = _log_results(job, cfg, store_uri, class_names, stack)
+        path, hist = _log_results(job, cfg, store_uri, class_names, stack, data.multilabel)
         run_ids[job.stream] = job.run_id
         if path is not None:
             checkpoints[job.stream] = path

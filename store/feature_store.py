@@ -134,6 +134,14 @@ def collate_sequences(
     return out, lengths, labels, [item[2] for item in batch], [item[3] for item in batch]
 
 
+def _all_labels(labels: list[int] | None, label: int | None) -> list[int]:
+    """A video's class indices: its `labels` list (empty for a multi-label video with no positive
+    label), or, for rows written without one, its first label when that is known (>= 0)."""
+    if labels is not None:
+        return [int(x) for x in labels]
+    return [int(label)] if label is not None and label >= 0 else []
+
+
 def _vectors(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A fixed_size_list<float32>[D] column as a writable float32 [N, D] array (torch wants writable)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -260,10 +268,10 @@ class FeatureStore:
         return [str(n) for n in t.column("class_name").to_pylist()]
 
     def is_multilabel(self) -> bool:
-        """True when any ok video carries more than one label (CCV-like datasets)."""
+        """True when any ok video carries several labels or none (CCV-like datasets)."""
         t = self.table(VIDEOS.name).to_table(columns=["labels"], filter=pc.field("status") == STATUS_OK)
-        lengths = pc.list_value_length(t.column("labels"))
-        return bool(len(lengths) and pc.max(lengths).as_py() is not None and pc.max(lengths).as_py() > 1)
+        lengths = pc.list_value_length(t.column("labels")).drop_null().to_numpy()
+        return bool(len(lengths) and (lengths != 1).any())
 
     # -- per-video rows -----------------------------------------------------------------------
     def _one_video(self, table: str, video_id: str, columns: list[str] | None, start: int = 0,
@@ -336,7 +344,7 @@ class FeatureStore:
     def _labels(vids: pa.Table, keep: list[int]) -> tuple[list[int], list[list[int]]]:
         labels = vids.column("label").to_pylist()
         multi = vids.column("labels").to_pylist()
-        return [labels[i] for i in keep], [list(multi[i] or [labels[i]]) for i in keep]
+        return [labels[i] for i in keep], [_all_labels(multi[i], labels[i]) for i in keep]
 
     def sequences(self, split: int, subset: str | None,
                   streams: Sequence[str] = STREAMS) -> SequenceDataset:
@@ -443,7 +451,7 @@ class FeatureStore:
             raise ValueError(f"scores of model {model!r} split {split} have mixed class counts {n_classes}")
         run_ids = sorted(set(t.column("run_id").to_pylist()) - {None})
         labels = t.column("label").to_pylist()
-        labels_multi = [list(m or [lab]) for m, lab in zip(t.column("labels").to_pylist(), labels, strict=True)]
+        labels_multi = [_all_labels(m, lab) for m, lab in zip(t.column("labels").to_pylist(), labels, strict=True)]
         return ScoreSet(
             video_ids=t.column("video_id").to_pylist(),
             scores=np.asarray(score_lists, dtype=np.float32),

@@ -11,21 +11,36 @@ _SYNTH_EXAMPLES = """  hyvid synth data/synth                      # the default
   hyvid synth data/tiny --classes 4 --videos-per-class 2 --frames 40
   hyvid synth data/big --classes 19 --videos-per-class 25 --size 320x240 --seed 7
   hyvid synth data/synth --overwrite --seed 1   # replace a dataset made with other settings
+  hyvid synth data/ccv --multilabel             # CCV-style: 10 labels, 4 per video, OUT/manifest.csv
+  hyvid synth data/ccv_small --multilabel --classes 6 --labels-per-video 2 --videos 60 --size 160x120
 classes are named after the clue that separates them: Appearance* (static appearance),
-Motion* (short-term motion), Order* (order of two sub-actions; pairs). See docs/synth.md."""
+Motion* (short-term motion), Order* (order of two sub-actions; pairs). With --multilabel they are
+the labels, each positive label one panel of a grid in the video. See docs/synth.md."""
 
 
 def _synth_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from hyvid.pipelines.data.synth import MAX_CLASSES, MIN_CLASSES, SynthConfig
+    from hyvid.pipelines.data.synth import MAX_CLASSES, MIN_CLASSES, MultiLabelConfig, SynthConfig
 
     d = defaults(SynthConfig)
-    p.add_argument("out", help="output directory (UCF-101 layout: OUT/<Class>/*.avi + OUT/ucfTrainTestlist/)")
+    m = defaults(MultiLabelConfig)
+    p.add_argument("out", help="output directory (UCF-101 layout: OUT/<Class>/*.avi + OUT/ucfTrainTestlist/; "
+                               "with --multilabel OUT/manifest.csv + OUT/videos/)")
     p.add_argument("--classes", type=int,
-                   help=f"number of classes, {MIN_CLASSES}..{MAX_CLASSES} (default {d.classes})")
+                   help=f"number of classes (labels with --multilabel), {MIN_CLASSES}..{MAX_CLASSES} "
+                        f"(default {d.classes})")
     p.add_argument("--videos-per-class", type=int,
                    help=f"videos per class, spread over groups g01..g25 (default {d.videos_per_class})")
     p.add_argument("--frames", type=int, help=f"mean frames per video; each varies by ±20%% (default {d.frames})")
-    p.add_argument("--size", help=f"WxH (default {'x'.join(map(str, d.size))})")
+    p.add_argument("--size", help=f"WxH (default {'x'.join(map(str, d.size))}; "
+                                  f"{'x'.join(map(str, m.size))} with --multilabel)")
+    p.add_argument("--multilabel", action="store_true", default=None,
+                   help="write a CCV-style multi-label dataset: a manifest CSV (path,labels,subset,group) whose "
+                        "videos each show several labels, one per panel of a grid")
+    p.add_argument("--labels-per-video", type=int,
+                   help=f"--multilabel: labels of every labelled video (default {m.labels_per_video})")
+    p.add_argument("--empty-fraction", type=float,
+                   help=f"--multilabel: fraction of videos with no label (default {m.empty_fraction})")
+    p.add_argument("--videos", type=int, help=f"--multilabel: number of videos (default {m.videos})")
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     p.add_argument("--stack", type=int,
                    help=f"flow stack length L the order classes' pause must exceed (default {d.stack})")
@@ -34,21 +49,43 @@ def _synth_args(p: argparse.ArgumentParser, s: Settings) -> None:
                    help="replace a synth dataset made with other settings")
 
 
-def _synth_config(args: argparse.Namespace, s: Settings):
-    from hyvid.pipelines.data.synth import SynthConfig, parse_size
+_MULTILABEL_ONLY = ("labels_per_video", "empty_fraction", "videos")
 
-    return SynthConfig(out=args.out, **given(
-        classes=args.classes, videos_per_class=args.videos_per_class, frames=args.frames,
-        size=parse_size(args.size) if args.size is not None else None, seed=args.seed, stack=args.stack,
-        workers=args.workers, overwrite=args.overwrite))
+
+def _synth_config(args: argparse.Namespace, s: Settings):
+    from hyvid.pipelines.data.synth import MultiLabelConfig, SynthConfig, parse_size
+
+    shared = given(classes=args.classes, frames=args.frames,
+                   size=parse_size(args.size) if args.size is not None else None, seed=args.seed, stack=args.stack,
+                   workers=args.workers, overwrite=args.overwrite)
+    if args.multilabel:
+        if args.videos_per_class is not None:
+            raise ValueError("--videos-per-class is for single-label data; with --multilabel give --videos")
+        return MultiLabelConfig(out=args.out, **shared, **given(
+            labels_per_video=args.labels_per_video, empty_fraction=args.empty_fraction, videos=args.videos))
+    extra = [f"--{k.replace('_', '-')}" for k in _MULTILABEL_ONLY if getattr(args, k) is not None]
+    if extra:
+        raise ValueError(f"{', '.join(extra)} only apply with --multilabel")
+    return SynthConfig(out=args.out, **shared, **given(videos_per_class=args.videos_per_class))
 
 
 def _synth_run(args: argparse.Namespace, s: Settings) -> int:
     from collections import Counter
 
-    from hyvid.pipelines.data.synth import synth
+    from hyvid.pipelines.data.synth import MultiLabelConfig, synth, synth_multilabel
 
-    res = synth(_synth_config(args, s))
+    cfg = _synth_config(args, s)
+    if isinstance(cfg, MultiLabelConfig):
+        ml = synth_multilabel(cfg)
+        verb = "reused" if ml.reused else "wrote"
+        n_empty = sum(not v.labels for v in ml.videos)
+        print(f"{verb} {len(ml.videos)} multi-label videos ({cfg.labels_per_video} of {len(ml.classes)} labels each, "
+              f"{n_empty} with none) in {ml.root} [{ml.seconds:.1f} s]")
+        for c in ml.classes:
+            print(f"  {c.label + 1:2d} {c.name:22s} {c.kind:10s} {c.description}")
+        print(f"next: hyvid run {ml.manifest} --store STORE")
+        return 0
+    res = synth(cfg)
     kinds = Counter(c.kind for c in res.classes)
     verb = "reused" if res.reused else "wrote"
     print(f"{verb} {len(res.videos)} videos of {len(res.classes)} classes "

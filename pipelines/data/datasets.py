@@ -10,6 +10,9 @@ Two inputs are understood:
 - a **manifest CSV** with a header `path,labels[,subset][,group]`: paths relative to the CSV's
   folder (or absolute), `labels` one class name or several joined by `|` (multi-label), `subset`
   `train`/`test` (membership of split 1), `group` (videos of one group never straddle train/val).
+  In a multi-label manifest (one where some video has several labels) an empty `labels` cell is a
+  video with no positive label, as CCV has: `labels=()` and `label=NO_LABEL` (-1). A manifest
+  whose videos all have one label or none is single-label, and an empty cell there is refused.
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ UCF_LISTS_DIR = "ucfTrainTestlist"
 UCF_SPLITS = (1, 2, 3)
 OFFICIAL_SUBSETS = ("train", "test")
 _GROUP_RE = re.compile(r"_(g\d+)_", re.IGNORECASE)
+# `label` of a video with no positive label (multi-label data only; the store's `label` column
+# holds -1 for "unknown" too, and every reader that takes first labels skips negative ones).
+NO_LABEL = -1
 
 
 @dataclass(frozen=True)
@@ -36,8 +42,8 @@ class VideoEntry:
     video_id: str  # relative path without extension, POSIX separators: stable across machines
     path: str  # absolute path of the file
     class_name: str  # "A|B" for multi-label videos
-    label: int  # first (or only) class index, 0-based
-    labels: tuple[int, ...]
+    label: int  # first (or only) class index, 0-based; NO_LABEL for a multi-label video with none
+    labels: tuple[int, ...]  # () for a multi-label video with no positive label
     group: str  # UCF-101 "gXX"; the manifest's group; else the video_id itself
     splits: tuple[tuple[int, str], ...] = ()  # ((split, "train" | "test"), ...)
 
@@ -53,7 +59,8 @@ class Dataset:
 
     @property
     def multi_label(self) -> bool:
-        return any(len(e.labels) > 1 for e in self.entries)
+        """Multi-label data: some video has several labels, or none (CCV)."""
+        return any(len(e.labels) != 1 for e in self.entries)
 
 
 def group_of(name: str, default: str) -> str:
@@ -196,14 +203,20 @@ def load_manifest(csv_path: str | os.PathLike) -> Dataset:
             if not row.get("path"):
                 raise ValueError(f"{csv_path}:{n}: empty path")
             names = [c.strip() for c in row.get("labels", "").split("|") if c.strip()]
-            if not names:
-                raise ValueError(f"{csv_path}:{n}: no label for {row['path']!r}")
             subset = row.get("subset", "").lower()
             if subset and subset not in OFFICIAL_SUBSETS:
                 raise ValueError(f"{csv_path}:{n}: subset must be train or test, got {row['subset']!r}")
             rows.append((n, row, names, subset))
     if not rows:
         raise ValueError(f"{csv_path}: the manifest lists no videos")
+    if not any(len(names) > 1 for _, _, names, _ in rows):
+        # Single-label data: every video needs its class (only multi-label data has label-less videos).
+        for n, row, names, _ in rows:
+            if not names:
+                raise ValueError(f"{csv_path}:{n}: no label for {row['path']!r}; a single-label manifest "
+                                 "needs one per video (empty cells are allowed when some video has several)")
+    if not any(names for _, _, names, _ in rows):
+        raise ValueError(f"{csv_path}: no video has a label; give each video's classes in the labels column")
 
     classes = sorted({c for _, _, names, _ in rows for c in names})
     label_of = {c: i for i, c in enumerate(classes)}
@@ -221,7 +234,7 @@ def load_manifest(csv_path: str | os.PathLike) -> Dataset:
                 video_id=vid,
                 path=str(p),
                 class_name="|".join(classes[i] for i in labels),
-                label=labels[0],
+                label=labels[0] if labels else NO_LABEL,
                 labels=labels,
                 group=row.get("group") or group_of(p.stem, vid),
                 splits=((1, subset),) if subset else (),

@@ -126,10 +126,20 @@ def confusion_matrix(scores: np.ndarray, labels: np.ndarray, n_classes: int | No
 
 
 def multilabel_hit_at_k(scores: np.ndarray, y_true: np.ndarray, k: int) -> float:
-    """Fraction of videos with at least one true class among the k best (top-k for multi-label)."""
+    """Fraction of videos with at least one true class among the k best (top-k for multi-label).
+
+    Only videos with at least one true class count: a video with no positive label (CCV has
+    them) has no class to rank first, so it can neither hit nor miss. NaN when no video has one.
+    """
     scores, _ = _check(scores)
-    top = np.argsort(scores, axis=1, kind="mergesort")[:, ::-1][:, :k]
-    return float(np.take_along_axis(np.asarray(y_true), top, axis=1).any(axis=1).mean())
+    y_true = np.asarray(y_true)
+    if y_true.shape != scores.shape:
+        raise ValueError(f"y_true shape {y_true.shape} does not match scores shape {scores.shape}")
+    labelled = y_true.any(axis=1)
+    if not labelled.any():
+        return float("nan")
+    top = np.argsort(scores[labelled], axis=1, kind="mergesort")[:, ::-1][:, :k]
+    return float(np.take_along_axis(y_true[labelled], top, axis=1).any(axis=1).mean())
 
 
 def evaluate(
@@ -142,7 +152,9 @@ def evaluate(
 
     Single-label (UCF-101): accuracy, mean_class_accuracy, top5, and map (one-vs-rest over the
     one-hot labels, handy for comparing with multi-label runs). Multi-label (CCV): map (the
-    paper's metric), plus accuracy and top5 read as "a true class is ranked first / in the top 5".
+    paper's metric), plus accuracy and top5 read as "a true class is ranked first / in the top 5"
+    over the videos that have a true class (`labels` is not read; videos with no positive label
+    only count as negatives in mAP).
     """
     scores, _ = _check(scores)
     n_classes = scores.shape[1]

@@ -30,7 +30,9 @@ def device_of(model: nn.Module) -> torch.device:
 
 def stream_forward(model: nn.Module, data: np.ndarray, prep: Callable[[np.ndarray], torch.Tensor],
                    batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """One stream CNN over P positions -> (fc1 features [P, D], softmax scores [P, C]), float32.
+    """One stream CNN over P positions -> (fc1 features [P, D], class scores [P, C]), float32.
+
+    Scores are softmax probabilities, or per-class sigmoids for a CNN trained on multi-label data.
 
     `data` is uint8 as stored (frames [P, H, W, 3] or flow stacks [P, 2L, H, W]) and `prep` the
     stream's input transform. Runs in eval mode and inference mode on the model's device;
@@ -47,7 +49,9 @@ def stream_forward(model: nn.Module, data: np.ndarray, prep: Callable[[np.ndarra
                 x = x.contiguous(memory_format=torch.channels_last)
             f, logits = model.features_and_logits(x)
             feats.append(f.float().cpu().numpy())
-            probs.append(logits.float().softmax(1).cpu().numpy())
+            # Softmax, or a sigmoid per class for a CNN trained on multi-label data (StreamCNN.scores).
+            scores = getattr(model, "scores", None)
+            probs.append((scores(logits.float()) if scores is not None else logits.float().softmax(1)).cpu().numpy())
     if not feats:
         raise ValueError("stream_forward got no positions; a video needs at least one sampled position")
     return np.concatenate(feats), np.concatenate(probs)

@@ -6,6 +6,12 @@ with SGD (momentum, weight decay, one step-down of the learning rate), evaluates
 checkpoints every epoch through `training.checkpoint`. With a frozen spatial backbone
 (`finetune="head"`) the backbone runs once per clip and view, and the head trains on its cached
 pooled output (see the train_cnn stage's docstring).
+
+On multi-label data (`config["multilabel"]`, CCV) every clip is trained with binary cross-entropy
+(sigmoid per class) against the multi-hot labels of its video, a video's score is the mean of its
+clips' sigmoid scores, and the epoch whose val mAP is best is kept (`best` in the checkpoint
+state: its epoch, val mAP and weights). Single-label fits keep the paper's softmax classifier, report val accuracy
+and keep their last epoch, as they always did.
 """
 from __future__ import annotations
 
@@ -50,6 +56,55 @@ def _evaluate(model: nn.Module, stream: str, data, video_order: list[np.ndarray]
             labels[pos:pos + len(p)] = y
             pos += len(p)
     return _video_hits(probs, labels, video_order)
+
+
+def _clip_scores(model: nn.Module, stream: str, data, video_order: list[np.ndarray], batch_size: int,
+                 num_classes: int, device: torch.device) -> np.ndarray:
+    """Class scores (`model.scores`: sigmoid on multi-label data) of the clips of `video_order`, in order."""
+    model.eval()
+    idx = np.concatenate(video_order) if video_order else np.zeros(0, np.int64)
+    out = np.zeros((len(idx), num_classes), np.float32)
+    pos = 0
+    with torch.no_grad():
+        for x, _, _ in iter_batches(data, idx, batch_size):
+            p = model.scores(model(stream_input(stream, x).to(device))).cpu().numpy()
+            out[pos:pos + len(p)] = p
+            pos += len(p)
+    return out
+
+
+def _video_map(probs: np.ndarray, video_order: list[np.ndarray], targets: np.ndarray, rank: int, world: int,
+               n_videos: int, device: torch.device) -> dict[str, float]:
+    """Val mAP and hit@1 of multi-label video scores (the mean of each video's clip scores).
+
+    `targets` holds this worker's videos' multi-hot rows; each worker holds videos rank::world, so
+    the whole val set is put together by one sum over the workers before scoring (mAP, unlike a
+    hit count, is not a sum of per-worker parts).
+    """
+    from hyvid.pipelines.evaluation.metrics import mean_average_precision, multilabel_hit_at_k
+
+    c = targets.shape[1] if targets.ndim == 2 else probs.shape[1]
+    scores = np.zeros((n_videos, c), np.float64)
+    y = np.zeros((n_videos, c), np.float64)
+    start = 0
+    for k, rows in enumerate(video_order):
+        scores[rank + k * world] = probs[start:start + len(rows)].mean(0)
+        y[rank + k * world] = targets[k]
+        start += len(rows)
+    if world > 1:
+        flat = allreduce_sum([*scores.reshape(-1).tolist(), *y.reshape(-1).tolist()], device)
+        scores = np.asarray(flat[:scores.size]).reshape(scores.shape)
+        y = np.asarray(flat[scores.size:]).reshape(y.shape)
+    y = y.astype(np.int8)
+    return {"val_map": mean_average_precision(scores, y), "val_accuracy": multilabel_hit_at_k(scores, y, 1)}
+
+
+def _multi_hot(video_ids: np.ndarray, targets: dict[str, list[int]], num_classes: int) -> np.ndarray:
+    """float32 [N, C]: row i is the multi-hot label set of video_ids[i] (all zeros for a video with none)."""
+    y = np.zeros((len(video_ids), num_classes), np.float32)
+    for i, v in enumerate(video_ids.tolist()):
+        y[i, targets[v]] = 1.0
+    return y
 
 
 def _video_hits(probs: np.ndarray, labels: np.ndarray, video_order: list[np.ndarray]) -> tuple[float, float, float]:
@@ -121,8 +176,9 @@ def cnn_fit(config: dict[str, Any], session: FitSession, rank: int = 0, world: i
         raise ValueError(f"no clips of the training videos in {config['store_uri']} (clips version "
                          f"{config['clips_version']}); run `hyvid extract` first")
 
+    multilabel = bool(config.get("multilabel", False))
     model = build_stream_cnn(stream, config["num_classes"], config["stack"], config["feature_dim"],
-                        config["dropout"], config["finetune"], pretrained=True)
+                             config["dropout"], config["finetune"], pretrained=True, multilabel=multilabel)
     model = prepare(model) if prepare is not None else model.to(device)
     core = model.module if hasattr(model, "module") else model
     params = [p for p in core.parameters() if p.requires_grad]
@@ -131,6 +187,8 @@ def cnn_fit(config: dict[str, Any], session: FitSession, rank: int = 0, world: i
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(config["epochs"]), gamma=0.1)
     history: list[dict[str, float]] = []
     start_epoch = 0
+    # Multi-label fits keep their best val-mAP epoch: {"epoch", "value", "model"} (see the module doc).
+    best: dict[str, Any] = {"epoch": -1, "value": -np.inf, "model": None}
 
     state = session.restore()
     if state is not None:
@@ -139,18 +197,30 @@ def cnn_fit(config: dict[str, Any], session: FitSession, rank: int = 0, world: i
         sched.load_state_dict(state["scheduler"])
         history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
+        best = state.get("best", best)
         log.info("%s: resuming from the checkpoint of epoch %d", stream, start_epoch - 1)
 
     # Val videos are split among workers whole, so each can average its videos' clip scores.
     val_videos: list[np.ndarray] = []
+    all_val: list[np.ndarray] = []
     if val_data is not None and len(val_data):
         rows_of: dict[str, list[int]] = {}
         for i, v in enumerate(val_data.video_ids.tolist()):
             rows_of.setdefault(v, []).append(i)
-        val_videos = [np.asarray(r, dtype=np.int64) for r in rows_of.values()][rank::world]
+        all_val = [np.asarray(r, dtype=np.int64) for r in rows_of.values()]
+        val_videos = all_val[rank::world]
+    n_val_videos = len(all_val)
 
     crop = (config["crop"], config["crop"])
-    loss_fn = nn.CrossEntropyLoss()
+    num_classes = int(config["num_classes"])
+    if multilabel:
+        # Each clip's target is its video's multi-hot labels; a video with no label is all zeros.
+        loss_fn: nn.Module = nn.BCEWithLogitsLoss()
+        train_multi = torch.from_numpy(_multi_hot(train_data.video_ids, config["train_targets"], num_classes))
+        val_targets = (_multi_hot(np.asarray([val_data.video_ids[r[0]] for r in val_videos], dtype=object),
+                                  config["val_targets"], num_classes) if val_videos else np.zeros((0, num_classes)))
+    else:
+        loss_fn = nn.CrossEntropyLoss()
     cached = stream == "spatial" and config["finetune"] == "head"
     if cached and start_epoch < config["epochs"]:
         t0 = time.perf_counter()
@@ -160,7 +230,7 @@ def cnn_fit(config: dict[str, Any], session: FitSession, rank: int = 0, world: i
                  for v in range(n_views)]
         val_rows = np.concatenate(val_videos) if val_videos else np.zeros(0, np.int64)
         val_pooled = _cache_pooled(core, val_data, val_rows, config["batch_size"], device) if len(val_rows) else None
-        train_y = torch.from_numpy(train_data.labels)
+        train_y = train_multi if multilabel else torch.from_numpy(train_data.labels)
         log.info("spatial: cached the frozen backbone's output of %d train clip(s) x %d view(s) and %d val "
                  "clip(s) in %.1f s", len(train_data), n_views, len(val_rows), time.perf_counter() - t0)
     for epoch in range(start_epoch, config["epochs"]):
@@ -171,7 +241,7 @@ def cnn_fit(config: dict[str, Any], session: FitSession, rank: int = 0, world: i
         share = perm[: len(perm) // world * world][rank::world] if len(perm) >= world else perm
         aug_rng = np.random.default_rng(config["seed"] * 1000 + epoch * 97 + rank)
         model.train()
-        loss_sum = correct = seen = 0.0
+        loss_sum = correct = seen = labelled = 0.0
         bs = config["batch_size"]
         if cached:
             pooled = views[epoch % len(views)]
@@ -180,8 +250,9 @@ def cnn_fit(config: dict[str, Any], session: FitSession, rank: int = 0, world: i
             forward = lambda x: core.head(x)[1]  # noqa: E731
         else:
             kind = "frames" if stream == "spatial" else "flow"
-            batches = ((stream_input(stream, random_crop_flip(x, crop, aug_rng, kind)), torch.from_numpy(y))
-                       for x, y, _ in iter_batches(train_data, share, bs))
+            batches = ((stream_input(stream, random_crop_flip(x, crop, aug_rng, kind)),
+                        train_multi[torch.from_numpy(c)] if multilabel else torch.from_numpy(y))
+                       for x, y, c in iter_batches(train_data, share, bs))
             forward = model
         for xb, yb in batches:
             xt, yt = xb.to(device, non_blocking=True), yb.to(device)
@@ -193,24 +264,40 @@ def cnn_fit(config: dict[str, Any], session: FitSession, rank: int = 0, world: i
                 average_gradients(params, world)
             opt.step()
             loss_sum += float(loss.detach()) * len(yb)
-            correct += float((logits.argmax(1) == yt).sum())
             seen += len(yb)
+            if multilabel:  # hit@1 over the clips of labelled videos, as metrics.evaluate reads accuracy
+                correct += float(yt.gather(1, logits.detach().argmax(1, keepdim=True)).sum())
+                labelled += float((yt.sum(1) > 0).sum())
+            else:
+                correct += float((logits.argmax(1) == yt).sum())
+                labelled += len(yb)
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        if cached:
+        if multilabel:
+            if cached:
+                with torch.no_grad():
+                    core.eval()
+                    probs = (core.scores(core.head(val_pooled.to(device))[1]).cpu().numpy()
+                             if val_pooled is not None else np.zeros((0, num_classes), np.float32))
+            else:
+                probs = _clip_scores(core, stream, val_data, val_videos, config["batch_size"], num_classes, device)
+            val_metrics = _video_map(probs, val_videos, val_targets, rank, world, n_val_videos, device) \
+                if n_val_videos else {}
+            v_correct = v_clip_correct = v_videos = 0.0
+        elif cached:
             v_correct, v_clip_correct, v_videos = _evaluate_pooled(
                 core, val_pooled, val_data, val_videos, config["num_classes"], device)
         else:
             v_correct, v_clip_correct, v_videos = _evaluate(
                 core, stream, val_data, val_videos, config["batch_size"], config["num_classes"], device)
         n_val_clips = float(sum(len(v) for v in val_videos))
-        loss_sum, correct, seen, v_correct, v_clip_correct, v_videos, n_val_clips = allreduce_sum(
-            [loss_sum, correct, seen, v_correct, v_clip_correct, v_videos, n_val_clips], device)
+        loss_sum, correct, seen, labelled, v_correct, v_clip_correct, v_videos, n_val_clips = allreduce_sum(
+            [loss_sum, correct, seen, labelled, v_correct, v_clip_correct, v_videos, n_val_clips], device)
         seconds = time.perf_counter() - t0
         metrics = {
             "epoch": epoch,
             "train_loss": loss_sum / max(seen, 1.0),
-            "train_accuracy": correct / max(seen, 1.0),
+            "train_accuracy": correct / max(labelled, 1.0),
             "lr": lr,
             "epoch_seconds": seconds,
             "train_clips_per_s": seen / max(seconds, 1e-9),
@@ -218,8 +305,16 @@ def cnn_fit(config: dict[str, Any], session: FitSession, rank: int = 0, world: i
         if v_videos:
             metrics["val_accuracy"] = v_correct / v_videos
             metrics["val_clip_accuracy"] = v_clip_correct / max(n_val_clips, 1.0)
+        if multilabel:
+            metrics.update({k: v for k, v in val_metrics.items() if np.isfinite(v)})
+        if multilabel and "val_map" in metrics:  # without val videos the last epoch is kept
+            if best["model"] is None or metrics["val_map"] > best["value"]:  # ties keep the earlier epoch
+                best = {"epoch": epoch, "value": metrics["val_map"],
+                        "model": {k: v.detach().clone() for k, v in core.state_dict().items()}}
+            metrics["best_epoch"] = float(best["epoch"])
         history.append(metrics)
         log.info("%s epoch %d: %s", stream, epoch, {k: round(v, 4) for k, v in metrics.items()})
         session.report(metrics, {
             "model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "epoch": epoch, "history": history} if rank == 0 else None)
+            "epoch": epoch, "history": history,
+            **({"best": best} if multilabel else {})} if rank == 0 else None)

@@ -23,6 +23,9 @@ the same nuisance to any class (the tests compare classes that way).
 
     from hyvid.pipelines.data.synth import SynthConfig, synth
     res = synth(SynthConfig(out="data/synth", classes=101, videos_per_class=13))
+
+`multilabel` writes the CCV-style variant (`hyvid synth --multilabel`): several of these classes
+as labels of one video, each in its own panel of a grid, listed in a manifest CSV.
 """
 from hyvid.pipelines.data.synth.catalogue import (
     APPEARANCE_CLASSES,
@@ -52,6 +55,16 @@ from hyvid.pipelines.data.synth.groups import (
     min_videos_for_coverage,
     official_subset,
 )
+from hyvid.pipelines.data.synth.multilabel import (
+    NO_LABEL_PANEL,
+    MultiLabelConfig,
+    MultiLabelResult,
+    MultiLabelVideo,
+    deal_labels,
+    multilabel_defaults,
+    render_multilabel,
+    synth_multilabel,
+)
 from hyvid.pipelines.data.synth.render import GENERATOR_VERSION, RenderedVideo, min_frames, render_video
 from hyvid.pipelines.data.synth.writer import (
     LISTS_DIR,
@@ -75,4 +88,6 @@ __all__ = [
     "SynthConfig", "SynthResult", "SynthVideo", "assign_groups", "class_kind", "config_defaults",
     "kind_counts", "min_frames", "min_videos_for_coverage", "official_subset", "parse_size",
     "render_video", "select_classes", "synth", "video_seed", "write_video",
+    "NO_LABEL_PANEL", "MultiLabelConfig", "MultiLabelResult", "MultiLabelVideo", "deal_labels",
+    "multilabel_defaults", "render_multilabel", "synth_multilabel",
 ]

@@ -15,6 +15,10 @@ KIND_APPEARANCE = "appearance"
 KIND_MOTION = "motion"
 KIND_ORDER = "order"
 KINDS = (KIND_APPEARANCE, KIND_MOTION, KIND_ORDER)
+# Not a class: a multi-label video's panel that carries no label (a neutral object shaking in
+# place, like an appearance object, so neither stream can tell it from a labelled panel by the clue
+# the other stream needs; see multilabel.NO_LABEL_PANEL).
+KIND_NONE = "none"
 _KIND_PREFIX = {"Appearance": KIND_APPEARANCE, "Motion": KIND_MOTION, "Order": KIND_ORDER}
 
 RGB = tuple[int, int, int]

@@ -11,6 +11,7 @@ import numpy as np
 from hyvid.pipelines.data.synth.catalogue import (
     BACKGROUND_TEXTURES,
     KIND_APPEARANCE,
+    KIND_NONE,
     KIND_ORDER,
     NEUTRAL_TEXTURES,
     SUB_ACTIONS,
@@ -118,12 +119,14 @@ class _Nuisance:
     noise_sign: np.ndarray  # (T,) +-1
 
     @classmethod
-    def draw(cls, seed: int, size: tuple[int, int], frames: int) -> "_Nuisance":
+    def draw(cls, seed: int, size: tuple[int, int], frames: int, length: int | None = None) -> "_Nuisance":
         W, H = size
         u = _unit(size)
         rng = np.random.default_rng(seed)
         U = rng.uniform
         T = max(2, int(round(frames * U(0.8, 1.2))))
+        if length is not None:  # a fixed length (multi-label panels share one); the draw above still aligns the rest
+            T = int(length)
         t = np.arange(T, dtype=np.float64)
         bg_name = BACKGROUND_TEXTURES[rng.integers(len(BACKGROUND_TEXTURES))]
         bg_lo, bg_hi, bg_scale = U(0, 90, 3), U(150, 255, 3), U(0.45, 0.8)
@@ -247,7 +250,7 @@ def _pose(spec: ClassSpec, nz: _Nuisance, stack: int, u: float) -> _Pose:
     """Where the object is, and how it is turned and sized, in every frame."""
     if spec.kind == KIND_ORDER:
         return _order_pose(spec, nz, stack)
-    if spec.kind == KIND_APPEARANCE:
+    if spec.kind in (KIND_APPEARANCE, KIND_NONE):
         # A shake in place, not a translation: with a drift the appearance classes' flow overlapped
         # the motion classes' (an object drifting up *is* MotionUp to the motion stream), and the
         # motion LSTM named a motion class, confidently and wrongly, for most appearance videos.
@@ -286,11 +289,15 @@ def _object_sprite(spec: ClassSpec, nz: _Nuisance, bg_mean: np.ndarray) -> np.nd
 
 
 def render_video(spec: ClassSpec, seed: int, size: tuple[int, int] = (_REF_W, _REF_H),
-                 frames: int = 72, stack: int = 10) -> RenderedVideo:
-    """Render one video of a class. The nuisance depends on `seed` only, not on the class."""
+                 frames: int = 72, stack: int = 10, length: int | None = None) -> RenderedVideo:
+    """Render one video of a class. The nuisance depends on `seed` only, not on the class.
+
+    `length` fixes the number of frames (else drawn within ±20% of `frames`); the multi-label
+    writer renders a video's panels with one length.
+    """
     W, H = size
     u = _unit(size)
-    nz = _Nuisance.draw(seed, size, frames)
+    nz = _Nuisance.draw(seed, size, frames, length)
     T, drift = nz.T, nz.drift
     pose = _pose(spec, nz, stack, u)
     screen = pose.pos - drift  # the camera pans by `drift`, so scene content moves by -drift

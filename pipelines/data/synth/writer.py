@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 LISTS_DIR = "ucfTrainTestlist"
 MANIFEST = "synth.json"
 _INCOMPLETE = ".synth-incomplete"  # present while a write is under way: marks the folder as ours
+# Top-level entries besides class folders that a synth run may write (the multi-label writer's),
+# listed under "owned" in synth.json and the marker; nothing else is ever removed.
+OWNED_ENTRIES = ("videos", "manifest.csv")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -177,7 +181,7 @@ def _load_result(root: Path, seconds: float = 0.0, reused: bool = False) -> Synt
     )
 
 
-def _prepare(cfg: SynthConfig) -> bool:
+def _prepare(cfg: Any) -> bool:
     """Make `out` ready to write. True when an identical complete dataset is already there."""
     out = cfg.out
     if not out.exists():
@@ -193,8 +197,10 @@ def _prepare(cfg: SynthConfig) -> bool:
             raise ValueError(f"{out} holds a synth dataset made with other settings ({meta.get('config')}); "
                              "pass --overwrite to replace it, or choose another OUT")
         ours = [c["name"] for c in meta.get("classes", [])]
+        owned = meta.get("owned", [])
     elif marker.exists():
-        ours = json.loads(marker.read_text()).get("classes", [])  # an interrupted write: ours to redo
+        mark = json.loads(marker.read_text())
+        ours, owned = mark.get("classes", []), mark.get("owned", [])  # an interrupted write: ours to redo
     elif any(out.iterdir()):
         raise ValueError(f"{out} is not empty and is not a hyvid synth dataset: choose an empty or new OUT")
     else:
@@ -203,6 +209,11 @@ def _prepare(cfg: SynthConfig) -> bool:
     for name in ours:
         if (out / name).is_dir() and class_kind(name):
             shutil.rmtree(out / name)
+    for name in (n for n in owned if n in OWNED_ENTRIES):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        elif (out / name).exists():
+            (out / name).unlink()
     for p in (out / LISTS_DIR, manifest, marker):
         if p.is_dir():
             shutil.rmtree(p)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hyvid.pipelines.data.datasets import group_of, load_dataset, load_manifest, load_ucf101
+from hyvid.pipelines.data.datasets import NO_LABEL, group_of, load_dataset, load_manifest, load_ucf101
 
 
 def _touch(root: Path, rel: str) -> None:
@@ -120,6 +120,16 @@ def test_manifest_multilabel_subset_group_and_relative_paths(tmp_path):
     assert ds.multi_label
 
 
+def test_manifest_multilabel_video_without_label(tmp_path):
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,labels,subset,group\nx.avi,A|B,train,g1\ny.avi,,test,g2\nz.avi,B,train,g3\n")
+    ds = load_manifest(csv)
+    by_id = {e.video_id: e for e in ds.entries}
+    assert by_id["y"].labels == () and by_id["y"].label == NO_LABEL == -1 and by_id["y"].class_name == ""
+    assert by_id["x"].labels == (0, 1) and by_id["z"].labels == (1,)
+    assert ds.multi_label and ds.classes == ("A", "B")
+
+
 def test_manifest_without_optional_columns(tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text("path,labels\nx.avi,A\ny.avi,B\n")
@@ -132,6 +142,8 @@ def test_manifest_without_optional_columns(tmp_path):
     ("file,labels\nx.avi,A\n", r"missing \['path'\]"),
     ("path,labels,subset\nx.avi,A,holdout\n", r"m.csv:2: subset must be train or test"),
     ("path,labels\nx.avi,\n", r"m.csv:2: no label"),
+    # single-label data (no video with several labels) still needs every label
+    ("path,labels\nx.avi,A\ny.avi, \n", r"m.csv:3: no label for 'y.avi'; a single-label manifest"),
     ("path,labels\nx.avi,A\nx.avi,B\n", r"listed twice \(first on line 2\)"),
     ("path,labels\n", "lists no videos"),
 ])
