@@ -256,7 +256,8 @@ def demo(cfg: DemoConfig) -> tuple[RunResult, str]:
     for split in cfg.splits:
         table = per_kind_accuracy(p["store"], split)
         md += f"\n\nTest accuracy (%) per kind of synthetic class, split {split}:\n\n{per_kind_markdown(table)}\n"
-        md += f"\nThe paper's findings on this run (split {split}):\n\n" + "\n".join(findings(table)) + "\n"
+        md += (f"\nThe paper's findings on this run (split {split}; paired bootstrap over test videos):\n\n"
+               + "\n".join(findings(p["store"], split)) + "\n")
     (Path(cfg.out) / "report.md").write_text(md)
     return res, md
 

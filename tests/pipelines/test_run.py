@@ -59,25 +59,3 @@ def test_run_chains_every_stage_then_resumes(tmp_path, ray_session):
     assert set(table["hybrid"]) == {"appearance", "motion", "order", "all"}
     rep = to_json(collect(ReportConfig(experiment="smoke", tracking_uri=uri, splits=(1,))))
     assert rep["hybrid"]["accuracy"] == pytest.approx(acc)
-
-
-def test_findings_check_each_claim_and_count_ties_as_not_reproduced():
-    from hyvid.pipelines.evaluation.findings import findings
-
-    def row(order: float, all_: float) -> dict[str, float]:
-        return {"appearance": 0.5, "motion": 0.5, "order": order, "all": all_}
-
-    table = {"spatial_cnn": row(0.25, 0.35), "motion_cnn": row(0.40, 0.55), "spatial_lstm": row(0.20, 0.40),
-             "motion_lstm": row(0.75, 0.60), "fusion": row(0.45, 0.70), "fusion_noreg": row(0.45, 0.70),
-             "nn_ef": row(0.3, 0.65), "nn_lf": row(0.3, 0.68), "svm_ef": row(0.3, 0.60), "svm_lf": row(0.3, 0.60),
-             "hybrid": row(0.70, 0.78)}
-    lines = findings(table)
-    assert len(lines) == 4
-    assert "order classes: reproduced (best LSTM 75.0, best CNN 40.0)" in lines[0]
-    assert "non-regularized one: NOT reproduced (70.0 against 70.0)" in lines[1]  # a tie is not a win
-    assert "baselines: reproduced (70.0 against 68.0 for `nn_lf`)" in lines[2]
-    assert "every single model: reproduced (78.0 against 70.0 for `fusion`)" in lines[3]
-    table["hybrid"] = row(0.70, 0.69)
-    assert "NOT reproduced (69.0 against 70.0 for `fusion`)" in findings(table)[3]
-    # Missing models drop their claims instead of failing.
-    assert findings({"hybrid": row(0.7, 0.7)}) == []
