@@ -12,9 +12,15 @@ How a run goes:
    readers take clips of `ok` videos only; clips left by a run that died between the two commits
    belong to videos without a row, and are deleted before those videos are extracted again.
 
-Bad files (empty, not a video, truncated, one frame) become `videos` rows with status `failed`
-and the reason; a worker process that dies is retried by Ray, then video by video, so one poison
-file cannot stop the run.
+Bad files (empty, not a video, truncated, one frame, frames beyond the size and aspect bounds)
+become `videos` rows with status `failed` and the reason; a worker process that dies is retried by
+Ray, then video by video, so one poison file cannot stop the run.
+
+Re-runs revisit what is committed: a failed video whose file changed since (size or mtime) is
+extracted again, every failed one with `retry_failed`; manifest labels, subsets, groups and paths
+that changed are copied into the `videos` rows in one commit, without re-extracting. The run holds
+the store's extract lease throughout (`store.lease`), so two extracts into one store never both
+add a video: the second waits for the first (`wait_s`), then skips what it committed.
 """
 from __future__ import annotations
 
@@ -33,18 +39,32 @@ import pyarrow.compute as pc
 from hyvid.models.registry import check_split
 from hyvid.pipelines import faults
 from hyvid.pipelines.data.datasets import Dataset, VideoEntry, load_dataset
+from hyvid.pipelines.data.shards import ShardResult, extract_shard, file_signature, videos_row
 from hyvid.pipelines.data.video import (
     DEFAULT_FLOW,
+    DEFAULT_MAX_ASPECT,
+    DEFAULT_MAX_LONG_SIDE,
     DEFAULT_POSITIONS,
     DEFAULT_SIZE,
     DEFAULT_STACK,
     DIS_PRESET,
     FLOW_METHODS,
-    VideoError,
-    extract_clip_arrays,
+    MAX_ASPECT,
+    MAX_LONG_SIDE,
+    MAX_SIZE,
+    MIN_SIZE,
+    peak_bytes,
 )
-from hyvid.store import clips as clip_codec
-from hyvid.store.lance_io import commit_fragments, open_table, table_exists, table_uri, write_table_fragments
+from hyvid.store.lance_io import (
+    commit_fragments,
+    commit_replacing,
+    open_table,
+    row_addresses,
+    table_exists,
+    table_uri,
+    write_table_fragments,
+)
+from hyvid.store.lease import DEFAULT_WAIT_S, EXTRACT_LEASE, Lease
 from hyvid.store.tables import (
     CLASSES,
     CLIPS,
@@ -68,6 +88,25 @@ COMMIT_EVERY_VIDEOS = 256
 COMMIT_EVERY_S = 20.0  # bounds the work a dead driver loses
 TASK_RETRIES = 3  # Ray retries a task whose worker or node died
 
+# Upper bounds of the count and size settings: each far above any use (the paper samples 25
+# positions with L=10 at 256 px), low enough that a typo cannot make one video cost a node.
+MAX_POSITIONS = 500
+MAX_STACK = 64
+MAX_WORKERS = 4096  # concurrent tasks; a local Ray still gets at most this machine's cores
+MAX_SHARD_SIZE = 256
+MAX_TASK_RETRIES = 10
+MAX_WAIT_S = 7 * 24 * 3600.0
+# The arrays one video's extraction holds (pipelines.data.video.peak_bytes) stay under this, so a
+# task stays under 3 GB with the decoder and the interpreter: 260 MB at the defaults.
+MAX_VIDEO_BYTES = 2 * 1024**3
+# Manifest columns a re-run copies into existing `videos` rows (no re-extraction needed).
+METADATA_COLUMNS = ("path", "class_name", "label", "labels", "group", "splits")
+
+
+def _check_bound(name: str, value: object, low: float, high: float, flag: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
+        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}; pass {flag} in that range")
+
 
 @dataclass(frozen=True)
 class ExtractConfig:
@@ -89,6 +128,11 @@ class ExtractConfig:
     faults: str | None = None  # fault injection (hyvid.pipelines.faults); None: HYVID_FAULTS if set
     task_retries: int = TASK_RETRIES  # Ray retries of a task whose worker or node died
     progress: bool = True
+    max_long_side: int = DEFAULT_MAX_LONG_SIDE  # stored long side cap, pixels (frames shrink to fit)
+    max_aspect: float = DEFAULT_MAX_ASPECT  # wider (or taller) videos are failed with the reason
+    retry_failed: bool = False  # re-extract every failed video (changed files are retried anyway)
+    wait_s: float = DEFAULT_WAIT_S  # how long to wait for another writer of the store (0: fail at once)
+    local_cpus: int | None = None  # CPUs a local Ray claims; None: min(workers, this machine's cores)
 
     def __post_init__(self) -> None:
         if not self.dataset:
@@ -96,20 +140,28 @@ class ExtractConfig:
         if not self.store_uri:
             raise ValueError("store_uri must be set (a directory or s3://bucket/prefix)")
         check_split(self.split)
-        if self.frames < 1:
-            raise ValueError(f"frames must be >= 1, got {self.frames}")
-        if self.stack < 1:
-            raise ValueError(f"stack must be >= 1, got {self.stack}")
+        _check_bound("frames", self.frames, 1, MAX_POSITIONS, "--frames")
+        _check_bound("stack", self.stack, 1, MAX_STACK, "--stack")
         if self.flow not in FLOW_METHODS:
             raise ValueError(f"flow must be one of {', '.join(FLOW_METHODS)}, got {self.flow!r}")
-        if self.size < 16:
-            raise ValueError(f"size (stored short side) must be >= 16 pixels, got {self.size}")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.task_retries < 0:
-            raise ValueError(f"task_retries must be >= 0, got {self.task_retries}")
-        if self.shard_size is not None and self.shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        _check_bound("size (stored short side, pixels)", self.size, MIN_SIZE, MAX_SIZE, "--size")
+        _check_bound("max_long_side (pixels)", self.max_long_side, self.size, MAX_LONG_SIDE,
+                     "--max-long-side (at least --size)")
+        _check_bound("max_aspect", self.max_aspect, 1.0, MAX_ASPECT, "--max-aspect")
+        if self.workers is not None:
+            _check_bound("workers", self.workers, 1, MAX_WORKERS, "--workers")
+        if self.local_cpus is not None:
+            _check_bound("local_cpus", self.local_cpus, 1, MAX_WORKERS, "--local-cpus")
+        _check_bound("task_retries", self.task_retries, 0, MAX_TASK_RETRIES, "task_retries")
+        if self.shard_size is not None:
+            _check_bound("shard_size", self.shard_size, 1, MAX_SHARD_SIZE, "shard_size")
+        _check_bound("wait_s", self.wait_s, 0, MAX_WAIT_S, "--wait")
+        need = peak_bytes(self.frames, self.stack, self.size, self.max_long_side)
+        if need > MAX_VIDEO_BYTES:
+            raise ValueError(
+                f"--frames {self.frames} x --stack {self.stack} at --size {self.size} (long side up to "
+                f"{self.max_long_side}) needs ~{need / 1024**3:.1f} GB per video, over the "
+                f"{MAX_VIDEO_BYTES / 1024**3:.0f} GB bound; lower one of them")
         faults.parse(self.faults)
 
     def settings(self) -> dict:
@@ -125,6 +177,10 @@ class ExtractConfig:
             "frame_encoding": FRAME_ENCODING,
             "frame_quality": FRAME_JPEG_QUALITY,
             "flow_encoding": FLOW_ENCODING,
+            # The bounds enter the hash only when changed: at their defaults they leave every video
+            # of aspect <= 4:1 as stores made before they existed hold it, so those stay valid.
+            **({"max_long_side": self.max_long_side} if self.max_long_side != DEFAULT_MAX_LONG_SIDE else {}),
+            **({"max_aspect": self.max_aspect} if self.max_aspect != DEFAULT_MAX_ASPECT else {}),
         }
 
     def config_hash(self) -> str:
@@ -140,6 +196,9 @@ class ExtractResult:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    skipped_failed: int = 0  # of the skipped: failed videos left as they were (file unchanged)
+    retried: int = 0  # failed videos extracted again (--retry-failed, or their file changed)
+    relabeled: int = 0  # videos whose manifest labels/subsets/groups/path changed: rows updated
     failures: list[tuple[str, str]] = field(default_factory=list)  # (video_id, reason)
     frames: int = 0  # source frames decoded
     clips: int = 0  # clip rows committed
@@ -157,85 +216,19 @@ class ExtractResult:
 
     @property
     def exit_code(self) -> int:
-        """0 unless nothing at all could be extracted."""
-        return 1 if self.total > 0 and self.ok == 0 and self.skipped == 0 else 0
+        """0 unless no video of the dataset is extracted: none now, none from earlier runs."""
+        return 1 if self.total > 0 and self.ok == 0 and self.skipped == self.skipped_failed else 0
+
+    def failure_line(self) -> str:
+        """The one line a run that extracted nothing ends with."""
+        first = f" (first: {self.failures[0][0]}: {self.failures[0][1]})" if self.failures else ""
+        if self.skipped_failed:
+            return (f"nothing extracted: all {self.total} videos are failed in the store{first}; fix the files "
+                    "and run again (changed files are retried), or pass --retry-failed")
+        return f"nothing could be extracted: all {self.total} videos failed{first}"
 
 
-# --- worker side ---------------------------------------------------------------------------------
-
-
-@dataclass
-class ShardResult:
-    clip_fragments: list  # lance FragmentMetadata, not yet committed
-    videos: pa.Table  # one row per video of the shard (ok or failed)
-    frames: int  # source frames decoded
-    clips: int
-    seconds: float
-    cpu_seconds: float = 0.0  # CPU time the task's process used: shows whether it got a core
-
-
-def _videos_row(e: VideoEntry, *, status: str, error: str | None, config_hash: str, node_id: str,
-                ca=None, n_positions: int = 0) -> dict:
-    return {
-        "video_id": e.video_id,
-        "path": e.path,
-        "class_name": e.class_name,
-        "label": e.label,
-        "labels": list(e.labels),
-        "group": e.group,
-        "splits": [{"split": s, "subset": sub} for s, sub in e.splits],
-        "n_frames": ca.n_frames if ca is not None else None,
-        "fps": ca.fps if ca is not None else None,
-        "width": ca.width if ca is not None else None,
-        "height": ca.height if ca is not None else None,
-        "n_positions": n_positions,
-        "clamped": ca.clamped if ca is not None else None,
-        "status": status,
-        "error": error,
-        "extract_config": config_hash,
-        "flow_bound": FLOW_BOUND,
-        "node_id": node_id,
-    }
-
-
-def extract_shard(entries: list[VideoEntry], store_uri: str, settings: dict, config_hash: str,
-                  storage_options: dict | None, node_id: str, fault_spec: str | None = None) -> ShardResult:
-    """Extract a few videos: write their clips as uncommitted fragments, return the metadata."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    clip_rows: dict[str, list] = {name: [] for name in CLIPS.schema.names}
-    video_rows, frames = [], 0
-    for e in entries:
-        faults.at_video(e.video_id, fault_spec)
-        try:
-            ca = extract_clip_arrays(e.path, settings["frames"], settings["stack"], settings["size"], settings["flow"])
-        except VideoError as err:
-            video_rows.append(_videos_row(e, status=STATUS_FAILED, error=err.reason, config_hash=config_hash,
-                                          node_id=node_id))
-            continue
-        except Exception as err:  # an OpenCV error on a strange file must not stop the shard
-            log.exception("unexpected error extracting %s", e.path)
-            video_rows.append(_videos_row(e, status=STATUS_FAILED, error=f"{type(err).__name__}: {err}",
-                                          config_hash=config_hash, node_id=node_id))
-            continue
-        frames += ca.n_frames
-        h, w = ca.frames.shape[1:3]
-        for p in range(len(ca.frame_indices)):
-            clip_rows["video_id"].append(e.video_id)
-            clip_rows["position"].append(p)
-            clip_rows["frame_index"].append(int(ca.frame_indices[p]))
-            clip_rows["timestamp"].append(float(ca.timestamps[p]))
-            clip_rows["frame"].append(clip_codec.encode_frame(ca.frames[p]))
-            clip_rows["flow_stack"].append(clip_codec.encode_flow_stack(ca.flow_stacks[p]))
-            clip_rows["height"].append(h)
-            clip_rows["width"].append(w)
-            clip_rows["stack"].append(ca.stack)
-        video_rows.append(_videos_row(e, status=STATUS_OK, error=None, config_hash=config_hash, node_id=node_id,
-                                      ca=ca, n_positions=len(ca.frame_indices)))
-    clips = pa.Table.from_pydict(clip_rows, schema=CLIPS.schema)
-    fragments = write_table_fragments(store_uri, CLIPS.name, clips, storage_options)
-    videos = pa.Table.from_pylist(video_rows, schema=VIDEOS.schema)
-    return ShardResult(fragments, videos, frames, clips.num_rows, time.perf_counter() - t0,
-                       time.process_time() - c0)
+# --- worker side: pipelines.data.shards --------------------------------------------------------
 
 
 def _shard_task(entries, store_uri, settings, config_hash, storage_options, fault_spec) -> ShardResult:
@@ -251,16 +244,62 @@ def _shard_task(entries, store_uri, settings, config_hash, storage_options, faul
 # --- driver side ---------------------------------------------------------------------------------
 
 
-def _store_state(cfg: ExtractConfig, config_hash: str) -> tuple[dict[str, str], dict | None]:
-    """{video_id: extract_config} of the rows in `videos`, and the settings recorded there."""
+_STATE_COLUMNS = ["video_id", "extract_config", "status", "file_size", "file_mtime", *METADATA_COLUMNS]
+
+
+def _store_state(cfg: ExtractConfig) -> tuple[dict[str, dict], dict | None]:
+    """{video_id: its `videos` row (state and manifest columns)}, and the settings recorded there."""
     so = cfg.storage_options
     if not table_exists(cfg.store_uri, VIDEOS.name, so):
         return {}, None
     ds = open_table(cfg.store_uri, VIDEOS.name, so)
     meta = (ds.schema.metadata or {}).get(EXTRACT_SETTINGS_METADATA_KEY)
-    t = ds.to_table(columns=["video_id", "extract_config"])
-    configs = dict(zip(t["video_id"].to_pylist(), t["extract_config"].to_pylist(), strict=True))
-    return configs, (json.loads(meta) if meta else None)
+    rows = ds.to_table(columns=_STATE_COLUMNS).to_pylist()
+    return {r["video_id"]: r for r in rows}, (json.loads(meta) if meta else None)
+
+
+def _plan(cfg: ExtractConfig, entries: list[VideoEntry], stored: dict[str, dict],
+          result: ExtractResult) -> tuple[list[VideoEntry], list[VideoEntry]]:
+    """(videos to extract, videos whose manifest columns changed) of a run over `stored`.
+
+    A failed video is extracted again with --retry-failed, or when its file changed since (size
+    or mtime differ from those recorded: the common case of a fixed file), so a re-run after a
+    fix needs no flag; an unchanged broken file is not decoded again on every run.
+    """
+    pending, relabel = [], []
+    for e in entries:
+        row = stored.get(e.video_id)
+        if row is None:
+            pending.append(e)
+            continue
+        if row["status"] == STATUS_FAILED and (
+                cfg.retry_failed or file_signature(e.path) != (row["file_size"], row["file_mtime"])):
+            pending.append(e)
+            result.retried += 1
+            continue
+        fresh = videos_row(e, status="", error=None, config_hash="", node_id="")
+        if any(fresh[c] != row[c] for c in METADATA_COLUMNS):
+            relabel.append(e)
+        result.skipped += 1
+        result.skipped_failed += row["status"] == STATUS_FAILED
+    return pending, relabel
+
+
+def _update_metadata(cfg: ExtractConfig, entries: list[VideoEntry]) -> int:
+    """Copy the manifest's labels, subsets, groups and paths into existing rows: one commit."""
+    so = cfg.storage_options
+    ds = open_table(cfg.store_uri, VIDEOS.name, so)
+    by_id = {e.video_id: videos_row(e, status="", error=None, config_hash="", node_id="") for e in entries}
+    old = row_addresses(ds, VIDEOS.schema.names, pc.field("video_id").isin(pa.array(list(by_id), pa.string())))
+    rows = old.drop(["_rowaddr"]).to_pylist()
+    for r in rows:
+        r.update({c: by_id[r["video_id"]][c] for c in METADATA_COLUMNS})
+    data = pa.Table.from_pylist(rows, schema=ds.schema)
+    frags = write_table_fragments(cfg.store_uri, VIDEOS.name, data, so)
+    version = commit_replacing(cfg.store_uri, VIDEOS.name, old.column("_rowaddr").to_pylist(), frags, so,
+                               read_version=ds.version)
+    log.info("updated labels/subsets/groups of %d videos from the manifest (videos version %d)", len(rows), version)
+    return version
 
 
 def _videos_schema(cfg: ExtractConfig) -> pa.Schema:
@@ -283,6 +322,14 @@ def _empty_table(cfg: ExtractConfig, name: str, schema: pa.Schema, *, truncate: 
     read_version = open_table(cfg.store_uri, name, so).version if exists else None
     lance.LanceDataset.commit(table_uri(cfg.store_uri, name), lance.LanceOperation.Overwrite(schema, []),
                               read_version=read_version, storage_options=so)
+
+
+def _add_new_columns(cfg: ExtractConfig) -> None:
+    """Give a `videos` table written by an older hyvid the columns added since (all null there)."""
+    ds = open_table(cfg.store_uri, VIDEOS.name, cfg.storage_options)
+    missing = [f for f in VIDEOS.schema if f.name not in ds.schema.names]
+    if missing:
+        ds.add_columns(missing)
 
 
 def _write_classes(cfg: ExtractConfig, dataset: Dataset) -> None:
@@ -327,8 +374,8 @@ def _shard_size(cfg: ExtractConfig, n_pending: int, workers: int) -> int:
 class _Committer:
     """Accumulates finished shards and commits them: clips first, then the `videos` rows."""
 
-    def __init__(self, cfg: ExtractConfig, result: ExtractResult):
-        self.cfg, self.result = cfg, result
+    def __init__(self, cfg: ExtractConfig, result: ExtractResult, lease: Lease):
+        self.cfg, self.result, self.lease = cfg, result, lease
         self.fragments: list = []
         self.videos: list[pa.Table] = []
         self.n_videos = 0
@@ -363,19 +410,23 @@ class _Committer:
         if not self.videos:
             return
         cfg, so = self.cfg, self.cfg.storage_options
+        self.lease.check()  # a writer whose lease was taken over must not commit
         if self.fragments:
             self.result.versions[CLIPS.name] = commit_fragments(cfg.store_uri, CLIPS.name, self.fragments,
                                                                 CLIPS.schema, so)
         videos = pa.concat_tables(self.videos).replace_schema_metadata(self.videos_schema.metadata)
         frags = write_table_fragments(cfg.store_uri, VIDEOS.name, videos, so)
-        self.result.versions[VIDEOS.name] = commit_fragments(cfg.store_uri, VIDEOS.name, frags,
-                                                             self.videos_schema, so)
+        # Retried videos have a failed row already: replace it in the same commit.
+        ds = open_table(cfg.store_uri, VIDEOS.name, so)
+        old = row_addresses(ds, ["video_id"], pc.field("video_id").isin(videos.column("video_id")))
+        self.result.versions[VIDEOS.name] = commit_replacing(
+            cfg.store_uri, VIDEOS.name, old.column("_rowaddr").to_pylist(), frags, so, read_version=ds.version)
         log.debug("committed %d videos", self.n_videos)
         self.fragments, self.videos, self.n_videos, self.last = [], [], 0, time.monotonic()
 
 
 def _crash_row(e: VideoEntry, config_hash: str, reason: str) -> pa.Table:
-    row = _videos_row(e, status=STATUS_FAILED, error=reason, config_hash=config_hash, node_id="")
+    row = videos_row(e, status=STATUS_FAILED, error=reason, config_hash=config_hash, node_id="")
     return pa.Table.from_pylist([row], schema=VIDEOS.schema)
 
 
@@ -434,22 +485,47 @@ def _index_clips(cfg: ExtractConfig) -> None:
 
 
 def extract(cfg: ExtractConfig, dataset: Dataset | None = None) -> ExtractResult:
-    """Extract every not-yet-extracted video of the dataset into the store (see the module docstring)."""
-    from tqdm import tqdm
+    """Extract every not-yet-extracted video of the dataset into the store (see the module docstring).
 
+    The whole run holds the store's extract lease (`store.lease`): a second extract into the same
+    store waits up to `wait_s` for it, then finds the videos committed and skips them.
+    """
     t0 = time.perf_counter()
     dataset = dataset or load_dataset(cfg.dataset)
+    with Lease(cfg.store_uri, EXTRACT_LEASE, "hyvid extract", wait_s=cfg.wait_s,
+               storage_options=cfg.storage_options) as lease:
+        result = _extract_leased(cfg, dataset, lease)
+    result.seconds = time.perf_counter() - t0
+    log.info("extract: %d ok, %d failed, %d skipped, %d retried, %.0f source frames/s", result.ok, result.failed,
+             result.skipped, result.retried, result.frames_per_s)
+    return result
+
+
+def _local_cpus(cfg: ExtractConfig) -> int:
+    """CPUs a local Ray claims: never more than this machine has unless --local-cpus says so."""
+    cores = os.cpu_count() or 1
+    if cfg.local_cpus is not None:
+        return cfg.local_cpus
+    if cfg.workers and cfg.workers > cores:
+        log.info("--workers %d > this machine's %d cores: a local Ray gets %d CPUs, the tasks queue "
+                 "(--local-cpus N to claim more)", cfg.workers, cores, cores)
+    return min(cfg.workers or cores, cores)
+
+
+def _extract_leased(cfg: ExtractConfig, dataset: Dataset, lease: Lease) -> ExtractResult:
+    from tqdm import tqdm
+
     config_hash = cfg.config_hash()
     result = ExtractResult(total=len(dataset.entries), config_hash=config_hash)
-
     for name, schema in ((CLIPS.name, CLIPS.schema), (CLASSES.name, CLASSES.schema),
                          (VIDEOS.name, _videos_schema(cfg))):
         _empty_table(cfg, name, schema, truncate=cfg.overwrite)
-    present, stored_settings = _store_state(cfg, config_hash)
-    other = {h for h in present.values() if h != config_hash}
+    _add_new_columns(cfg)
+    stored, stored_settings = _store_state(cfg)
+    other = {r["extract_config"] for r in stored.values() if r["extract_config"] != config_hash}
     if other:
         raise ValueError(
-            f"store {cfg.store_uri!r} already holds {len(present)} videos extracted with other settings "
+            f"store {cfg.store_uri!r} already holds {len(stored)} videos extracted with other settings "
             f"(extract_config {', '.join(sorted(other))}"
             + (f": {json.dumps(stored_settings, sort_keys=True)}" if stored_settings else "")
             + f"); this run's settings are {json.dumps(cfg.settings(), sort_keys=True)} ({config_hash}). "
@@ -457,12 +533,14 @@ def extract(cfg: ExtractConfig, dataset: Dataset | None = None) -> ExtractResult
         )
     _write_classes(cfg, dataset)
 
-    pending = [e for e in dataset.entries if e.video_id not in present]
-    result.skipped = len(dataset.entries) - len(pending)
+    pending, relabel = _plan(cfg, dataset.entries, stored, result)
+    if relabel:
+        result.versions[VIDEOS.name] = _update_metadata(cfg, relabel)
+        result.relabeled = len(relabel)
     result.orphans_deleted = _delete_orphan_clips(cfg, [e.video_id for e in pending])
     if result.skipped:
-        log.info("%d of %d videos are already extracted with these settings: skipped",
-                 result.skipped, len(dataset.entries))
+        log.info("%d of %d videos are already in the store with these settings (%d of them failed, file "
+                 "unchanged): skipped", result.skipped, len(dataset.entries), result.skipped_failed)
 
     if pending:
         workers = cfg.workers or (os.cpu_count() or 1)
@@ -471,12 +549,12 @@ def extract(cfg: ExtractConfig, dataset: Dataset | None = None) -> ExtractResult
 
             from hyvid.cluster.connect import connect
 
-            connect(cfg.address, cfg.workers)
+            connect(cfg.address, _local_cpus(cfg))
             workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         size = _shard_size(cfg, len(pending), workers)
         shards = [pending[i:i + size] for i in range(0, len(pending), size)]
         settings = cfg.settings()
-        committer = _Committer(cfg, result)
+        committer = _Committer(cfg, result, lease)
         with tqdm(total=len(pending), desc="extract", unit="video", disable=not cfg.progress) as bar:
             try:
                 if cfg.use_ray:
@@ -488,9 +566,6 @@ def extract(cfg: ExtractConfig, dataset: Dataset | None = None) -> ExtractResult
                 committer.commit()
         _compact_videos(cfg)
         _index_clips(cfg)
-    result.seconds = time.perf_counter() - t0
-    log.info("extract: %d ok, %d failed, %d skipped, %.0f source frames/s", result.ok, result.failed,
-             result.skipped, result.frames_per_s)
     return result
 
 

@@ -51,26 +51,79 @@ class VideoError(Exception):
         self.reason = reason
 
 
-def stored_shape(width: int, height: int, size: int) -> tuple[int, int]:
-    """(height, width) of a frame resized so that its short side is `size` (aspect ratio kept)."""
+# Bounds on what one video may cost (a crawl of user videos holds odd files; none may take a node down).
+MIN_SIZE = 16  # stored short side: below this DIS flow has no patch to match
+MAX_SIZE = 512  # stored short side: 2x the 256 px two-stream nets were trained at
+# The long side is capped too: at the default size 128, 512 px keeps every aspect up to 4:1 whole,
+# and bounds a clip row to 2L*128*512 flow bytes + one frame (1.4 MB raw at L=10, under the 2 MB a
+# row may take even for noise that does not compress).
+DEFAULT_MAX_LONG_SIDE = 512
+MAX_LONG_SIDE = 2048
+# Wider than 4:1 (ultra-wide 32:9 cinema is 3.6:1) is a strip, not a scene: the CNNs' square crops
+# would each see a sliver of it. Such videos are failed with the reason.
+DEFAULT_MAX_ASPECT = 4.0
+MAX_ASPECT = 32.0
+# 8K UHD: larger source frames are refused before decoding; the decoder's own buffers would cost GBs.
+MAX_SOURCE_PIXELS = 7680 * 4320
+
+
+def stored_shape(width: int, height: int, size: int, max_long_side: int | None = None) -> tuple[int, int]:
+    """(height, width) of a frame resized so that its short side is `size` (aspect ratio kept),
+    then scaled down so that its long side is at most `max_long_side` when given."""
     if width <= 0 or height <= 0:
         raise ValueError(f"frame size must be positive, got {width}x{height}")
-    if height <= width:
-        return size, max(1, int(round(width * size / height)))
-    return max(1, int(round(height * size / width))), size
+    short, long = min(width, height), max(width, height)
+    scale = size / short
+    if max_long_side is not None and long * scale > max_long_side:
+        scale = max_long_side / long
+    h, w = max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+    if max_long_side is None or long * size / short <= max_long_side:
+        # The short side is exactly `size` (rounding must not make it size - 1).
+        h, w = (size, w) if height <= width else (h, size)
+    return h, w
 
 
-def resize_frame(frame: np.ndarray, size: int | None) -> np.ndarray:
-    """Resize one frame to the stored size (short side = `size`); None keeps it as is."""
+def resize_frame(frame: np.ndarray, size: int | None, max_long_side: int | None = None) -> np.ndarray:
+    """Resize one frame to the stored size (short side = `size`, long side <= `max_long_side`);
+    None keeps it as is."""
     if size is None:
         return frame
-    h, w = stored_shape(frame.shape[1], frame.shape[0], size)
+    h, w = stored_shape(frame.shape[1], frame.shape[0], size, max_long_side)
     if (h, w) == frame.shape[:2]:
         return frame
     # Shrinking by 2x or more needs INTER_AREA against aliasing (which would show up as spurious
     # flow); below 2x bilinear already averages enough and is ~6x faster than INTER_AREA.
     interp = cv2.INTER_AREA if 2 * h <= frame.shape[0] else cv2.INTER_LINEAR
     return cv2.resize(frame, (w, h), interpolation=interp)
+
+
+def check_frame_size(path: str, width: int, height: int, size: int | None, max_long_side: int | None,
+                     max_aspect: float | None) -> None:
+    """Raise VideoError for a source frame size whose cost or shape is beyond the bounds."""
+    if width <= 0 or height <= 0:
+        return  # unknown until the first frame is decoded
+    if width * height > MAX_SOURCE_PIXELS:
+        raise VideoError(path, f"frames of {width}x{height} exceed the {MAX_SOURCE_PIXELS // 10**6} Mpx "
+                               "(8K) a video may have; downscale the file first")
+    aspect = max(width, height) / min(width, height)
+    if max_aspect is not None and aspect > max_aspect:
+        raise VideoError(path, f"aspect ratio {width}x{height} = {aspect:.1f}:1 is beyond the {max_aspect:g}:1 "
+                               "limit (max_aspect); crop the video, or raise --max-aspect")
+    if size is not None:
+        h, w = stored_shape(width, height, size, max_long_side)
+        if min(h, w) < MIN_SIZE:
+            raise VideoError(path, f"{width}x{height} frames stored with a long side of at most {max_long_side} px "
+                                   f"would be {w}x{h}, under the {MIN_SIZE} px optical flow needs")
+
+
+def peak_bytes(n_positions: int, stack: int, size: int, max_long_side: int) -> int:
+    """A bound on the arrays `extract_clip_arrays` holds for one video at these settings (bytes).
+
+    Per stored pixel: RGB + grey of each kept frame (<= P(L+1) frames, 4 B), the quantized flows
+    (<= P*L, 2 B), their stacks (P*2L) and the sampled frames (P*3).
+    """
+    pixels = size * max_long_side
+    return n_positions * pixels * (4 * (stack + 1) + 2 * stack + 2 * stack + 3)
 
 
 @dataclass(frozen=True)
@@ -83,7 +136,21 @@ class DecodedVideo:
     height: int  # source height, before resizing
 
 
-def _decode(path: str, size: int | None) -> DecodedVideo:
+@dataclass
+class _Scan:
+    """What one pass over a video kept: frame index -> RGB frame at the stored size."""
+
+    kept: dict[int, np.ndarray]
+    n: int  # frames decoded
+    declared: int  # frames the container declares (0: unknown)
+    fps: float
+    width: int
+    height: int
+
+
+def _scan(path: str, size: int | None, keep: set[int] | None, max_long_side: int | None = None,
+          max_aspect: float | None = None) -> _Scan:
+    """Decode every frame of `path`, keeping those in `keep` (all when None) at the stored size."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoError(path, "file does not exist")
@@ -93,20 +160,36 @@ def _decode(path: str, size: int | None) -> DecodedVideo:
     try:
         if not cap.isOpened():
             raise VideoError(path, "cannot be opened as a video (not a video file, or an unsupported codec)")
-        declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        declared = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
         height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
-        frames = []
+        check_frame_size(path, width, height, size, max_long_side, max_aspect)
+        kept: dict[int, np.ndarray] = {}
+        n = 0
         while True:
+            if keep is not None and n not in keep:
+                if not cap.grab():  # decodes, but skips the copy and colour conversion
+                    break
+                n += 1
+                continue
             ok, bgr = cap.read()
             if not ok:
                 break
+            if n == 0 and (width <= 0 or height <= 0 or (bgr.shape[1], bgr.shape[0]) != (width, height)):
+                height, width = bgr.shape[:2]
+                check_frame_size(path, width, height, size, max_long_side, max_aspect)
             # Resize before the colour conversion: both are cheaper on the small frame.
-            frames.append(cv2.cvtColor(resize_frame(bgr, size), cv2.COLOR_BGR2RGB))
+            kept[n] = cv2.cvtColor(resize_frame(bgr, size, max_long_side), cv2.COLOR_BGR2RGB)
+            n += 1
     finally:
         cap.release()
-    n = len(frames)
+    return _Scan(kept, n, declared, fps, width, height)
+
+
+def _validate(path: str, scan: _Scan) -> float:
+    """Raise VideoError for a video that decoded badly; return its frame rate."""
+    n, declared = scan.n, scan.declared
     if n == 0:
         raise VideoError(path, "no frame could be decoded (corrupt file or unsupported codec)")
     # Containers with an index declare the frame count; decoding stops early at damage. A little
@@ -117,12 +200,18 @@ def _decode(path: str, size: int | None) -> DecodedVideo:
         )
     if n == 1:
         raise VideoError(path, "has only 1 frame; optical flow needs at least 2")
+    fps = scan.fps
     if not (fps > 0 and np.isfinite(fps)):
         log.warning("%s reports no frame rate; assuming %.0f fps for timestamps", path, FALLBACK_FPS)
         fps = FALLBACK_FPS
-    if width <= 0 or height <= 0:
-        height, width = frames[0].shape[:2]
-    return DecodedVideo(np.stack(frames), fps, width, height)
+    return fps
+
+
+def _decode(path: str, size: int | None) -> DecodedVideo:
+    path = os.fspath(path)
+    scan = _scan(path, size, None)
+    fps = _validate(path, scan)
+    return DecodedVideo(np.stack([scan.kept[i] for i in range(scan.n)]), fps, scan.width, scan.height)
 
 
 def decode_video(path: str, size: int | None = None) -> tuple[np.ndarray, float]:
@@ -257,35 +346,82 @@ class ClipArrays:
     flow_bound: float = FLOW_BOUND
 
 
+def _needed(s: Sampling) -> set[int]:
+    """Source frames a sampling reads: each position's frame and both ends of each of its flows."""
+    return {int(i) for i in s.frame_indices} | {int(i) for i in s.flow_indices.ravel()} | {
+        int(i) + 1 for i in s.flow_indices.ravel()}
+
+
+def plan_sampling(n_frames: int, n_positions: int, stack: int) -> Sampling:
+    """`sample_positions` with at most one position per frame: asking for more positions than a
+    video has frames gives each frame once (and `clamped`), not thousands of repeated rows."""
+    s = sample_positions(n_frames, min(n_positions, n_frames), stack)
+    return Sampling(s.frame_indices, s.flow_indices, s.clamped or n_positions > n_frames)
+
+
+FLOW_CHUNK = 32  # flows computed in float32 at a time before quantization: bounds their memory
+
+
 def extract_clip_arrays(
     path: str,
     n_positions: int = DEFAULT_POSITIONS,
     stack: int = DEFAULT_STACK,
     size: int | None = DEFAULT_SIZE,
     flow_method: str = "dis",
+    max_long_side: int | None = DEFAULT_MAX_LONG_SIDE,
+    max_aspect: float | None = DEFAULT_MAX_ASPECT,
 ) -> ClipArrays:
     """Decode a video, sample positions and compute the flow stacks there (shared by extract and predict).
 
-    Raises VideoError for files that cannot be extracted, ValueError for bad arguments.
+    Only the frames the sampled positions and their stacks read are kept, so memory depends on
+    the settings (`peak_bytes`), not on the video's length. Raises VideoError for files that
+    cannot be extracted (including frames beyond the size and aspect bounds), ValueError for bad
+    arguments.
     """
     if flow_method not in FLOW_METHODS:
         raise ValueError(f"unknown flow method {flow_method!r}; choose one of {', '.join(FLOW_METHODS)}")
-    video = _decode(path, size)
-    n = len(video.frames)
-    sampling = sample_positions(n, n_positions, stack)
+    path = os.fspath(path)
+    bounds = dict(max_long_side=max_long_side, max_aspect=max_aspect)
+    probe = cv2.VideoCapture(path) if os.path.exists(path) and os.path.getsize(path) > 0 else None
+    declared = int(probe.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if probe is not None and probe.isOpened() else 0
+    if probe is not None:
+        probe.release()
+    # Plan from the declared length; one more pass only if the decoded length moves a position.
+    keep = _needed(plan_sampling(declared, n_positions, stack)) if declared >= 2 else None
+    if keep is None:  # length unknown: count first (grab only, nothing kept)
+        keep = set()
+        counted = _scan(path, size, keep, **bounds)
+        if counted.n >= 2:
+            keep = _needed(plan_sampling(counted.n, n_positions, stack))
+    scan = _scan(path, size, keep, **bounds)
+    fps = _validate(path, scan)
+    n = scan.n
+    sampling = plan_sampling(n, n_positions, stack)
+    if not _needed(sampling) <= set(scan.kept):
+        scan = _scan(path, size, _needed(sampling), **bounds)
+        if scan.n != n or not _needed(sampling) <= set(scan.kept):
+            raise VideoError(path, f"decodes to a different number of frames each time ({n}, then {scan.n})")
     needed = np.unique(sampling.flow_indices)
-    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in video.frames]
-    flows_q = quantize_flow(compute_flows(gray, flow_method, needed))
+    gray = {i: cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for i, f in scan.kept.items()}
+    calc = _flow_fn(flow_method)
+    h, w = gray[int(needed[0])].shape
+    flows_q = np.empty((len(needed), h, w, 2), np.uint8)
+    flows = np.empty((min(FLOW_CHUNK, len(needed)), h, w, 2), np.float32)
+    for a in range(0, len(needed), FLOW_CHUNK):
+        chunk = needed[a:a + FLOW_CHUNK]
+        for j, i in enumerate(chunk):
+            flows[j] = calc(gray[int(i)], gray[int(i) + 1])
+        flows_q[a:a + len(chunk)] = quantize_flow(flows[:len(chunk)])
     slot_of = np.searchsorted(needed, sampling.flow_indices)
     return ClipArrays(
-        frames=np.ascontiguousarray(video.frames[sampling.frame_indices]),
+        frames=np.stack([scan.kept[int(i)] for i in sampling.frame_indices]),
         flow_stacks=stack_flows(flows_q, slot_of),
         frame_indices=sampling.frame_indices,
-        timestamps=sampling.frame_indices.astype(np.float64) / video.fps,
-        fps=video.fps,
+        timestamps=sampling.frame_indices.astype(np.float64) / fps,
+        fps=fps,
         n_frames=n,
-        width=video.width,
-        height=video.height,
+        width=scan.width,
+        height=scan.height,
         clamped=sampling.clamped,
         stack=stack,
     )

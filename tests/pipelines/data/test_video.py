@@ -109,7 +109,7 @@ def test_extract_clip_arrays_shapes_and_timestamps(tmp_path):
     assert ca.frame_indices[-1] == 30 - 1 - 3
 
     short = extract_clip_arrays(str(write_video(tmp_path / "s.avi", moving_square_frames(4))), 5, 3, 24)
-    assert short.clamped and short.flow_stacks.shape == (5, 6, 24, 32)
+    assert short.clamped and short.flow_stacks.shape == (4, 6, 24, 32)  # 5 positions asked, 4 frames
 
 
 def test_decode_returns_rgb(tmp_path):
