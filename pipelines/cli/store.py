@@ -72,7 +72,7 @@ def _query_run(args: argparse.Namespace, s: Settings) -> int:
     from hyvid.store.feature_store import FeatureStore
 
     start, stop = _positions(args.frames)
-    rows = FeatureStore(args.store).frame_features(args.video, start, stop)
+    rows = FeatureStore(args.store, s.resolved_storage_options()).frame_features(args.video, start, stop)
     if rows.num_rows == 0:
         raise ValueError(f"no frame_features rows for video {args.video!r} positions {args.frames or 'all'} "
                          f"in {args.store!r}; list ids with FeatureStore(...).videos()")
@@ -101,7 +101,7 @@ def _similar_args(p: argparse.ArgumentParser, s: Settings) -> None:
 def _similar_run(args: argparse.Namespace, s: Settings) -> int:
     from hyvid.store.feature_store import FeatureStore
 
-    fs = FeatureStore(args.store)
+    fs = FeatureStore(args.store, s.resolved_storage_options())
     row = fs.frame_features(args.video, args.frame, args.frame + 1, columns=[args.column])
     if row.num_rows == 0:
         raise ValueError(f"video {args.video!r} has no stored frame at position {args.frame} in {args.store!r}")
