@@ -217,33 +217,29 @@ def _existing_scores(store_uri: str, split: int, runs: dict[str, str], storage_o
     return done or set()
 
 
-def _commit_features(store_uri: str, fragments: list, replace_ids: list[str], schema: pa.Schema,
+def _commit_features(store_uri: str, fragments: list, written_ids: list[str], schema: pa.Schema,
                      storage_options: dict | None) -> int:
-    """One atomic commit: append the new fragments, removing `replace_ids`' older rows if any."""
-    import lance
+    """One atomic commit: append the new fragments, deleting the rows the table holds for the same
+    videos (another pair of CNNs' features, or these committed meanwhile by a concurrent run).
 
-    from hyvid.store.lance_io import commit_fragments, open_table, table_uri
+    Under the store's frame_features lease, so that check and the commit see the same table: a
+    video never has two sets of rows, whichever of two concurrent `features` runs commits last.
+    """
+    from hyvid.store.lance_io import commit_fragments, commit_replacing, open_table, row_addresses, table_exists
+    from hyvid.store.lease import FEATURES_LEASE, Lease
 
-    if not replace_ids:
-        return commit_fragments(store_uri, FRAME_FEATURES_NAME, fragments, schema, storage_options)
-    ds = open_table(store_uri, FRAME_FEATURES_NAME, storage_options)
-    addrs = ds.scanner(columns=["video_id"], filter=pc.field("video_id").isin(replace_ids),
-                       with_row_address=True).to_table().column("_rowaddr").to_numpy()
-    removed, updated = [], []
-    frag_ids = addrs >> np.uint64(32)
-    for fid in np.unique(frag_ids):
-        offsets = (addrs[frag_ids == fid] & np.uint64(0xFFFFFFFF)).astype(np.int64).tolist()
-        new = ds.get_fragment(int(fid)).delete_rows(offsets)
-        if new is None:
-            removed.append(int(fid))
-        else:
-            updated.append(new)
-    op = lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated,
-                                     new_fragments=list(fragments))
-    out = lance.LanceDataset.commit(table_uri(store_uri, FRAME_FEATURES_NAME), op, read_version=ds.version,
-                                    storage_options=storage_options)
-    log.info("replaced the features of %d video(s) from other CNN runs", len(replace_ids))
-    return out.version
+    with Lease(store_uri, FEATURES_LEASE, "hyvid features", storage_options=storage_options) as lease:
+        lease.check()
+        if not table_exists(store_uri, FRAME_FEATURES_NAME, storage_options):
+            return commit_fragments(store_uri, FRAME_FEATURES_NAME, fragments, schema, storage_options)
+        ds = open_table(store_uri, FRAME_FEATURES_NAME, storage_options)
+        old = row_addresses(ds, ["video_id"], pc.field("video_id").isin(pa.array(written_ids, pa.string())))
+        if old.num_rows == 0:
+            return commit_fragments(store_uri, FRAME_FEATURES_NAME, fragments, schema, storage_options)
+        version = commit_replacing(store_uri, FRAME_FEATURES_NAME, old.column("_rowaddr").to_pylist(), fragments,
+                                   storage_options, read_version=ds.version)
+    log.info("replaced the stored features of %d video(s)", len(set(old.column("video_id").to_pylist())))
+    return version
 
 
 def _index_features(cfg: FeaturesConfig) -> None:
@@ -334,8 +330,8 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
             frags = [f for r in batch for f in r["fragments"]]
             written = [v for r in batch for v in r["written"]]
             if frags:
-                ff_version = _commit_features(store_uri, frags, [v for v in written if v in replace],
-                                              frame_features_schema(*dims), cfg.storage_options)
+                ff_version = _commit_features(store_uri, frags, written, frame_features_schema(*dims),
+                                              cfg.storage_options)
                 table_dims = dims
             n_rows += sum(r["n_rows"] for r in batch)
             n_written += len(written)

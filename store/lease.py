@@ -53,11 +53,12 @@ POLL_S = 1.0
 _KEY_PREFIX = "hyvid.lease."
 
 
-class LeaseHeld(RuntimeError):
+# ValueErrors, like a bad flag: every command reports them as one line naming what to do.
+class LeaseHeld(ValueError):
     """Another live writer holds the lease; the message names it and what to do."""
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(ValueError):
     """This process's lease expired and another writer took it over: it must not commit."""
 
 

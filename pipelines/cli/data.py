@@ -103,24 +103,45 @@ _EXTRACT_EXAMPLES = """  hyvid extract data/synth --store store                 
   hyvid extract /data/UCF-101 --store s3://bucket/ucf --address auto --workers 32
   hyvid extract data/ccv/manifest.csv --store ccv_store --flow farneback --size 160
   hyvid extract data/synth --store store --frames 25 --stack 10 --overwrite   # changed settings
+  hyvid extract data/crawl.csv --store store --retry-failed    # decode every failed video again
 a dataset is a UCF-101 layout (ROOT/<Class>/*.avi + ROOT/ucfTrainTestlist/) or a manifest CSV
-`path,labels[,subset][,group]` (labels 'A|B' for multi-label). Re-running skips extracted videos."""
+`path,labels[,subset][,group]` (labels 'A|B' for multi-label). Re-running skips extracted videos,
+retries failed ones whose file changed, and copies changed labels/subsets/groups into the store.
+Two extracts into one store take turns: the second waits (--wait) for the first."""
 
 
 def _extract_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from hyvid.pipelines.data.video import FLOW_METHODS
+    from hyvid.pipelines import extract as ex
+    from hyvid.pipelines.data.video import FLOW_METHODS, MAX_ASPECT, MAX_LONG_SIDE, MAX_SIZE, MIN_SIZE
     from hyvid.pipelines.extract import ExtractConfig
 
     d = defaults(ExtractConfig)
     p.add_argument("dataset", help="UCF-101-layout directory or manifest .csv")
     common(p, s, ExtractConfig, experiment=False)
-    p.add_argument("--frames", type=int, help=f"positions sampled uniformly per video (default {d.frames})")
-    p.add_argument("--stack", type=int, help=f"flows per stack, L (default {d.stack})")
+    p.add_argument("--frames", type=int,
+                   help=f"positions sampled uniformly per video, 1..{ex.MAX_POSITIONS}; at most one per frame of "
+                        f"a video (default {d.frames})")
+    p.add_argument("--stack", type=int, help=f"flows per stack, L, 1..{ex.MAX_STACK} (default {d.stack})")
     p.add_argument("--flow", choices=FLOW_METHODS,
                    help=f"optical flow: dis (fast), farneback, tvl1 (~100x slower) (default {d.flow})")
-    p.add_argument("--size", type=int, help=f"stored short side in pixels, aspect kept (default {d.size})")
+    p.add_argument("--size", type=int,
+                   help=f"stored short side in pixels, {MIN_SIZE}..{MAX_SIZE}, aspect kept (default {d.size})")
+    p.add_argument("--max-long-side", type=int,
+                   help=f"stored long side cap in pixels, --size..{MAX_LONG_SIDE}: wider frames shrink to fit "
+                        f"(default {d.max_long_side})")
+    p.add_argument("--max-aspect", type=float,
+                   help=f"videos wider (or taller) than this are failed with the reason, 1..{MAX_ASPECT:g} "
+                        f"(default {d.max_aspect:g})")
     p.add_argument("--workers", type=int, default=settings_workers(s, "extract"),
-                   help="concurrent extraction tasks (default: settings workers.extract, else the cluster's CPUs)")
+                   help=f"concurrent extraction tasks, 1..{ex.MAX_WORKERS} (default: settings workers.extract, "
+                        "else the cluster's CPUs)")
+    p.add_argument("--local-cpus", type=int,
+                   help="CPUs a local Ray claims (default: --workers, at most this machine's cores)")
+    p.add_argument("--retry-failed", action="store_true", default=None,
+                   help="extract every failed video again (failed videos whose file changed are retried anyway)")
+    p.add_argument("--wait", type=float, dest="wait_s",
+                   help=f"seconds to wait while another command writes the store (default {d.wait_s:g}; 0: fail "
+                        "at once)")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="empty the store's videos/clips/classes and extract again (needed to change settings)")
 
@@ -131,7 +152,9 @@ def _extract_config(args: argparse.Namespace, s: Settings):
     return ExtractConfig(dataset=args.dataset, store_uri=args.store, address=args.address,
                          storage_options=s.resolved_storage_options(), **given(
                              split=args.split, frames=args.frames, stack=args.stack, flow=args.flow,
-                             size=args.size, workers=args.workers, overwrite=args.overwrite))
+                             size=args.size, workers=args.workers, overwrite=args.overwrite,
+                             max_long_side=args.max_long_side, max_aspect=args.max_aspect,
+                             local_cpus=args.local_cpus, retry_failed=args.retry_failed, wait_s=args.wait_s))
 
 
 def _extract_run(args: argparse.Namespace, s: Settings) -> int:
@@ -141,6 +164,8 @@ def _extract_run(args: argparse.Namespace, s: Settings) -> int:
     print(f"extracted {r.ok} videos, {r.failed} failed, {r.skipped} skipped (already in the store) "
           f"of {r.total} in {r.seconds:.1f} s: {r.frames_per_s:.0f} source frames/s, {r.clips} clips "
           f"[settings {r.config_hash}]")
+    if r.retried or r.relabeled:
+        print(f"retried {r.retried} failed videos; updated the labels/subsets/groups of {r.relabeled} videos")
     if r.node_spread:
         print("videos per node: " + per_node(r.node_spread))
     if r.orphans_deleted:
@@ -152,7 +177,7 @@ def _extract_run(args: argparse.Namespace, s: Settings) -> int:
         if len(r.failures) > 50:
             print(f"  ... and {len(r.failures) - 50} more (videos table, status = 'failed')")
     if r.exit_code:
-        print("nothing could be extracted", file=sys.stderr)
+        print(f"hyvid extract: error: {r.failure_line()}", file=sys.stderr)
     return r.exit_code
 
 

@@ -1,7 +1,8 @@
-"""`hyvid query` and `hyvid similar`: read stored per-frame features, and search them by similarity."""
+"""`hyvid query`, `hyvid similar` and `hyvid doctor`: read stored features, search them, check the store."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from hyvid.cluster.settings import Settings
 from hyvid.pipelines.cli._common import command, common, given
@@ -121,3 +122,52 @@ command("similar", "find the stored frames nearest to one frame's features",
         "  hyvid similar --store store --video 'Basketball/v_Basketball_g01_c01' --frame 0 -k 5 \\\n"
         "      --column motion --format json\n",
         _similar_args, _similar_run)
+
+
+def _doctor_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    common(p, s, split=False, experiment=False, address=False)
+    p.add_argument("--repair", action="store_true",
+                   help="delete duplicate rows, keeping one per key (one commit per table; fails at once "
+                        "while another command writes the store)")
+    p.add_argument("--versions", type=int, default=5, help="commits of each table to list (default %(default)s)")
+
+
+def _print_report(report) -> None:
+    print(f"store {report.store_uri}")
+    for t in report.tables.values():
+        dup = f"{t.duplicate_rows} duplicate rows" + (f" (e.g. {t.duplicate_examples})" if t.duplicate_rows else "")
+        orphans = f"; {t.orphan_rows} orphan rows (videos unknown, e.g. {t.orphan_examples})" if t.orphan_rows else ""
+        print(f"  {t.name}: {t.rows} rows, {t.keys} keys, {dup}{orphans}")
+        for v in t.lineage:
+            print(f"    v{v.version} {v.timestamp} {v.operation} -> {v.rows} rows")
+    for name, (holder, stale) in report.leases.items():
+        print(f"  lease {name}: {'stale, ' if stale else ''}held by {holder.describe()}")
+
+
+def _doctor_run(args: argparse.Namespace, s: Settings) -> int:
+    from hyvid.store.doctor import diagnose, repair
+    from hyvid.store.lance_io import canonical_store_uri
+
+    if args.versions < 0 or args.versions > 10_000:
+        raise ValueError(f"--versions must be between 0 and 10000, got {args.versions}")
+    store, so = canonical_store_uri(args.store), s.resolved_storage_options()
+    report = diagnose(store, so, args.versions)
+    if not report.tables:
+        raise FileNotFoundError(f"store {store!r} holds no hyvid table; check --store")
+    _print_report(report)
+    if args.repair and report.duplicate_rows:
+        removed = repair(store, so)
+        print("repaired: removed " + ", ".join(f"{n} from {t}" for t, n in removed.items() if n))
+        report = diagnose(store, so, 0)
+    if report.duplicate_rows:
+        print(f"{report.duplicate_rows} duplicate rows: run `hyvid doctor --store {args.store} --repair`",
+              file=sys.stderr)
+        return 1
+    print("no duplicate rows" + (f"; {report.orphan_rows} orphan rows (the next extract/features run removes "
+                                 "orphan clips and features of videos it writes again)" if report.orphan_rows else ""))
+    return 0
+
+
+command("doctor", "check a store: duplicate keys, orphan rows, each table's version lineage (--repair)",
+        ("hyvid doctor --store store", "hyvid doctor --store s3://bucket/store --repair --versions 20"),
+        _doctor_args, _doctor_run)
