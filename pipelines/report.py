@@ -7,6 +7,13 @@ are several (the UCF-101 protocol). A model whose own run logged no test metric 
 the metrics the hybrid stage recomputed from `video_scores` (`eval.<model>.test_*` on the
 hybrid run). The paper's UCF-101 accuracy and CCV mAP (models.registry.PAPER_RESULTS) stand
 beside each row.
+
+Each test figure comes with its 95% bootstrap interval over test videos, logged beside it as
+`test_<metric>_ci_low` / `_ci_high` (with `test_n_videos`) by the stage that scored the test set.
+Over several splits the interval reported is the mean of the per-split bounds: an approximation
+(roughly right when the splits' intervals have similar widths, and wider than an interval of the
+mean of independent splits would be). The latest hybrid run of each split also carries the
+paired-bootstrap tests of the paper's findings (findings.json), which the report lists last.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from mlflow.entities import Run
 
 from hyvid.models import registry as R
 from hyvid.pipelines import tracking
+from hyvid.pipelines.evaluation.findings import findings_markdown
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +46,16 @@ TABLES: list[tuple[str, list[tuple[str, str]]]] = [
         (_ALL_FOUR, "CNN + LSTM (both streams)"),
     ]),
     ("Table 2: fusion of the two streams", [
-        (R.TWO_STREAM_CNN, "Two-stream CNN"),
+        (R.SPATIAL_SVM, "Spatial SVM"),
+        (R.MOTION_SVM, "Motion SVM"),
         (R.SVM_EF, "SVM-EF"),
         (R.SVM_LF, "SVM-LF"),
+        (R.SVM_MKL, "SVM-MKL"),
         (R.NN_EF, "NN-EF"),
         (R.NN_LF, "NN-LF"),
+        (R.M_DBM, "M-DBM"),
+        (R.TWO_STREAM_CNN, "Two-stream CNN"),
+        (R.RDNN, "RDNN"),
         (R.FUSION_NOREG, "Non-regularized fusion network"),
         (R.FUSION, "Regularized fusion network"),
     ]),
@@ -51,6 +64,8 @@ TABLES: list[tuple[str, list[tuple[str, str]]]] = [
     ]),
 ]
 assert set(R.LATE_FUSIONS) <= {m for _, rows in TABLES for m, _ in rows}
+# The columns whose cells also show the interval: each dataset's paper metric (UCF-101, CCV).
+CI_COLUMNS = (R.ACCURACY, R.MAP)
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,8 @@ class Entry:
     metrics: dict[str, float]
     run_id: str
     source: str  # "run" (the model's own run) or "hybrid-eval" (recomputed by the hybrid stage)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> 95% (lo, hi)
+    n_videos: int | None = None  # test videos the metrics rest on
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,7 @@ class Report:
     experiment: str
     splits: tuple[int, ...]
     entries: dict[str, dict[int, Entry]] = field(default_factory=dict)
+    findings: dict[int, list[dict]] = field(default_factory=dict)  # split -> the latest hybrid's findings.json
 
     def mean(self, model: str) -> dict[str, float | None]:
         """Mean of each metric over the splits that have it (None when no split has it)."""
@@ -94,6 +112,21 @@ class Report:
             vals = [e.metrics[m] for s, e in per.items() if s in self.splits and m in e.metrics]
             out[m] = sum(vals) / len(vals) if vals else None
         return out
+
+    def interval(self, model: str, metric: str) -> tuple[float, float] | None:
+        """The 95% interval of a metric: the mean of the per-split bounds (None unless every split has one)."""
+        used = [e for s, e in self.entries.get(model, {}).items() if s in self.splits and metric in e.metrics]
+        if not used or any(metric not in e.intervals for e in used):
+            return None
+        return (sum(e.intervals[metric][0] for e in used) / len(used),
+                sum(e.intervals[metric][1] for e in used) / len(used))
+
+    def n_videos(self, model: str) -> int | None:
+        """Test videos behind the model's figures, summed over the splits (None when a split did not log it)."""
+        used = [e for s, e in self.entries.get(model, {}).items() if s in self.splits]
+        if not used or any(e.n_videos is None for e in used):
+            return None
+        return sum(e.n_videos for e in used if e.n_videos is not None)
 
     def models(self) -> list[str]:
         ordered = [m for _, rows in TABLES for m, _ in rows]
@@ -108,6 +141,31 @@ def _test_metrics(run: Run, prefix: str = "") -> dict[str, float]:
         if v is not None and not math.isnan(v):
             out[m] = float(v)
     return out
+
+
+def _entry(run: Run, source: str, prefix: str = "") -> Entry | None:
+    """A run's test metrics, their intervals and video count (None when it logged no test metric)."""
+    metrics = _test_metrics(run, prefix)
+    if not metrics:
+        return None
+    logged = run.data.metrics
+    intervals = {}
+    for m in metrics:
+        lo, hi = (logged.get(prefix + k) for k in tracking.ci_metric_names("test", m))
+        if lo is not None and hi is not None:
+            intervals[m] = (float(lo), float(hi))
+    n = logged.get(prefix + tracking.metric_name("test", tracking.N_VIDEOS_METRIC))
+    return Entry(metrics, run.info.run_id, source, intervals, None if n is None else int(n))
+
+
+def _findings(run_id: str) -> list[dict]:
+    """The findings.json a hybrid run logged ([] for runs from before it existed)."""
+    import mlflow
+
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+    if tracking.FINDINGS_ARTIFACT not in names:
+        return []
+    return list(mlflow.artifacts.load_dict(f"runs:/{run_id}/{tracking.FINDINGS_ARTIFACT}"))
 
 
 def _split_of(run: Run) -> int | None:
@@ -133,14 +191,14 @@ def collect(cfg: ReportConfig) -> Report:
         model, split = run.data.tags.get(tracking.TAG_MODEL), _split_of(run)
         if not model or split is None:
             continue
-        metrics = _test_metrics(run)
-        if metrics:
-            own.setdefault(model, {}).setdefault(split, Entry(metrics, run.info.run_id, "run"))
+        entry = _entry(run, "run")
+        if entry is not None:
+            own.setdefault(model, {}).setdefault(split, entry)
         if model == R.HYBRID:
             for name in R.MODEL_NAMES:
-                m = _test_metrics(run, f"{tracking.EVAL_PREFIX}{name}.")
-                if m:
-                    fallback.setdefault(name, {}).setdefault(split, Entry(m, run.info.run_id, "hybrid-eval"))
+                e = _entry(run, "hybrid-eval", f"{tracking.EVAL_PREFIX}{name}.")
+                if e is not None:
+                    fallback.setdefault(name, {}).setdefault(split, e)
     entries = {m: dict(v) for m, v in own.items()}
     for model, per in fallback.items():
         for split, e in per.items():
@@ -153,16 +211,39 @@ def collect(cfg: ReportConfig) -> Report:
     missing = [s for s in splits if s not in found]
     if missing:
         log.warning("no run of experiment %r is tagged with split(s) %s (found %s)", cfg.experiment, missing, found)
-    return Report(cfg.experiment, tuple(splits), entries)
+    hybrid = entries.get(R.HYBRID, {})
+    found_findings = {s: _findings(hybrid[s].run_id) for s in splits if s in hybrid and hybrid[s].source == "run"}
+    return Report(cfg.experiment, tuple(splits), entries, {s: f for s, f in found_findings.items() if f})
 
 
-def to_json(rep: Report) -> dict[str, dict[str, float | None]]:
-    """{model: {"accuracy", "mean_class_accuracy", "map", "top5"}}: means over the splits, as fractions."""
-    return {m: rep.mean(m) for m in rep.models()}
+def to_json(rep: Report) -> dict[str, dict[str, float | list[float] | int | None]]:
+    """{model: {metric: value, "<metric>_ci": [lo, hi], ..., "n_test_videos": n}}: means over the splits, as fractions.
+
+    A `_ci` or `n_test_videos` is None when a run behind the figure did not log it.
+    """
+    out: dict[str, dict[str, float | list[float] | int | None]] = {}
+    for model in rep.models():
+        mean = rep.mean(model)
+        row: dict[str, float | list[float] | int | None] = {}
+        for m in REPORT_METRICS:
+            ci = rep.interval(model, m) if mean[m] is not None else None
+            row[m], row[f"{m}_ci"] = mean[m], None if ci is None else [ci[0], ci[1]]
+        row["n_test_videos"] = rep.n_videos(model)
+        out[model] = row
+    return out
+
+
+def findings_json(rep: Report) -> list[dict]:
+    """Every reported split's findings (from its latest hybrid run), each record with its split."""
+    return [{"split": s, **f} for s in rep.splits for f in rep.findings.get(s, [])]
 
 
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}"
+
+
+def _pct_ci(v: float | None, ci: tuple[float, float] | None) -> str:
+    return _pct(v) if v is None or ci is None else f"{100 * v:.1f} [{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]"
 
 
 def _paper(model: str) -> tuple[str, str]:
@@ -179,7 +260,10 @@ def to_markdown(rep: Report) -> str:
         f"{', '.join(map(str, rep.splits))}",
         "",
         f"Test metrics in percent{mean_note}, from the latest finished run per (model, split). "
-        "Paper columns: Wu et al. 2015, UCF-101 accuracy and CCV mAP. — means no run.",
+        "Paper columns: Wu et al. 2015, UCF-101 accuracy and CCV mAP. — means no run. "
+        "[lo–hi] after an accuracy or mAP: its 95% bootstrap interval over the test videos"
+        + (" (the mean of the per-split bounds, an approximation)" if several else "")
+        + "; the other metrics' intervals are in `--format json`.",
         "",
     ]
     split_cols = [f"acc. split {s}" for s in rep.splits] if several else []
@@ -193,7 +277,8 @@ def to_markdown(rep: Report) -> str:
             per = rep.entries.get(model, {})
             cells = [f"`{model}`", label]
             cells += [_pct(per[s].metrics.get("accuracy")) if s in per else "—" for s in rep.splits] if several else []
-            metric_cells = [_pct(mean[k]) for k in REPORT_METRICS]
+            metric_cells = [_pct_ci(mean[k], rep.interval(model, k) if k in CI_COLUMNS else None)
+                            for k in REPORT_METRICS]
             if several and per and any(s not in per for s in rep.splits):
                 metric_cells = [c if c == "—" else c + " ²" for c in metric_cells]
                 partial = True
@@ -210,12 +295,29 @@ def to_markdown(rep: Report) -> str:
     extra = [m for m in rep.models() if m not in {m for _, rows in TABLES for m, _ in rows}]
     if extra:
         lines += ["Other runs: " + ", ".join(f"`{m}` {_pct(rep.mean(m)['accuracy'])}" for m in extra), ""]
+    lines += _findings_markdown(rep)
     return "\n".join(lines)
+
+
+def _findings_markdown(rep: Report) -> list[str]:
+    if not rep.findings:
+        return []
+    lines = ["## Findings", "",
+             "The paper's findings, each \"A beats B\" tested by a paired bootstrap over the test videos both "
+             "models scored: the difference A − B in points, its 95% interval, and the verdict (reproduced: the "
+             "interval lies above 0; contradicted: below 0; else inconclusive). From the latest hybrid run.", ""]
+    for split in rep.splits:
+        if split in rep.findings:
+            lines += [f"Split {split}:", "", *findings_markdown(rep.findings[split]), ""]
+    return lines
 
 
 def report(cfg: ReportConfig) -> str:
     """The report text in the configured format."""
     rep = collect(cfg)
     if cfg.format == "json":
-        return json.dumps(to_json(rep), indent=2)
+        out: dict = to_json(rep)
+        if rep.findings:
+            out["findings"] = findings_json(rep)
+        return json.dumps(out, indent=2)
     return to_markdown(rep)

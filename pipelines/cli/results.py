@@ -18,8 +18,9 @@ def _report_args(p: argparse.ArgumentParser, s: Settings) -> None:
     g.add_argument("--split", type=int, choices=SPLITS, help="report one split")
     g.add_argument("--splits", help="report these splits and their mean, e.g. 1,2,3 (default: every split with runs)")
     p.add_argument("--format", choices=FORMATS,
-                   help="markdown: the paper's Tables 1-3 beside its numbers; json: {model: {metric: value}} "
-                        f"(default {d.format})")
+                   help="markdown: the paper's Tables 1-3 beside its numbers, with 95%% bootstrap intervals and "
+                        "the findings' paired-bootstrap verdicts; json: {model: {metric: value, metric_ci: [lo, hi], "
+                        f"n_test_videos: n}}, plus \"findings\" (default {d.format})")
 
 
 def _report_config(args: argparse.Namespace, s: Settings):

@@ -44,9 +44,12 @@ def experiment(tmp_path_factory):
     run("spatial_cnn", 1, {"test_accuracy": 0.50}, stage="train-cnn")
     run("spatial_cnn", 1, {"test_accuracy": 0.60, "test_mean_class_accuracy": 0.55, "test_map": 0.65,
                            "test_top5": 0.9}, stage="train-cnn", params=lineage)
+    run("svm_mkl", 1, {"test_accuracy": 0.70, "test_accuracy_ci_low": 0.62, "test_accuracy_ci_high": 0.78,
+                       "test_map": 0.72, "test_map_ci_low": 0.65, "test_map_ci_high": 0.80, "test_n_videos": 120})
     run("spatial_cnn", 1, {"test_accuracy": 0.99}, stage="train-cnn", status="FAILED")  # ignored
     run("spatial_lstm", 1, {"test_accuracy": 0.70}, params=lineage)
-    run("spatial_lstm", 2, {"test_accuracy": 0.80})
+    run("spatial_lstm", 2, {"test_accuracy": 0.80, "test_accuracy_ci_low": 0.70, "test_accuracy_ci_high": 0.88,
+                            "test_n_videos": 60})
     run("motion_cnn", 1, {"train_accuracy": 0.9}, stage="train-cnn")  # no test metric: not reported
     run("fusion", 1, {"test_accuracy": 0.75, "test_map": 0.8})
     run("fusion_noreg", 1, {"test_accuracy": 0.72})
@@ -73,9 +76,14 @@ def test_collect_picks_latest_finished_run_with_test_metrics(experiment):
 
 def test_json_has_every_model_with_the_right_values(experiment):
     out = json.loads(report(ReportConfig("exp", experiment["uri"], splits=(1,), format="json")))
-    assert set(out) == {"spatial_cnn", "spatial_lstm", "fusion", "fusion_noreg", "svm_ef", "hybrid",
+    assert set(out) == {"spatial_cnn", "spatial_lstm", "fusion", "fusion_noreg", "svm_ef", "svm_mkl", "hybrid",
                         "spatial_cnn+spatial_lstm"}
-    assert out["spatial_cnn"] == {"accuracy": 0.60, "mean_class_accuracy": 0.55, "map": 0.65, "top5": 0.9}
+    assert out["spatial_cnn"] == {"accuracy": 0.60, "mean_class_accuracy": 0.55, "map": 0.65, "top5": 0.9,
+                                  "accuracy_ci": None, "mean_class_accuracy_ci": None, "map_ci": None,
+                                  "top5_ci": None, "n_test_videos": None}  # runs from before intervals
+    assert out["svm_mkl"]["accuracy_ci"] == [0.62, 0.78] and out["svm_mkl"]["map_ci"] == [0.65, 0.80]
+    assert out["svm_mkl"]["top5"] is None and out["svm_mkl"]["top5_ci"] is None
+    assert out["svm_mkl"]["n_test_videos"] == 120
     assert out["spatial_lstm"]["accuracy"] == 0.70  # split 1 only
     assert out["hybrid"]["accuracy"] == 0.85 and out["hybrid"]["map"] is None
     assert out["spatial_cnn+spatial_lstm"]["accuracy"] == 0.77
@@ -108,7 +116,7 @@ def test_unknown_experiment_is_named(experiment):
 
 def test_runs_table_shows_params_metrics_and_lineage(experiment):
     rows = list_runs(RunsConfig("exp", experiment["uri"]))
-    assert len(rows) == 10 and rows[0]["run"] == "spatial_cnn+spatial_lstm"  # newest first
+    assert len(rows) == 11 and rows[0]["run"] == "spatial_cnn+spatial_lstm"  # newest first
     cnn = next(r for r in rows if r["run"] == "spatial_cnn" and "acc=0.600" in r["test"])
     assert "mca=0.550" in cnn["test"] and "mAP=0.650" in cnn["test"]
     assert cnn["lineage"] == "/data/store frame_features@v3 videos@v1"
@@ -126,7 +134,9 @@ def test_cli_report_and_runs(experiment, capsys):
 
     assert main(["report", "--experiment", "exp", "--split", "2", "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out == {"spatial_lstm": {"accuracy": 0.8, "mean_class_accuracy": None, "map": None, "top5": None}}
+    assert out == {"spatial_lstm": {"accuracy": 0.8, "accuracy_ci": [0.70, 0.88], "mean_class_accuracy": None,
+                                    "mean_class_accuracy_ci": None, "map": None, "map_ci": None, "top5": None,
+                                    "top5_ci": None, "n_test_videos": 60}}
     assert main(["runs", "--experiment", "exp", "--model", "hybrid"]) == 0
     text = capsys.readouterr().out
     assert "hybrid" in text and "mlflow ui --backend-store-uri" in text
@@ -139,3 +149,80 @@ def test_markdown_flags_means_over_fewer_splits(experiment):
     assert "75.0 ²" in row and "² mean over only the splits" in md
     lstm = next(line for line in md.splitlines() if line.startswith("| `spatial_lstm` "))
     assert "²" not in lstm
+
+
+def test_markdown_lists_every_table_2_row_with_intervals(experiment):
+    md = report(ReportConfig("exp", experiment["uri"], splits=(1,)))
+    table2 = md.split("## Table 2")[1].split("## Table 3")[0]
+    labels = [line.split("|")[2].strip(" ¹") for line in table2.splitlines() if line.startswith("| `")]
+    assert labels == ["Spatial SVM", "Motion SVM", "SVM-EF", "SVM-LF", "SVM-MKL", "NN-EF", "NN-LF", "M-DBM",
+                      "Two-stream CNN", "RDNN", "Non-regularized fusion network", "Regularized fusion network"]
+    mkl = next(line for line in md.splitlines() if line.startswith("| `svm_mkl` "))
+    cells = [c.strip() for c in mkl.strip("|").split("|")]
+    assert cells[2:] == ["70.0 [62.0–78.0]", "—", "72.0 [65.0–80.0]", "—", "86.8", "75.4"]
+    assert "95% bootstrap interval" in md
+    two = report(ReportConfig("exp", experiment["uri"], splits=(2,)))
+    assert "| 80.0 [70.0–88.0] |" in two and "approximation" not in two
+    # Over two splits the interval is the mean of the per-split bounds, said to be approximate, and
+    # none is shown when a split's run logged none (split 1 of spatial_lstm).
+    both = report(ReportConfig("exp", experiment["uri"], splits=(1, 2)))
+    lstm = next(line for line in both.splitlines() if line.startswith("| `spatial_lstm` "))
+    assert "| 75.0 |" in lstm and "[" not in lstm and "approximation" in both
+    assert "## Findings" not in md  # this experiment's hybrid run logged none
+
+
+def _scored_store(root, n_test=150, seed=0):
+    """A store whose video_scores make the hybrid clearly better than its parts (val and test)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from hyvid.store.lance_io import append_rows
+    from hyvid.store.scores import upsert_video_scores
+    from hyvid.store.tables import CLASSES, VIDEOS
+
+    rng = np.random.default_rng(seed)
+    c, n = 4, 2 * n_test
+    ids = [f"v{i:03d}" for i in range(n)]
+    subsets = ["val"] * n_test + ["test"] * n_test
+    labels = rng.integers(0, c, n)
+    store = str(root / "store")
+    append_rows(store, VIDEOS.name, pa.Table.from_pylist(
+        [{"video_id": v, "class_name": f"c{lab}", "label": int(lab), "labels": [int(lab)], "group": "g01",
+          "status": "ok"} for v, lab in zip(ids, labels, strict=True)], schema=VIDEOS.schema))
+    append_rows(store, CLASSES.name, pa.Table.from_pylist(
+        [{"label": i, "class_name": f"c{i}"} for i in range(c)], schema=CLASSES.schema))
+    t = np.eye(c)[labels]
+    # Each component sees the label through its own noise, so their sum is much cleaner than any one.
+    for m in ("spatial_lstm", "motion_lstm", "fusion", "spatial_cnn", "motion_cnn", "svm_ef"):
+        upsert_video_scores(store, m, 1, f"run_{m}", ids, subsets, t + rng.normal(scale=0.9, size=(n, c)),
+                            labels.tolist())
+    return store
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_report_shows_the_hybrid_runs_intervals_and_findings(tmp_path, tracking_uri):
+    from hyvid.pipelines.hybrid import HybridConfig, hybrid
+
+    store = _scored_store(tmp_path)
+    res = hybrid(HybridConfig(store_uri=store, experiment="e2e", tracking_uri=tracking_uri, step=0.25))
+    out = json.loads(report(ReportConfig("e2e", tracking_uri, format="json")))
+    findings = out.pop("findings")
+    # Every model with a figure has an interval around it: the hybrid's own run, the models the
+    # hybrid evaluated from video_scores, and the late fusions' nested runs.
+    assert {"hybrid", "fusion", "spatial_cnn", "svm_ef", "spatial_cnn+spatial_lstm"} <= set(out)
+    for model, row in out.items():
+        for m in ("accuracy", "mean_class_accuracy", "map", "top5"):
+            lo, hi = row[f"{m}_ci"]
+            assert lo <= row[m] <= hi, (model, m)
+        assert row["n_test_videos"] == 150
+    assert out["hybrid"]["accuracy"] == pytest.approx(res.test_metrics["accuracy"])
+    rec = next(f for f in findings if (f["a"], f["b"]) == ("hybrid", "fusion"))
+    assert rec["split"] == 1 and rec["metric"] == "accuracy" and rec["n_videos"] == 150
+    assert rec["verdict"] == "reproduced" and 0 < rec["lo"] <= rec["diff"] <= rec["hi"]
+    assert {f["verdict"] for f in findings} <= {"reproduced", "inconclusive", "contradicted"}
+    assert {(f["a"], f["b"]) for f in findings} >= {("fusion", "svm_ef"), ("spatial_cnn+spatial_lstm", "spatial_cnn")}
+    md = report(ReportConfig("e2e", tracking_uri))
+    assert "## Findings" in md and "`hybrid` over `fusion`: **reproduced**" in md
+    hyb = next(line for line in md.splitlines() if line.startswith("| `hybrid` "))
+    assert "[" in hyb and "–" in hyb
