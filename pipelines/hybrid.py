@@ -43,6 +43,8 @@ from hyvid.models.registry import (
 from hyvid.pipelines import tracking
 from hyvid.pipelines.evaluation import metrics as M
 from hyvid.pipelines.evaluation import plots
+from hyvid.pipelines.evaluation.bootstrap import metric_intervals
+from hyvid.pipelines.evaluation.findings import Scores, paper_findings
 from hyvid.pipelines.evaluation.weights import SEARCH_METRICS, combine, grid_steps, search_weights
 from hyvid.store.tables import EXTRACT_SETTINGS_METADATA_KEY, FRAME_FEATURES_NAME, VIDEO_SCORES, VIDEOS
 
@@ -230,6 +232,20 @@ def _log_metrics(prefix: str, subset: str, values: dict[str, float]) -> None:
                         for k, v in values.items() if v is not None and not math.isnan(v)})
 
 
+def _log_intervals(prefix: str, scores: np.ndarray, a: _Aligned, multilabel: bool) -> None:
+    """The 95% bootstrap interval over test videos of each test metric, and the video count."""
+    ci = metric_intervals(scores, a.labels, a.labels_multi, multilabel)
+    mlflow.log_metrics({prefix + k: v for k, v in tracking.interval_metrics("test", ci, len(a.video_ids)).items()
+                        if not math.isnan(v)})
+
+
+def _findings(comp_test: dict[str, _Aligned], test_hyb: np.ndarray, test: _Aligned, multilabel: bool) -> list[dict]:
+    """The paper's findings, paired-bootstrapped on the test scores of every model and the hybrid."""
+    sets = {m: Scores(a.video_ids, a.scores[m], a.labels, a.labels_multi) for m, a in comp_test.items()}
+    sets[HYBRID] = Scores(test.video_ids, test_hyb, test.labels, test.labels_multi)
+    return paper_findings(sets, multilabel)
+
+
 def hybrid(cfg: HybridConfig) -> HybridResult:
     """Search the hybrid weights on out-of-fold training scores (else val), evaluate on test, log it
     all to MLflow, store the scores."""
@@ -300,8 +316,11 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
             mlflow.log_dict({"class_names": class_names}, tracking.CLASSES_ARTIFACT)
             _log_metrics("", "val", val_metrics)
             _log_metrics("", "test", test_metrics)
+            _log_intervals("", test_hyb, test, multilabel)
             for m, vals in components.items():
                 _log_metrics(f"{tracking.EVAL_PREFIX}{m}.", "test", vals)
+                _log_intervals(f"{tracking.EVAL_PREFIX}{m}.", comp_test[m].scores[m], comp_test[m], multilabel)
+            mlflow.log_dict(_findings(comp_test, test_hyb, test, multilabel), tracking.FINDINGS_ARTIFACT)
 
             files["candidates"] = str(out_dir / f"hybrid_candidates_split{cfg.split}.csv")
             table.to_csv(files["candidates"], index=False)
@@ -335,6 +354,9 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
                 with tracking.start_run(row, tracking.STAGE_LATE_FUSION, cfg.split, cfg.store_uri, nested=True):
                     mlflow.log_params({"members": ",".join(LATE_FUSIONS[row]), "fusion": "average"})
                     _log_metrics("", "test", vals)
+                    a = _load_aligned(fs, list(LATE_FUSIONS[row]), cfg.split, "test")
+                    _log_intervals("", combine([a.scores[m] for m in LATE_FUSIONS[row]],
+                                               [1 / len(LATE_FUSIONS[row])] * len(LATE_FUSIONS[row])), a, multilabel)
 
             ids = val.video_ids + test.video_ids
             upsert_video_scores(
