@@ -31,10 +31,10 @@ from hyvid.pipelines.training.data import Subset, load_subsets
 from hyvid.pipelines.training.distributed import broadcast_parameters
 from hyvid.pipelines.training.families import (
     CPU,
-    FUSION_NETS,
     build_model,
     build_optimizer,
     evaluate,
+    fit_extras,
     predict,
     train_epoch,
     val_loss,
@@ -145,12 +145,7 @@ def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dic
     final = {"best_epoch": best["epoch"], **metrics}
     if config.get("cv_only"):  # what a search compares (training.search.choose)
         final.update(best_val=best["value"], best_val_loss=best["loss"])
-    if config["model"] in FUSION_NETS:
-        from hyvid.models.fusion import zero_row_fraction, zero_weight_fraction
-
-        # The ℓ2,1 term at work: fusion neurons (rows of W_E) that no feature uses any more.
-        final["fusion_zero_row_fraction"] = zero_row_fraction(model)
-        final["fusion_zero_weight_fraction"] = zero_weight_fraction(model)
+    final.update(fit_extras(config, model))
     clock.lap("compute")
     # Final metrics sit one step after the last epoch, so "latest" val_accuracy is the selected epoch's.
     client.log_batch(run_id, metrics=metric_batch(final, step=int(config["epochs"])))

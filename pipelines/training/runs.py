@@ -55,7 +55,7 @@ def log_fit_params(client, run_id: str, config: dict) -> None:
                  "lstm_batch_size"]
     elif name in (*FUSION_NETS, R.RDNN):
         keys += ["fusion_lr", "lam1", "abstraction", "fusion_units", "fusion_batch_size"]
-        keys += ["rdnn_lam"] if name == R.RDNN else ["lam2", "lam3"]
+        keys += ["rdnn_lam", "rdnn_omega_every"] if name == R.RDNN else ["lam2", "lam3"]
     elif name in (R.NN_EF, R.NN_LF):
         keys += ["nn_lr", "nn_hidden", "nn_batch_size"]
     elif name == R.M_DBM:
@@ -172,9 +172,9 @@ def log_sklearn_model(est) -> None:
     import skops.io
 
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(est))
-    foreign = [t for t in untrusted if not t.startswith("hyvid.models.baselines.")]
+    foreign = [t for t in untrusted if not t.startswith(("hyvid.models.baselines.", "hyvid.models.mkl."))]
     if foreign:
-        raise TypeError(f"{type(est).__name__} holds types outside hyvid.models.baselines that skops cannot "
+        raise TypeError(f"{type(est).__name__} holds types outside hyvid.models.baselines/mkl that skops cannot "
                         f"vouch for: {foreign}")
     mlflow.sklearn.log_model(est, name=tracking.MODEL_ARTIFACT, skops_trusted_types=untrusted,
                              pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
