@@ -58,6 +58,36 @@ def _use_accelerator(kind: str, use_gpu: bool | None, accelerator: str, cluster:
     return ACCELERATED[kind] and have if use_gpu is None else bool(use_gpu)
 
 
+def _fmt(res: Mapping[str, float]) -> str:
+    return ", ".join(f"{float(v):g} {k}" for k, v in sorted(res.items()) if v) or "nothing"
+
+
+def _fits(request: Mapping[str, float], have: Mapping[str, float]) -> bool:
+    return all(float(have.get(k, 0) or 0) >= float(v) for k, v in request.items() if v)
+
+
+def check_feasible(request: Mapping[str, float], what: str, cluster: Mapping[str, float] | None = None) -> None:
+    """ValueError, at once, when no node could ever hold `request` (one task or worker).
+
+    Ray would queue such a request forever: `train-cnn --cpus-per-worker 100000` waited with no
+    message. A local Ray this process started is all there will be; a cluster it joined may
+    still scale up, so a request that fits one of ray_config.yaml's node types passes there.
+    """
+    have = _resources(cluster)
+    if _fits(request, have):
+        return
+    from hyvid.cluster.connect import started_local
+    from hyvid.cluster.settings import node_type_resources
+
+    if not started_local() and any(_fits(request, node) for node in node_type_resources()):
+        return
+    raise ValueError(
+        f"{what} asks for {_fmt(request)}, more than the Ray cluster has ({_fmt(have)}"
+        f"{'' if started_local() else ', and no node type in ray_config.yaml has that much'}); "
+        "ask for less (--cpus-per-worker, --workers) or run on a bigger cluster (--address)"
+    )
+
+
 def task_options(
     kind: str,
     resources: Mapping[str, float] | None = None,
@@ -87,6 +117,8 @@ def task_options(
             custom[accelerator] = share
     if custom:
         opts["resources"] = custom
+    request = {"CPU": float(num_cpus), **({GPU: float(opts["num_gpus"])} if "num_gpus" in opts else {}), **custom}
+    check_feasible(request, f"one {kind} task", cluster)
     return opts
 
 
@@ -118,6 +150,7 @@ def scaling_config(
     accelerated = _use_accelerator(kind, use_gpu, accelerator, cluster)
     if accelerated:
         per_worker[accelerator] = min(1.0, accelerator_count(accelerator, cluster) / sharing)
+    check_feasible(per_worker, f"one {kind} worker", cluster)
     # use_gpu is Ray Train's switch for CUDA devices; a custom accelerator is a plain resource.
     return ScalingConfig(num_workers=num_workers, use_gpu=accelerated and accelerator == GPU,
                          resources_per_worker=per_worker)

@@ -10,6 +10,7 @@ are expanded from the environment only when a stage opens the store.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ DEFAULT_STORE_URI = "hyvid_store"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "hyvid"
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+# How long connecting to an existing Ray cluster (`--address`) may take before it is an error.
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
 
 # Environment variables that override the file, by settings field.
 ENV_VARS = {
@@ -34,11 +37,20 @@ ENV_VARS = {
     "ray_address": "RAY_ADDRESS",
     "experiment": "HYVID_EXPERIMENT",
     "dashboard_address": "HYVID_DASHBOARD",
+    "connect_timeout_s": "HYVID_CONNECT_TIMEOUT",
 }
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-# storage_options keys whose values are secrets: they must be `${VAR}` references in the file.
-SECRET_KEY_RE = re.compile(r"secret|password|token|access_key|session|credential|key_id", re.I)
+# Names whose values are secrets: storage_options keys (they must be `${VAR}` references in the
+# file), job env vars, MLflow params, and the environment variables whose values `redact` masks.
+# Covers object_store's AWS (aws_secret_access_key, aws_session_token), Azure
+# (azure_storage_account_key, azure_storage_sas_key, azure_client_secret, ...) and GCS
+# (google_service_account_key) option names.
+SECRET_KEY_RE = re.compile(
+    r"secret|password|passwd|token|access_key|session|credential|key_id|account_key|sas_key|master_key"
+    r"|private_key|service_account_key|api_key",
+    re.I,
+)
 
 
 @dataclass(frozen=True)
@@ -54,15 +66,26 @@ class Settings:
     workers: dict[str, int] = field(default_factory=dict)
     # The Ray dashboard / Jobs API that `hyvid submit|jobs|logs|stop` talk to.
     dashboard_address: str = DEFAULT_DASHBOARD
+    # Seconds `cluster.connect` waits for an existing cluster (`--address`) before failing.
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if not isinstance(self.storage_options, dict) or not isinstance(self.workers, dict):
             raise ValueError("metadata.hyvid.storage_options and .workers must be mappings")
+        try:
+            timeout = float(self.connect_timeout_s)
+        except (TypeError, ValueError):
+            timeout = math.nan
+        if not (0 < timeout <= 3600):
+            raise ValueError(f"metadata.hyvid.connect_timeout_s (or HYVID_CONNECT_TIMEOUT) must be a number of "
+                             f"seconds in (0, 3600], got {self.connect_timeout_s!r}")
+        object.__setattr__(self, "connect_timeout_s", timeout)
         for stage, n in self.workers.items():
             if not isinstance(n, int) or n < 1:
                 raise ValueError(f"metadata.hyvid.workers.{stage} must be a positive integer, got {n!r}")
         for key, value in self.storage_options.items():
             if SECRET_KEY_RE.search(key) and not _VAR_RE.fullmatch(str(value).strip()):
+                # The value itself is never repeated: this message may reach a log.
                 raise ValueError(
                     f"metadata.hyvid.storage_options.{key} holds a literal secret; write it as "
                     f'"${{SOME_ENV_VAR}}" and export the variable instead'
@@ -75,7 +98,11 @@ class Settings:
         """storage_options with `${VAR}` expanded from the environment (None when empty)."""
         if not self.storage_options:
             return None
-        return {k: expand_env(str(v), f"storage_options.{k}") for k, v in self.storage_options.items()}
+        out = {k: expand_env(str(v), f"storage_options.{k}") for k, v in self.storage_options.items()}
+        for k, v in out.items():
+            if SECRET_KEY_RE.search(k):
+                register_secret(v)
+        return out
 
 
 def expand_env(value: str, what: str = "value") -> str:
@@ -113,3 +140,57 @@ def load_settings(path: str | Path | None = None) -> Settings:
         return Settings(**values)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def node_type_resources(path: str | Path | None = None) -> list[dict[str, float]]:
+    """What each node type of `ray_config.yaml` advertises (`available_node_types.*.resources`).
+
+    An autoscaling cluster may have none of these nodes up yet; a request that fits one of them
+    is feasible there, one that fits none never will be.
+    """
+    path = Path(path or os.environ.get("HYVID_CONFIG") or DEFAULT_CONFIG)
+    if not path.exists():
+        return []
+    with open(path) as f:
+        doc = yaml.safe_load(f) or {}
+    types = doc.get("available_node_types") or {}
+    out = []
+    for t in types.values():
+        res = (t or {}).get("resources") or {}
+        out.append({str(k): float(v) for k, v in res.items()})
+    return out
+
+
+# -- redaction ---------------------------------------------------------------------------------
+# user:password@ in any URI of a text (tracking URIs, store URIs, exception messages that quote them).
+_URI_CRED_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+)(:(?P<pw>[^@/\s]*))?@")
+# Secret-looking query parameters (presigned URLs, tokens in query strings).
+_QUERY_SECRET_RE = re.compile(
+    r"(?P<key>[?&][^=&\s]*(?:password|secret|token|signature|sig|credential|key)[^=&\s]*=)[^&\s'\"]+", re.I)
+_MIN_SECRET_LEN = 6  # shorter values would mask ordinary words
+_registered_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Make `redact` mask `value` wherever it appears (e.g. a storage option read from ${VAR})."""
+    if value and len(value) >= _MIN_SECRET_LEN:
+        _registered_secrets.add(value)
+
+
+def _secret_values() -> list[str]:
+    from_env = (v for k, v in os.environ.items() if SECRET_KEY_RE.search(k) and len(v) >= _MIN_SECRET_LEN)
+    return sorted({*_registered_secrets, *from_env}, key=len, reverse=True)  # longest first: no partial masks
+
+
+def redact(text: object) -> str:
+    """`text` safe to print or log: credentials in URIs (user:password@ -> ***@), secret query
+    parameters, and the values of secret environment variables and storage options masked.
+
+    The one redaction of hyvid: the CLI passes everything it prints through it, and code that
+    logs or records a URI (MLflow tags, lineage, messages) calls it.
+    """
+    out = _URI_CRED_RE.sub(lambda m: f"{m.group('scheme')}***@", "" if text is None else str(text))
+    out = _QUERY_SECRET_RE.sub(lambda m: f"{m.group('key')}***", out)
+    for value in _secret_values():
+        out = out.replace(value, "***")
+    return out

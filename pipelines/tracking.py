@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 from typing import Any, Iterator
 
 import mlflow
 from mlflow.entities import Run
 
-from hyvid.cluster.settings import DEFAULT_TRACKING_URI, Settings
+from hyvid.cluster.settings import DEFAULT_TRACKING_URI, SECRET_KEY_RE, Settings, redact
 from hyvid.models import registry as R
 from hyvid.store.lance_io import canonical_store_uri, table_versions
 
@@ -99,12 +98,8 @@ def model_uri(run_id: str) -> str:
 
 
 # -- URIs ---------------------------------------------------------------------------------------
-_CRED_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@]+)(:(?P<pw>[^@/]*))?@")
-
-
-def redact(uri: str) -> str:
-    """A URI safe to log or print: user:password@ becomes ***@."""
-    return _CRED_RE.sub(lambda m: f"{m.group('scheme')}***@", uri or "")
+# `redact` (credentials in URIs, secret values) is cluster.settings.redact, re-exported here for the
+# stages that record URIs; there is one redaction in hyvid.
 
 
 def store_tag(store_uri: str) -> str:
@@ -198,14 +193,11 @@ def lineage_matches(run: Run, versions: dict[str, int], tables: tuple[str, ...])
     return all(p.get(f"{LINEAGE_PREFIX}{t}.version") == str(versions.get(t)) for t in tables)
 
 
-_SECRET_PARAM_RE = re.compile(r"secret|password|token|access_key|credential", re.I)
-
-
 def log_params_safe(params: dict[str, Any]) -> None:
     """Log params with anything that looks like a credential left out and URIs redacted."""
     clean = {}
     for k, v in params.items():
-        if _SECRET_PARAM_RE.search(k):
+        if SECRET_KEY_RE.search(k):
             continue
         clean[k] = redact(v) if isinstance(v, str) else v
     mlflow.log_params(clean)

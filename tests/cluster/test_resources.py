@@ -45,7 +45,7 @@ def test_gpus_asked_for_only_when_the_cluster_has_them():
 
 
 def test_custom_accelerator_and_extra_resources():
-    cluster = {"CPU": 4.0, FAKE: 1.0}
+    cluster = {"CPU": 4.0, FAKE: 1.0, "highmem": 2.0}
     assert cluster_has_gpus(FAKE, cluster=cluster) and not cluster_has_gpus(cluster=cluster)
     assert task_options("train", {"highmem": 1}, accelerator=FAKE, cluster=cluster) == {
         "num_cpus": 1, "resources": {"highmem": 1, FAKE: 1.0}}
@@ -424,3 +424,15 @@ if __name__ == "__main__":
     result = _scenario(work_dir)
     (work_dir / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k not in ("videos", "clips")}, indent=2))
+
+
+def test_impossible_requests_fail_at_once_naming_the_request_and_the_cluster(monkeypatch):
+    monkeypatch.delenv("HYVID_CONFIG", raising=False)  # the repo's ray_config.yaml: 16-CPU and 8-CPU+GPU node types
+    with pytest.raises(ValueError, match=r"one train-cnn worker asks for 100000 CPU, more than the Ray "
+                                         r"cluster has \(2 CPU, and no node type in ray_config.yaml"):
+        scaling_config(1, kind="train-cnn", cluster={"CPU": 2.0}, cpus_per_worker=100000)
+    with pytest.raises(ValueError, match=r"one extract task asks for 1 CPU, 1 highmem, more"):
+        task_options("extract", {"highmem": 1}, cluster={"CPU": 2.0})
+    # A cluster this process joined may still scale up: what one of its node types holds is feasible.
+    assert scaling_config(1, kind="train-cnn", cluster={"CPU": 0.0}, cpus_per_worker=8).resources_per_worker == {
+        "CPU": 8}
