@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from typing import Callable
 
-from hyvid.cluster.settings import Settings, load_settings
+from hyvid.cluster.settings import Settings, load_settings, redact
 
 # Importing a command module registers its commands; `hyvid --help` lists them in this (pipeline) order.
 from hyvid.pipelines.cli import data, cnn, fit, results, store, chain, jobs  # noqa: F401  # isort: skip
-from hyvid.pipelines.cli._common import COMMANDS, Command
+from hyvid.pipelines.cli._common import COMMANDS, Command, register_types
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -43,6 +44,7 @@ class _CommandParser(argparse.ArgumentParser):
     def __init__(self, *args, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._add_arguments = add_arguments
+        register_types(self)
 
     def _complete(self) -> None:
         if self._add_arguments is not None:
@@ -87,23 +89,80 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Errors that are the user's to fix (a bad value, a missing input, an unreachable service): one
+# line, exit 2. Anything else is one line too, exit 1, with the traceback under --verbose.
+USER_ERRORS = (ValueError, OSError, LookupError)
+
+
+class _Redacted:
+    """A text stream that passes everything written to it through `redact` (see `main`)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str):  # fileno, isatty, encoding...: the real stream's
+        return getattr(self._stream, name)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one `hyvid` command; returns its exit code (2 for a bad flag value or a missing input)."""
-    settings = load_settings()
-    parser = build_parser(settings)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.command:
-        parser.print_help()
-        return 2
+    """Run one `hyvid` command; returns its exit code (2 for a bad flag value or a missing input).
+
+    Everything the command prints or logs goes through `cluster.settings.redact`, errors are one
+    line, and a Ray the command started is stopped (with its processes) before it returns.
+    """
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Redacted(sys.stdout), _Redacted(sys.stderr)
+    name = "hyvid"
+    verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
     try:
+        settings = load_settings()
+        parser = build_parser(settings)
+        args = parser.parse_args(argv)
+        verbose = args.verbose
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        if not args.command:
+            parser.print_help()
+            return 2
+        name = f"hyvid {args.command}"
         return int(COMMANDS[args.command].run(args, settings) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"hyvid {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if verbose:
+            traceback.print_exc()
+        print(f"{name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  # a library's own error (MLflow, Lance, Ray): one line, redacted
+        if verbose:
+            traceback.print_exc()
+        hint = "" if verbose else " (run with --verbose for the traceback)"
+        print(f"{name}: error: {type(e).__name__}: {_one_line(e)}{hint}", file=sys.stderr)
+        return 1
+    finally:
+        try:
+            connect = sys.modules.get("hyvid.cluster.connect")  # imported only by commands that use Ray
+            if connect is not None:
+                connect.disconnect()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":

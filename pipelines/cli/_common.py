@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -70,21 +72,71 @@ def given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def csv(text: str | None) -> tuple[str, ...] | None:
-    """`a,b,c` -> ("a", "b", "c"); None stays None (flag absent)."""
+# The largest integer any flag takes: counts and sizes beyond it only overflow later (numpy, Lance
+# filters, OpenCV) with a traceback. Stages set their own, tighter bounds.
+MAX_INT = 2**31 - 1
+
+
+def integer(text: str) -> int:
+    """argparse type of every `type=int` flag: an integer within ±MAX_INT."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if abs(value) > MAX_INT:
+        raise argparse.ArgumentTypeError(f"{text} is too large (at most {MAX_INT})")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type of every `type=float` flag: a finite number (NaN and inf are refused here,
+    not found out epochs later as a NaN loss or a hung placement)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+# The checked converters argparse applies in place of the built-in types (see `register_types`).
+_CHECKED = {int: integer, float: finite_float}
+
+
+def register_types(parser: argparse.ArgumentParser) -> None:
+    """Make `type=int` and `type=float` flags of `parser` (and its groups) use `integer` and `finite_float`."""
+    for kind, checked in _CHECKED.items():
+        parser.register("type", kind, checked)
+
+
+def csv(text: str | None, flag: str = "the list") -> tuple[str, ...] | None:
+    """`a,b,c` -> ("a", "b", "c"); None stays None (flag absent). A list with no item (`,`) is an error."""
     if text is None:
         return None
-    return tuple(x.strip() for x in text.split(",") if x.strip())
+    items = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not items:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated names, got none")
+    return items
 
 
 def csv_numbers(text: str | None, flag: str, kind: type = float, example: str = "0,1e-4") -> tuple | None:
-    """`1,2,3` -> numbers of `kind`; None stays None. A non-number names the flag and the expected form."""
+    """`1,2,3` -> numbers of `kind` (finite, within ±MAX_INT); None stays None. A bad item names the
+    flag and the expected form."""
     if text is None:
         return None
+    convert = _CHECKED.get(kind, kind)
     try:
-        return tuple(kind(x) for x in csv(text))
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers such as {example}") from None
+        return tuple(convert(x) for x in csv(text, flag))
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated numbers such as {example} ({e})") from None
+
+
+def store_arg(text: str) -> str:
+    """argparse type of --store: a URI, or a local folder (existing or not), never a regular file."""
+    if "://" not in text and os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; a store is a folder (or s3://, gs://, az:// URI)")
+    return text
 
 
 def common(p: argparse.ArgumentParser, s: Settings, cfg: type | None = None, *, store: bool = True,
@@ -94,7 +146,7 @@ def common(p: argparse.ArgumentParser, s: Settings, cfg: type | None = None, *, 
     `cfg` is the stage's config dataclass, whose `split` default the help states (needed with split=True).
     """
     if store:
-        p.add_argument("--store", default=s.store_uri, help=f"store URI (default: {s.store_uri})")
+        p.add_argument("--store", default=s.store_uri, type=store_arg, help=f"store URI (default: {s.store_uri})")
     if split:
         d = defaults(cfg)
         # A config over several splits (`run`) defaults --split to its `splits`.
