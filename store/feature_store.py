@@ -413,13 +413,17 @@ class FeatureStore:
         Returns video_id, position, frame_index, _distance.
         """
         column = _check_streams([column])[0]
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        # 2.5 would be truncated by Lance and True taken for 1: a k that is not a whole count is a mistake.
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
         ds = self.table(FRAME_FEATURES_NAME)
         dim = ds.schema.field(column).type.list_size
         q = np.asarray(vector, dtype=np.float32).reshape(-1)
         if q.shape[0] != dim:
             raise ValueError(f"query vector has {q.shape[0]} values but column {column!r} has dim {dim}")
+        bad = int((~np.isfinite(q)).sum())
+        if bad:  # Lance answers a NaN query with no rows, which reads as "nothing is similar"
+            raise ValueError(f"query vector has {bad} NaN or infinite value(s) of {dim}; every value must be finite")
         nearest = {"column": column, "q": q, "k": int(k), "metric": SIMILAR_METRIC,
                    "minimum_nprobes": int(nprobes), "refine_factor": int(refine_factor)}
         t = ds.scanner(columns=["video_id", "position", "frame_index", "_distance"],

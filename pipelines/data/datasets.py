@@ -39,7 +39,7 @@ NO_LABEL = -1
 class VideoEntry:
     """One video of a dataset, before extraction."""
 
-    video_id: str  # relative path without extension, POSIX separators: stable across machines
+    video_id: str  # relative path without extension (with it beside a same-stem file), POSIX separators
     path: str  # absolute path of the file
     class_name: str  # "A|B" for multi-label videos
     label: int  # first (or only) class index, 0-based; NO_LABEL for a multi-label video with none
@@ -128,6 +128,12 @@ def load_ucf101(root: str | os.PathLike) -> Dataset:
         for f in sorted(d.iterdir()):
             if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
                 rel = f"{d.name}/{f.name}"
+                if rel.lower() in files:
+                    # Case variants (V_Run_G01_C01.avi beside v_Run_g01_c01.avi, or Walk/ beside walk/):
+                    # the lists match names case-insensitively, so which file a line means is unknowable.
+                    raise ValueError(
+                        f"{root}: {files[rel.lower()][0]!r} and {rel!r} differ only in case; the split lists "
+                        "match names case-insensitively, so rename or remove one of them")
                 files[rel.lower()] = (rel, f, label_of[d.name.lower()])
     if unknown_dirs:
         log.warning("%s: folders not in classInd.txt are ignored: %s", root, ", ".join(unknown_dirs[:10]))
@@ -154,10 +160,17 @@ def load_ucf101(root: str | os.PathLike) -> Dataset:
                     missing.append(rel)
     if missing:
         log.warning("%d listed video(s) are not on disk under %s (first: %s)", len(missing), root, missing[:3])
+    for key, member in membership.items():
+        for split in UCF_SPLITS:
+            if {(split, "train"), (split, "test")} <= set(member):
+                # A test video that was also trained on would inflate every test number of the split.
+                raise ValueError(f"{root}: {files[key][0]!r} is in both trainlist0{split}.txt and "
+                                 f"testlist0{split}.txt; a video belongs to one subset of a split")
 
+    ids = _video_ids([rel for rel, _, _ in files.values()])
     entries = []
     for key, (rel, f, label) in files.items():
-        vid = str(PurePosixPath(rel).with_suffix(""))
+        vid = ids[rel]
         entries.append(
             VideoEntry(
                 video_id=vid,
@@ -171,6 +184,27 @@ def load_ucf101(root: str | os.PathLike) -> Dataset:
         )
     entries.sort(key=lambda e: e.video_id)
     return Dataset(str(root), "ucf101", tuple(classes), tuple(entries))
+
+
+def _video_ids(rels: list[str]) -> dict[str, str]:
+    """Video id of each file (relative POSIX path): the path without its extension, unless another
+    file of the folder has the same stem (`x.avi` beside `x.mp4`); then both keep their extension,
+    so no two files share an id. Stems are compared case-insensitively, as the split lists are."""
+    by_stem: dict[str, list[str]] = {}
+    for rel in rels:
+        by_stem.setdefault(str(PurePosixPath(rel).with_suffix("")).lower(), []).append(rel)
+    ids: dict[str, str] = {}
+    for same in by_stem.values():
+        if len(same) > 1:
+            log.warning("same-stem files keep their extension in their video ids: %s", ", ".join(same))
+        for rel in same:
+            ids[rel] = rel if len(same) > 1 else str(PurePosixPath(rel).with_suffix(""))
+    owner: dict[str, str] = {}
+    for rel, vid in ids.items():  # e.g. `x.avi.mp4` (id x.avi) beside x.avi and x.mp4
+        other = owner.setdefault(vid.lower(), rel)
+        if other != rel:
+            raise ValueError(f"{other!r} and {rel!r} would get the same video id {vid!r}; rename one of them")
+    return ids
 
 
 # --- manifest CSV --------------------------------------------------------------------------------
@@ -199,6 +233,9 @@ def load_manifest(csv_path: str | os.PathLike) -> Dataset:
             )
         rows = []
         for n, raw in enumerate(reader, 2):
+            if None in raw:  # DictReader files the fields beyond the header under the key None
+                raise ValueError(f"{csv_path}:{n}: {len(header) + len(raw[None])} fields but the header has "
+                                 f"{len(header)} ({','.join(header)}); quote a value that holds a comma")
             row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
             if not row.get("path"):
                 raise ValueError(f"{csv_path}:{n}: empty path")

@@ -36,6 +36,9 @@ DEFAULT_SIZE = 128
 DEFAULT_POSITIONS = 25  # the two-stream test protocol samples 25 frames per video
 DEFAULT_STACK = 10  # L: flows per stack (2L channels)
 FALLBACK_FPS = 25.0  # for containers that report no frame rate
+# Frame rates outside this range come from broken timestamp tables (an MP4 that reports 0.625 fps,
+# so its 30th frame sits at 46 s), not from cameras: they are replaced by FALLBACK_FPS, with a warning.
+FPS_RANGE = (1.0, 1000.0)
 
 # DIS "fast" preset: at 128 px its end-point error on a known shift (~0.1-0.16 px) is below the
 # uint8 quantization step (2*20/255 = 0.16 px), at ~5x the speed of the "medium" preset.
@@ -201,8 +204,9 @@ def _validate(path: str, scan: _Scan) -> float:
     if n == 1:
         raise VideoError(path, "has only 1 frame; optical flow needs at least 2")
     fps = scan.fps
-    if not (fps > 0 and np.isfinite(fps)):
-        log.warning("%s reports no frame rate; assuming %.0f fps for timestamps", path, FALLBACK_FPS)
+    if not (FPS_RANGE[0] <= fps <= FPS_RANGE[1]):  # NaN fails too
+        log.warning("%s reports %s fps, outside %g..%g (no or a broken timestamp table); assuming %.0f fps "
+                    "for timestamps", path, f"{fps:g}" if fps else "no", *FPS_RANGE, FALLBACK_FPS)
         fps = FALLBACK_FPS
     return fps
 

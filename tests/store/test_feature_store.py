@@ -323,3 +323,19 @@ def test_cli_query_json_and_similar(store, capsys, tmp_path):
     import pyarrow.parquet as pq
     back = pq.read_table(out_file)
     assert back.num_rows == exp.num_rows and back.column("spatial").to_pylist() == exp.column("spatial").to_pylist()
+
+
+@pytest.mark.parametrize("vector_fill, k, message", [
+    (np.nan, 3, "1 NaN or infinite"),  # Lance would answer with no rows, read as "nothing similar"
+    (np.inf, 3, "1 NaN or infinite"),
+    (0.0, 2.5, "k must be an integer >= 1, got 2.5"),
+    (0.0, True, "k must be an integer >= 1, got True"),
+    (0.0, 0, "got 0"),
+])
+def test_similar_refuses_non_finite_vectors_and_non_integer_k(store, vector_fill, k, message):
+    uri, _, feats = store
+    q = np.asarray(feats.column("spatial")[0].as_py(), dtype=np.float32)
+    q[1] = vector_fill if not np.isfinite(vector_fill) else q[1]
+    with pytest.raises(ValueError, match=message):
+        FeatureStore(uri).similar(q, k=k)
+    assert FeatureStore(uri).similar(feats.column("spatial")[0].as_py(), k=np.int64(2)).num_rows == 2

@@ -93,6 +93,49 @@ def test_ucf_empty_dataset_is_reported(tmp_path):
         load_ucf101(tmp_path)
 
 
+def test_ucf_same_stem_files_keep_their_extension_in_distinct_ids(tmp_path, caplog):
+    for rel in ("Walk/v_Walk_g01_c01.avi", "Walk/v_Walk_g01_c01.mp4", "Walk/v_Walk_g02_c01.avi",
+                "Run/v_Run_g01_c01.avi", "Run/V_RUN_G01_C01.MKV"):
+        _touch(tmp_path, rel)
+    lists = tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 Run\n2 Walk\n")
+    (lists / "trainlist01.txt").write_text("Walk/v_Walk_g01_c01.avi 2\nRun/v_Run_g01_c01.avi 1\n")
+    (lists / "testlist01.txt").write_text("Walk/v_Walk_g02_c01.avi\n")
+    with caplog.at_level(logging.WARNING):
+        ds = load_ucf101(tmp_path)
+    by_id = {e.video_id: e for e in ds.entries}
+    # Every file is a video of its own: none dropped, no id shared (not even up to case).
+    assert sorted(by_id) == ["Run/V_RUN_G01_C01.MKV", "Run/v_Run_g01_c01.avi", "Walk/v_Walk_g01_c01.avi",
+                             "Walk/v_Walk_g01_c01.mp4", "Walk/v_Walk_g02_c01"]
+    assert len({v.lower() for v in by_id}) == len(by_id) == 5
+    walk = "Walk/v_Walk_g01_c01"
+    assert by_id[f"{walk}.avi"].path.endswith(".avi") and by_id[f"{walk}.mp4"].path.endswith(".mp4")
+    # The list line names the .avi: only it is in the split.
+    assert by_id[f"{walk}.avi"].splits == ((1, "train"),) and by_id[f"{walk}.mp4"].splits == ()
+    assert by_id["Run/v_Run_g01_c01.avi"].splits == ((1, "train"),) and by_id["Walk/v_Walk_g02_c01"].group == "g02"
+    assert "keep their extension" in caplog.text
+
+
+@pytest.mark.parametrize("a, b", [
+    ("Run/V_Run_G01_C01.avi", "Run/v_Run_g01_c01.avi"),  # names that differ only in case
+    ("Run/v_Run_g01_c01.avi", "run/v_Run_g01_c01.avi"),  # class folders that differ only in case
+])
+def test_ucf_case_variants_stop_with_an_error_naming_both(tmp_path, a, b):
+    _touch(tmp_path, a)
+    _touch(tmp_path, b)
+    with pytest.raises(ValueError, match="differ only in case") as e:
+        load_ucf101(tmp_path)
+    assert a in str(e.value) and b in str(e.value)
+
+
+def test_ucf_video_in_both_train_and_test_of_a_split_is_refused(ucf):
+    with open(ucf / "ucfTrainTestlist" / "testlist01.txt", "a") as f:
+        f.write("yoyo/V_YOYO_G02_C03.AVI\n")  # the trainlist's YoYo video, spelled otherwise
+    with pytest.raises(ValueError, match=r"'YoYo/v_YoYo_g02_c03.avi' is in both trainlist01.txt and testlist01.txt"):
+        load_ucf101(ucf)
+
+
 def test_manifest_multilabel_subset_group_and_relative_paths(tmp_path):
     _touch(tmp_path, "videos/a.mp4")
     _touch(tmp_path, "videos/sub/b.avi")
@@ -146,6 +189,7 @@ def test_manifest_without_optional_columns(tmp_path):
     ("path,labels\nx.avi,A\ny.avi, \n", r"m.csv:3: no label for 'y.avi'; a single-label manifest"),
     ("path,labels\nx.avi,A\nx.avi,B\n", r"listed twice \(first on line 2\)"),
     ("path,labels\n", "lists no videos"),
+    ("path,labels\nx.avi,A,extra,more\n", r"m.csv:2: 4 fields but the header has 2 \(path,labels\)"),
 ])
 def test_manifest_errors_name_file_and_line(tmp_path, text, match):
     csv = tmp_path / "m.csv"

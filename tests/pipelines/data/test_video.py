@@ -121,6 +121,16 @@ def test_decode_returns_rgb(tmp_path):
     assert got[..., 0].mean() > 180 and got[..., 2].mean() < 60
 
 
+def test_absurd_frame_rate_is_replaced_with_a_warning(tmp_path, caplog):
+    # A broken timestamp table reports 0.625 fps, which would put the 30th frame at 46 s.
+    path = write_video(tmp_path / "slow.avi", moving_square_frames(30), fps=0.625)
+    assert cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FPS) == pytest.approx(0.625)  # the file really says so
+    with caplog.at_level("WARNING"):
+        ca = extract_clip_arrays(str(path), n_positions=5, stack=3, size=24)
+    assert ca.fps == 25.0 and ca.timestamps.max() < 30 / 25.0
+    assert "reports 0.625 fps, outside 1..1000" in caplog.text
+
+
 @pytest.mark.parametrize("kind,reason", [
     ("empty", "empty"), ("text", "cannot be opened as a video"), ("truncated", "truncated"),
     ("one_frame", "only 1 frame"),
