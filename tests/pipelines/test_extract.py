@@ -1,6 +1,7 @@
 """Extraction end to end: real Ray tasks, real Lance tables on disk, real encoded videos."""
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -9,7 +10,7 @@ import lance
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-from helpers.videos import write_bad_files, write_ucf
+from helpers.videos import write_bad_files, write_ucf, write_video
 
 from hyvid.pipelines import faults
 from hyvid.pipelines.cli import main as cli_main
@@ -201,3 +202,161 @@ def test_manifest_multilabel(tmp_path, dataset):
     row = next(v for v in _videos(tmp_path / "s") if v["video_id"] == "videos/a")
     assert row["labels"] == [1, 0] and row["class_name"] == "Music|Dance"
     assert row["splits"] == [{"split": 1, "subset": "train"}]
+
+
+# --- bounded cost per video ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value,flag", [
+    ("frames", 10**20, "--frames"), ("frames", 0, "--frames"), ("stack", 100_000, "--stack"),
+    ("size", 100_000, "--size"), ("workers", 100_000, "--workers"), ("max_long_side", 16, "--max-long-side"),
+    ("max_aspect", float("nan"), "--max-aspect"), ("wait_s", float("inf"), "--wait"),
+    ("local_cpus", 0, "--local-cpus"),
+])
+def test_every_count_and_size_has_an_upper_bound_named_in_one_line(tmp_path, field, value, flag):
+    with pytest.raises(ValueError) as e:
+        _cfg(tmp_path, tmp_path / "s", **{field: value})
+    assert flag in str(e.value) and "\n" not in str(e.value)
+
+
+def test_settings_whose_product_is_too_costly_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="GB per video"):
+        _cfg(tmp_path, tmp_path / "s", frames=500, stack=64, size=512, max_long_side=2048)
+
+
+@pytest.mark.parametrize("flag", ["--frames", "--stack", "--size", "--workers"])
+def test_cli_refuses_a_huge_count_in_one_line(tmp_path, capsys, flag):
+    code = cli_main(["extract", str(tmp_path), "--store", str(tmp_path / "s"), flag, "100000"])
+    err = capsys.readouterr().err
+    assert code == 2 and flag in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_local_ray_never_claims_more_cpus_than_the_machine_has(tmp_path):
+    from hyvid.pipelines.extract import _local_cpus
+
+    cores = os.cpu_count()
+    assert _local_cpus(_cfg(tmp_path, "s", workers=4096)) == cores
+    assert _local_cpus(_cfg(tmp_path, "s", workers=1)) == 1
+    assert _local_cpus(_cfg(tmp_path, "s", workers=4096, local_cpus=cores + 3)) == cores + 3  # asked explicitly
+
+
+def test_frames_beyond_a_videos_length_are_clamped_and_recorded(dataset, tmp_path):
+    store = tmp_path / "s"
+    r = extract(_cfg(dataset, store, frames=40, use_ray=False))
+    assert r.ok == N_GOOD
+    ok = [v for v in _videos(store) if v["status"] == STATUS_OK]
+    counts = _clip_counts(store)
+    for v in ok:  # 14..16 frames each: one position per frame, not 40
+        assert v["clamped"] and v["n_positions"] == v["n_frames"] == counts[v["video_id"]] < 40
+
+
+def _noise_video(path: Path, w: int, h: int, n: int = 30) -> Path:
+    rng = np.random.default_rng(0)
+    return write_video(path, [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)])
+
+
+def _extract_and_measure(dataset: str, store: str, out) -> None:
+    import resource
+
+    r = extract(ExtractConfig(dataset=dataset, store_uri=store, use_ray=False, progress=False))
+    out.put((r.ok, r.failed, dict(r.failures), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+
+
+def test_extreme_aspect_noise_videos_stay_bounded(tmp_path):
+    """At the default settings: a 2000x8 noise video is failed with the reason, a 4:1 one (the
+    widest allowed) is stored with its long side capped, each clip row under 2 MB, and the whole
+    extraction process peaks under 3 GB (ru_maxrss of a spawned process)."""
+    import multiprocessing as mp
+
+    root = tmp_path / "d"
+    _noise_video(root / "wide" / "strip.avi", 2000, 8)
+    _noise_video(root / "wide" / "tall.avi", 8, 2000)
+    _noise_video(root / "wide" / "four.avi", 1024, 256)
+    (tmp_path / "m.csv").write_text("path,labels\nd/wide/strip.avi,W\nd/wide/tall.avi,W\nd/wide/four.avi,W\n")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_extract_and_measure, args=(str(tmp_path / "m.csv"), str(tmp_path / "s"), q))
+    p.start()
+    ok, failed, failures, peak = q.get(timeout=600)
+    p.join()
+    assert (ok, failed) == (1, 2)
+    assert "aspect ratio 2000x8 = 250.0:1" in failures["d/wide/strip"] and "--max-aspect" in failures["d/wide/strip"]
+    assert "aspect ratio 8x2000" in failures["d/wide/tall"]
+    clips = open_table(str(tmp_path / "s"), CLIPS.name).to_table()
+    assert set(zip(clips["height"].to_pylist(), clips["width"].to_pylist(), strict=True)) == {(128, 512)}
+    row_bytes = [len(f) + len(s) for f, s in zip(clips["frame"].to_pylist(), clips["flow_stack"].to_pylist(),
+                                                 strict=True)]
+    assert 0 < max(row_bytes) < 2 * 1024**2
+    assert peak < 3 * 1024**3
+
+
+def test_a_raised_aspect_limit_still_caps_the_long_side(tmp_path):
+    root = tmp_path / "d"
+    _noise_video(root / "strip.avi", 2000, 8, n=8)
+    (tmp_path / "m.csv").write_text("path,labels\nd/strip.avi,W\n")
+    r = extract(_cfg(tmp_path / "m.csv", tmp_path / "s", use_ray=False, max_aspect=32))
+    assert r.failed == 1 and "aspect" in r.failures[0][1]
+    # within the aspect limit but too thin once the long side is capped: failed, not stored huge
+    _noise_video(root / "thin.avi", 640, 32, n=8)
+    (tmp_path / "m2.csv").write_text("path,labels\nd/thin.avi,W\n")
+    r = extract(_cfg(tmp_path / "m2.csv", tmp_path / "s2", use_ray=False, size=64, max_long_side=256, max_aspect=32))
+    assert r.failed == 1 and "under the 16 px" in r.failures[0][1]
+
+
+# --- re-runs that revisit --------------------------------------------------------------------------
+
+def test_a_fixed_file_is_retried_and_an_unchanged_one_only_with_retry_failed(dataset, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(dataset, root)
+    store = tmp_path / "s"
+    r = extract(_cfg(root, store, use_ray=False))
+    assert r.failed == 4
+    broken = root / "Jump" / "v_Jump_g09_c02.avi"  # the text file
+    shutil.copy(root / "Jump" / "v_Jump_g01_c01.avi", broken)  # fixed: now a valid video
+    versions = {t: open_table(str(store), t).version for t in (VIDEOS.name, CLIPS.name)}
+    r = extract(_cfg(root, store, use_ray=False))
+    assert (r.ok, r.failed, r.retried, r.skipped, r.skipped_failed) == (1, 0, 1, N_GOOD + 3, 3)
+    assert open_table(str(store), VIDEOS.name).version == versions[VIDEOS.name] + 1  # the row replaced in one commit
+    _assert_each_video_once(store, N_GOOD + 4, N_GOOD + 1)
+    assert next(v for v in _videos(store) if v["video_id"] == "Jump/v_Jump_g09_c02")["status"] == STATUS_OK
+
+    r = extract(_cfg(root, store, use_ray=False))  # nothing changed: nothing decoded
+    assert (r.ok, r.failed, r.retried) == (0, 0, 0)
+    r = extract(_cfg(root, store, use_ray=False, retry_failed=True))
+    assert (r.ok, r.failed, r.retried) == (0, 3, 3)
+    _assert_each_video_once(store, N_GOOD + 4, N_GOOD + 1)
+
+
+def test_changed_manifest_labels_update_rows_without_re_extracting(tmp_path, dataset):
+    (tmp_path / "videos").mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(dataset / "Jump" / "v_Jump_g01_c01.avi", tmp_path / "videos" / f"{name}.avi")
+    m = tmp_path / "m.csv"
+    m.write_text("path,labels,subset,group\nvideos/a.avi,Dance,train,g1\nvideos/b.avi,Music,train,g1\n"
+                 "videos/c.avi,Dance,train,g1\n")
+    store = tmp_path / "s"
+    extract(_cfg(m, store, use_ray=False))
+    before = {t: open_table(str(store), t).version for t in (VIDEOS.name, CLIPS.name)}
+    m.write_text("path,labels,subset,group\nvideos/a.avi,Music,test,g2\nvideos/b.avi,Music,train,g1\n"
+                 "videos/c.avi,Dance,train,g1\n")
+    r = extract(_cfg(m, store, use_ray=False))
+    assert (r.ok, r.relabeled, r.skipped) == (0, 1, 3)
+    assert open_table(str(store), VIDEOS.name).version == before[VIDEOS.name] + 1  # one commit
+    assert open_table(str(store), CLIPS.name).version == before[CLIPS.name]  # nothing re-extracted
+    row = next(v for v in _videos(store) if v["video_id"] == "videos/a")
+    assert (row["class_name"], row["group"], row["splits"]) == ("Music", "g2", [{"split": 1, "subset": "test"}])
+    assert row["status"] == STATUS_OK and row["n_positions"] == P
+    _assert_each_video_once(store, 3, 3)
+    assert extract(_cfg(m, store, use_ray=False)).relabeled == 0  # applied once
+
+
+def test_a_rerun_whose_every_video_is_failed_exits_non_zero_in_one_line(tmp_path, capsys):
+    root = tmp_path / "bad"
+    write_bad_files(root / "Only", "v_Only")
+    args = ["extract", str(root), "--store", str(tmp_path / "s"), "--frames", str(P), "--stack", str(L),
+            "--size", str(SIZE), "--workers", "1"]
+    extract(_cfg(root, tmp_path / "s", use_ray=False))
+    r = extract(_cfg(root, tmp_path / "s", use_ray=False))
+    assert (r.ok, r.skipped, r.skipped_failed, r.exit_code) == (0, 4, 4, 1)
+    assert cli_main(args) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "all 4 videos are failed in the store" in err[0] and "--retry-failed" in err[0]
