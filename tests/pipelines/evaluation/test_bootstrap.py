@@ -139,3 +139,20 @@ def test_bad_arguments_are_named():
         B.metric_ci(s, None, [[0]] * 10, True, "mean_class_accuracy")
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
         B.metric_ci(s, lab + 7, None, False, "accuracy")
+
+
+def test_a_fits_test_metrics_come_with_their_intervals_and_video_count():
+    from hyvid.pipelines.training.data import Subset
+    from hyvid.pipelines.training.runs import score_subsets
+
+    rng = np.random.default_rng(8)
+    data = {}
+    for sub, n in (("val", 30), ("test", 90)):
+        lab = rng.integers(0, 5, n)
+        data[sub] = Subset([f"{sub}{i}" for i in range(n)], None, lab, [[int(v)] for v in lab])
+    scored = {sub: np.eye(5)[d.labels] + rng.normal(scale=0.8, size=(len(d), 5)) for sub, d in data.items()}
+    _, metrics = score_subsets({"multilabel": False}, data, lambda d: scored["val" if len(d) == 30 else "test"])
+    assert metrics["test_n_videos"] == 90 and "val_n_videos" not in metrics
+    for m in ("accuracy", "mean_class_accuracy", "top5", "map"):
+        assert metrics[f"test_{m}_ci_low"] <= metrics[f"test_{m}"] <= metrics[f"test_{m}_ci_high"]
+        assert f"val_{m}_ci_low" not in metrics
