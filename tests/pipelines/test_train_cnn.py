@@ -206,3 +206,30 @@ def test_commit_features_replaces_rows_of_other_runs(tmp_path):
     assert got == [("a", "new")] * 3 + [("b", "old")] * 3
     # The previous version is intact (readers of v0 never saw a half-replaced video).
     assert open_table(store, "frame_features", version=v0).count_rows() == 6
+
+
+def test_multilabel_val_map_and_sigmoid_scores():
+    """The multi-label pieces of train-cnn: multi-hot clip targets, per-video val mAP, sigmoid scores."""
+    from sklearn.metrics import average_precision_score
+
+    from hyvid.models.cnn import build_stream_cnn
+    from hyvid.pipelines.training.cnn_loop import _multi_hot, _video_map
+
+    ids = np.asarray(["a", "a", "b", "c", "c"], dtype=object)  # clip rows of three videos
+    targets = {"a": [0, 2], "b": [], "c": [1]}  # "b" has no positive label: all zeros
+    y = _multi_hot(ids, targets, 3)
+    np.testing.assert_array_equal(y, [[1, 0, 1], [1, 0, 1], [0, 0, 0], [0, 1, 0], [0, 1, 0]])
+    probs = np.array([[0.9, 0.1, 0.2], [0.7, 0.3, 0.6], [0.2, 0.4, 0.1], [0.1, 0.8, 0.3], [0.3, 0.6, 0.5]])
+    order = [np.array([0, 1]), np.array([2]), np.array([3, 4])]
+    out = _video_map(probs, order, y[[0, 2, 3]], rank=0, world=1, n_videos=3, device=torch.device("cpu"))
+    video = np.stack([probs[r].mean(0) for r in order])
+    truth = y[[0, 2, 3]]
+    expected = np.mean([average_precision_score(truth[:, c], video[:, c]) for c in range(3)])
+    assert out["val_map"] == pytest.approx(expected)
+    assert out["val_accuracy"] == pytest.approx(1.0)  # both labelled videos rank a true class first
+
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    for multilabel, want in ((True, torch.sigmoid(logits)), (False, logits.softmax(1))):
+        model = build_stream_cnn("motion", 3, STACK, feature_dim=8, multilabel=multilabel)
+        assert model.multilabel is multilabel
+        torch.testing.assert_close(model.scores(logits), want)

@@ -504,3 +504,32 @@ def test_new_sub_actions_are_told_apart_by_their_flow(tmp_path, first, second):
         same += np.abs(sig[first, 1] - sig[first, 2]).sum() + np.abs(sig[second, 1] - sig[second, 2]).sum()
         diff += np.abs(sig[first, 1] - sig[second, 2]).sum() + np.abs(sig[second, 1] - sig[first, 2]).sum()
     assert same < 0.4 * diff, (same, diff)
+
+
+def test_multilabel_panels_are_single_label_renders_and_no_label_shakes_like_appearance(tmp_path):
+    from hyvid.pipelines.data.synth import (
+        APPEARANCE_CLASSES,
+        NO_LABEL_PANEL,
+        MultiLabelConfig,
+        render_multilabel,
+        render_video,
+    )
+    from hyvid.pipelines.data.synth.multilabel import _panel_seed, _plan
+
+    cfg = MultiLabelConfig(out=tmp_path / "ml", classes=4, labels_per_video=2, videos=3, frames=30, size=(96, 72),
+                           stack=3, empty_fraction=0.0)
+    item = _plan(cfg)[0]
+    assert len(item["panels"]) == 4 and sum(p is NO_LABEL_PANEL for p in item["panels"]) == 2
+    frames = render_multilabel(cfg, item)
+    assert frames.shape == (item["length"], 72, 96, 3)
+    for k, spec in enumerate(item["panels"]):  # each panel is that class's own video, tiled row by row
+        r, c = divmod(k, 2)
+        alone = render_video(spec, _panel_seed(cfg.seed, 0, k), (48, 36), 30, 3, length=item["length"]).frames
+        np.testing.assert_array_equal(frames[:, r * 36:(r + 1) * 36, c * 48:(c + 1) * 48], alone)
+    # With one seed a label-less panel moves exactly as an appearance object does (the shared shake),
+    # so the motion stream cannot tell it from an appearance label's panel.
+    a = render_video(APPEARANCE_CLASSES[0], 5, (80, 60), 30, 3, length=33)
+    n = render_video(NO_LABEL_PANEL, 5, (80, 60), 30, 3, length=33)
+    assert len(n.frames) == 33
+    np.testing.assert_allclose(n.center, a.center)
+    assert not np.array_equal(n.frames, a.frames)  # but it looks neutral
