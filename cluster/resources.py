@@ -59,7 +59,7 @@ def _use_accelerator(kind: str, use_gpu: bool | None, accelerator: str, cluster:
 
 
 def _fmt(res: Mapping[str, float]) -> str:
-    return ", ".join(f"{float(v):g} {k}" for k, v in sorted(res.items()) if v) or "nothing"
+    return ", ".join(f"{float(v):g} {k}" for k, v in sorted(res.items()))
 
 
 def _fits(request: Mapping[str, float], have: Mapping[str, float]) -> bool:
@@ -81,8 +81,9 @@ def check_feasible(request: Mapping[str, float], what: str, cluster: Mapping[str
 
     if not started_local() and any(_fits(request, node) for node in node_type_resources()):
         return
+    has = {k: float(have.get(k, 0) or 0) for k in request}
     raise ValueError(
-        f"{what} asks for {_fmt(request)}, more than the Ray cluster has ({_fmt(have)}"
+        f"{what} asks for {_fmt(request)}, more than the Ray cluster has ({_fmt(has)}"
         f"{'' if started_local() else ', and no node type in ray_config.yaml has that much'}); "
         "ask for less (--cpus-per-worker, --workers) or run on a bigger cluster (--address)"
     )

@@ -6,6 +6,7 @@ expanded from the environment; they must not appear in output, logs or MLflow pa
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from pathlib import Path
 
@@ -135,3 +136,24 @@ def test_extract_into_s3_via_settings(ray_session, s3_settings, tmp_path, capsys
     # Never printed or logged in full either.
     everything = out + capsys.readouterr().err + "\n".join(r.getMessage() for r in caplog.records)
     assert SECRET not in everything and KEY_ID not in everything
+
+
+def test_query_and_similar_open_the_store_with_its_storage_options(s3_settings, capsys):
+    """`query` and `similar` reach an S3 store only through the settings' storage options."""
+    from hyvid.pipelines import cli
+    from hyvid.store.tables import FRAME_FEATURES_NAME, frame_features_schema
+
+    store, so = s3_settings.store_uri, s3_settings.resolved_storage_options()
+    rows = pa.table({
+        "video_id": ["v"] * 3 + ["w"] * 3, "position": [0, 1, 2] * 2, "frame_index": [0, 5, 10] * 2,
+        "timestamp": [0.0, 0.5, 1.0] * 2, "spatial": [[float(i), 0.0, 1.0, 2.0] for i in range(6)],
+        "motion": [[0.0, float(i), 1.0] for i in range(6)], "spatial_run_id": ["r"] * 6, "motion_run_id": ["r"] * 6,
+    }, frame_features_schema(4, 3))
+    lance_io.append_rows(store, FRAME_FEATURES_NAME, rows, so)
+    capsys.readouterr()
+    assert cli.main(["query", "--video", "v", "--frames", "1:3", "--format", "json"]) == 0  # store from settings
+    got = json.loads(capsys.readouterr().out)
+    assert [r["position"] for r in got] == [1, 2] and got[0]["spatial"] == [1.0, 0.0, 1.0, 2.0]
+    assert cli.main(["similar", "--video", "w", "--frame", "0", "-k", "2", "--format", "json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert (hits[0]["video_id"], hits[0]["position"]) == ("w", 0) and len(hits) == 2

@@ -71,9 +71,10 @@ def _env(mark: str) -> dict[str, str]:
 
 
 def test_local_extract_listens_on_loopback_only_and_leaves_no_process(ray_session, tmp_path):
+    # Two classes, three training groups (train-cnn carves validation by group) and a test group.
     data = write_square_dataset(tmp_path / "data", [
-        SquareClip("a/v_a_g01_c01.avi", "A", "train", "g01", 40, (4, 4), RIGHT),
-        SquareClip("b/v_b_g02_c01.avi", "B", "test", "g02", 90, (4, 4), DOWN),
+        SquareClip(f"{c}/v_{c}_g0{g}_c01.avi", c, "train" if g < 4 else "test", f"g0{g}", 40 + 10 * g, (4, 4), move)
+        for c, move in (("a", RIGHT), ("b", DOWN)) for g in (1, 2, 3, 4)
     ], n_frames=12)
     mark = uuid.uuid4().hex
     cmd = [sys.executable, "-m", "hyvid.pipelines.cli", "extract", str(data), "--store", str(tmp_path / "store"),
@@ -85,12 +86,22 @@ def test_local_extract_listens_on_loopback_only_and_leaves_no_process(ray_sessio
         time.sleep(0.2)
     out = proc.stdout.read()
     assert proc.returncode == 0, out
-    assert "extracted 2 videos" in out, out
+    assert "extracted 8 videos" in out, out
     names = {name for name, _, _ in seen}
     assert "gcs_server" in names and "raylet" in names, f"the local Ray's servers were never seen: {seen}"
     public = sorted(s for s in seen if not _is_loopback(s[1]))
     assert not public, f"a local run listened beyond loopback: {public}"
     assert not _left_over(mark), "processes outlived `hyvid extract`"
+
+    # An impossible request on that local Ray fails as soon as Ray is up, naming it and what there is.
+    proc = subprocess.run([sys.executable, "-m", "hyvid.pipelines.cli", "train-cnn", "--store", str(tmp_path / "store"),
+                           "--cpus-per-worker", "100000", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+                          env=_env(mark), capture_output=True, text=True, timeout=600)
+    last = proc.stderr.strip().splitlines()[-1]
+    want = (f"hyvid train-cnn: error: one train-cnn worker asks for 100000 CPU, more than the Ray cluster has "
+            f"({os.cpu_count()} CPU)")
+    assert proc.returncode == 2 and last.startswith(want), proc.stderr[-2000:]
+    assert not _left_over(mark), "processes outlived `hyvid train-cnn`"
 
 
 _TWO_RAYS = r"""
