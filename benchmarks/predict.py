@@ -38,7 +38,7 @@ import torch
 from hyvid.models import registry as R
 from hyvid.pipelines import tracking
 from hyvid.pipelines.data.video import DEFAULT_POSITIONS, DEFAULT_SIZE, DEFAULT_STACK, decode_video
-from hyvid.pipelines.inference.hybrid import load_hybrid
+from hyvid.pipelines.inference.logged import load_hybrid
 from hyvid.pipelines.predict import PAPER_TIMES_S, PredictConfig, predict
 
 from ._common import arg_parser

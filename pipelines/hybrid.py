@@ -367,7 +367,7 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
                 val.labels_multi + test.labels_multi,
                 storage_options=cfg.storage_options,
             )
-            from hyvid.pipelines.inference.pyfunc import log_hybrid_model
+            from hyvid.pipelines.inference.logged import log_hybrid_model
 
             model_uri, model_version = log_hybrid_model(run_id, cfg.register_as)
     finally:

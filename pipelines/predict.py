@@ -9,14 +9,14 @@ Per batch of videos, the paper's three steps (Sec. 4.2.3, "Efficiency"):
 3. LSTM + fusion: the stream LSTMs over the per-frame feature sequences, the fusion network
    over the frame-averaged features, then the hybrid's linear weights over their scores.
 
-Everything is loaded once: the latest `hybrid` run of the experiment (or `--model runs:/<id>`)
-names its component runs (`component.<model>.run_id`), the CNN runs behind its features
-(`cnn.<model>.run_id`) and the extraction settings (`extract.*`). A file that cannot be read
-gets its own error; the others are still classified.
+Everything is loaded once, from the hybrid's portable MLflow model: the latest `hybrid` run's,
+or `--model` (a copied model folder, `runs:/<id>`, `models:/NAME@alias`; `inference.logged`). It
+carries the CNNs, LSTMs and fusion net, the weights, the class names and the extraction settings.
+Videos are given as files, folders (walked), manifest CSVs or text lists (`inference.inputs`). A
+file that cannot be read gets its own error; the others are still classified.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -24,7 +24,9 @@ from typing import Any
 
 from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models.registry import check_split
-from hyvid.pipelines.inference.hybrid import STEP_LABELS, LoadedHybrid, VideoPrediction, classify_videos, load_hybrid
+from hyvid.pipelines.inference import inputs
+from hyvid.pipelines.inference.hybrid import STEP_LABELS, LoadedHybrid, VideoPrediction, classify_videos
+from hyvid.pipelines.inference.logged import load_hybrid
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,10 @@ PAPER_TIMES_S = {"frames_flow": 3.9, "cnn": 9.0, "lstm_fusion": 2.8}
 class PredictConfig:
     """What to classify and with which logged hybrid."""
 
-    videos: tuple[str, ...]
+    videos: tuple[str, ...]  # files, folders, manifest CSVs or text lists of paths (inference.inputs)
     experiment: str = DEFAULT_EXPERIMENT
-    model_uri: str | None = None  # runs:/<hybrid run id>, models:/<name>/<version|@alias>; None: latest hybrid run
+    # A hybrid model folder, runs:/<hybrid run id>, models:/<name>/<version|@alias>; None: latest hybrid run
+    model_uri: str | None = None
     split: int | None = None  # with model_uri=None: the latest hybrid run of this split
     tracking_uri: str | None = None
     top: int = 5
@@ -48,7 +51,7 @@ class PredictConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "videos", tuple(os.fspath(v) for v in self.videos))
         if not self.videos:
-            raise ValueError("give at least one video file to classify")
+            raise ValueError("give at least one video file (or a folder or list of them) to classify")
         if self.top < 1:
             raise ValueError(f"top must be >= 1, got {self.top}")
         if self.batch_size < 1:
@@ -89,8 +92,9 @@ class PredictResult:
 
 def predict(cfg: PredictConfig, loaded: LoadedHybrid | None = None) -> PredictResult:
     """Classify `cfg.videos` (in batches); a file that fails gets its own error."""
+    paths = inputs.expand_videos(cfg.videos)
     h = loaded or load_hybrid(cfg.tracking_uri, cfg.experiment, cfg.model_uri, cfg.split)
-    preds, timing = classify_videos(h, cfg.videos, top=cfg.top, batch_size=cfg.batch_size, threads=cfg.threads)
+    preds, timing = classify_videos(h, paths, top=cfg.top, batch_size=cfg.batch_size, threads=cfg.threads)
     return PredictResult(preds, timing, h.run_id)
 
 
@@ -119,4 +123,5 @@ def format_text(res: PredictResult) -> str:
 
 
 def format_json(res: PredictResult) -> str:
-    return json.dumps(res.to_json(), indent=2)
+    """Strict JSON: a figure with no value (the per-video time when no video was classified) is null."""
+    return inputs.dumps(res.to_json(), indent=2)

@@ -9,8 +9,11 @@ names and split numbers; user values (a store URI, say) are compared in Python.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import warnings
+from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
@@ -18,7 +21,7 @@ from mlflow.entities import Run
 
 from hyvid.cluster.settings import DEFAULT_TRACKING_URI, SECRET_KEY_RE, Settings, redact
 from hyvid.models import registry as R
-from hyvid.store.lance_io import canonical_store_uri, table_versions
+from hyvid.store.lance_io import canonical_store_uri, table_uri, table_versions
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +33,9 @@ STAGE_TRAIN = "train"
 STAGE_TRAIN_CV = "train-cv"  # search trials and out-of-fold fits: nested runs, never mistaken for the final fit
 STAGE_HYBRID = "hybrid"
 STAGE_LATE_FUSION = "late_fusion"  # Table 1's "+" rows, nested under the hybrid run
+STAGE_EVALUATE = "evaluate"  # `hyvid evaluate`: a logged model scored end to end on a labelled video set
 CHAIN = (STAGE_EXTRACT, STAGE_TRAIN_CNN, STAGE_FEATURES, STAGE_TRAIN, STAGE_HYBRID)  # `hyvid run`'s order
-STAGES = (*CHAIN, STAGE_TRAIN_CV, STAGE_LATE_FUSION)
+STAGES = (*CHAIN, STAGE_TRAIN_CV, STAGE_LATE_FUSION, STAGE_EVALUATE)
 
 # -- tags ---------------------------------------------------------------------------------------
 TAG_MODEL = "hyvid.model"  # a models.registry name
@@ -45,6 +49,7 @@ TAG_MODEL_LOGGED = "hyvid.model_logged"  # "true" once a CNN run's model artifac
 TAG_ERROR = "hyvid.error"
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag for nested runs
 TAG_REFIT_OF = "hyvid.refit_of"  # a refit's (train + val) run -> the final fit whose choices it repeats
+TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own tag: the UI shows it as the run's source version
 
 # -- param prefixes -----------------------------------------------------------------------------
 LINEAGE_PREFIX = "lineage."  # lineage.store_uri, lineage.<table>.version
@@ -55,7 +60,8 @@ WEIGHT_PREFIX = "weight."  # weight.<model>: the hybrid's linear weights
 EVAL_PREFIX = "eval."  # eval.<model>.test_<metric>: metrics the hybrid recomputed from video_scores
 
 # -- artifacts ----------------------------------------------------------------------------------
-MODEL_ARTIFACT = "model"  # every logged model's name inside its run
+MODEL_ARTIFACT = "model"  # the name models were logged under before each got its registry name
+ARTIFACTS_DIR = "mlartifacts"  # beside a sqlite database: where experiments hyvid creates keep their artifacts
 LINEAGE_ARTIFACT = "lineage.json"
 CNN_CONFIG_ARTIFACT = "cnn_config.json"
 EXTRACT_ARTIFACT = "extract_settings.json"
@@ -92,9 +98,9 @@ def interval_metrics(subset: str, intervals: dict[str, tuple[float, float]], n_v
     return out
 
 
-def model_uri(run_id: str) -> str:
-    """The URI of the model logged in a run."""
-    return f"runs:/{run_id}/{MODEL_ARTIFACT}"
+def model_uri(run_id: str, name: str = MODEL_ARTIFACT) -> str:
+    """The URI of the model logged in a run under `name` (its model registry name, e.g. `fusion`)."""
+    return f"runs:/{run_id}/{name}"
 
 
 # -- URIs ---------------------------------------------------------------------------------------
@@ -129,21 +135,70 @@ def resolve_tracking_uri(explicit: str | None = None, settings: Settings | None 
     return absolute_tracking_uri(uri)
 
 
+def sqlite_path(uri: str) -> str | None:
+    """The database file of a `sqlite:///` tracking URI (absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return os.path.abspath(path)
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where a new experiment on this tracking store keeps its artifacts: `mlartifacts/` beside a
+    sqlite database. None leaves MLflow's default, which is right for a file store (artifacts
+    inside its folder) and a tracking server (its own artifact root), but for a database is
+    `./mlruns` of whatever directory a command happens to run in."""
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        return None
+    return str(Path(db).parent / ARTIFACTS_DIR)
+
+
+def check_store_exists(tracking_uri: str) -> None:
+    """Refuse, in one line, to read a sqlite tracking database that does not exist: opening it
+    would create an empty one (a read-only command must leave no mlflow.db behind)."""
+    db = sqlite_path(tracking_uri)
+    if db is not None and not os.path.exists(db):
+        raise FileNotFoundError(f"no MLflow database at {db}; run a stage first, or point --tracking-uri / "
+                                "MLFLOW_TRACKING_URI at the database your runs are in")
+
+
 # -- writing runs -------------------------------------------------------------------------------
 def setup(tracking_uri: str, experiment: str) -> str:
     """Point MLflow at `tracking_uri`, make sure `experiment` exists and make it the active one
-    (so `start_run` logs there, not in "Default"); returns its id."""
+    (so `start_run` logs there, not in "Default"); returns its id.
+
+    An experiment made here on a sqlite store keeps its artifacts beside the database
+    (`artifact_location`), never in the working directory.
+    """
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
-    exp_id = mlflow.create_experiment(experiment) if exp is None else exp.experiment_id
+    if exp is None:
+        exp_id = mlflow.create_experiment(experiment, artifact_location=artifact_location(tracking_uri))
+    else:
+        exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
 
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the git checkout hyvid runs from, or None (an installed wheel, no git)."""
+    try:
+        from mlflow.utils.git_utils import get_git_commit
+
+        return get_git_commit(str(Path(__file__).resolve().parent))
+    except Exception:  # noqa: BLE001 - provenance only: a broken git must not stop a fit
+        return None
+
+
 def run_tags(model: str, stage: str, split: int | None = None, store_uri: str | None = None,
              **extra: str) -> dict[str, str]:
-    """The tags every hyvid run carries (model, stage, split, store), plus `extra`."""
+    """The tags every hyvid run carries (model, stage, split, store, git commit), plus `extra`."""
     tags = {TAG_MODEL: model, TAG_STAGE: stage}
+    commit = git_commit()
+    if commit:
+        tags[TAG_GIT_COMMIT] = commit
     if split is not None:
         tags[TAG_SPLIT] = str(int(split))
     if store_uri:
@@ -169,8 +224,9 @@ def start_run(
 
 
 def log_lineage(store_uri: str, tables: list[str], storage_options: dict | None = None,
-                versions: dict[str, int] | None = None) -> dict[str, Any]:
-    """Log the store URI and the Lance version of every table a fit read (params + lineage.json).
+                versions: dict[str, int] | None = None, context: str = "training") -> dict[str, Any]:
+    """Log the store URI and the Lance version of every table a fit read (params + lineage.json),
+    and each table as an MLflow dataset input, so the UI's Datasets column shows them.
 
     `versions` (table -> version) records the versions a fit actually read when it pinned them
     at load time; by default the tables' current versions are looked up.
@@ -184,7 +240,26 @@ def log_lineage(store_uri: str, tables: list[str], storage_options: dict | None 
     params.update({f"{LINEAGE_PREFIX}{t}.version": v for t, v in versions.items()})
     mlflow.log_params(params)
     mlflow.log_dict(lineage, LINEAGE_ARTIFACT)
+    log_dataset_inputs(store_uri, versions, context)
     return lineage
+
+
+def log_dataset_inputs(store_uri: str, versions: dict[str, int], context: str = "training") -> None:
+    """Each Lance table as an MLflow dataset input of the active run: name = table, digest =
+    its version, source = the table's URI (redacted)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for table, version in versions.items():
+        uri = redact(table_uri(canonical_store_uri(store_uri), table))
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local path is a local path
+            warnings.simplefilter("ignore")
+            try:
+                source = resolve_dataset_source(uri)
+            except Exception:  # noqa: BLE001 - an object store MLflow has no source type for: lineage params suffice
+                log.debug("no MLflow dataset source for %s", uri, exc_info=True)
+                continue
+        mlflow.log_input(MetaDataset(source, name=table, digest=f"v{int(version)}"), context=context)
 
 
 def lineage_matches(run: Run, versions: dict[str, int], tables: tuple[str, ...]) -> bool:
@@ -208,6 +283,7 @@ def experiment_id(experiment: str, tracking_uri: str | None = None) -> str:
     """The id of an existing experiment; ValueError lists the experiments there are."""
     if tracking_uri is not None:
         mlflow.set_tracking_uri(tracking_uri)
+    check_store_exists(mlflow.get_tracking_uri())
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in mlflow.search_experiments()]
@@ -234,6 +310,9 @@ def finished_runs(
     """
     if tracking_uri is not None:
         mlflow.set_tracking_uri(tracking_uri)
+    db = sqlite_path(mlflow.get_tracking_uri())
+    if db is not None and not os.path.exists(db):
+        return []  # looking would create an empty database
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return []

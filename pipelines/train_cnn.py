@@ -219,7 +219,7 @@ def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_nam
             tracking.CNN_CONFIG_ARTIFACT,
         )
         # Pickle (not pt2/torch.export) keeps the whole module, so `features()` is there on load.
-        mlflow.pytorch.log_model(model, name=tracking.MODEL_ARTIFACT, serialization_format="pickle",
+        mlflow.pytorch.log_model(model, name=model_name, serialization_format="pickle",
                                  pip_requirements=mlflow.pytorch.get_default_pip_requirements())
         # The run was created (and ended) before the fit; `features` only picks runs with a model.
         mlflow.set_tag(tracking.TAG_MODEL_LOGGED, "true")

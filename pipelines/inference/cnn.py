@@ -1,5 +1,5 @@
 """The one CNN forward pass of hyvid: stored (or freshly extracted) clips -> per-frame features
-and scores. `features` runs it over the store, `predict` over new videos.
+and scores. `features` runs it over the store, `predict` and `evaluate` over new videos.
 
 Also loading logged CNNs from MLflow, with a per-process cache: a logged model never changes,
 and loading one (MLflow lookup, artifact copy, unpickling EfficientNet) costs seconds.
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hyvid.models.cnn import motion_input, spatial_input
+from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +84,22 @@ def cnn_forward(
     return sf, mf, sp, mp
 
 
-def load_logged_model(run_id: str, what: str, device: torch.device | str = "cpu") -> nn.Module:
-    """The torch model logged in an MLflow run, in eval mode; FileNotFoundError names the run."""
+def load_logged_model(run_id: str, name: str, device: torch.device | str = "cpu") -> nn.Module:
+    """The torch model logged in an MLflow run under `name` (its registry name, e.g. `spatial_cnn`),
+    in eval mode; runs logged before models had names hold it as `model`. FileNotFoundError names the run."""
     import mlflow.pytorch
 
-    from hyvid.pipelines.tracking import model_uri
+    from hyvid.pipelines.tracking import MODEL_ARTIFACT, model_uri
 
-    try:
-        model = mlflow.pytorch.load_model(model_uri(run_id), map_location=device)
-    except Exception as e:  # MLflow raises several types for a missing run or artifact
-        raise FileNotFoundError(f"cannot load the {what} model of run {run_id} ({model_uri(run_id)}): {e}") from e
-    return model.to(device).eval()
+    errors = []
+    for artifact in dict.fromkeys((name, MODEL_ARTIFACT)):
+        try:
+            model = mlflow.pytorch.load_model(model_uri(run_id, artifact), map_location=device)
+        except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run or artifact
+            errors.append(f"{model_uri(run_id, artifact)}: {e}")
+            continue
+        return model.to(device).eval()
+    raise FileNotFoundError(f"cannot load the {name} model of run {run_id} ({'; '.join(errors)})")
 
 
 # The CNN pair last loaded in this process (a Ray worker keeps it between tasks).
@@ -111,8 +117,8 @@ def load_cnn_pair(tracking_uri: str, spatial_run_id: str, motion_run_id: str,
     key = (tracking_uri, spatial_run_id, motion_run_id, str(device), channels_last)
     if key not in _LOADED:
         mlflow.set_tracking_uri(tracking_uri)
-        pair = tuple(load_logged_model(r, what, device)
-                     for r, what in ((spatial_run_id, "spatial CNN"), (motion_run_id, "motion CNN")))
+        pair = tuple(load_logged_model(r, name, device)
+                     for r, name in ((spatial_run_id, SPATIAL_CNN), (motion_run_id, MOTION_CNN)))
         if channels_last and torch.device(device).type == "cpu":
             pair = tuple(m.to(memory_format=torch.channels_last) for m in pair)
         _LOADED.clear()

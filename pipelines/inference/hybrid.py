@@ -1,10 +1,13 @@
-"""A logged hybrid, loaded for classification: its component models from MLflow, and the
-end-to-end classification of video files (frames + flow, CNNs, LSTMs + fusion, linear weights).
+"""The hybrid framework, loaded for classification: the end-to-end classification of video files
+(frames + flow, CNNs, LSTMs + fusion, linear weights) with every model in memory.
 
-`hyvid predict` and the hybrid's MLflow pyfunc both classify through here. Everything is loaded
-once: the hybrid run (the latest of an experiment, or `runs:/<id>`, or a registered
-`models:/NAME/VERSION`) names its component runs (`component.<model>.run_id`), the CNN runs
-behind its features (`cnn.<model>.run_id`) and the extraction settings (`extract.*`).
+`hyvid predict`, `hyvid evaluate` and the hybrid's MLflow pyfunc all classify through here, with
+the same decode and flow code as `extract` (`data.video.extract_clip_arrays`, frames stored as
+JPEG as the clips table holds them) and the same CNN forward pass as `features`
+(`inference.cnn.stream_forward`), so what a model sees at serving time is what it was trained on.
+
+Nothing here talks to MLflow: `inference.bundle` reads a hybrid from a model folder and
+`inference.logged` from a tracking server.
 """
 from __future__ import annotations
 
@@ -20,11 +23,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models import registry as R
-from hyvid.pipelines import tracking
-from hyvid.pipelines.data.video import VideoError, extract_clip_arrays
-from hyvid.pipelines.inference.cnn import load_logged_model, stream_forward
+from hyvid.pipelines.data.video import DEFAULT_MAX_ASPECT, DEFAULT_MAX_LONG_SIDE, VideoError, extract_clip_arrays
+from hyvid.pipelines.inference.cnn import stream_forward
+from hyvid.store.clips import decode_frame, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ STEP_LABELS = {"frames_flow": "frames+flow", "cnn": "CNN features", "lstm_fusion
 SUPPORTED = (R.SPATIAL_CNN, R.MOTION_CNN, R.TWO_STREAM_CNN, R.SPATIAL_LSTM, R.MOTION_LSTM,
              R.FUSION, R.FUSION_NOREG, R.NN_EF, R.NN_LF)
 _LSTM_STREAM = {R.SPATIAL_LSTM: 0, R.MOTION_LSTM: 1}  # index into (spatial, motion) features
+EXTRACT_KEYS = ("frames", "stack", "flow", "size")  # the extraction settings a hybrid must record
 
 
 @dataclass
@@ -49,6 +52,7 @@ class LoadedHybrid:
     extract: dict[str, Any]  # frames, stack, flow, size
     multilabel: bool
     cnn_run_ids: dict[str, str]
+    component_run_ids: dict[str, str] = field(default_factory=dict)
     load_s: float = 0.0
 
 
@@ -67,147 +71,21 @@ class VideoPrediction:
         return self.error is None
 
 
-# -- loading ------------------------------------------------------------------------------------
-def _run_id_of(model_uri: str, client=None) -> str:
-    """The hybrid run id behind `runs:/<id>[/...]`, a bare run id, or a registered hybrid model
-    `models:/<name>/<version>` / `models:/<name>@<alias>` (its version's source run)."""
-    uri = model_uri.strip()
-    if uri.startswith("runs:/"):
-        parts = [p for p in uri[len("runs:/"):].split("/") if p]
-        if parts:
-            return parts[0]
-    elif uri.startswith("models:/") and client is not None:
-        ref = uri[len("models:/"):].strip("/")
-        try:
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
-            else:
-                name, _, version = ref.rpartition("/")
-                if not name or not version.isdigit():
-                    raise ValueError("expected models:/<name>/<version> or models:/<name>@<alias>")
-                mv = client.get_model_version(name, version)
-        except Exception as e:  # MLflow raises RestException for unknown names/versions
-            raise FileNotFoundError(f"--model {model_uri!r}: no such registered model version ({e}); "
-                                    "register one with `hyvid hybrid --register NAME`") from e
-        if not mv.run_id:
-            raise ValueError(f"--model {model_uri!r}: version {mv.version} of {mv.name!r} has no source run; "
-                             "register the model a hybrid run logged (`hyvid hybrid --register NAME`)")
-        return mv.run_id
-    elif "/" not in uri and ":" not in uri and uri:
-        return uri
-    raise ValueError(f"--model {model_uri!r}: expected runs:/<hybrid run id>, models:/<name>/<version> or "
-                     "models:/<name>@<alias> (see `hyvid runs --stage hybrid`)")
-
-
-def find_hybrid_run(experiment: str, split: int | None = None):
-    """The latest finished hybrid run of the experiment (of one split when given)."""
-    import mlflow
-
-    if mlflow.get_experiment_by_name(experiment) is None:
-        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking.redact(mlflow.get_tracking_uri())}; "
-                         "pass --experiment or --model runs:/<hybrid run id>")
-    run = tracking.latest_run(experiment, stage=tracking.STAGE_HYBRID, split=split)
-    if run is None:
-        raise FileNotFoundError(
-            f"no finished hybrid run in experiment {experiment!r}" + (f" for split {split}" if split else "")
-            + "; run `hyvid hybrid` first, or pass --model runs:/<hybrid run id>")
-    return run
-
-
-def _latest_cnn_run(experiment_name: str, model: str, split: int | None) -> str | None:
-    run = tracking.latest_run(experiment_name, stage=tracking.STAGE_TRAIN_CNN, model=model, split=split)
-    return run.info.run_id if run else None
-
-
-def _extract_settings(run) -> dict[str, Any]:
-    p = run.data.params
-    missing = [k for k in ("frames", "stack", "flow", "size") if f"{tracking.EXTRACT_PREFIX}{k}" not in p]
-    if missing:
-        raise ValueError(
-            f"hybrid run {run.info.run_id} records no extraction settings "
-            f"({', '.join(tracking.EXTRACT_PREFIX + k for k in missing)}); "
-            "it predates them: re-run `hyvid hybrid` on the store so predict can prepare videos the same way")
-    return {"frames": int(p[f"{tracking.EXTRACT_PREFIX}frames"]), "stack": int(p[f"{tracking.EXTRACT_PREFIX}stack"]),
-            "flow": p[f"{tracking.EXTRACT_PREFIX}flow"], "size": int(p[f"{tracking.EXTRACT_PREFIX}size"])}
-
-
-def load_hybrid(tracking_uri: str | None, experiment: str = DEFAULT_EXPERIMENT, model_uri: str | None = None,
-                split: int | None = None) -> LoadedHybrid:
-    """Load a hybrid run's weights and every model it needs from MLflow (once per invocation)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    t0 = time.perf_counter()
-    # Six small local artifact copies would each draw a progress bar over the CLI's output.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(tracking.resolve_tracking_uri(tracking_uri))
-    client = MlflowClient()
-    if model_uri:
-        run_id = _run_id_of(model_uri, client)
-        try:
-            run = client.get_run(run_id)
-        except Exception as e:
-            raise FileNotFoundError(f"--model {model_uri!r}: no such MLflow run at "
-                                    f"{tracking.redact(mlflow.get_tracking_uri())} ({e})") from e
-        if run.data.tags.get(tracking.TAG_STAGE) != tracking.STAGE_HYBRID:
-            raise ValueError(f"--model {model_uri!r} is a {run.data.tags.get(tracking.TAG_STAGE)!r} run, not a "
-                             f"hybrid run; list hybrid runs with `hyvid runs --stage hybrid`")
-    else:
-        run = find_hybrid_run(experiment, split)
-    params, run_id = run.data.params, run.info.run_id
-    split_tag = run.data.tags.get(tracking.TAG_SPLIT)
-    run_split = int(split_tag) if split_tag and split_tag.isdigit() else None
-
-    models = [m for m in params.get("models", "").split(",") if m]
-    weights = {m: float(params[f"{tracking.WEIGHT_PREFIX}{m}"]) for m in models}
-    unsupported = [m for m in models if m not in SUPPORTED]
-    if unsupported:
-        raise ValueError(f"hybrid run {run_id} fuses {unsupported}, which predict cannot rebuild from a video "
-                         f"(supported: {list(SUPPORTED)}); run `hyvid hybrid --models` without them")
-    components = {}
-    for m in models:
-        if m in R.CNN_MODELS:
-            continue  # CNN scores come straight from the CNNs below
-        rid = params.get(f"{tracking.COMPONENT_PREFIX}{m}.run_id", "")
-        if not rid or "," in rid:
-            raise ValueError(f"hybrid run {run_id}: component {m} has run id {rid!r}; expected one run")
-        components[m] = load_logged_model(rid, m)
-
-    cnn_ids = {}
-    for m in (R.SPATIAL_CNN, R.MOTION_CNN):
-        rid = (params.get(f"{tracking.CNN_PREFIX}{m}.run_id")
-               or _latest_cnn_run(client.get_experiment(run.info.experiment_id).name, m, run_split))
-        if not rid:
-            raise FileNotFoundError(f"hybrid run {run_id} names no {m} run and the experiment has no finished "
-                                    f"`hyvid train-cnn` run of {m}; train the CNNs first")
-        cnn_ids[m] = rid
-    # channels_last: oneDNN's faster convolution layout on CPU (motion CNN ~1.5x); same numbers.
-    spatial, motion = (load_logged_model(cnn_ids[m], m).to(memory_format=torch.channels_last)
-                       for m in (R.SPATIAL_CNN, R.MOTION_CNN))
-
-    try:
-        class_names = list(mlflow.artifacts.load_dict(f"runs:/{run_id}/{tracking.CLASSES_ARTIFACT}")["class_names"])
-    except Exception:  # noqa: BLE001 - older runs have no classes artifact: numbered classes
-        class_names = []
-    n_classes = getattr(spatial, "num_classes", None) or len(class_names)
-    if len(class_names) != n_classes:
-        class_names = [f"class {i}" for i in range(n_classes)]
-    loaded = LoadedHybrid(
-        run_id=run_id, split=run_split, weights=weights, components=components, spatial_cnn=spatial,
-        motion_cnn=motion, class_names=class_names, extract=_extract_settings(run),
-        multilabel=params.get("multilabel", "False") == "True", cnn_run_ids=cnn_ids)
-    loaded.load_s = time.perf_counter() - t0
-    log.info("loaded hybrid run %s (%s) in %.2f s", run_id, ", ".join(f"{m}={w:g}" for m, w in weights.items()),
-             loaded.load_s)
-    return loaded
-
-
 # -- the three steps ----------------------------------------------------------------------------
+def prepare_video(path: str, ex: dict[str, Any]):
+    """A video's sampled frames and flow stacks exactly as `extract` stores them and `features`
+    reads them: same sampling, flow and bounds, and the frames through the clips table's JPEG
+    codec (the CNNs were trained and their features computed on decoded JPEGs)."""
+    clip = extract_clip_arrays(path, ex["frames"], ex["stack"], ex["size"], ex["flow"],
+                               ex.get("max_long_side", DEFAULT_MAX_LONG_SIDE), ex.get("max_aspect", DEFAULT_MAX_ASPECT))
+    frames = np.stack([decode_frame(encode_frame(f)) for f in clip.frames])
+    return clip, frames
+
+
 def _prepare(path: str, ex: dict[str, Any]):
     t = time.perf_counter()
-    clip = extract_clip_arrays(path, ex["frames"], ex["stack"], ex["size"], ex["flow"])
-    return clip, time.perf_counter() - t
+    clip, frames = prepare_video(path, ex)
+    return (clip, frames), time.perf_counter() - t
 
 
 def _probs(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
@@ -305,12 +183,12 @@ def classify_videos(h: LoadedHybrid, paths: Sequence[str], top: int = 5, batch_s
                 continue
 
             t, c = time.perf_counter(), time.process_time()
-            frames = np.concatenate([clip.frames for _, _, clip, _ in ok])
-            flows = np.concatenate([clip.flow_stacks for _, _, clip, _ in ok])
+            frames = np.concatenate([fr for _, _, (_, fr), _ in ok])
+            flows = np.concatenate([clip.flow_stacks for _, _, (clip, _), _ in ok])
             with _torch_threads(1):
                 (sf, sp), (mf, mp) = pool.map(stream_forward, (h.spatial_cnn, h.motion_cnn), (frames, flows),
                                               (spatial_input, motion_input))
-            bounds = np.cumsum([0] + [len(c.frames) for _, _, c, _ in ok])
+            bounds = np.cumsum([0] + [len(fr) for _, _, (_, fr), _ in ok])
             cut = list(pairwise(bounds))
             timing["cnn_s"] += time.perf_counter() - t
             timing["cnn_cpu_s"] += time.process_time() - c
@@ -334,5 +212,3 @@ def classify_videos(h: LoadedHybrid, paths: Sequence[str], top: int = 5, batch_s
     timing["n_videos"] = float(len(paths))
     timing["n_failed"] = float(len(paths) - n_ok)
     return preds, timing
-
-

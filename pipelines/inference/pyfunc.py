@@ -1,44 +1,72 @@
-"""The hybrid as one MLflow model: a pyfunc that classifies video files end to end.
+"""The hybrid as one portable MLflow model: a pyfunc that classifies video files end to end.
 
-A hybrid run holds weights and the run ids of the models it fuses, not one model file. Logging
-this small pyfunc in the hybrid run makes it registrable like any MLflow model (`hyvid hybrid
---register NAME`, or the MLflow UI), so users can pin a version (`models:/NAME/3`) or an alias
-(`models:/NAME@champion`) and
+`hyvid hybrid` logs it in the hybrid run under the name `hybrid`. The model folder carries
+everything (`inference.bundle`): both CNNs, the LSTMs and the fusion network, the linear
+weights, the class names and the extraction settings, plus hyvid's own code (`code/`), a
+signature and pinned pip requirements. A copy of the folder needs no tracking server:
 
-- classify with `hyvid predict VIDEO... --model models:/NAME@champion`, or
-- load it in Python: `mlflow.pyfunc.load_model("models:/NAME/1").predict(["a.avi", "b.avi"])`
-  returns one row per file (class, score, top-k, error).
+    model = mlflow.pyfunc.load_model("path/to/hybrid")   # or runs:/<id>/hybrid, models:/NAME@alias
+    model.predict(["a.avi", "b.avi"])                    # one row per file
+    model.predict(pd.DataFrame({"path": [...]}), params={"top": 3})
 
-The pyfunc stores only the hybrid run id. On load it fetches the component models (CNNs,
-LSTMs, fusion net) from the same tracking server, so they are never copied twice.
+Each row: path, class (the top class), score, top (JSON list of {class, score}), scores (JSON
+list of every class's score, in `class_names` order) and error (None, or why the file failed).
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
-import warnings
 from typing import Any
 
 import mlflow
 import pandas as pd
 
-from hyvid.pipelines.tracking import MODEL_ARTIFACT
+from hyvid.pipelines.inference.bundle import BUNDLE_ARTIFACT
 
-RUN_ID_KEY = "hybrid_run_id"
+OUTPUT_COLUMNS = ("path", "class", "score", "top", "scores", "error")
+DEFAULT_TOP = 5
+# The distributions the pyfunc imports when it loads and predicts (hyvid's own code travels in the
+# model folder): torch for the models, OpenCV for decoding and flow, pyarrow for the store's codec
+# constants, efficientnet-lite for the spatial CNN's backbone, scikit-learn for NN-EF/NN-LF's module.
+REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "opencv-contrib-python-headless", "pyarrow",
+                "efficientnet-lite-pytorch", "scikit-learn", "PyYAML")
+
+
+def signature():
+    """Video paths in (one string column), one row of OUTPUT_COLUMNS out; `top` as a parameter.
+
+    The input column has no name so that MLflow accepts a plain list of paths, a single path, or a
+    DataFrame / dict with a `path` column alike (a named column refuses lists)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    out = Schema([ColSpec("string", "path"), ColSpec("string", "class", required=False),
+                  ColSpec("double", "score", required=False), ColSpec("string", "top"),
+                  ColSpec("string", "scores", required=False), ColSpec("string", "error", required=False)])
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=out,
+                          params=ParamSchema([ParamSpec("top", "long", DEFAULT_TOP)]))
+
+
+def pip_requirements() -> list[str]:
+    """REQUIREMENTS pinned to the versions installed here (local build tags such as +cpu dropped,
+    so pip can resolve them from an index)."""
+    return [f"{d}=={importlib.metadata.version(d).split('+')[0]}" for d in REQUIREMENTS]
 
 
 class HybridVideoClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc: video paths (a list, or a DataFrame with a `path` column) -> one row per video."""
 
     def load_context(self, context) -> None:
-        from hyvid.pipelines.inference.hybrid import load_hybrid
+        from hyvid.pipelines.inference.bundle import load_bundle
 
-        run_id = context.model_config[RUN_ID_KEY]
-        # The components live in the tracking server the caller is using now.
-        self._loaded = load_hybrid(mlflow.get_tracking_uri(), model_uri=f"runs:/{run_id}")
-        self._top = int(context.model_config.get("top", 5))
+        folder = (context.artifacts or {}).get(BUNDLE_ARTIFACT)
+        if not folder:
+            raise ValueError("this hybrid model carries no models (it predates portable hybrids and points to "
+                             "runs on a tracking server); re-run `hyvid hybrid` to log a self-contained one")
+        self._loaded = load_bundle(folder)
+        self._top = int((context.model_config or {}).get("top", DEFAULT_TOP))
 
-    # The hint is what MLflow can pass through unvalidated (a list of paths works as well); a
-    # typed signature would make MLflow coerce file paths it cannot check anyway.
+    # A DataFrame hint is one MLflow infers nothing from: inputs are checked against the signature.
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from hyvid.pipelines.inference.hybrid import classify_videos
 
@@ -54,8 +82,9 @@ class HybridVideoClassifier(mlflow.pyfunc.PythonModel):
             best = p.top[0] if p.top else (None, None)
             rows.append({"path": p.path, "class": best[0], "score": best[1],
                          "top": json.dumps([{"class": c, "score": round(s, 6)} for c, s in p.top]),
+                         "scores": None if p.scores is None else json.dumps([round(float(v), 6) for v in p.scores]),
                          "error": p.error})
-        return pd.DataFrame(rows, columns=["path", "class", "score", "top", "error"])
+        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
 
 
 def _paths(model_input: Any) -> list[str]:
@@ -69,20 +98,3 @@ def _paths(model_input: Any) -> list[str]:
     if isinstance(model_input, str):
         return [model_input]
     return [str(v) for v in model_input]
-
-
-def log_hybrid_model(run_id: str, register_as: str | None = None) -> tuple[str, str | None]:
-    """Log the pyfunc in the active hybrid run (and register it); returns (model URI, version)."""
-    with warnings.catch_warnings():
-        # Input is file paths in a list or a DataFrame, checked in predict(); no typed signature.
-        warnings.filterwarnings("ignore", message=".*type hints.*")
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=HybridVideoClassifier(),
-            model_config={RUN_ID_KEY: run_id, "top": 5},
-            # Explicit: inferring requirements would load every component model once more.
-            pip_requirements=["hyvid"],
-            registered_model_name=register_as,
-        )
-    version = str(info.registered_model_version) if register_as and info.registered_model_version else None
-    return info.model_uri, version

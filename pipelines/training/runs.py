@@ -154,14 +154,22 @@ def finish_run(client, run_id: str, clock: FitClock) -> dict[str, float]:
     return clock.seconds
 
 
+def _model_name() -> str:
+    """The name a fit's model is logged under: its registry name (the active run's hyvid.model tag)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    return (run.data.tags.get(tracking.TAG_MODEL) if run is not None else None) or tracking.MODEL_ARTIFACT
+
+
 def log_torch_model(model: torch.nn.Module) -> None:
-    """Log a fitted torch model in the active run."""
+    """Log a fitted torch model in the active run, named after its model (`fusion`, `spatial_lstm`, ...)."""
     import mlflow.pytorch
 
     # Pickle, not MLflow's default pt2 export: torch.export cannot trace the LSTM's variable-length
     # packing nor the fusion net's list-of-streams input. Explicit requirements: inferring them
     # re-imports the model in a subprocess (slow on a shared core).
-    mlflow.pytorch.log_model(model.eval(), name=tracking.MODEL_ARTIFACT, serialization_format="pickle",
+    mlflow.pytorch.log_model(model.eval(), name=_model_name(), serialization_format="pickle",
                              pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
 
@@ -176,7 +184,7 @@ def log_sklearn_model(est) -> None:
     if foreign:
         raise TypeError(f"{type(est).__name__} holds types outside hyvid.models.baselines/mkl that skops cannot "
                         f"vouch for: {foreign}")
-    mlflow.sklearn.log_model(est, name=tracking.MODEL_ARTIFACT, skops_trusted_types=untrusted,
+    mlflow.sklearn.log_model(est, name=_model_name(), skops_trusted_types=untrusted,
                              pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
 
 

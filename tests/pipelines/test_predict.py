@@ -29,7 +29,7 @@ def _log_model(model: torch.nn.Module, name: str, stage: str, experiment_id: str
     import mlflow.pytorch
 
     with tracking.start_run(name, stage, 1, "store") as run:
-        mlflow.pytorch.log_model(model.eval(), name="model", serialization_format="pickle",
+        mlflow.pytorch.log_model(model.eval(), name=name, serialization_format="pickle",
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         return run.info.run_id
 
@@ -111,8 +111,8 @@ def test_hybrid_run_names_everything_predict_needs(logged):
 
 
 def test_predict_matches_the_models_and_isolates_a_bad_file(logged):
-    from hyvid.pipelines.data.video import extract_clip_arrays
     from hyvid.pipelines.inference.cnn import cnn_forward
+    from hyvid.pipelines.inference.hybrid import prepare_video
     from hyvid.pipelines.predict import PredictConfig, load_hybrid, predict
 
     h = load_hybrid(logged["uri"], "exp")
@@ -127,8 +127,8 @@ def test_predict_matches_the_models_and_isolates_a_bad_file(logged):
     # The same numbers, computed by hand from the logged models and the hybrid weights.
     m, w = logged["models"], logged["hybrid"].weights
     for pred, path in ((a, paths[0]), (b, paths[2])):
-        clip = extract_clip_arrays(path, EXTRACT["frames"], EXTRACT["stack"], EXTRACT["size"], EXTRACT["flow"])
-        sf, mf, _, _ = cnn_forward(m[R.SPATIAL_CNN], m[R.MOTION_CNN], clip.frames, clip.flow_stacks)
+        clip, frames = prepare_video(path, EXTRACT)  # extract's sampling and flow, frames as stored (JPEG)
+        sf, mf, _, _ = cnn_forward(m[R.SPATIAL_CNN], m[R.MOTION_CNN], frames, clip.flow_stacks)
         with torch.no_grad():
             sl = m[R.SPATIAL_LSTM].video_logits(torch.from_numpy(sf)[None]).softmax(1)[0].numpy()
             ml = m[R.MOTION_LSTM].video_logits(torch.from_numpy(mf)[None]).softmax(1)[0].numpy()
