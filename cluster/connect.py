@@ -38,8 +38,9 @@ LOOPBACK = "127.0.0.1"
 _LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _ADDRESS_ENV = "RAY_ADDRESS"
 
-# What this process changed to start (or join) Ray, so that disconnect() can undo it.
-_state: dict[str, Any] = {"local": False, "env": {}}
+# What this process changed to start (or join) Ray, so that disconnect() can undo it. `owned`: Ray
+# was initialised here, not by a caller (a test's session Ray, an embedding program) left alone.
+_state: dict[str, Any] = {"local": False, "owned": False, "env": {}}
 
 
 def connect(address: str | None = None, num_cpus: int | None = None,
@@ -63,7 +64,7 @@ def connect(address: str | None = None, num_cpus: int | None = None,
             timeout_s = load_settings().connect_timeout_s
         probe(address, timeout_s)
         ray.init(address=address, log_to_driver=True)
-        _state["local"] = False
+        _state.update(local=False, owned=True)
     else:
         _start_local(num_cpus)
     resources = ray.cluster_resources()
@@ -87,7 +88,7 @@ def _start_local(num_cpus: int | None) -> None:
         raise
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = was
-    _state["local"] = True
+    _state.update(local=True, owned=True)
     # Anything in this process (or started by it) that looks Ray up finds this one.
     _setenv(_ADDRESS_ENV, ray.get_runtime_context().gcs_address)
 
@@ -99,23 +100,23 @@ def _setenv(name: str, value: str) -> None:
 
 def started_local() -> bool:
     """Whether this process is connected to a Ray it started itself (not a cluster it joined)."""
-    return bool(_state["local"]) and ray.is_initialized()
+    return bool(_state["local"]) and bool(_state["owned"]) and ray.is_initialized()
 
 
 def disconnect() -> None:
-    """Leave Ray; a local Ray this process started stops with every process it started.
+    """Leave the Ray `connect` started or joined; a local one stops with every process it started.
 
-    Undoes what `connect` set in the environment, so a later `connect` starts afresh.
+    Undoes what `connect` set in the environment, so a later `connect` starts afresh. A Ray that
+    was initialised by someone else (connect found it running) is left as it is.
     """
-    if ray.is_initialized():
+    if _state["owned"] and ray.is_initialized():
         ray.shutdown()
     for name, value in _state["env"].items():
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    _state["env"] = {}
-    _state["local"] = False
+    _state.update(env={}, local=False, owned=False)
 
 
 def probe(address: str, timeout_s: float) -> None:

@@ -60,7 +60,7 @@ def _run_config(args: argparse.Namespace, s: Settings):
         dataset=args.dataset, store_uri=args.store, experiment=args.experiment, tracking_uri=tracking_uri(args, s),
         address=args.address, storage_options=s.resolved_storage_options(), **given(
             splits=_splits(args), frames=args.frames, stack=args.stack, flow=args.flow, size=args.size,
-            cnn_epochs=args.cnn_epochs, finetune=args.finetune, models=csv(args.models),
+            cnn_epochs=args.cnn_epochs, finetune=args.finetune, models=csv(args.models, "--models"),
             lstm_epochs=args.lstm_epochs, video_epochs=args.video_epochs, lam2_grid=lam_grid, lam3_grid=lam_grid,
             paper=args.paper, cv_folds=args.cv_folds, refit=args.refit, seeds=args.seeds,
             hybrid_step=args.hybrid_step, out_dir=args.plots))

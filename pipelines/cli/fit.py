@@ -87,7 +87,7 @@ def _train_config(args: argparse.Namespace, s: Settings):
 
     lam_grid = csv_numbers(args.lam_grid, "--lam-grid", float, "0,1e-3,3e-3")
     values = given(
-        split=args.split, models=csv(args.models), workers_per_model=args.workers_per_model,
+        split=args.split, models=csv(args.models, "--models"), workers_per_model=args.workers_per_model,
         cpus_per_worker=args.cpus_per_worker, concurrent=False if args.sequential else None,
         lstm_epochs=args.epochs, video_epochs=args.epochs,
         lstm_hidden=csv_numbers(args.lstm_hidden, "--lstm-hidden", int, "1024,512"),
@@ -158,8 +158,8 @@ def _hybrid_config(args: argparse.Namespace, s: Settings) -> list:
         cfg = HybridConfig(
             store_uri=args.store, experiment=args.experiment, tracking_uri=uri,
             storage_options=s.resolved_storage_options(), **given(
-                split=split, models=csv(args.models), step=args.step, refine=args.refine, metric=args.metric,
-                late_fusion=args.late_fusion, register_as=args.register))
+                split=split, models=csv(args.models, "--models"), step=args.step, refine=args.refine,
+                metric=args.metric, late_fusion=args.late_fusion, register_as=args.register))
         cfgs.append(dataclasses.replace(cfg, out_dir=f"{out}/split{cfg.split}"))  # the split may be the default
     return cfgs
 

@@ -198,3 +198,90 @@ def test_flags_parse_only_for_the_command_that_runs():
     assert [a.dest for a in sub["jobs"]._actions] == ["help", "address"]
     assert [a.dest for a in sub["train"]._actions] == ["help"]  # never parsed: its flags (and torch) not loaded
     assert parser.parse_args(["train", "--epochs", "3"]).epochs == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--fusion-lr", "nan"], "argument --fusion-lr: nan is not a finite number"),
+    (["train", "--lstm-lr", "inf"], "argument --lstm-lr: inf is not a finite number"),
+    (["train", "--cpus-per-worker", "NaN"], "argument --cpus-per-worker: NaN is not a finite number"),
+    (["hybrid", "--step=-inf"], "argument --step: -inf is not a finite number"),
+    (["extract", "d", "--frames", "99999999999999999999"], "argument --frames: 99999999999999999999 is too large"),
+    (["similar", "--video", "v", "--frame", "99999999999999999999"], "argument --frame: 99999999999999999999 is too"),
+    (["train-cnn", "--cpus-per-worker", "1e5"], "argument --cpus-per-worker: '1e5' is not an integer"),
+])
+def test_non_finite_and_overflowing_numbers_are_refused_at_parse_time(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser(S).parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, argv, stage, message", [
+    ("train", ["--lam-grid", "0,nan"], "hyvid.pipelines.train:train", "--lam-grid '0,nan': expected comma-separated"),
+    ("train", ["--models", ","], "hyvid.pipelines.train:train", "--models ',': expected comma-separated names, got"),
+    ("run", ["{tmp}", "--models", " , "], "hyvid.pipelines.run:run", "--models ' , ': expected comma-separated names"),
+    ("hybrid", ["--models", ","], "hyvid.pipelines.hybrid:hybrid", "--models ',': expected"),
+])
+def test_bad_lists_and_stores_are_one_line_errors(command, argv, stage, message, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    module, name = stage.split(":")
+
+    def must_not_run(*a, **k):
+        raise AssertionError(f"{stage} ran with a value the CLI should have rejected")
+
+    monkeypatch.setattr(importlib.import_module(module), name, must_not_run)
+    monkeypatch.chdir(tmp_path)
+    assert main([command, *(a.format(tmp=tmp_path) for a in argv)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hyvid {command}: ") and "\n" not in err and message in err, err
+
+
+@pytest.mark.parametrize("command", ["query", "similar", "train", "extract"])
+def test_store_that_is_a_regular_file_is_refused_at_parse_time(command, tmp_path, capsys):
+    (tmp_path / "file").write_text("a regular file, not a store")
+    argv = [command, "--store", str(tmp_path / "file")] + {"query": ["--video", "v"], "extract": ["data"],
+                                                           "similar": ["--video", "v", "--frame", "0"]}.get(command, [])
+    with pytest.raises(SystemExit) as e:
+        build_parser(S).parse_args(argv)
+    assert e.value.code == 2 and "argument --store: " in capsys.readouterr().err
+    assert build_parser(S).parse_args([*argv[:2], str(tmp_path / "new"), *argv[3:]]).store == str(tmp_path / "new")
+
+
+def test_query_out_directory_is_a_one_line_error(tmp_path, capsys):
+    from helpers.toy_store import build_toy_store
+
+    store = str(tmp_path / "store")
+    build_toy_store(store, videos_per_group=1)
+    from hyvid.store.feature_store import FeatureStore
+
+    vid = FeatureStore(store).videos()["video_id"][0].as_py()
+    (tmp_path / "out").mkdir()
+    assert main(["query", "--store", store, "--video", vid, "--format", "json", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hyvid query: error: ") and "Is a directory" in err and "\n" not in err, err
+
+
+def test_main_stops_a_local_ray_it_started(capsys):
+    import os
+
+    import ray
+
+    from hyvid.cluster import connect
+
+    if ray.is_initialized():
+        pytest.skip("another test's Ray is up in this process; connect() would (rightly) leave it alone")
+
+    def starts_ray(args, s):
+        connect.connect(num_cpus=1)
+        assert connect.started_local() and os.environ.get("RAY_ADDRESS")
+        raise RuntimeError("a library error after Ray started")
+
+    COMMANDS["__probe"] = COMMANDS["jobs"]._replace(run=starts_ray, add_arguments=lambda p, s: None)
+    try:
+        assert main(["__probe"]) == 1
+    finally:
+        del COMMANDS["__probe"]
+    assert not ray.is_initialized() and "RAY_ADDRESS" not in os.environ
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "hyvid __probe: error: RuntimeError: a library error after Ray started (run with --verbose for the " \
+                  "traceback)"
