@@ -75,6 +75,9 @@ def test_token_auth_on_and_dashboard_not_public(config):
     ray_starts = [c for c in starts if "ray start" in c]
     assert len(ray_starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in ray_starts)
     assert not any("0.0.0.0" in c or "RAY_AUTH_MODE=disabled" in c for c in starts)
+    # The head binds its dashboard where the file says, and says loopback explicitly.
+    head = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert "--dashboard-host=127.0.0.1" in head
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
 
 
