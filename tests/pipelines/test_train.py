@@ -200,7 +200,7 @@ def test_logged_models_load_and_reproduce_the_stored_scores(trained):
     for model, r in trained["result"].models.items():
         stored = fs.scores(model, 1, "val")
         assert stored.video_ids == vf.video_ids
-        uri = f"runs:/{r.run_id}/model"
+        uri = f"runs:/{r.run_id}/{model}"  # each model is logged under its registry name
         if model in ("svm_ef", "svm_lf"):
             got = mlflow.sklearn.load_model(uri).predict_scores([x.numpy() for x in xs])
         else:
@@ -270,9 +270,13 @@ def test_video_scores_hold_val_and_test_rows_per_model(trained):
 def test_fusion_cv_trials_are_nested_under_the_fusion_run(trained):
     client, parent = trained["client"], trained["result"].models["fusion"].run_id
     exp = client.get_experiment_by_name(EXPERIMENT)
-    trials = [r for r in client.search_runs([exp.experiment_id])
-              if r.data.tags.get("mlflow.parentRunId") == parent]
-    assert len(trials) == len(LAM2_GRID)
+    nested = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("mlflow.parentRunId") == parent]
+    trials = [r for r in nested if "fold" not in r.data.params]
+    folds = [r for r in nested if "fold" in r.data.params]
+    assert len(trials) == len(LAM2_GRID) and len(folds) == CV_FOLDS
+    # The out-of-fold fits repeat the chosen λ and never see val or test.
+    assert all(f.data.params["lam2"] == client.get_run(parent).data.params["lam2"] for f in folds)
+    assert all("test_accuracy" not in f.data.metrics for f in folds)
     assert {float(t.data.params["lam2"]) for t in trials} == set(LAM2_GRID)
     assert all(t.data.tags["hyvid.stage"] == "train-cv" and "val_accuracy" in t.data.metrics for t in trials)
     assert all("test_accuracy" not in t.data.metrics for t in trials)  # selection never sees test
@@ -299,7 +303,7 @@ def test_baselines_choose_their_main_hyperparameter_on_val_in_nested_trials(trai
                              ("fusion_noreg", "fusion_lr", (0.1, 0.3))):
         parent = trained["result"].models[model].run_id
         trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent
-                  and r.data.tags["hyvid.stage"] == "train-cv" and "fold" not in r.info.run_name]
+                  and r.data.tags["hyvid.stage"] == "train-cv" and "fold" not in r.data.params]
         assert sorted(float(t.data.params[key]) for t in trials) == sorted(grid), model
         assert all("test_accuracy" not in t.data.metrics for t in trials), model
         best = max(trials, key=lambda t: t.data.metrics["best_val"])
@@ -338,8 +342,8 @@ def test_killed_fit_resumed_from_its_checkpoint(trained):
     assert sorted(steps) == list(range(EPOCHS_LSTM))  # no epoch redone, none lost
     exp = trained["client"].get_experiment_by_name(EXPERIMENT)
     motion_runs = [r for r in trained["client"].search_runs([exp.experiment_id])
-                   if r.data.tags.get("hyvid.model") == "motion_lstm"]
-    assert len(motion_runs) == 1  # the restarted worker logged into the same run
+                   if r.data.tags.get("hyvid.model") == "motion_lstm" and r.data.tags["hyvid.stage"] == "train"]
+    assert len(motion_runs) == 1  # the restarted worker logged into the same run (its folds are train-cv runs)
 
 
 @pytest.mark.slow
@@ -358,3 +362,37 @@ def test_lstm_beats_fusion_on_the_order_only_classes(trained):
         # Frame averages of the two order classes are identically distributed: the fusion net is at
         # chance (0.5) between them, while the LSTM reads the order.
         assert order_accuracy(lstm) >= 0.9 and order_accuracy(lstm) >= fusion + 0.25, (lstm, fusion)
+
+
+@pytest.mark.slow
+def test_refit_retrains_the_chosen_model_on_train_and_val_and_scores_test(ray_session, tmp_path):
+    import mlflow
+
+    from hyvid.pipelines.train import TrainConfig, train
+    from hyvid.store.feature_store import FeatureStore
+
+    store = str(tmp_path / "store")
+    build_toy_store(store)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("refit", artifact_location=str(tmp_path / "artifacts"))
+    result = train(TrainConfig(store_uri=store, tracking_uri=uri, experiment="refit", models=("fusion", "svm_lf"),
+                               video_epochs=12, abstraction=16, fusion_units=16, lam2_grid=(0.0,), lam3_grid=(0.0,),
+                               svm_c_grid=(1.0, 10.0), cv_folds=0, refit=True))
+    client = mlflow.MlflowClient(uri)
+    fs = FeatureStore(store)
+    n_fit = len(fs.videos(split=1, subset="train")) + len(fs.videos(split=1, subset="val"))
+    for model in ("fusion", "svm_lf"):
+        refit = client.get_run(result.models[model].run_id)
+        selected = client.get_run(refit.data.tags["hyvid.refit_of"])
+        assert refit.info.run_id != selected.info.run_id and "mlflow.parentRunId" not in refit.data.tags
+        assert refit.data.params["refit"] == "True" and "test_accuracy" in refit.data.metrics
+        assert "val_accuracy" not in refit.data.metrics  # val is in its training data now
+        # The chosen setting and epochs are the selection's: nothing is chosen on the refit.
+        if model == "fusion":
+            assert int(refit.data.params["epochs"]) == int(selected.data.metrics["best_epoch"]) + 1
+        else:
+            assert refit.data.params["svm_c"] == selected.data.params["svm_c"]
+        assert fs.scores(model, 1, "test").run_id == refit.info.run_id
+        assert fs.scores(model, 1, "val").run_id == selected.info.run_id
+        assert n_fit > len(fs.videos(split=1, subset="train"))
