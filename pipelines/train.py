@@ -44,6 +44,7 @@ from hyvid.pipelines.training.search import (
     PAPER_LAM_GRID,
     SEARCH_KEYS,
     Setting,
+    is_trial,
 )
 from hyvid.store.lance_io import canonical_store_uri, is_local_uri
 
@@ -299,8 +300,10 @@ def fit_config(cfg: TrainConfig, model: str, *, store_uri: str, tracking_uri: st
 
 
 # Relative cost of each kind of fit on the demo's store, for "longest first" (measured: an LSTM
-# epoch ~0.5 s, a fusion/NN epoch ~0.05 s, an SVM fit ~1 s at 140 training videos).
-_COST = {R.SPATIAL_LSTM: 30.0, R.MOTION_LSTM: 30.0, R.SVM_EF: 2.0, R.SVM_LF: 2.0}
+# epoch ~0.5 s, a fusion/NN epoch ~0.05 s, an SVM fit ~1 s at 140 training videos; M-DBM ~2 s,
+# exact SVM-MKL ~1 s, RDNN ~3x the fusion net on a demo-sized store).
+_COST = {R.SPATIAL_LSTM: 30.0, R.MOTION_LSTM: 30.0, R.SVM_EF: 2.0, R.SVM_LF: 2.0, R.SPATIAL_SVM: 1.0,
+         R.MOTION_SVM: 1.0, R.SVM_MKL: 2.0, R.M_DBM: 2.0, R.RDNN: 9.0}
 
 
 def _cost(config: dict) -> float:
@@ -320,6 +323,7 @@ class _Stage:
         self.searches: dict[str, dict[str, Any]] = {}  # model -> its parent run, grid and finished trials
         self.chosen: dict[str, Setting] = {}
         self.folds: dict[str, dict[str, Any]] = {}  # model -> its final run and finished held-out folds
+        self.failed_searches: dict[str, BaseException] = {}  # model -> the error of its last trial, all failed
 
     def config(self, model: str) -> dict:
         config = fit_config(self.cfg, model, store_uri=self.store_uri, tracking_uri=self.tracking_uri,
@@ -367,20 +371,28 @@ class _Stage:
         from hyvid.pipelines.training.search import fold_configs, log_choice, refit_config
 
         config, model = out.config, out.config["model"]
-        if config.get("fold") is not None:
-            self._held_out(model, out.result)
-            return []
-        if config.get("cv_only"):
+        if is_trial(config):
+            # A trial that failed (a diverging lr, say) is the worst candidate, not the model's failure;
+            # the search fails only when every trial did (`choose` has nothing left).
             search = self.searches[model]
-            m = out.result["metrics"]
+            m = out.result["metrics"] if out.error is None else {}
             val = float(m.get("best_val", -math.inf))
             search["trials"].append(({k: float(config[k]) for k in SEARCH_KEYS[model]},
                                      val if math.isfinite(val) else -math.inf,
-                                     float(m.get("best_val_loss", math.inf))))
+                                     float(m.get("best_val_loss", math.inf)), out.error is None))
             if len(search["trials"]) < len(search["grid"]):
                 return []
-            setting, _ = log_choice(model, search["trials"], search["grid"], self.tracking_uri, search["parent"])
+            finished = [t[:3] for t in search["trials"] if t[3]]
+            if not finished:
+                self.failed_searches[model] = out.error or RuntimeError("no trial finished")
+                return []
+            setting, _ = log_choice(model, finished, search["grid"], self.tracking_uri, search["parent"])
             return [self._final(model, setting, search["parent"])]
+        if out.error is not None:
+            return []
+        if config.get("fold") is not None:
+            self._held_out(model, out.result)
+            return []
         if config.get("refit"):
             return []
         run_id, metrics = out.result["run_id"], out.result["metrics"]
@@ -505,9 +517,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         config, model = out.config, out.config["model"]
         bar.update(1)
         if out.error is not None:
-            log.error("fit %s failed: %s", config["fit_id"], out.error)
             stage.mark_failed(config["fit_id"])
-            errors.setdefault(model, out.error)  # a failed trial, fold or refit fails its model
+            if is_trial(config) and model not in stage.failed_searches:
+                log.warning("search trial %s failed, counted as the worst candidate: %s", config["fit_id"], out.error)
+                return
+            log.error("fit %s failed: %s", config["fit_id"], out.error)
+            errors.setdefault(model, out.error)  # a failed fold or refit, or every trial, fails its model
             return
         if config.get("cv_only"):
             return
@@ -563,8 +578,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 except Exception as e:  # noqa: BLE001 - reported with the model's name below
                     out.error = e
                 out.finished = time.time()
-                if out.error is None:
-                    pending = on_result(out)  # follow-ups of a TorchTrainer fit; any for the pool run next
+                pending = on_result(out)  # follow-ups of a TorchTrainer fit; any for the pool run next
                 record(out)
     finally:
         pool.shutdown(wait=True)
@@ -575,19 +589,3 @@ def train(cfg: TrainConfig) -> TrainResult:
                            f"finished: {sorted(results)}") from next(iter(errors.values()))
     ordered = {m: results[m] for m in cfg.models}
     return TrainResult(ordered, time.time() - t0, experiment_id, tracking_uri, cfg.concurrent)
-
-
-def format_table(result: TrainResult) -> str:
-    """The models' val/test metrics and time split as a plain-text table (the CLI's output)."""
-    cols = ["val_accuracy", "test_accuracy", "test_mean_class_accuracy", "test_top5", "test_map"]
-    head = (f"{'model':<14}" + "".join(f"{c:>26}" for c in cols) + f"{'wall_s':>9}{'start-up':>9}{'load':>7}"
-            f"{'compute':>9}{'log':>7}  run_id")
-    lines = [head, "-" * len(head)]
-    for m, r in result.models.items():
-        vals = "".join(f"{r.metrics[c]:>26.4f}" if c in r.metrics else f"{'-':>26}" for c in cols)
-        s = r.seconds
-        split = "".join(f"{s.get(k, float('nan')):>{w}.1f}" for k, w in (("startup", 9), ("load", 7),
-                                                                          ("compute", 9), ("log", 7)))
-        lines.append(f"{m:<14}{vals}{r.wall_s:>9.1f}{split}  {r.run_id}")
-    lines.append(f"total wall time {result.wall_s:.1f} s ({'concurrent' if result.concurrent else 'sequential'})")
-    return "\n".join(lines)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from types import SimpleNamespace
 
 from hyvid.cluster.settings import Settings
 from hyvid.pipelines.cli._common import (
@@ -12,10 +13,15 @@ from hyvid.pipelines.cli._common import (
     csv_numbers,
     defaults,
     given,
+    next_command,
     settings_workers,
     shown,
     tracking_uri,
 )
+from hyvid.pipelines.cli._static import constant
+
+# Read from source by `_static` (see there): importing these stages would load torch and MLflow.
+_TRAIN, _HYBRID = "hyvid.pipelines.train", "hyvid.pipelines.hybrid"
 
 
 def _units(widths: tuple[int, ...]) -> str:
@@ -23,13 +29,13 @@ def _units(widths: tuple[int, ...]) -> str:
 
 
 def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from hyvid.models.fusion import PAPER_LR
     from hyvid.models.registry import BASELINE_MODELS, EXTRA_BASELINE_MODELS
-    from hyvid.pipelines.train import TrainConfig
 
-    d = defaults(TrainConfig)
-    paper = TrainConfig.paper(store_uri="-")  # the --paper preset, to say what it changes
-    common(p, s, TrainConfig)
+    d = defaults(f"{_TRAIN}:TrainConfig")
+    # The --paper preset (TrainConfig.paper), to say what it changes.
+    paper = SimpleNamespace(**{**vars(d), **constant(f"{_TRAIN}:PAPER_SETTINGS")})
+    paper_lr = constant("hyvid.models.fusion:PAPER_LR")
+    common(p, s, f"{_TRAIN}:TrainConfig")
     p.add_argument("--models", help=f"comma-separated registry names; 'baselines' = {shown(BASELINE_MODELS)}; "
                                     f"'all' = every Table 2 row too, {shown(EXTRA_BASELINE_MODELS)} "
                                     f"(default: {shown(d.models)})")
@@ -59,7 +65,7 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--peephole", action="store_true", default=None, help="LSTM cells with the paper's peephole terms")
     p.add_argument("--fusion-lr", type=float,
                    help=f"SGD learning rate of the fusion net and fusion_noreg (default {shown(d.fusion_lr)}; "
-                        f"the paper's is {shown(PAPER_LR)}, which diverged on some seeds of the demo's validation)")
+                        f"the paper's is {shown(paper_lr)}, which diverged on some seeds of the demo's validation)")
     p.add_argument("--lam-grid", help=f"λ2 and λ3 values searched on val for the fusion net (default: λ2 "
                                       f"{shown(d.lam2_grid)} and λ3 {shown(d.lam3_grid)}; with --paper "
                                       f"{shown(paper.lam2_grid)} for both)")
@@ -105,10 +111,28 @@ def _train_config(args: argparse.Namespace, s: Settings):
                 tracking_uri=tracking_uri(args, s), storage_options=s.resolved_storage_options(), **values)
 
 
-def _train_run(args: argparse.Namespace, s: Settings) -> int:
-    from hyvid.pipelines.train import format_table, train
+def format_train_table(result) -> str:
+    """`hyvid train`'s output: the models' val/test metrics and time split as a plain-text table."""
+    cols = ["val_accuracy", "test_accuracy", "test_mean_class_accuracy", "test_top5", "test_map"]
+    head = (f"{'model':<14}" + "".join(f"{c:>26}" for c in cols) + f"{'wall_s':>9}{'start-up':>9}{'load':>7}"
+            f"{'compute':>9}{'log':>7}  run_id")
+    lines = [head, "-" * len(head)]
+    for m, r in result.models.items():
+        vals = "".join(f"{r.metrics[c]:>26.4f}" if c in r.metrics else f"{'-':>26}" for c in cols)
+        s = r.seconds
+        split = "".join(f"{s.get(k, float('nan')):>{w}.1f}" for k, w in (("startup", 9), ("load", 7),
+                                                                          ("compute", 9), ("log", 7)))
+        lines.append(f"{m:<14}{vals}{r.wall_s:>9.1f}{split}  {r.run_id}")
+    lines.append(f"total wall time {result.wall_s:.1f} s ({'concurrent' if result.concurrent else 'sequential'})")
+    return "\n".join(lines)
 
-    print(format_table(train(_train_config(args, s))))
+
+def _train_run(args: argparse.Namespace, s: Settings) -> int:
+    from hyvid.pipelines.train import train
+
+    cfg = _train_config(args, s)
+    print(format_train_table(train(cfg)))
+    print(next_command(args, s, "hybrid", store=args.store, split=cfg.split))
     return 0
 
 
@@ -123,20 +147,19 @@ command("train", "fit the LSTMs, the regularized fusion net and the baselines co
 
 def _hybrid_args(p: argparse.ArgumentParser, s: Settings) -> None:
     from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
-    from hyvid.pipelines.hybrid import DEFAULT_OUT_DIR, SEARCH_METRICS, HybridConfig
 
-    d = defaults(HybridConfig)
-    common(p, s, HybridConfig, address=False)
+    d = defaults(f"{_HYBRID}:HybridConfig")
+    common(p, s, f"{_HYBRID}:HybridConfig", address=False)
     p.add_argument("--splits", help="several splits, e.g. 1,2,3 (overrides --split)")
     p.add_argument("--models", help=f"score sets to fuse (default {shown(d.models)}; CNN scores may be added: "
                                     f"{shown((SPATIAL_CNN, MOTION_CNN, TWO_STREAM_CNN)).replace(',', ', ')})")
     p.add_argument("--step", type=float, help=f"weight grid step on the simplex (default {shown(d.step)})")
     p.add_argument("--refine", action="store_true", default=None,
                    help="then search a 4x finer grid around the best weights")
-    p.add_argument("--metric", choices=SEARCH_METRICS,
+    p.add_argument("--metric", choices=constant(f"{_HYBRID}:SEARCH_METRICS"),
                    help="validation metric to maximise (default: accuracy, or map for multi-label data)")
-    p.add_argument("--out", default=DEFAULT_OUT_DIR, help="folder for the PNG/CSV files (default %(default)s; "
-                                                          "split<N>/ inside)")
+    p.add_argument("--out", default=constant(f"{_HYBRID}:DEFAULT_OUT_DIR"),
+                   help="folder for the PNG/CSV files (default %(default)s; split<N>/ inside)")
     p.add_argument("--no-late-fusion", dest="late_fusion", action="store_false", default=None,
                    help="skip Table 1's late average fusions")
     p.add_argument("--register", metavar="NAME",
@@ -177,6 +200,7 @@ def _hybrid_run(args: argparse.Namespace, s: Settings) -> int:
         print(f"  MLflow run {res.run_id}; files in {cfg.out_dir}/")
         if res.registered_version:
             print(f"  registered as models:/{args.register}/{res.registered_version}")
+    print(next_command(args, s, "report"))
     return 0
 
 

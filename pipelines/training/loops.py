@@ -101,6 +101,15 @@ def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, d
     for epoch in range(start_epoch, epochs):
         loss, acc = train_epoch(config, model, opt, data["train"], epoch, rank, world, device)
         epoch_metrics = {"train_loss": loss, "train_accuracy": acc}
+        if not np.isfinite(loss):
+            # A step size too large for this model (a search's high lr, say): its weights are gone, and
+            # what it learned up to here is the best-val epoch kept so far, if there is one.
+            if best["state"] is None or not select:
+                raise FloatingPointError(f"{config['model']}: the training loss became {loss} at epoch {epoch} "
+                                         f"with these settings; lower its learning rate (or its penalty)")
+            log.warning("%s: training loss %s at epoch %d; stopping and keeping epoch %d, the best on val",
+                        config["model"], loss, epoch, best["epoch"])
+            break
         if select:
             val_scores = predict(config, model, data["val"], device)
             val = evaluate(config, val_scores, data["val"])

@@ -138,7 +138,8 @@ def run_fits(
 ) -> dict[str, FitOutcome]:
     """Run fit configs on a pool of `size` FitWorker actors; returns fit_id -> outcome.
 
-    Fits start longest first (`cost`). `on_result(outcome)` may return new configs to queue (the
+    Fits start longest first (`cost`). `on_result(outcome)`, for every finished fit (its `error` set
+    if it failed), may return new configs to queue (the
     fusion net's final fit once its λ trials are in); `on_done` hears of every finished fit,
     failed or not. A fit whose worker died is retried on a fresh worker up to `max_failures` times.
     """
@@ -186,7 +187,7 @@ def run_fits(
             else:
                 idle.append(w)
             out.finished = time.time()
-            if out.error is None and on_result is not None:
+            if on_result is not None:
                 queue.extend(sorted(on_result(out), key=cost, reverse=True))
             if on_done is not None:
                 on_done(out)

@@ -2,8 +2,8 @@
 M-DBM, each fitted in one call (no epochs) on the video-level features, with the same data, logging and
 scores as the torch fits, run by a fit worker.
 
-A search trial (``cv_only``) fits on train, scores val only, logs its val metrics and ``best_val`` and
-hands its val scores back; it writes no scores and logs no model. An out-of-fold fit (``fold``) is a
+A search trial (``cv_only``) fits on train, scores val only and logs its val metrics and ``best_val``;
+it writes no scores and logs no model. An out-of-fold fit (``fold``) is a
 trial whose "val" is the held-out fold.
 """
 from __future__ import annotations
@@ -82,8 +82,8 @@ def _extras(config: dict, est: Any) -> dict[str, float]:
 def sklearn_fit(config: dict) -> dict:
     """Fit one estimator baseline on the video-level features; same logging and scores as the torch fits.
 
-    Returns ``{"run_id", "metrics", "seconds"}``; a search trial (``cv_only``) adds ``val_ids`` and
-    ``val_scores`` ([N, C] floats), an out-of-fold fit ``held_out``.
+    Returns ``{"run_id", "metrics", "seconds"}``; an out-of-fold fit adds ``held_out`` (its held-out
+    videos' ids, scores and labels).
     """
     import torch
 
@@ -124,7 +124,4 @@ def sklearn_fit(config: dict) -> dict:
             lambda: log_sklearn_model(est))
         complete_run(config, run_id, versions, data, scores, log_model)
     seconds = finish_run(client, run_id, clock)
-    out = {"run_id": run_id, "metrics": final, "seconds": seconds, **held_out_scores(config, data, scores)}
-    if cv_only:
-        out.update(val_ids=list(data["val"].video_ids), val_scores=np.asarray(scores["val"]).tolist())
-    return out
+    return {"run_id": run_id, "metrics": final, "seconds": seconds, **held_out_scores(config, data, scores)}
