@@ -555,7 +555,7 @@ def _extract_leased(cfg: ExtractConfig, dataset: Dataset, lease: Lease) -> Extra
         shards = [pending[i:i + size] for i in range(0, len(pending), size)]
         settings = cfg.settings()
         committer = _Committer(cfg, result, lease)
-        with tqdm(total=len(pending), desc="extract", unit="video", disable=not cfg.progress) as bar:
+        with tqdm(total=len(pending), desc="extract", unit="video", disable=None if cfg.progress else True) as bar:
             try:
                 if cfg.use_ray:
                     _run_ray(cfg, shards, workers, settings, config_hash, committer, bar)

@@ -86,6 +86,7 @@ class FeaturesResult:
     video_scores_version: int | None
     node_tasks: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> val_*/test_* it logged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +253,77 @@ def _index_features(cfg: FeaturesConfig) -> None:
         ensure_vector_index(cfg.store_uri, FRAME_FEATURES_NAME, column, storage_options=cfg.storage_options)
 
 
+def _subset_metrics(scores, multilabel: bool) -> dict[str, float]:
+    """val_* and test_* metrics of one CNN's stored video scores (the test ones with their 95%
+    bootstrap intervals and test_n_videos), named as every other model's run names them."""
+    from hyvid.pipelines.evaluation.bootstrap import metric_intervals
+    from hyvid.pipelines.evaluation.metrics import evaluate
+
+    subsets = np.asarray(scores.subsets, dtype=object)
+    out: dict[str, float] = {}
+    for sub in ("val", "test"):
+        keep = np.flatnonzero(subsets == sub)
+        if not len(keep):
+            continue
+        s, labels = scores.scores[keep], scores.labels[keep]
+        multi = [scores.labels_multi[i] for i in keep]
+        out.update({tracking.metric_name(sub, k): float(v) for k, v in evaluate(s, labels, multi, multilabel).items()})
+        if sub == "test":
+            out.update(tracking.interval_metrics(sub, metric_intervals(s, labels, multi, multilabel), len(keep)))
+    return out
+
+
+def _two_stream_run(cfg: FeaturesConfig, store_uri: str, s_run: str, m_run: str) -> str:
+    """The `two_stream_cnn` run of this pair of CNN runs: found again on a re-run, else created.
+
+    The two-stream CNN is not fitted (it averages the two streams' scores), so its run holds
+    what it was made of (the two runs, as params) and its metrics, like every other model's run.
+    """
+    params = {f"{tracking.CNN_PREFIX}{SPATIAL_CNN}.run_id": s_run, f"{tracking.CNN_PREFIX}{MOTION_CNN}.run_id": m_run}
+    for run in tracking.finished_runs(cfg.experiment, stage=tracking.STAGE_FEATURES, model=TWO_STREAM_CNN,
+                                      split=cfg.split):
+        if all(run.data.params.get(k) == v for k, v in params.items()):
+            return run.info.run_id
+    tracking.setup(tracking.resolve_tracking_uri(cfg.tracking_uri), cfg.experiment)
+    with tracking.start_run(TWO_STREAM_CNN, tracking.STAGE_FEATURES, cfg.split, store_uri) as run:
+        tracking.log_params_safe({"model": TWO_STREAM_CNN, "split": cfg.split, "fusion": "mean of the two streams",
+                                  **params})
+        tracking.log_lineage(store_uri, [VIDEO_SCORES.name], cfg.storage_options, context="evaluation")
+        return run.info.run_id
+
+
+def log_cnn_metrics(cfg: FeaturesConfig, store_uri: str, runs: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Score the CNNs from the video scores this stage stored, into each CNN's own MLflow run
+    (spatial_cnn and motion_cnn: the train-cnn runs; two_stream_cnn: its own, see `_two_stream_run`).
+
+    Returns model -> metrics. The per-epoch val metrics train-cnn logged are clip-level; these are
+    video-level (mean of the clip scores), the numbers every other model's run reports.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from hyvid.store.feature_store import FeatureStore
+
+    fs = FeatureStore(store_uri, cfg.storage_options)
+    multilabel = fs.is_multilabel()
+    s_run, m_run = runs[SPATIAL_CNN], runs[MOTION_CNN]
+    targets = {SPATIAL_CNN: s_run, MOTION_CNN: m_run, TWO_STREAM_CNN: _two_stream_run(cfg, store_uri, s_run, m_run)}
+    client = MlflowClient()
+    out = {}
+    for model, run_id in targets.items():
+        scores = fs.scores(model, cfg.split)
+        if scores.run_id != runs[model]:  # another pair's scores (a concurrent run): not these runs' numbers
+            log.warning("video_scores of %s hold run(s) %s, not %s: its metrics are not logged", model,
+                        scores.run_id, runs[model])
+            continue
+        out[model] = _subset_metrics(scores, multilabel)
+        logged = client.get_run(run_id).data.metrics
+        if any(logged.get(k) != v for k, v in out[model].items()):  # a re-run that changed nothing logs nothing
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in out[model].items()])
+    return out
+
+
 def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
     """Per-frame CNN features into `frame_features` and CNN scores into `video_scores`."""
     import mlflow
@@ -351,7 +423,7 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
             batch.clear()
 
         launch()
-        with tqdm(total=len(todo), desc="features", unit="video", disable=not cfg.progress) as bar:
+        with tqdm(total=len(todo), desc="features", unit="video", disable=None if cfg.progress else True) as bar:
             while running:
                 done, _ = ray.wait(list(running), num_returns=1)
                 ref = done[0]
@@ -368,6 +440,7 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
                     flush()
             flush()
 
+    metrics = log_cnn_metrics(cfg, store_uri, runs)
     if dims is None:
         dims = table_dims or (0, 0)
     if FRAME_FEATURES_NAME in fs.versions():
@@ -381,5 +454,5 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
         spatial_run_id=s_run, motion_run_id=m_run, n_videos=len(ids), n_features_written=n_written,
         n_skipped=len(ids) - len(todo), n_rows_written=n_rows, n_scored=n_scored, spatial_dim=int(dims[0]),
         motion_dim=int(dims[1]), frame_features_version=ff_version, video_scores_version=vs_version,
-        node_tasks=dict(node_tasks), seconds=time.perf_counter() - t0,
+        node_tasks=dict(node_tasks), seconds=time.perf_counter() - t0, metrics=metrics,
     )

@@ -317,9 +317,7 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
             _log_metrics("", "val", val_metrics)
             _log_metrics("", "test", test_metrics)
             _log_intervals("", test_hyb, test, multilabel)
-            for m, vals in components.items():
-                _log_metrics(f"{tracking.EVAL_PREFIX}{m}.", "test", vals)
-                _log_intervals(f"{tracking.EVAL_PREFIX}{m}.", comp_test[m].scores[m], comp_test[m], multilabel)
+            # Its own metrics only: each component's are on its own run (`hyvid runs`, `hyvid report`).
             mlflow.log_dict(_findings(comp_test, test_hyb, test, multilabel), tracking.FINDINGS_ARTIFACT)
 
             files["candidates"] = str(out_dir / f"hybrid_candidates_split{cfg.split}.csv")

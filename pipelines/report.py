@@ -3,10 +3,9 @@
 Every stage tags its runs with `hyvid.model` / `hyvid.split` and logs `test_<metric>` (see
 pipelines.tracking), so the report needs no knowledge of the stages: for each (model, split) it
 takes the latest finished run that has a test metric, and averages over the splits when there
-are several (the UCF-101 protocol). A model whose own run logged no test metric falls back to
-the metrics the hybrid stage recomputed from `video_scores` (`eval.<model>.test_*` on the
-hybrid run). The paper's UCF-101 accuracy and CCV mAP (models.registry.PAPER_RESULTS) stand
-beside each row.
+are several (the UCF-101 protocol). Every model's own run carries its test metrics (the CNNs'
+and two_stream_cnn's are logged by `hyvid features`), so a model without them has no row. The
+paper's UCF-101 accuracy and CCV mAP (models.registry.PAPER_RESULTS) stand beside each row.
 
 Each test figure comes with its 95% bootstrap interval over test videos, logged beside it as
 `test_<metric>_ci_low` / `_ci_high` (with `test_n_videos`) by the stage that scored the test set.
@@ -90,7 +89,7 @@ class Entry:
 
     metrics: dict[str, float]
     run_id: str
-    source: str  # "run" (the model's own run) or "hybrid-eval" (recomputed by the hybrid stage)
+    source: str  # "run": the model's own run
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> 95% (lo, hi)
     n_videos: int | None = None  # test videos the metrics rest on
 
@@ -185,24 +184,14 @@ def fetch_runs(experiment: str, tracking_uri: str | None = None) -> list[Run]:
 def collect(cfg: ReportConfig) -> Report:
     """The latest test metrics per (model, split) from the experiment's runs."""
     runs = fetch_runs(cfg.experiment, cfg.tracking_uri)
-    own: dict[str, dict[int, Entry]] = {}
-    fallback: dict[str, dict[int, Entry]] = {}
+    entries: dict[str, dict[int, Entry]] = {}
     for run in runs:  # newest first: the first entry kept per (model, split) is the latest
         model, split = run.data.tags.get(tracking.TAG_MODEL), _split_of(run)
         if not model or split is None:
             continue
         entry = _entry(run, "run")
         if entry is not None:
-            own.setdefault(model, {}).setdefault(split, entry)
-        if model == R.HYBRID:
-            for name in R.MODEL_NAMES:
-                e = _entry(run, "hybrid-eval", f"{tracking.EVAL_PREFIX}{name}.")
-                if e is not None:
-                    fallback.setdefault(name, {}).setdefault(split, e)
-    entries = {m: dict(v) for m, v in own.items()}
-    for model, per in fallback.items():
-        for split, e in per.items():
-            entries.setdefault(model, {}).setdefault(split, e)
+            entries.setdefault(model, {}).setdefault(split, entry)
     found = sorted({s for per in entries.values() for s in per})
     splits = cfg.splits or tuple(found)
     if not entries:
@@ -283,13 +272,8 @@ def to_markdown(rep: Report) -> str:
                 metric_cells = [c if c == "—" else c + " ²" for c in metric_cells]
                 partial = True
             cells += metric_cells + list(_paper(model))
-            if any(e.source == "hybrid-eval" for s, e in per.items() if s in rep.splits):
-                cells[1] += " ¹"
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    if any(e.source == "hybrid-eval" for per in rep.entries.values() for e in per.values()):
-        lines += ["¹ recomputed by the hybrid stage from `video_scores` (the model's own run logged no test metric).",
-                  ""]
     if partial:
         lines += ["² mean over only the splits that have a run of this model.", ""]
     extra = [m for m in rep.models() if m not in {m for _, rows in TABLES for m, _ in rows}]

@@ -57,7 +57,6 @@ EXTRACT_PREFIX = "extract."  # the hybrid's record of the store's extraction set
 CNN_PREFIX = "cnn."  # cnn.<model>.run_id: the CNN runs behind a hybrid's features
 COMPONENT_PREFIX = "component."  # component.<model>.run_id: the fits a hybrid fuses
 WEIGHT_PREFIX = "weight."  # weight.<model>: the hybrid's linear weights
-EVAL_PREFIX = "eval."  # eval.<model>.test_<metric>: metrics the hybrid recomputed from video_scores
 
 # -- artifacts ----------------------------------------------------------------------------------
 MODEL_ARTIFACT = "model"  # the name models were logged under before each got its registry name

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models import registry as R
 from hyvid.models.fusion import PAPER_LAM1, PAPER_LR
-from hyvid.pipelines import faults, tracking
+from hyvid.pipelines import faults, logs, tracking
 from hyvid.pipelines.training.data import LSTM_STREAM
 from hyvid.pipelines.training.search import (
     DEFAULT_LAM2_GRID,
@@ -469,6 +469,7 @@ def _trainer_fit(cfg: TrainConfig, config: dict, storage_path: str) -> dict:
             name=config["fit_id"], storage_path=storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
+            logging_config=logs.ray_train_logging(),
         ),
     )
     result = trainer.fit()

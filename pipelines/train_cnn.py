@@ -40,7 +40,7 @@ from typing import Any, Callable
 from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models.cnn import FINETUNE_MODES, build_stream_cnn
 from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, STREAMS, check_split, primary_metric
-from hyvid.pipelines import tracking
+from hyvid.pipelines import logs, tracking
 from hyvid.pipelines.training.checkpoint import load_checkpoint
 from hyvid.pipelines.training.cnn_loop import lr_milestones, train_loop_per_worker
 from hyvid.store.lance_io import canonical_store_uri
@@ -51,13 +51,19 @@ log = logging.getLogger(__name__)
 STREAM_CHOICES = (*STREAMS, "both")
 MODEL_OF_STREAM = {"spatial": SPATIAL_CNN, "motion": MOTION_CNN}
 LINEAGE_TABLES = [VIDEOS.name, CLIPS.name]
+# The TrainCNNConfig fields a fit's MLflow run records as params (the rest say where it runs and logs).
+_FIT_PARAMS = ("split", "epochs", "batch_size", "momentum", "weight_decay", "feature_dim", "dropout", "crop",
+               "workers", "seed", "max_failures")
+
+
+# The learning rate used when none is given (see the module doc): spatial by --finetune mode, motion.
+SPATIAL_LR = {"head": 1e-2, "all": 1e-3}
+MOTION_LR = 1e-2
 
 
 def default_lr(stream: str, finetune: str) -> float:
     """The learning rate used when none is given (see the module doc)."""
-    if stream == "spatial":
-        return 1e-2 if finetune == "head" else 1e-3
-    return 1e-2
+    return SPATIAL_LR[finetune] if stream == "spatial" else MOTION_LR
 
 
 @dataclass(frozen=True)
@@ -261,7 +267,12 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
         lr = cfg.lr_for(stream)
         with tracking.start_run(MODEL_OF_STREAM[stream], tracking.STAGE_TRAIN_CNN, cfg.split, store_uri) as run:
             lineage = tracking.log_lineage(store_uri, LINEAGE_TABLES, cfg.storage_options)
-            params = {k: v for k, v in asdict(cfg).items() if k not in ("storage_options", "stream", "lr")}
+            # Only what this fit used: no unset options (address, checkpoint_path), no spatial-only ones on motion.
+            params = {k: v for k, v in asdict(cfg).items() if k in _FIT_PARAMS and v is not None}
+            if stream == "spatial":
+                params.update(finetune=cfg.finetune)
+                if cfg.finetune == "head":
+                    params.update(head_views=cfg.head_views)
             params.update(stream=stream, lr=lr, num_classes=num_classes, stack=stack, use_gpu=use_gpu,
                           cpus_per_worker=cpus, n_train_videos=len(train_labels), n_val_videos=len(val_labels),
                           optimizer="sgd", lr_milestones=json.dumps(lr_milestones(cfg.epochs)),
@@ -298,6 +309,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
                 storage_path=storage,
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                logging_config=logs.ray_train_logging(),
             ),
         )
         log.info("fitting %s (Ray Train run %s, %d worker(s) x %s)", job.stream, name, cfg.workers,

@@ -12,16 +12,16 @@ take seconds.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import traceback
 from typing import Callable
 
 from hyvid.cluster.settings import Settings, load_settings, redact
+from hyvid.pipelines import logs
 
 # Importing a command module registers its commands; `hyvid --help` lists them in this (pipeline) order.
 from hyvid.pipelines.cli import data, cnn, fit, results, store, chain, jobs  # noqa: F401  # isort: skip
-from hyvid.pipelines.cli._common import COMMANDS, Command, register_types
+from hyvid.pipelines.cli._common import COMMANDS, GIVEN, Command, register_types
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -53,7 +53,12 @@ class _CommandParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         self._complete()
-        return super().parse_known_args(args, namespace)
+        ns, extra = super().parse_known_args(args, namespace)
+        # Which flags the user typed (not defaults): "next:" hints repeat them (_common.next_command).
+        typed = {a.split("=", 1)[0] for a in (args or []) if a.startswith("-")}
+        setattr(ns, GIVEN, frozenset(act.dest for act in self._actions if any(
+            o == t or (t.startswith("--") and o.startswith(t)) for o in act.option_strings for t in typed)))
+        return ns, extra
 
     def format_help(self) -> str:
         self._complete()
@@ -68,6 +73,16 @@ class _CommandParser(argparse.ArgumentParser):
         return super().get_default(dest)
 
 
+def _version() -> str:
+    """The installed hyvid's version (its package metadata), or "unknown" when run from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hyvid")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     """The `hyvid` argument parser; each sub-command's flags (and stage imports) come when it is parsed."""
     settings = settings or load_settings()
@@ -77,7 +92,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, library warnings and worker output, tracebacks")
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name, cmd in COMMANDS.items():
         sub.add_parser(
@@ -131,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser(settings)
         args = parser.parse_args(argv)
         verbose = args.verbose
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        logs.configure(args.verbose)  # library warnings to a log file unless --verbose
         if not args.command:
             parser.print_help()
             return 2
@@ -160,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             if connect is not None:
                 connect.disconnect()
         finally:
+            logs.restore()
             sys.stdout.flush()
             sys.stderr.flush()
             sys.stdout, sys.stderr = streams

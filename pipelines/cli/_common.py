@@ -5,7 +5,6 @@ Nothing here imports a stage module: `hyvid --help` imports this and the command
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 from types import SimpleNamespace
@@ -39,20 +38,16 @@ def command(name: str, help: str, examples: str | Sequence[str], add_arguments: 
     COMMANDS[name] = Command(help, examples, add_arguments, run, config)
 
 
-def defaults(cls: type) -> SimpleNamespace:
+def defaults(cls: type | str) -> SimpleNamespace:
     """A config dataclass's field defaults by field name (MISSING for required fields).
 
     Read from the class, not an instance, so configs with required or checked fields need no dummy values.
+    A "module:Class" string is read from the module's source without importing it (`_static`): what
+    `--help` uses, so that it never imports a stage.
     """
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-        else:
-            out[f.name] = dataclasses.MISSING
-    return SimpleNamespace(**out)
+    from hyvid.pipelines.cli._static import config_defaults, dataclass_defaults
+
+    return config_defaults(cls) if isinstance(cls, str) else SimpleNamespace(**dataclass_defaults(cls))
 
 
 def shown(value: Any) -> str:
@@ -139,7 +134,7 @@ def store_arg(text: str) -> str:
     return text
 
 
-def common(p: argparse.ArgumentParser, s: Settings, cfg: type | None = None, *, store: bool = True,
+def common(p: argparse.ArgumentParser, s: Settings, cfg: type | str | None = None, *, store: bool = True,
            split: bool = True, experiment: bool = True, address: bool = True) -> None:
     """The flags most stages share; settings give the store, experiment and address defaults.
 
@@ -181,3 +176,34 @@ def settings_workers(s: Settings, stage: str) -> int | None:
 def per_node(counts: dict[str, int]) -> str:
     """`node=count` pairs with short node ids, for the extract/features summaries."""
     return ", ".join(f"{n[:12]}={k}" for n, k in sorted(counts.items()))
+
+
+# The flags that say where a command works (store, split, MLflow experiment and server, Ray
+# cluster): a "next:" hint repeats each one the user gave, so following it stays on the same data.
+CONTEXT_FLAGS = ("store", "split", "experiment", "tracking_uri", "address")
+GIVEN = "_hyvid_given"  # the namespace attribute listing the flags given on the command line (see cli._CommandParser)
+
+
+def given_flags(args: argparse.Namespace) -> frozenset[str]:
+    """The dests of the flags that were on the command line (not defaults)."""
+    return frozenset(getattr(args, GIVEN, ()))
+
+
+def next_command(args: argparse.Namespace, s: Settings, target: str, *positional: str, **values: Any) -> str:
+    """`next: hyvid TARGET ...`: `positional`, then `values` (flag dest -> value; None leaves it out),
+    then every context flag the user gave that TARGET takes too, with the same value."""
+    import shlex
+
+    probe = argparse.ArgumentParser(add_help=False)
+    register_types(probe)
+    COMMANDS[target].add_arguments(probe, s)
+    takes = {a.dest: a.option_strings[0] for a in probe._actions if a.option_strings}
+    flags = dict(values)
+    for dest in CONTEXT_FLAGS:
+        if dest in given_flags(args) and dest in takes and dest not in flags:
+            flags[dest] = getattr(args, dest, None)
+    parts = ["hyvid", target, *positional]
+    for dest, value in flags.items():
+        if value is not None and dest in takes:
+            parts += [takes[dest], str(value)]
+    return "next: " + " ".join(shlex.quote(p) for p in parts)

@@ -5,26 +5,27 @@ import argparse
 
 from hyvid.cluster.settings import Settings
 from hyvid.pipelines.cli._common import command, common, csv, csv_numbers, defaults, given, shown, tracking_uri
+from hyvid.pipelines.cli._static import constant
+
+# Read from source by `_static` (see there): importing `run` imports every stage.
+_RUN, _SYNTH = "hyvid.pipelines.run", "hyvid.pipelines.data.synth"
 
 
 def _run_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from hyvid.models.cnn import FINETUNE_MODES
-    from hyvid.pipelines.data.video import FLOW_METHODS
-    from hyvid.pipelines.extract import ExtractConfig
-    from hyvid.pipelines.run import RunConfig
-    from hyvid.pipelines.train import TrainConfig
-
-    d, train = defaults(RunConfig), defaults(TrainConfig)
+    d, train = defaults(f"{_RUN}:RunConfig"), defaults("hyvid.pipelines.train:TrainConfig")
     p.add_argument("dataset", help="UCF-101-layout folder or manifest CSV")
-    common(p, s, RunConfig)
+    common(p, s, f"{_RUN}:RunConfig")
     p.add_argument("--splits", help="comma-separated splits, e.g. 1,2,3 (the UCF-101 protocol); overrides --split")
     p.add_argument("--frames", type=int, help=f"sampled positions per video (default {d.frames})")
     p.add_argument("--stack", type=int, help=f"L flows per stack (default {d.stack})")
-    p.add_argument("--flow", choices=FLOW_METHODS, help=f"optical flow (default {d.flow})")
+    p.add_argument("--flow", choices=constant("hyvid.pipelines.data.video:FLOW_METHODS"),
+                   help=f"optical flow (default {d.flow})")
     p.add_argument("--size", type=int,
-                   help=f"stored short side in pixels (default: extract's, {defaults(ExtractConfig).size})")
+                   help=f"stored short side in pixels (default: extract's, "
+                        f"{defaults('hyvid.pipelines.extract:ExtractConfig').size})")
     p.add_argument("--cnn-epochs", type=int, help=f"train-cnn epochs of both streams (default {d.cnn_epochs})")
-    p.add_argument("--finetune", choices=FINETUNE_MODES, help=f"spatial CNN fine-tuning (default {d.finetune})")
+    p.add_argument("--finetune", choices=constant("hyvid.models.cnn:FINETUNE_MODES"),
+                   help=f"spatial CNN fine-tuning (default {d.finetune})")
     p.add_argument("--models", help=f"models for `train` (default: {shown(d.models)}; 'all': every Table 2 row)")
     p.add_argument("--paper", action="store_true", default=None,
                    help="every paper setting for `train` (see `hyvid train --help`)")
@@ -95,12 +96,10 @@ command("run", "run extract, train-cnn, features, train and hybrid in order, res
 
 
 def _demo_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from hyvid.pipelines.data.synth import SynthConfig
-    from hyvid.pipelines.run import DemoConfig
-
-    d = defaults(DemoConfig)
+    d = defaults(f"{_RUN}:DemoConfig")
     p.add_argument("--out", help=f"folder for the data, store, MLflow db and plots (default {d.out})")
-    p.add_argument("--classes", type=int, help=f"synthetic classes (default: synth's, {defaults(SynthConfig).classes})")
+    p.add_argument("--classes", type=int,
+                   help=f"synthetic classes (default: synth's, {defaults(f'{_SYNTH}:SynthConfig').classes})")
     p.add_argument("--videos-per-class", type=int, help=f"synthetic videos per class (default {d.videos_per_class})")
     p.add_argument("--splits", help=f"comma-separated splits (default {shown(d.splits)})")
     p.add_argument("--experiment", help=f"MLflow experiment (default {d.experiment})")

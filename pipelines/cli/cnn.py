@@ -9,11 +9,16 @@ from hyvid.pipelines.cli._common import (
     common,
     defaults,
     given,
+    next_command,
     per_node,
     settings_workers,
     shown,
     tracking_uri,
 )
+from hyvid.pipelines.cli._static import constant
+
+# Read from source by `_static` (see there): importing these stages would load torch and MLflow.
+_TRAIN_CNN, _FEATURES = "hyvid.pipelines.train_cnn", "hyvid.pipelines.features"
 
 _TRAIN_CNN_EXAMPLES = """  hyvid train-cnn --store store                          # both streams at once, local Ray
   hyvid train-cnn --store store --stream spatial --finetune all --epochs 5 --lr 1e-3
@@ -24,21 +29,21 @@ spatial_cnn / motion_cnn with per-epoch metrics, lineage and the model; then run
 
 
 def _train_cnn_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from hyvid.models.cnn import FINETUNE_MODES
-    from hyvid.pipelines.train_cnn import STREAM_CHOICES, TrainCNNConfig, default_lr
-
-    d = defaults(TrainCNNConfig)
-    common(p, s, TrainCNNConfig)
-    p.add_argument("--stream", choices=STREAM_CHOICES, help=f"which CNN(s) (default {d.stream})")
+    d = defaults(f"{_TRAIN_CNN}:TrainCNNConfig")
+    finetune_modes = constant("hyvid.models.cnn:FINETUNE_MODES")
+    common(p, s, f"{_TRAIN_CNN}:TrainCNNConfig")
+    p.add_argument("--stream", choices=constant(f"{_TRAIN_CNN}:STREAM_CHOICES"),
+                   help=f"which CNN(s) (default {d.stream})")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"clips per step (default {d.batch_size})")
-    lrs = {}  # lr -> the fits that use it when --lr is not given
-    for fit, (stream, finetune) in (("motion", ("motion", d.finetune)), ("spatial head", ("spatial", "head")),
-                                    ("spatial --finetune all", ("spatial", "all"))):
-        lrs.setdefault(shown(default_lr(stream, finetune)), []).append(fit)
+    lrs: dict[str, list[str]] = {}  # lr -> the fits that use it when --lr is not given (train_cnn.default_lr)
+    spatial_lr = constant(f"{_TRAIN_CNN}:SPATIAL_LR")
+    for fit, lr in (("motion", constant(f"{_TRAIN_CNN}:MOTION_LR")), ("spatial head", spatial_lr["head"]),
+                    ("spatial --finetune all", spatial_lr["all"])):
+        lrs.setdefault(shown(lr), []).append(fit)
     p.add_argument("--lr", type=float, help="SGD learning rate (default: " +
                    ", ".join(f"{lr} {' and '.join(fits)}" for lr, fits in lrs.items()) + ")")
-    p.add_argument("--finetune", choices=FINETUNE_MODES,
+    p.add_argument("--finetune", choices=finetune_modes,
                    help="spatial CNN: train fc1+classifier on the frozen ImageNet backbone, or all "
                         f"(default {d.finetune})")
     p.add_argument("--head-views", type=int,
@@ -78,7 +83,7 @@ def _train_cnn_run(args: argparse.Namespace, s: Settings) -> int:
         nan = float("nan")
         print(f"{stream} CNN: MLflow run {run_id}; epoch {int(m.get('epoch', -1)) + 1}: train loss "
               f"{m.get('train_loss', nan):.3f}, train accuracy {m.get('train_accuracy', nan):.3f}{val}")
-    print(f"next: hyvid features --store {args.store} --split {cfg.split}")
+    print(next_command(args, s, "features", store=args.store, split=cfg.split))
     return 0
 
 
@@ -93,10 +98,8 @@ spatial_cnn / motion_cnn / two_stream_cnn rows of video_scores. Re-running skips
 
 
 def _features_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from hyvid.pipelines.features import FeaturesConfig
-
-    d = defaults(FeaturesConfig)
-    common(p, s, FeaturesConfig)
+    d = defaults(f"{_FEATURES}:FeaturesConfig")
+    common(p, s, f"{_FEATURES}:FeaturesConfig")
     p.add_argument("--run", metavar="SPATIAL_RUN,MOTION_RUN",
                    help="MLflow run ids of the two CNNs (default: the latest finished train-cnn runs of the split)")
     p.add_argument("--spatial-run", help="spatial CNN run id (overrides --run)")
@@ -135,7 +138,7 @@ def _features_run(args: argparse.Namespace, s: Settings) -> int:
     print(f"CNN runs: spatial {r.spatial_run_id}, motion {r.motion_run_id}")
     if r.node_tasks:
         print("tasks per node: " + per_node(r.node_tasks))
-    print(f"next: hyvid train --store {args.store} --split {cfg.split}")
+    print(next_command(args, s, "train", store=args.store, split=cfg.split))
     return 0
 
 

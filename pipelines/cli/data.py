@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from types import SimpleNamespace
 
 from hyvid.cluster.settings import Settings
-from hyvid.pipelines.cli._common import command, common, defaults, given, per_node, settings_workers
+from hyvid.pipelines.cli._common import command, common, defaults, given, next_command, per_node, settings_workers
+from hyvid.pipelines.cli._static import constant
+
+# Read from source by `_static` (see there): importing these stages would load OpenCV and Lance.
+_SYNTH, _EXTRACT, _VIDEO = "hyvid.pipelines.data.synth", "hyvid.pipelines.extract", "hyvid.pipelines.data.video"
 
 _SYNTH_EXAMPLES = """  hyvid synth data/synth                      # the default classes and videos per class
   hyvid synth data/tiny --classes 4 --videos-per-class 2 --frames 40
@@ -19,14 +24,13 @@ the labels, each positive label one panel of a grid in the video. See docs/synth
 
 
 def _synth_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from hyvid.pipelines.data.synth import MAX_CLASSES, MIN_CLASSES, MultiLabelConfig, SynthConfig
-
-    d = defaults(SynthConfig)
-    m = defaults(MultiLabelConfig)
+    d = defaults(f"{_SYNTH}:SynthConfig")
+    m = defaults(f"{_SYNTH}:MultiLabelConfig")
+    min_classes, max_classes = constant(f"{_SYNTH}:MIN_CLASSES"), constant(f"{_SYNTH}:MAX_CLASSES")
     p.add_argument("out", help="output directory (UCF-101 layout: OUT/<Class>/*.avi + OUT/ucfTrainTestlist/; "
                                "with --multilabel OUT/manifest.csv + OUT/videos/)")
     p.add_argument("--classes", type=int,
-                   help=f"number of classes (labels with --multilabel), {MIN_CLASSES}..{MAX_CLASSES} "
+                   help=f"number of classes (labels with --multilabel), {min_classes}..{max_classes} "
                         f"(default {d.classes})")
     p.add_argument("--videos-per-class", type=int,
                    help=f"videos per class, spread over groups g01..g25 (default {d.videos_per_class})")
@@ -83,7 +87,7 @@ def _synth_run(args: argparse.Namespace, s: Settings) -> int:
               f"{n_empty} with none) in {ml.root} [{ml.seconds:.1f} s]")
         for c in ml.classes:
             print(f"  {c.label + 1:2d} {c.name:22s} {c.kind:10s} {c.description}")
-        print(f"next: hyvid run {ml.manifest} --store STORE")
+        print(next_command(args, s, "run", str(ml.manifest), store="STORE"))
         return 0
     res = synth(cfg)
     kinds = Counter(c.kind for c in res.classes)
@@ -92,7 +96,7 @@ def _synth_run(args: argparse.Namespace, s: Settings) -> int:
           f"({', '.join(f'{n} {k}' for k, n in kinds.items())}) in {res.root} [{res.seconds:.1f} s]")
     for c in res.classes:
         print(f"  {c.label + 1:2d} {c.name:22s} {c.kind:10s} {c.description}")
-    print(f"next: hyvid extract {res.root} --store STORE")
+    print(next_command(args, s, "extract", str(res.root), store="STORE"))
     return 0
 
 
@@ -111,26 +115,25 @@ Two extracts into one store take turns: the second waits (--wait) for the first.
 
 
 def _extract_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from hyvid.pipelines import extract as ex
-    from hyvid.pipelines.data.video import FLOW_METHODS, MAX_ASPECT, MAX_LONG_SIDE, MAX_SIZE, MIN_SIZE
-    from hyvid.pipelines.extract import ExtractConfig
-
-    d = defaults(ExtractConfig)
+    ex = SimpleNamespace(**{k: constant(f"{_EXTRACT}:{k}") for k in ("MAX_POSITIONS", "MAX_STACK", "MAX_WORKERS")})
+    v = SimpleNamespace(**{k: constant(f"{_VIDEO}:{k}")
+                           for k in ("FLOW_METHODS", "MAX_ASPECT", "MAX_LONG_SIDE", "MAX_SIZE", "MIN_SIZE")})
+    d = defaults(f"{_EXTRACT}:ExtractConfig")
     p.add_argument("dataset", help="UCF-101-layout directory or manifest .csv")
-    common(p, s, ExtractConfig, experiment=False)
+    common(p, s, f"{_EXTRACT}:ExtractConfig", experiment=False)
     p.add_argument("--frames", type=int,
                    help=f"positions sampled uniformly per video, 1..{ex.MAX_POSITIONS}; at most one per frame of "
                         f"a video (default {d.frames})")
     p.add_argument("--stack", type=int, help=f"flows per stack, L, 1..{ex.MAX_STACK} (default {d.stack})")
-    p.add_argument("--flow", choices=FLOW_METHODS,
+    p.add_argument("--flow", choices=v.FLOW_METHODS,
                    help=f"optical flow: dis (fast), farneback, tvl1 (~100x slower) (default {d.flow})")
     p.add_argument("--size", type=int,
-                   help=f"stored short side in pixels, {MIN_SIZE}..{MAX_SIZE}, aspect kept (default {d.size})")
+                   help=f"stored short side in pixels, {v.MIN_SIZE}..{v.MAX_SIZE}, aspect kept (default {d.size})")
     p.add_argument("--max-long-side", type=int,
-                   help=f"stored long side cap in pixels, --size..{MAX_LONG_SIDE}: wider frames shrink to fit "
+                   help=f"stored long side cap in pixels, --size..{v.MAX_LONG_SIDE}: wider frames shrink to fit "
                         f"(default {d.max_long_side})")
     p.add_argument("--max-aspect", type=float,
-                   help=f"videos wider (or taller) than this are failed with the reason, 1..{MAX_ASPECT:g} "
+                   help=f"videos wider (or taller) than this are failed with the reason, 1..{v.MAX_ASPECT:g} "
                         f"(default {d.max_aspect:g})")
     p.add_argument("--workers", type=int, default=settings_workers(s, "extract"),
                    help=f"concurrent extraction tasks, 1..{ex.MAX_WORKERS} (default: settings workers.extract, "
@@ -178,6 +181,8 @@ def _extract_run(args: argparse.Namespace, s: Settings) -> int:
             print(f"  ... and {len(r.failures) - 50} more (videos table, status = 'failed')")
     if r.exit_code:
         print(f"hyvid extract: error: {r.failure_line()}", file=sys.stderr)
+    else:
+        print(next_command(args, s, "train-cnn", store=args.store, split=_extract_config(args, s).split))
     return r.exit_code
 
 

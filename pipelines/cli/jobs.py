@@ -17,9 +17,7 @@ def _job_address(p: argparse.ArgumentParser, s: Settings) -> None:
 
 
 def _submit_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    from hyvid.cluster.jobs import SubmitConfig
-
-    d = defaults(SubmitConfig)
+    d = defaults("hyvid.cluster.jobs:SubmitConfig")
     _job_address(p, s)
     p.add_argument("--working-dir", help="project directory shipped with the job (default: this hyvid checkout)")
     p.add_argument("--no-working-dir", action="store_true",

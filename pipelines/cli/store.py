@@ -82,19 +82,18 @@ def _query_run(args: argparse.Namespace, s: Settings) -> int:
 
 
 def _similar_args(p: argparse.ArgumentParser, s: Settings) -> None:
-    import inspect
-
     from hyvid.models.registry import STREAMS
-    from hyvid.store.feature_store import FeatureStore
+    from hyvid.pipelines.cli._static import signature_defaults
 
-    d = inspect.signature(FeatureStore.similar).parameters  # no config dataclass: the method's defaults
+    # No config dataclass: the method's defaults, read from source (importing the store loads Lance).
+    d = signature_defaults("hyvid.store.feature_store:FeatureStore.similar")
     common(p, s, split=False, experiment=False, address=False)
     p.add_argument("--video", required=True, help="video id of the query frame")
     p.add_argument("--frame", type=int, required=True,
                    help="sampled position of the query frame (as in query --frames)")
     p.add_argument("-k", "--k", type=int,
-                   help=f"neighbours to return (default {d['k'].default}; the frame itself is first)")
-    p.add_argument("--column", choices=STREAMS, default=d["column"].default,
+                   help=f"neighbours to return (default {d['k']}; the frame itself is first)")
+    p.add_argument("--column", choices=STREAMS, default=d["column"],
                    help="feature stream to compare (default %(default)s)")
     p.add_argument("--format", choices=("table", "json"), default="table")
 

@@ -51,8 +51,9 @@ def log_fit_params(client, run_id: str, config: dict) -> None:
     name = config["model"]
     keys = ["model", "split", "epochs", "seed", "num_classes", "multilabel", "world_size"]
     if name in LSTM_STREAM:
-        keys += ["lstm_hidden", "lstm_pooling", "lstm_peephole", "lstm_optimizer", "lstm_lr", "lstm_momentum",
-                 "lstm_batch_size"]
+        keys += ["lstm_hidden", "lstm_pooling", "lstm_peephole", "lstm_optimizer", "lstm_lr", "lstm_batch_size"]
+        if config.get("lstm_optimizer") == "sgd":  # Adam has no momentum parameter: not a param of its fits
+            keys.append("lstm_momentum")
     elif name in (*FUSION_NETS, R.RDNN):
         keys += ["fusion_lr", "lam1", "abstraction", "fusion_units", "fusion_batch_size"]
         keys += ["rdnn_lam", "rdnn_omega_every"] if name == R.RDNN else ["lam2", "lam3"]
@@ -64,7 +65,7 @@ def log_fit_params(client, run_id: str, config: dict) -> None:
         keys += ["svm_c", "svm_kernel", "svm_exact_max"]
     keys += ["cpus_per_worker", "refit", "fold"]
     existing = client.get_run(run_id).data.params
-    params = {k: str(config[k]) for k in keys if k in config and k not in existing}
+    params = {k: str(config[k]) for k in keys if config.get(k) is not None and k not in existing}  # unset: unused
     for k, v in params.items():
         client.log_param(run_id, k, v)
 

@@ -53,8 +53,9 @@ def experiment(tmp_path_factory):
     run("motion_cnn", 1, {"train_accuracy": 0.9}, stage="train-cnn")  # no test metric: not reported
     run("fusion", 1, {"test_accuracy": 0.75, "test_map": 0.8})
     run("fusion_noreg", 1, {"test_accuracy": 0.72})
-    hyb = run("hybrid", 1, {"test_accuracy": 0.85, "test_mean_class_accuracy": 0.84,
-                            "eval.svm_ef.test_accuracy": 0.66, "eval.fusion.test_accuracy": 0.11},
+    run("svm_ef", 1, {"test_accuracy": 0.66})
+    run("two_stream_cnn", 1, {"test_accuracy": 0.64, "val_accuracy": 0.7}, stage="features")
+    hyb = run("hybrid", 1, {"test_accuracy": 0.85, "test_mean_class_accuracy": 0.84},
               stage="hybrid", params={"weight.spatial_lstm": "0.5", "weight.motion_lstm": "0.2",
                                       "weight.fusion": "0.3", "component.fusion.run_id": "abc"})
     run("spatial_cnn+spatial_lstm", 1, {"test_accuracy": 0.77}, stage="late_fusion", parent=hyb)
@@ -69,15 +70,15 @@ def test_collect_picks_latest_finished_run_with_test_metrics(experiment):
     assert rep.entries["spatial_cnn"][1].metrics["accuracy"] == 0.60  # latest, not the FAILED 0.99
     assert "motion_cnn" not in rep.entries
     assert rep.mean("spatial_lstm")["accuracy"] == pytest.approx(0.75)  # mean over splits 1, 2
-    # The hybrid's recomputed metrics fill in a model without its own test metric, never override one.
-    assert rep.entries["svm_ef"][1].source == "hybrid-eval" and rep.mean("svm_ef")["accuracy"] == 0.66
-    assert rep.entries["fusion"][1].source == "run" and rep.mean("fusion")["accuracy"] == 0.75
+    # Each model's row comes from its own run, the two-stream CNN's (logged by `features`) included.
+    assert rep.mean("svm_ef")["accuracy"] == 0.66 and rep.mean("fusion")["accuracy"] == 0.75
+    assert rep.mean("two_stream_cnn")["accuracy"] == 0.64
 
 
 def test_json_has_every_model_with_the_right_values(experiment):
     out = json.loads(report(ReportConfig("exp", experiment["uri"], splits=(1,), format="json")))
     assert set(out) == {"spatial_cnn", "spatial_lstm", "fusion", "fusion_noreg", "svm_ef", "svm_mkl", "hybrid",
-                        "spatial_cnn+spatial_lstm"}
+                        "spatial_cnn+spatial_lstm", "two_stream_cnn"}
     assert out["spatial_cnn"] == {"accuracy": 0.60, "mean_class_accuracy": 0.55, "map": 0.65, "top5": 0.9,
                                   "accuracy_ci": None, "mean_class_accuracy_ci": None, "map_ci": None,
                                   "top5_ci": None, "n_test_videos": None}  # runs from before intervals
@@ -103,7 +104,9 @@ def test_markdown_has_the_three_tables_beside_the_paper(experiment):
     hybrid = next(line for line in lines if line.startswith("| `hybrid` "))
     assert "85.0" in hybrid and "91.3" in hybrid and "83.5" in hybrid
     svm = next(line for line in lines if line.startswith("| `svm_ef` "))
-    assert "¹" in svm and "66.0" in svm
+    assert "¹" not in md and "66.0" in svm  # from its own run: no footnote of recomputed metrics
+    two_stream = next(line for line in lines if line.startswith("| `two_stream_cnn` "))
+    assert "64.0" in two_stream
     assert "| `nn_ef` | NN-EF | — | — |" in md  # a model with no run is listed, empty
 
 
@@ -116,7 +119,7 @@ def test_unknown_experiment_is_named(experiment):
 
 def test_runs_table_shows_params_metrics_and_lineage(experiment):
     rows = list_runs(RunsConfig("exp", experiment["uri"]))
-    assert len(rows) == 11 and rows[0]["run"] == "spatial_cnn+spatial_lstm"  # newest first
+    assert len(rows) == 13 and rows[0]["run"] == "spatial_cnn+spatial_lstm"  # newest first
     cnn = next(r for r in rows if r["run"] == "spatial_cnn" and "acc=0.600" in r["test"])
     assert "mca=0.550" in cnn["test"] and "mAP=0.650" in cnn["test"]
     assert cnn["lineage"] == "/data/store frame_features@v3 videos@v1"
@@ -127,6 +130,42 @@ def test_runs_table_shows_params_metrics_and_lineage(experiment):
     assert [r["split"] for r in only] == ["2", "1"]
     text = format_table(rows)
     assert text.splitlines()[0].split()[:4] == ["run", "id", "stage", "split"] and "late_fusion" in text
+
+
+def test_runs_table_fits_100_columns_and_json_csv_carry_every_metric(experiment, capsys):
+    import csv
+    import io
+
+    from hyvid.pipelines.runs import runs
+
+    table = runs(RunsConfig("exp", experiment["uri"], max_params=0))
+    assert max(len(line) for line in table.splitlines()) <= 100, table
+    cnn = next(i for i, line in enumerate(table.splitlines()) if line.startswith("spatial_cnn ") and "0.600" in line)
+    assert table.splitlines()[cnn].split()[-3:] == ["0.600", "0.550", "0.650"]  # acc, mca, mAP columns
+    assert table.splitlines()[cnn + 1].startswith("    params: epochs=5")
+
+    records = json.loads(runs(RunsConfig("exp", experiment["uri"], format="json")))
+    svm = next(r for r in records if r["model"] == "svm_mkl")
+    assert svm["metrics"]["test_accuracy_ci_low"] == 0.62 and svm["split"] == 1 and svm["duration_s"] == 42.0
+    lstm = next(r for r in records if r["model"] == "spatial_lstm" and r["params"])
+    assert lstm["lineage"] == {"store_uri": "/data/store", "tables": {"frame_features": 3, "videos": 1}}
+    assert "lineage.store_uri" not in lstm["params"]
+
+    rows = list(csv.DictReader(io.StringIO(runs(RunsConfig("exp", experiment["uri"], format="csv")))))
+    assert len(rows) == len(records) and {"test_accuracy", "test_map", "val_accuracy"} <= set(rows[0])
+    two = next(r for r in rows if r["model"] == "two_stream_cnn")
+    assert float(two["test_accuracy"]) == 0.64 and two["test_map"] == "" and two["stage"] == "features"
+
+    assert main_cli(["runs", "--experiment", "exp", "--format", "json", "--limit", "2"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    with pytest.raises(ValueError, match="unknown format 'xml'"):
+        RunsConfig("exp", format="xml")
+
+
+def main_cli(argv):
+    from hyvid.pipelines.cli import main
+
+    return main(argv)
 
 
 def test_cli_report_and_runs(experiment, capsys):

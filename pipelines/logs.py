@@ -1,0 +1,180 @@
+"""Where a `hyvid` command's log records, library warnings and worker output go.
+
+The console shows hyvid's own log lines and errors from anyone. What libraries say below ERROR
+(Ray's token-auth notice and "Started a local Ray instance", MLflow's pickle and pip-requirement
+warnings, Python warnings such as Lance's fork-safety one) goes to a log file instead, `HYVID_LOG`
+or ~/.local/state/hyvid/hyvid.log. `--verbose` puts all of it on the console as well.
+
+Ray workers (tasks, actors, Ray Train workers) print to their own stderr, which Ray forwards to
+this console. They are other processes, so they are quietened through the environment they
+inherit from the driver that starts the local Ray: no MLflow "Downloading artifacts" bars, no
+Lance fork warning, MLflow at ERROR, Ray Train at WARNING (no per-epoch checkpoint lines), and
+no ANSI colours in the forwarded lines when the console is not a terminal.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import logging
+import logging.handlers
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+LOG_ENV = "HYVID_LOG"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Set (if the user has not) in this process's environment, so Ray workers inherit them.
+QUIET_ENV = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # "Downloading artifacts" bars inside Ray tasks
+    "MLFLOW_LOGGING_LEVEL": "ERROR",  # workers' MLflow (this process routes its own, see _route)
+    "PYTHONWARNINGS": "ignore:lance is not fork-safe:UserWarning",
+    "LANCE_LOG": "error",  # Lance's Rust-side WARN lines ("No existing dataset ... will be created")
+    "HYVID_RAY_TRAIN_LOG_LEVEL": "WARNING",  # Ray Train's per-epoch lines (see ray_train_logging)
+}
+# Libraries that give their loggers their own console handler when imported: their records are
+# sent to ours instead (right after the import, see _AfterImport).
+_SELF_HANDLED = ("ray", "mlflow")
+
+
+def log_file() -> Path:
+    """The file library warnings and worker notices go to when not --verbose."""
+    if os.environ.get(LOG_ENV):
+        return Path(os.environ[LOG_ENV]).expanduser()
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "hyvid" / "hyvid.log"
+
+
+def ray_train_logging():
+    """A `ray.train.LoggingConfig` for a fit's RunConfig: Ray Train's own lines ("Checkpoint
+    successfully created at ...", per epoch) at WARNING under a quiet `hyvid` command, else INFO."""
+    from ray.train import LoggingConfig
+
+    return LoggingConfig(log_level=os.environ.get("HYVID_RAY_TRAIN_LOG_LEVEL", "INFO"))
+
+
+class _Console(logging.Filter):
+    """hyvid's records from `level` up; other libraries' from ERROR up (all of them with --verbose)."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.verbose or record.name == "hyvid" or record.name.startswith("hyvid."):
+            return True
+        return record.levelno >= logging.ERROR
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls `callback(module)` right after each module in `names` is first imported."""
+
+    def __init__(self, names: tuple[str, ...], callback: Callable[[object], None]) -> None:
+        self.pending = set(names)
+        self.callback = callback
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in self.pending:
+            return None
+        self.pending.discard(fullname)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run, callback = spec.loader.exec_module, self.callback
+
+        def exec_module(module):
+            run(module)
+            callback(module)
+
+        spec.loader.exec_module = exec_module  # this spec's own loader instance
+        return spec
+
+
+def _route(module) -> None:
+    """Send a self-handled library's records to the root logger's handlers (ours)."""
+    logger = logging.getLogger(module.__name__)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    logger.propagate = True
+    logger.setLevel(logging.INFO)  # their DEBUG is noise even with --verbose
+
+
+# The environment as it was before `configure` changed it (name -> value or None), for `restore`.
+_saved_env: dict[str, str | None] = {}
+_saved_state: dict[str, int] = {}
+
+
+def progress_bars() -> bool:
+    """Whether to draw progress bars: only on a terminal (a redirected log gets none)."""
+    return sys.stderr.isatty()
+
+
+def _setenv(name: str, value: str) -> None:
+    if name not in os.environ:
+        _saved_env.setdefault(name, None)
+        os.environ[name] = value
+
+
+def _ours(handler: logging.Handler) -> bool:
+    return bool(getattr(handler, "_hyvid", False))
+
+
+def restore() -> None:
+    """Undo `configure` (a command run in-process, by a test or a notebook, leaves nothing behind)."""
+    for name, value in _saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _saved_env.clear()
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if _ours(h)]:
+        root.removeHandler(h)
+        h.close()
+    logging.captureWarnings(False)
+    if "root_level" in _saved_state:
+        root.setLevel(_saved_state.pop("root_level"))
+
+
+def configure(verbose: bool = False) -> None:
+    """Set up this process's logging for one `hyvid` command (see the module doc)."""
+    if not verbose:
+        for name, value in QUIET_ENV.items():
+            _setenv(name, value)
+    if not progress_bars():
+        _setenv("RAY_COLOR_PREFIX", "0")  # Ray's "(pid=...)" prefixes on forwarded lines, uncoloured
+        _setenv("TQDM_DISABLE", "1")  # bars that do not choose themselves (train's, workers')
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if _ours(h)]:  # another program's (pytest's) handlers stay
+        root.removeHandler(h)
+    _saved_state.setdefault("root_level", root.level)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console = logging.StreamHandler()  # writes to whatever sys.stderr is when it writes (main redacts it)
+    console.setFormatter(logging.Formatter(FORMAT))
+    console.addFilter(_Console(verbose))
+    console._hyvid = True  # type: ignore[attr-defined]
+    root.addHandler(console)
+    if not verbose:
+        path = log_file()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # delay: a command that logs nothing below ERROR from a library never opens the file.
+            to_file = logging.handlers.RotatingFileHandler(path, maxBytes=5_000_000, backupCount=1, delay=True)
+        except OSError:
+            to_file = None  # a read-only home: those records are dropped, as they were filtered before
+        if to_file is not None:
+            to_file.setFormatter(logging.Formatter(FORMAT))
+            to_file.setLevel(logging.INFO)
+            to_file._hyvid = True  # type: ignore[attr-defined]
+            root.addHandler(to_file)
+    # Their INFO and DEBUG (SQL statements, HTTP connections, schema migrations) are noise even with --verbose.
+    for name in ("urllib3", "botocore", "sqlalchemy", "alembic", "filelock", "matplotlib", "PIL", "fsspec"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger -> the file (or console)
+    for name in _SELF_HANDLED:
+        if name in sys.modules:
+            _route(sys.modules[name])
+    missing = tuple(n for n in _SELF_HANDLED if n not in sys.modules)
+    if missing and not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(missing, _route))
