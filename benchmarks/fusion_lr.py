@@ -48,6 +48,7 @@ def main() -> int:
         store = str(work / "store")
         write_feature_store(FeatureSynthConfig(store_uri=store, videos=200, classes=10, test_videos=60))
     uri = f"sqlite:///{work / 'mlflow.db'}"
+    n_val = len(FeatureStore(store).videos(split=1, subset="val"))
     lrs = [float(x) for x in args.lrs.split(",")]
     val: dict[str, list[float]] = {}
     try:
@@ -63,7 +64,6 @@ def main() -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    n_val = len(FeatureStore(store).videos(split=1, subset="val"))
     out = {
         "benchmark": "fusion_lr",
         "claim": "the fusion net's default lr is the one with the best mean validation accuracy over seeds",
