@@ -314,7 +314,7 @@ class _Stage:
     """One `train` call: every model's search, final fit, refit and out-of-fold fits (training.search)."""
 
     def __init__(self, cfg: TrainConfig, store_uri: str, tracking_uri: str, experiment_id: str,
-                 num_classes: int, multilabel: bool, cpus: float) -> None:
+                 num_classes: int, multilabel: bool, cpus: float, folds: int) -> None:
         self.cfg, self.store_uri, self.tracking_uri, self.experiment_id = cfg, store_uri, tracking_uri, experiment_id
         self.num_classes, self.multilabel = num_classes, multilabel
         self.storage_path = _storage_path(cfg, store_uri)
@@ -322,6 +322,7 @@ class _Stage:
         self.cpus = cpus  # of each fit worker
         self.searches: dict[str, dict[str, Any]] = {}  # model -> its parent run, grid and finished trials
         self.chosen: dict[str, Setting] = {}
+        self.n_folds = folds  # cfg.cv_folds, or fewer when the training videos have fewer groups
         self.folds: dict[str, dict[str, Any]] = {}  # model -> its final run and finished held-out folds
         self.failed_searches: dict[str, BaseException] = {}  # model -> the error of its last trial, all failed
 
@@ -397,9 +398,9 @@ class _Stage:
             return []
         run_id, metrics = out.result["run_id"], out.result["metrics"]
         queued = [refit_config(config, metrics, run_id)] if self.cfg.refit else []
-        if self.cfg.cv_folds >= 2 and model in self.cfg.oof_models:
+        if self.n_folds >= 2 and model in self.cfg.oof_models:
             self.folds[model] = {"run_id": run_id, "parts": []}
-            queued += fold_configs(config, metrics, run_id, self.cfg.cv_folds)
+            queued += fold_configs(config, metrics, run_id, self.n_folds)
         return queued
 
     def _held_out(self, model: str, result: dict) -> None:
@@ -412,7 +413,7 @@ class _Stage:
 
         entry = self.folds[model]
         entry["parts"].append(result["held_out"])
-        if len(entry["parts"]) < self.cfg.cv_folds:
+        if len(entry["parts"]) < self.n_folds:
             return
         parts = entry["parts"]
         ids = [v for p in parts for v in p["video_ids"]]
@@ -425,9 +426,9 @@ class _Stage:
         oof = evaluate(scores, labels, multi, multilabel=self.multilabel)
         MlflowClient(self.tracking_uri).log_batch(entry["run_id"], metrics=_metrics(
             {f"oof_{k}": v for k, v in oof.items()} | {"oof_videos": float(len(ids)),
-                                                       "cv_folds": float(self.cfg.cv_folds)}))
+                                                       "cv_folds": float(self.n_folds)}))
         log.info("%s: out-of-fold scores of %d training videos (%d folds) stored, accuracy %.3f",
-                 model, len(ids), self.cfg.cv_folds, oof.get("accuracy", float("nan")))
+                 model, len(ids), self.n_folds, oof.get("accuracy", float("nan")))
 
     def mark_failed(self, fit_id: str) -> None:
         """A fit that gave up leaves a FAILED run, not one RUNNING forever."""
@@ -442,6 +443,21 @@ class _Stage:
                     client.set_terminated(run.info.run_id, "FAILED")
         except Exception as e:  # noqa: BLE001 - the fit's own error is the one to report
             log.warning("could not mark the MLflow run of %s as failed: %s", fit_id, e)
+
+
+def _usable_folds(cfg: TrainConfig, fs) -> int:
+    """`cfg.cv_folds`, or as many folds as the training videos have groups (0 below 2), with a warning:
+    folds are made of whole groups, and a small dataset may have fewer groups than folds."""
+    if cfg.cv_folds < 2 or not any(m in cfg.oof_models for m in cfg.models):
+        return cfg.cv_folds
+    groups = len(set(fs.videos(split=cfg.split, subset="train").column("group").to_pylist()))
+    if groups >= cfg.cv_folds:
+        return cfg.cv_folds
+    usable = groups if groups >= 2 else 0
+    log.warning("the training videos of split %d have %d group(s), fewer than --cv-folds %d: %s", cfg.split,
+                groups, cfg.cv_folds, f"using {usable} folds" if usable else
+                "no out-of-fold scores (the hybrid's weights will come from validation)")
+    return usable
 
 
 def _metrics(values: dict[str, float]) -> list:
@@ -502,7 +518,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     resources = connect(cfg.address)
     n_first = sum(len(model_grid(m, cfg.grids())) for m in cfg.models)
     size, cpus = pool_plan(cfg, float(resources.get("CPU", 1)), n_first)
-    stage = _Stage(cfg, store_uri, tracking_uri, experiment_id, num_classes, multilabel, cpus)
+    stage = _Stage(cfg, store_uri, tracking_uri, experiment_id, num_classes, multilabel, cpus,
+                   _usable_folds(cfg, fs))
     first = stage.first_fits()
     log.info("fitting %s on split %d of %s: %d fit(s) to start on %d worker(s) x %g CPU(s)%s", ", ".join(cfg.models),
              cfg.split, tracking.redact(store_uri), len(first), size, cpus,
