@@ -55,7 +55,7 @@ def ray_train_logging():
 
 
 class _Console(logging.Filter):
-    """hyvid's records from `level` up; other libraries' from ERROR up (all of them with --verbose)."""
+    """hyvid's own records, and other libraries' from ERROR up (everything with --verbose)."""
 
     def __init__(self, verbose: bool) -> None:
         super().__init__()

@@ -156,10 +156,34 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
     np.testing.assert_allclose(two, (fs.scores(SPATIAL_CNN, 1).scores + fs.scores(MOTION_CNN, 1).scores) / 2,
                                rtol=1e-5, atol=1e-6)
 
+    # --- every CNN run carries the video-level val_*/test_* metrics every model run logs --------
+    from hyvid.pipelines.evaluation.metrics import evaluate
+
+    runs = {SPATIAL_CNN: res.run_ids["spatial"], MOTION_CNN: res.run_ids["motion"]}
+    two_runs = client.search_runs([run.info.experiment_id], "tags.`hyvid.model` = 'two_stream_cnn'")
+    assert len(two_runs) == 1 and two_runs[0].data.tags["hyvid.stage"] == "features"
+    assert two_runs[0].data.params["cnn.spatial_cnn.run_id"] == runs[SPATIAL_CNN]
+    runs[TWO_STREAM_CNN] = two_runs[0].info.run_id
+    for model_name, run_id in runs.items():
+        ss = fs.scores(model_name, split=1)
+        test = [i for i, sub in enumerate(ss.subsets) if sub == "test"]
+        want = evaluate(ss.scores[test], ss.labels[test], [ss.labels_multi[i] for i in test], False)
+        logged = client.get_run(run_id).data.metrics
+        assert logged["test_accuracy"] == pytest.approx(want["accuracy"]) and logged["test_n_videos"] == len(test)
+        assert logged["test_accuracy_ci_low"] <= logged["test_accuracy"] <= logged["test_accuracy_ci_high"]
+        assert {"val_accuracy", "val_map", "test_map", "test_mean_class_accuracy", "test_top5"} <= set(logged)
+        assert fr.metrics[model_name]["test_accuracy"] == logged["test_accuracy"]
+    for stream, run_id in res.run_ids.items():  # params: only what the fit used
+        params = client.get_run(run_id).data.params
+        assert not {"address", "checkpoint_path", "tracking_uri", "resume"} & set(params), sorted(params)
+        assert ("finetune" in params) is (stream == "spatial")
+
     # --- a re-run adds nothing ------------------------------------------------------------------
     v_ff, v_vs = ff.version, open_table(store, "video_scores").version
     again = extract_features(fcfg)
     assert again.n_rows_written == 0 and again.n_skipped == 12 and again.n_scored == 0
+    assert len(client.get_metric_history(runs[TWO_STREAM_CNN], "test_accuracy")) == 1  # nothing logged twice
+    assert len(client.search_runs([run.info.experiment_id], "tags.`hyvid.model` = 'two_stream_cnn'")) == 1
     assert open_table(store, "frame_features").version == v_ff
     assert open_table(store, "frame_features").count_rows() == n_clips
     assert open_table(store, "video_scores").version == v_vs
