@@ -280,11 +280,11 @@ def _two_stream_run(cfg: FeaturesConfig, store_uri: str, s_run: str, m_run: str)
     what it was made of (the two runs, as params) and its metrics, like every other model's run.
     """
     params = {f"{tracking.CNN_PREFIX}{SPATIAL_CNN}.run_id": s_run, f"{tracking.CNN_PREFIX}{MOTION_CNN}.run_id": m_run}
+    tracking.setup(tracking.resolve_tracking_uri(cfg.tracking_uri), cfg.experiment)
     for run in tracking.finished_runs(cfg.experiment, stage=tracking.STAGE_FEATURES, model=TWO_STREAM_CNN,
                                       split=cfg.split):
         if all(run.data.params.get(k) == v for k, v in params.items()):
             return run.info.run_id
-    tracking.setup(tracking.resolve_tracking_uri(cfg.tracking_uri), cfg.experiment)
     with tracking.start_run(TWO_STREAM_CNN, tracking.STAGE_FEATURES, cfg.split, store_uri) as run:
         tracking.log_params_safe({"model": TWO_STREAM_CNN, "split": cfg.split, "fusion": "mean of the two streams",
                                   **params})
@@ -319,8 +319,11 @@ def log_cnn_metrics(cfg: FeaturesConfig, store_uri: str, runs: dict[str, str]) -
         out[model] = _subset_metrics(scores, multilabel)
         logged = client.get_run(run_id).data.metrics
         if any(logged.get(k) != v for k, v in out[model].items()):  # a re-run that changed nothing logs nothing
+            # At the fit's last epoch (newer than its clip-level val_* of that epoch): MLflow shows a
+            # metric's value at its largest step, so these are the ones the UI and `hyvid runs` show.
+            last = max((m.step for m in client.get_metric_history(run_id, "val_accuracy")), default=0)
             now = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in out[model].items()])
+            client.log_batch(run_id, metrics=[Metric(k, v, now, last) for k, v in out[model].items()])
     return out
 
 

@@ -202,6 +202,10 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
     t = open_table(store, "frame_features").to_table(columns=["video_id", "motion_run_id"])
     assert t.num_rows == n_clips and set(t.column("motion_run_id").to_pylist()) == {more.run_ids["motion"]}
     assert fs.scores(MOTION_CNN, 1).run_id == more.run_ids["motion"]
+    # Logged at the fit's last epoch: the run shows the video-level val metric, not epoch 1's clip-level one.
+    shown = client.get_run(more.run_ids["motion"]).data.metrics
+    assert shown["val_accuracy"] == newer.metrics[MOTION_CNN]["val_accuracy"]
+    assert [m.step for m in client.get_metric_history(more.run_ids["motion"], "test_accuracy")] == [1]
 
 
 def test_commit_features_replaces_rows_of_other_runs(tmp_path):
