@@ -62,6 +62,7 @@ class RunConfig:
     seeds: int = 1  # repeat train + hybrid with seeds 0..seeds-1 and report mean ± sd
     # hybrid
     hybrid_step: float = 0.05
+    weights_from: str = "oof"  # the hybrid's weights: out-of-fold training scores, or "val"
     out_dir: str | None = None  # plots of the hybrid stage
 
     def __post_init__(self) -> None:
@@ -184,6 +185,7 @@ def run(cfg: RunConfig) -> RunResult:
             hy = timed(
                 f"hybrid {tag}", hybrid,
                 HybridConfig(store_uri=cfg.store_uri, split=split, step=cfg.hybrid_step,
+                             weights_from=cfg.weights_from,
                              experiment=cfg.experiment, tracking_uri=tracking_uri,
                              storage_options=cfg.storage_options, out_dir=cfg.out_dir),
             )

@@ -40,6 +40,8 @@ def _run_args(p: argparse.ArgumentParser, s: Settings) -> None:
                    help=f"epochs of the fusion net and NN baselines (default: train's, {train.video_epochs})")
     p.add_argument("--lam-grid", help=f"λ2 and λ3 values searched on val for the fusion net (default: train's, "
                                       f"λ2 {shown(train.lam2_grid)} and λ3 {shown(train.lam3_grid)})")
+    p.add_argument("--weights-from", choices=("oof", "val"),
+                   help="the hybrid's weights: out-of-fold training scores (oof, default) or validation scores")
     p.add_argument("--hybrid-step", type=float, help=f"hybrid weight grid step (default {shown(d.hybrid_step)})")
     p.add_argument("--plots", help="folder for the hybrid's PNG plots (default: none, MLflow artifacts only)")
 
@@ -64,6 +66,7 @@ def _run_config(args: argparse.Namespace, s: Settings):
             cnn_epochs=args.cnn_epochs, finetune=args.finetune, models=csv(args.models, "--models"),
             lstm_epochs=args.lstm_epochs, video_epochs=args.video_epochs, lam2_grid=lam_grid, lam3_grid=lam_grid,
             paper=args.paper, cv_folds=args.cv_folds, refit=args.refit, seeds=args.seeds,
+            weights_from=args.weights_from,
             hybrid_step=args.hybrid_step, out_dir=args.plots))
     # run() forwards these three only when truthy, so a 0 would quietly become the stage's default;
     # the stage configs that receive them check them now, before any extraction or training.

@@ -154,6 +154,9 @@ def _hybrid_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--models", help=f"score sets to fuse (default {shown(d.models)}; CNN scores may be added: "
                                     f"{shown((SPATIAL_CNN, MOTION_CNN, TWO_STREAM_CNN)).replace(',', ', ')})")
     p.add_argument("--step", type=float, help=f"weight grid step on the simplex (default {shown(d.step)})")
+    p.add_argument("--weights-from", choices=("oof", "val"),
+                   help="fit the weights on the components' out-of-fold training scores (oof, the paper's "
+                        "cross-validation; val when a component has none) or on the validation scores (default oof)")
     p.add_argument("--refine", action="store_true", default=None,
                    help="then search a 4x finer grid around the best weights")
     p.add_argument("--metric", choices=constant(f"{_HYBRID}:SEARCH_METRICS"),
@@ -182,7 +185,8 @@ def _hybrid_config(args: argparse.Namespace, s: Settings) -> list:
             store_uri=args.store, experiment=args.experiment, tracking_uri=uri,
             storage_options=s.resolved_storage_options(), **given(
                 split=split, models=csv(args.models, "--models"), step=args.step, refine=args.refine,
-                metric=args.metric, late_fusion=args.late_fusion, register_as=args.register))
+                metric=args.metric, late_fusion=args.late_fusion, register_as=args.register,
+                weights_from=args.weights_from))
         cfgs.append(dataclasses.replace(cfg, out_dir=f"{out}/split{cfg.split}"))  # the split may be the default
     return cfgs
 

@@ -218,3 +218,11 @@ def test_hybrid_cli_reports_missing_scores(tmp_path, tracking_uri, capsys):
     assert rc == 2
     assert "two_stream_cnn" in capsys.readouterr().err
     assert main(["hybrid", "--store", store, "--splits", "1,4"]) == 2
+
+
+def test_weight_source_is_checked(tmp_path):
+    from hyvid.pipelines.hybrid import HybridConfig
+
+    assert HybridConfig(store_uri=str(tmp_path)).weights_from == "oof"
+    with pytest.raises(ValueError, match="weights_from"):
+        HybridConfig(store_uri=str(tmp_path), weights_from="test")
