@@ -377,7 +377,15 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
             )
             from hyvid.pipelines.inference.logged import log_hybrid_model
 
-            model_uri, model_version = log_hybrid_model(run_id, cfg.register_as)
+            try:
+                model_uri, model_version = log_hybrid_model(run_id, cfg.register_as)
+            except FileNotFoundError as e:
+                # Scores whose runs are gone (another tracking server, a deleted run): the weights and
+                # metrics stand; only the portable model, which needs the components' weights, is missing.
+                log.warning("the hybrid model was not logged (%s); `hyvid predict`/`evaluate` need the component "
+                            "runs on this tracking server", e)
+                mlflow.set_tag(tracking.TAG_ERROR, f"hybrid model not logged: {e}")
+                model_uri, model_version = None, None
     finally:
         if not cfg.out_dir:
             files = {}  # the temp files are gone; they live on as MLflow artifacts
