@@ -79,6 +79,7 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], dict, dict]]:
         "report": ([], {"experiment": S.experiment}, track),
         "runs": ([], {"experiment": S.experiment}, track),
         "predict": (["a.avi"], {"videos": ("a.avi",)}, {"experiment": S.experiment, **track}),
+        "evaluate": ([str(tmp)], {"dataset": str(tmp)}, {"experiment": S.experiment, **track, **ray}),
         "run": ([str(tmp)], {"dataset": str(tmp), "store_uri": S.store_uri},
                 {"experiment": S.experiment, **track, **ray}),
         "demo": ([], {}, {}),
