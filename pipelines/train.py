@@ -409,6 +409,7 @@ class _Stage:
         from mlflow import MlflowClient
 
         from hyvid.pipelines.evaluation.metrics import evaluate
+        from hyvid.pipelines.training.runs import metric_batch
         from hyvid.store.scores import upsert_video_scores
 
         entry = self.folds[model]
@@ -424,9 +425,9 @@ class _Stage:
         upsert_video_scores(self.store_uri, model, self.cfg.split, entry["run_id"], ids, ["train"] * len(ids),
                             scores, labels.tolist(), multi, storage_options=self.cfg.storage_options)
         oof = evaluate(scores, labels, multi, multilabel=self.multilabel)
-        MlflowClient(self.tracking_uri).log_batch(entry["run_id"], metrics=_metrics(
+        MlflowClient(self.tracking_uri).log_batch(entry["run_id"], metrics=metric_batch(
             {f"oof_{k}": v for k, v in oof.items()} | {"oof_videos": float(len(ids)),
-                                                       "cv_folds": float(self.n_folds)}))
+                                                       "cv_folds": float(self.n_folds)}, step=0))
         log.info("%s: out-of-fold scores of %d training videos (%d folds) stored, accuracy %.3f",
                  model, len(ids), self.n_folds, oof.get("accuracy", float("nan")))
 
@@ -443,27 +444,6 @@ class _Stage:
                     client.set_terminated(run.info.run_id, "FAILED")
         except Exception as e:  # noqa: BLE001 - the fit's own error is the one to report
             log.warning("could not mark the MLflow run of %s as failed: %s", fit_id, e)
-
-
-def _usable_folds(cfg: TrainConfig, fs) -> int:
-    """`cfg.cv_folds`, or as many folds as the training videos have groups (0 below 2), with a warning:
-    folds are made of whole groups, and a small dataset may have fewer groups than folds."""
-    if cfg.cv_folds < 2 or not any(m in cfg.oof_models for m in cfg.models):
-        return cfg.cv_folds
-    groups = len(set(fs.videos(split=cfg.split, subset="train").column("group").to_pylist()))
-    if groups >= cfg.cv_folds:
-        return cfg.cv_folds
-    usable = groups if groups >= 2 else 0
-    log.warning("the training videos of split %d have %d group(s), fewer than --cv-folds %d: %s", cfg.split,
-                groups, cfg.cv_folds, f"using {usable} folds" if usable else
-                "no out-of-fold scores (the hybrid's weights will come from validation)")
-    return usable
-
-
-def _metrics(values: dict[str, float]) -> list:
-    from hyvid.pipelines.training.runs import metric_batch
-
-    return metric_batch(values, step=0)
 
 
 def _trainer_fit(cfg: TrainConfig, config: dict, storage_path: str) -> dict:
@@ -501,7 +481,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from hyvid.cluster.connect import connect
     from hyvid.cluster.resources import task_options
     from hyvid.pipelines.training.pool import FitOutcome, run_fits
-    from hyvid.pipelines.training.search import model_grid
+    from hyvid.pipelines.training.search import model_grid, usable_folds
     from hyvid.store.feature_store import FeatureStore
     from hyvid.store.lance_io import open_table
     from hyvid.store.tables import FRAME_FEATURES_NAME
@@ -518,8 +498,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     resources = connect(cfg.address)
     n_first = sum(len(model_grid(m, cfg.grids())) for m in cfg.models)
     size, cpus = pool_plan(cfg, float(resources.get("CPU", 1)), n_first)
-    stage = _Stage(cfg, store_uri, tracking_uri, experiment_id, num_classes, multilabel, cpus,
-                   _usable_folds(cfg, fs))
+    groups = fs.videos(split=cfg.split, subset="train").column("group").to_pylist()
+    folds = usable_folds(cfg.cv_folds, len(set(groups)), cfg.split) if set(cfg.oof_models) & set(cfg.models) else 0
+    stage = _Stage(cfg, store_uri, tracking_uri, experiment_id, num_classes, multilabel, cpus, folds)
     first = stage.first_fits()
     log.info("fitting %s on split %d of %s: %d fit(s) to start on %d worker(s) x %g CPU(s)%s", ", ".join(cfg.models),
              cfg.split, tracking.redact(store_uri), len(first), size, cpus,

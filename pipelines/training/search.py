@@ -91,6 +91,18 @@ def trial_config(config: dict, setting: Setting, parent_run_id: str) -> dict:
             "extra_tags": {tracking.TAG_PARENT: parent_run_id}, **_NO_FAULTS}
 
 
+def usable_folds(folds: int, groups: int, split: int) -> int:
+    """`folds`, or as many as the training videos have groups (0 below 2), with a warning: folds are
+    made of whole groups, and a small dataset may have fewer groups than folds."""
+    if folds < 2 or groups >= folds:
+        return folds
+    usable = groups if groups >= 2 else 0
+    log.warning("the training videos of split %d have %d group(s), fewer than --cv-folds %d: %s", split, groups,
+                folds, f"using {usable} folds" if usable else
+                "no out-of-fold scores (the hybrid's weights will come from validation)")
+    return usable
+
+
 def is_trial(config: dict) -> bool:
     """Whether a fit config is a search trial (not a final fit, refit or out-of-fold fit)."""
     return bool(config.get("cv_only")) and config.get("fold") is None

@@ -396,3 +396,10 @@ def test_refit_retrains_the_chosen_model_on_train_and_val_and_scores_test(ray_se
         assert fs.scores(model, 1, "test").run_id == refit.info.run_id
         assert fs.scores(model, 1, "val").run_id == selected.info.run_id
         assert n_fit > len(fs.videos(split=1, subset="train"))
+
+
+def test_folds_shrink_to_the_groups_there_are():
+    from hyvid.pipelines.training.search import usable_folds
+
+    assert usable_folds(3, 11, 1) == 3 and usable_folds(3, 2, 1) == 2 and usable_folds(3, 1, 1) == 0
+    assert usable_folds(0, 5, 1) == 0
