@@ -64,8 +64,9 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
                    help=f"LSTM video prediction: last step (paper) or mean (default {d.lstm_pooling})")
     p.add_argument("--peephole", action="store_true", default=None, help="LSTM cells with the paper's peephole terms")
     p.add_argument("--fusion-lr", type=float,
-                   help=f"SGD learning rate of the fusion net and fusion_noreg (default {shown(d.fusion_lr)}; "
-                        f"the paper's is {shown(paper_lr)}, which diverged on some seeds of the demo's validation)")
+                   help=f"SGD learning rate of the fusion net (default {shown(d.fusion_lr)}, chosen on validation: "
+                        f"benchmarks/results/fusion_lr.json; the paper's is {shown(paper_lr)}; fusion_noreg "
+                        "searches its own)")
     p.add_argument("--lam-grid", help=f"λ2 and λ3 values searched on val for the fusion net (default: λ2 "
                                       f"{shown(d.lam2_grid)} and λ3 {shown(d.lam3_grid)}; with --paper "
                                       f"{shown(paper.lam2_grid)} for both)")
