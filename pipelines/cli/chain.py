@@ -110,21 +110,21 @@ def _demo_args(p: argparse.ArgumentParser, s: Settings) -> None:
 
 def _demo_config(args: argparse.Namespace, s: Settings):
     from hyvid.pipelines.data.synth import SynthConfig
+
+    # SynthConfig, which receives the counts, checks them first: a bad count is refused before the
+    # whole pipeline (torch, Ray, MLflow) is imported for DemoConfig.
+    SynthConfig(out=args.out or ".", **given(classes=args.classes, videos_per_class=args.videos_per_class))
     from hyvid.pipelines.run import DemoConfig
 
-    cfg = DemoConfig(**given(out=args.out, classes=args.classes, videos_per_class=args.videos_per_class,
-                             splits=_splits(args), experiment=args.experiment))
-    # DemoConfig checks nothing and demo() forwards these only when truthy, so `--videos-per-class 0`
-    # would quietly become synth's default; SynthConfig, which receives them, checks them now.
-    SynthConfig(out=cfg.out, **given(classes=cfg.classes, videos_per_class=cfg.videos_per_class))
-    return cfg
+    return DemoConfig(**given(out=args.out, classes=args.classes, videos_per_class=args.videos_per_class,
+                              splits=_splits(args), experiment=args.experiment))
 
 
 def _demo_run(args: argparse.Namespace, s: Settings) -> int:
+    cfg = _demo_config(args, s)  # first: a bad count is refused before the pipeline is imported
     from hyvid.pipelines.run import demo, next_steps
     from hyvid.store.feature_store import FeatureStore
 
-    cfg = _demo_config(args, s)
     res, md = demo(cfg)
     print("\n" + md)
     print("stage seconds:", ", ".join(f"{k}: {v}" for k, v in res.seconds.items()))
