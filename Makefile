@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast demo bench clean
+.PHONY: install lint test test-fast test-bench demo bench clean
 
 install: $(STAMP)
 
@@ -28,8 +28,12 @@ lint: install
 	$(VENV)/bin/lint-imports || status=1; \
 	exit $$status
 
+# The benchmark-rot check (`benchmarks.scale --tiny`, minutes) runs in test-bench, keeping CI short.
 test: install
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q --durations=15 -m "not benchmark" tests
+
+test-bench: install
+	$(PY) -m pytest -q -m benchmark tests
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests

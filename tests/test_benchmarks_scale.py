@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.benchmark
 def test_scale_benchmark_tiny_writes_every_stage(tmp_path):
     out = tmp_path / "scale.json"
     proc = subprocess.run(

@@ -113,7 +113,8 @@ def test_train_stage_logs_to_the_server(mlflow_server, tmp_path, monkeypatch, ra
     build_toy_store(store)
     res = train(TrainConfig(store_uri=store, models=("spatial_lstm", "motion_lstm", "fusion", "svm_ef"),
                             lstm_epochs=6, lstm_hidden=(32, 16), lstm_optimizer="adam", lstm_lr=0.01,
-                            video_epochs=6, lam2_grid=(0.0,), lam3_grid=(0.0,), experiment="remote-train"))
+                            video_epochs=6, lam2_grid=(0.0,), lam3_grid=(0.0,), svm_c_grid=(1.0,), cv_folds=0,
+                            experiment="remote-train"))
     assert res.tracking_uri == url
     client = MlflowClient(tracking_uri=url)
     runs = {r.data.tags["hyvid.model"]: r for r in client.search_runs([res.experiment_id])}
