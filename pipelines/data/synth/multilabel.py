@@ -35,6 +35,7 @@ from hyvid.pipelines.data.synth.writer import (
     OWNED_ENTRIES,
     SynthClass,
     _prepare,
+    finish_dataset,
     write_video,
 )
 
@@ -248,17 +249,8 @@ def synth_multilabel(cfg: MultiLabelConfig) -> MultiLabelResult:
     finally:
         cv2.setNumThreads(cv_threads)
     _write_manifest(cfg.out, videos)
-    meta = {
-        "config": cfg.content(),
-        "classes": [asdict(SynthClass(c.name, c.kind, i, c.description)) for i, c in enumerate(labels)],
-        "videos": [asdict(v) for v in videos],
-        "owned": list(OWNED_ENTRIES),
-    }
-    (cfg.out / MANIFEST).write_text(json.dumps(meta, indent=1))
-    (cfg.out / _INCOMPLETE).unlink()
-    seconds = time.perf_counter() - t_start
-    log.info("wrote %d multi-label videos (%d labels) to %s in %.1f s", len(videos), len(labels), cfg.out, seconds)
-    return _load_result(cfg.out, seconds)
+    return finish_dataset(cfg.out, cfg.content(), labels, videos, t_start,
+                          f"multi-label videos ({len(labels)} labels)", load=_load_result, owned=list(OWNED_ENTRIES))
 
 
 def multilabel_defaults() -> dict:

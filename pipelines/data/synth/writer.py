@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -254,16 +254,24 @@ def synth(cfg: SynthConfig) -> SynthResult:
     finally:
         cv2.setNumThreads(cv_threads)
     _write_lists(cfg.out, classes, videos)
+    return finish_dataset(cfg.out, cfg.content(), classes, videos, t_start, f"videos of {len(classes)} classes")
+
+
+def finish_dataset(out: Path, content: dict, classes: list, videos: list, t_start: float, what: str,
+                   load: Callable[[Path, float], Any] | None = None, **extra: Any) -> Any:
+    """Write the dataset's synth.json (its config, classes, videos and `extra`), mark it complete and
+    read it back with `load` (default: this writer's): the last step of every synthetic writer."""
     meta = {
-        "config": cfg.content(),
+        "config": content,
         "classes": [asdict(SynthClass(c.name, c.kind, i, c.description)) for i, c in enumerate(classes)],
         "videos": [asdict(v) for v in videos],
+        **extra,
     }
-    (cfg.out / MANIFEST).write_text(json.dumps(meta, indent=1))
-    (cfg.out / _INCOMPLETE).unlink()
+    (out / MANIFEST).write_text(json.dumps(meta, indent=1))
+    (out / _INCOMPLETE).unlink()
     seconds = time.perf_counter() - t_start
-    log.info("wrote %d videos of %d classes to %s in %.1f s", len(videos), len(classes), cfg.out, seconds)
-    return _load_result(cfg.out, seconds)
+    log.info("wrote %d %s to %s in %.1f s", len(videos), what, out, seconds)
+    return (load or _load_result)(out, seconds)  # the writer's own result type
 
 
 def config_defaults() -> dict:
