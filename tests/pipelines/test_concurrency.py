@@ -7,7 +7,6 @@ extracts attach to the session's Ray by address instead of each starting one.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import re
 import signal
@@ -19,6 +18,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers.processes import run_concurrently
 from helpers.videos import write_ucf
 
 from hyvid.store.doctor import diagnose
@@ -105,13 +105,7 @@ def _upsert(store: str, ids: list[str], rounds: int) -> None:
 def test_concurrent_video_scores_upserts_never_duplicate_a_key(tmp_path):
     store = str(tmp_path / "s")
     ids = [f"C/v{i}" for i in range(5)]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_upsert, args=(store, ids, 4)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert run_concurrently(_upsert, (store, ids, 4), 3) == [0, 0, 0]
     keys = open_table(store, VIDEO_SCORES.name).to_table(columns=["video_id", "model", "split"]).to_pylist()
     assert len(keys) == 5 * 4 and len({tuple(k.values()) for k in keys}) == 20
 
@@ -130,13 +124,7 @@ def _commit_features_rounds(store: str, ids: list[str], rounds: int) -> None:
 def test_concurrent_features_commits_keep_one_set_of_rows_per_video(tmp_path):
     store = str(tmp_path / "s")
     ids = [f"C/v{i}" for i in range(4)]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_commit_features_rounds, args=(store, ids, 3)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert run_concurrently(_commit_features_rounds, (store, ids, 3), 2) == [0, 0]
     t = open_table(store, FRAME_FEATURES_NAME).to_table(columns=["video_id", "position", "spatial_run_id"])
     pairs = Counter(zip(t.column("video_id").to_pylist(), t.column("position").to_pylist(), strict=True))
     assert len(pairs) == 4 * 3 and set(pairs.values()) == {1}

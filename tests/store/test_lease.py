@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from helpers.processes import run_concurrently
 
 from hyvid.store.lease import (
     EXTRACT_LEASE,
@@ -117,11 +118,5 @@ def test_leases_exclude_each_other_across_processes(tmp_path):
     """Three processes increment a file under the lease: without mutual exclusion updates are lost."""
     store, counter = str(tmp_path / "s"), tmp_path / "n"
     counter.write_text("0")
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_count, args=(store, str(counter), 8)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert run_concurrently(_count, (store, str(counter), 8), 3) == [0, 0, 0]
     assert int(counter.read_text()) == 24
