@@ -73,6 +73,12 @@ def _synth_config(args: argparse.Namespace, s: Settings):
     return SynthConfig(out=args.out, **shared, **given(videos_per_class=args.videos_per_class))
 
 
+def _print_classes(classes) -> None:
+    """The classes (or labels) a synthetic dataset holds, one line each: number, name, kind, what it shows."""
+    for c in classes:
+        print(f"  {c.label + 1:2d} {c.name:22s} {c.kind:10s} {c.description}")
+
+
 def _synth_run(args: argparse.Namespace, s: Settings) -> int:
     from collections import Counter
 
@@ -85,8 +91,7 @@ def _synth_run(args: argparse.Namespace, s: Settings) -> int:
         n_empty = sum(not v.labels for v in ml.videos)
         print(f"{verb} {len(ml.videos)} multi-label videos ({cfg.labels_per_video} of {len(ml.classes)} labels each, "
               f"{n_empty} with none) in {ml.root} [{ml.seconds:.1f} s]")
-        for c in ml.classes:
-            print(f"  {c.label + 1:2d} {c.name:22s} {c.kind:10s} {c.description}")
+        _print_classes(ml.classes)
         print(next_command(args, s, "run", str(ml.manifest), store="STORE"))
         return 0
     res = synth(cfg)
@@ -94,8 +99,7 @@ def _synth_run(args: argparse.Namespace, s: Settings) -> int:
     verb = "reused" if res.reused else "wrote"
     print(f"{verb} {len(res.videos)} videos of {len(res.classes)} classes "
           f"({', '.join(f'{n} {k}' for k, n in kinds.items())}) in {res.root} [{res.seconds:.1f} s]")
-    for c in res.classes:
-        print(f"  {c.label + 1:2d} {c.name:22s} {c.kind:10s} {c.description}")
+    _print_classes(res.classes)
     print(next_command(args, s, "extract", str(res.root), store="STORE"))
     return 0
 
