@@ -320,7 +320,8 @@ class _Stage:
         self.storage_path = _storage_path(cfg, store_uri)
         self.batch_id = uuid.uuid4().hex[:8]
         self.cpus = cpus  # of each fit worker
-        self.searches: dict[str, dict[str, Any]] = {}  # model -> its parent run, grid and finished trials
+        # model -> its parent run, grid, finished trials (setting, val, val loss) and trials ended either way
+        self.searches: dict[str, dict[str, Any]] = {}
         self.chosen: dict[str, Setting] = {}
         self.n_folds = folds  # cfg.cv_folds, or fewer when the training videos have fewer groups
         self.folds: dict[str, dict[str, Any]] = {}  # model -> its final run and finished held-out folds
@@ -352,7 +353,7 @@ class _Stage:
                 tags=tracking.run_tags(model, tracking.STAGE_TRAIN, self.cfg.split, self.store_uri,
                                        **{tracking.TAG_FIT_ID: base["fit_id"]}),
             ).info.run_id
-            self.searches[model] = {"parent": parent, "grid": grid, "trials": []}
+            self.searches[model] = {"parent": parent, "grid": grid, "trials": [], "done": 0}
             out += [trial_config(base, setting, parent) for setting in grid]
         return out
 
@@ -376,18 +377,19 @@ class _Stage:
             # A trial that failed (a diverging lr, say) is the worst candidate, not the model's failure;
             # the search fails only when every trial did (`choose` has nothing left).
             search = self.searches[model]
-            m = out.result["metrics"] if out.error is None else {}
-            val = float(m.get("best_val", -math.inf))
-            search["trials"].append(({k: float(config[k]) for k in SEARCH_KEYS[model]},
-                                     val if math.isfinite(val) else -math.inf,
-                                     float(m.get("best_val_loss", math.inf)), out.error is None))
-            if len(search["trials"]) < len(search["grid"]):
+            search["done"] += 1
+            if out.error is None:
+                m = out.result["metrics"]
+                val = float(m.get("best_val", -math.inf))
+                search["trials"].append(({k: float(config[k]) for k in SEARCH_KEYS[model]},
+                                         val if math.isfinite(val) else -math.inf,
+                                         float(m.get("best_val_loss", math.inf))))
+            if search["done"] < len(search["grid"]):
                 return []
-            finished = [t[:3] for t in search["trials"] if t[3]]
-            if not finished:
+            if not search["trials"]:
                 self.failed_searches[model] = out.error or RuntimeError("no trial finished")
                 return []
-            setting, _ = log_choice(model, finished, search["grid"], self.tracking_uri, search["parent"])
+            setting, _ = log_choice(model, search["trials"], search["grid"], self.tracking_uri, search["parent"])
             return [self._final(model, setting, search["parent"])]
         if out.error is not None:
             return []
@@ -498,8 +500,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     resources = connect(cfg.address)
     n_first = sum(len(model_grid(m, cfg.grids())) for m in cfg.models)
     size, cpus = pool_plan(cfg, float(resources.get("CPU", 1)), n_first)
-    groups = fs.videos(split=cfg.split, subset="train").column("group").to_pylist()
-    folds = usable_folds(cfg.cv_folds, len(set(groups)), cfg.split) if set(cfg.oof_models) & set(cfg.models) else 0
+    folds = 0
+    if cfg.cv_folds >= 2 and set(cfg.oof_models) & set(cfg.models):  # only then are the groups needed
+        groups = set(fs.videos(split=cfg.split, subset="train").column("group").to_pylist())
+        folds = usable_folds(cfg.cv_folds, len(groups), cfg.split)
     stage = _Stage(cfg, store_uri, tracking_uri, experiment_id, num_classes, multilabel, cpus, folds)
     first = stage.first_fits()
     log.info("fitting %s on split %d of %s: %d fit(s) to start on %d worker(s) x %g CPU(s)%s", ", ".join(cfg.models),
@@ -508,7 +512,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     results: dict[str, ModelResult] = {}
     errors: dict[str, BaseException] = {}
-    bar = tqdm(total=len(first), desc="train", unit="fit")
+    bar = tqdm(total=0, desc="train", unit="fit")  # dispatch counts every fit it is handed
     trainer_futures: dict[Any, FitOutcome] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, len(cfg.models)), thread_name_prefix="trainer")
 
@@ -549,7 +553,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             return configs
         to_pool = []
         for c in configs:
-            if c["model"] in TORCH_MODELS and (c.get("fold") is not None or not c.get("cv_only")):
+            if c["model"] in TORCH_MODELS and not is_trial(c):
                 trainer_futures[pool.submit(_trainer_fit, cfg, c, stage.storage_path)] = FitOutcome(
                     c, submitted=time.time())
             else:
@@ -559,7 +563,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     def on_result(out: FitOutcome) -> list[dict]:
         return dispatch(stage.on_result(out))
 
-    bar.total -= len(first)  # dispatch counts them
     pending = dispatch(first)
     try:
         while pending or trainer_futures:
