@@ -301,13 +301,15 @@ def random_crop_flip(
 ) -> np.ndarray:
     """Per-sample random crop of size `crop` (h, w) and a coin-flip horizontal flip.
 
+    A side of 0 (or one at least the frame's) keeps that whole side: `(0, 0)` only flips.
     kind="frames": batch [N, H, W, 3]; kind="flow": batch [N, 2L, H, W] (flips negate x).
     """
     if kind not in ("frames", "flow"):
         raise ValueError(f"kind must be 'frames' or 'flow', got {kind!r}")
     hw_axes = (1, 2) if kind == "frames" else (2, 3)
     H, W = batch.shape[hw_axes[0]], batch.shape[hw_axes[1]]
-    ch, cw = min(crop[0], H), min(crop[1], W)
+    ch = H if crop[0] <= 0 else min(crop[0], H)
+    cw = W if crop[1] <= 0 else min(crop[1], W)
     out = []
     for item in batch:
         y = int(rng.integers(0, H - ch + 1))

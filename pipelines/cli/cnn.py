@@ -48,6 +48,10 @@ def _train_cnn_args(p: argparse.ArgumentParser, s: Settings) -> None:
                         f"(default {d.finetune})")
     p.add_argument("--head-views", type=int,
                    help=f"--finetune head: augmented views cached per training clip (default {d.head_views})")
+    single_label_crop = constant(f"{_TRAIN_CNN}:SINGLE_LABEL_CROP")
+    p.add_argument("--crop", type=int,
+                   help=f"training crop side in pixels; 0: whole frames (default {single_label_crop} on "
+                        "single-label stores, whole frames on multi-label ones)")
     p.add_argument("--feature-dim", type=int, help=f"fc1 width = feature size (default {d.feature_dim})")
     p.add_argument("--workers", type=int, default=settings_workers(s, "train-cnn"),
                    help=f"Ray Train workers per stream (default: settings workers.train-cnn, else {d.workers})")
@@ -67,7 +71,7 @@ def _train_cnn_config(args: argparse.Namespace, s: Settings):
         store_uri=args.store, experiment=args.experiment, tracking_uri=tracking_uri(args, s),
         storage_options=s.resolved_storage_options(), address=args.address, **given(
             stream=args.stream, split=args.split, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            finetune=args.finetune, head_views=args.head_views, feature_dim=args.feature_dim,
+            finetune=args.finetune, head_views=args.head_views, crop=args.crop, feature_dim=args.feature_dim,
             workers=args.workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu,
             checkpoint_path=args.checkpoint_path, resume=args.resume))
 

@@ -12,6 +12,7 @@ from hyvid.models.cnn import (
     SpatialCNN,
     efficientnet_lite0,
     flip_flow_stack,
+    flip_frames,
     motion_input,
     random_crop_flip,
     spatial_input,
@@ -169,6 +170,20 @@ def test_random_crop_flip():
                 for x in range(3):
                     found |= np.array_equal(cand[:, y:y + 10, x:x + 14], dst)
         assert found
+
+
+def test_random_crop_flip_whole_frame():
+    """A crop side of 0 keeps the whole frame: every output is its input, plain or flipped."""
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (16, 12, 16, 3), dtype=np.uint8)
+    out = random_crop_flip(frames, (0, 0), rng, "frames")
+    assert out.shape == frames.shape
+    flipped = [not np.array_equal(o, f) for o, f in zip(out, frames, strict=True)]
+    for o, f, was_flipped in zip(out, frames, flipped, strict=True):
+        np.testing.assert_array_equal(o, flip_frames(f) if was_flipped else f)
+    assert 0 < sum(flipped) < len(frames)  # the flip is still a coin toss
+    stacks = rng.integers(0, 256, (4, 4, 12, 16), dtype=np.uint8)
+    assert random_crop_flip(stacks, (0, 0), rng, "flow").shape == stacks.shape
 
 
 def test_two_stream_and_video_scores():
