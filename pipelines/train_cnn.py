@@ -52,7 +52,7 @@ STREAM_CHOICES = (*STREAMS, "both")
 MODEL_OF_STREAM = {"spatial": SPATIAL_CNN, "motion": MOTION_CNN}
 LINEAGE_TABLES = [VIDEOS.name, CLIPS.name]
 # The TrainCNNConfig fields a fit's MLflow run records as params (the rest say where it runs and logs).
-_FIT_PARAMS = ("split", "epochs", "batch_size", "momentum", "weight_decay", "feature_dim", "dropout",
+_FIT_PARAMS = ("split", "epochs", "batch_size", "momentum", "weight_decay", "feature_dim", "dropout", "crop",
                "workers", "seed", "max_failures")
 
 
@@ -61,19 +61,15 @@ SPATIAL_LR = {"head": 1e-2, "all": 1e-3}
 MOTION_LR = 1e-2
 
 
-# Training crops. Single-label: a random 112-px square of the ~128-px stored frames, as the paper
-# crops 224 of 256. Multi-label: whole frames (flipped at random). A video's labels may each sit in
-# one part of the frame (CCV's objects; `hyvid synth --multilabel`'s panels), and a crop that cuts
-# a labelled part out still carries its label: label noise. On a 300-video synthetic multi-label
-# set, 112-px crops of 170x128 frames left the motion CNN at a validation mAP of 0.55-0.62.
-SINGLE_LABEL_CROP = 112
+# Training crops: a random 112-px square of the ~128-px stored frames (the paper crops 224 of 256),
+# single- and multi-label alike; `--crop 0` trains on whole frames (flipped at random). Whole frames
+# were tried for multi-label data, where a crop can cut a labelled panel out and keep its label: on
+# a 300-video `hyvid synth --multilabel` store (48 val videos) the best validation mAP was 0.597
+# against 0.601 with crops (motion CNN) and 0.554 against 0.560 (spatial head), so no gain on
+# validation, and crops stay the default.
+DEFAULT_CROP = 112
 WHOLE_FRAME = 0
 MAX_CROP = 4096
-
-
-def default_crop(multilabel: bool) -> int:
-    """The training crop side used when none is given (see SINGLE_LABEL_CROP)."""
-    return WHOLE_FRAME if multilabel else SINGLE_LABEL_CROP
 
 
 def default_lr(stream: str, finetune: str) -> float:
@@ -96,7 +92,7 @@ class TrainCNNConfig:
     finetune: str = "head"  # spatial CNN: head (frozen backbone) | all
     feature_dim: int = 1024
     dropout: float = 0.5
-    crop: int | None = None  # training crop side; 0: whole frames (flip only); None: default_crop(multilabel)
+    crop: int = DEFAULT_CROP  # training crop side (random crop + flip); 0 (WHOLE_FRAME): whole frames, flip only
     head_views: int = 1  # finetune="head": augmented views cached per training clip (epoch e uses view e % n)
     workers: int = 1  # Ray Train workers per stream
     cpus_per_worker: int | None = None  # None: the cluster's CPUs shared among all workers
@@ -119,7 +115,7 @@ class TrainCNNConfig:
         for name in ("epochs", "batch_size", "workers", "feature_dim", "head_views"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.crop is not None and not 0 <= self.crop <= MAX_CROP:
+        if not 0 <= self.crop <= MAX_CROP:
             raise ValueError(f"crop must be 0 (whole frames) or a side of 1..{MAX_CROP} pixels, got {self.crop!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
@@ -136,9 +132,6 @@ class TrainCNNConfig:
 
     def lr_for(self, stream: str) -> float:
         return self.lr if self.lr is not None else default_lr(stream, self.finetune)
-
-    def crop_for(self, multilabel: bool) -> int:
-        return self.crop if self.crop is not None else default_crop(multilabel)
 
 
 @dataclass(frozen=True)
@@ -283,7 +276,6 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
 
     tracking.setup(tracking.resolve_tracking_uri(cfg.tracking_uri), cfg.experiment)
     jobs: list[_StreamJob] = []
-    crop = cfg.crop_for(data.multilabel)
     for stream in cfg.streams:
         lr = cfg.lr_for(stream)
         with tracking.start_run(MODEL_OF_STREAM[stream], tracking.STAGE_TRAIN_CNN, cfg.split, store_uri) as run:
@@ -294,7 +286,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
                 params.update(finetune=cfg.finetune)
                 if cfg.finetune == "head":
                     params.update(head_views=cfg.head_views)
-            params.update(stream=stream, lr=lr, crop=crop, num_classes=num_classes, stack=stack, use_gpu=use_gpu,
+            params.update(stream=stream, lr=lr, num_classes=num_classes, stack=stack, use_gpu=use_gpu,
                           cpus_per_worker=cpus, n_train_videos=len(train_labels), n_val_videos=len(val_labels),
                           optimizer="sgd", lr_milestones=json.dumps(lr_milestones(cfg.epochs)),
                           multilabel=data.multilabel, loss="bce_with_logits" if data.multilabel else "cross_entropy",
@@ -306,7 +298,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
             "clips_version": lineage["tables"]["clips"], "train_labels": train_labels, "val_labels": val_labels,
             "num_classes": num_classes, "stack": stack, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "lr": lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "finetune": cfg.finetune,
-            "feature_dim": cfg.feature_dim, "dropout": cfg.dropout, "crop": crop, "seed": cfg.seed,
+            "feature_dim": cfg.feature_dim, "dropout": cfg.dropout, "crop": cfg.crop, "seed": cfg.seed,
             "cpus_per_worker": cpus, "head_views": cfg.head_views, "multilabel": data.multilabel,
             "train_targets": data.train_targets, "val_targets": data.val_targets,
         }

@@ -48,10 +48,8 @@ def _train_cnn_args(p: argparse.ArgumentParser, s: Settings) -> None:
                         f"(default {d.finetune})")
     p.add_argument("--head-views", type=int,
                    help=f"--finetune head: augmented views cached per training clip (default {d.head_views})")
-    single_label_crop = constant(f"{_TRAIN_CNN}:SINGLE_LABEL_CROP")
     p.add_argument("--crop", type=int,
-                   help=f"training crop side in pixels; 0: whole frames (default {single_label_crop} on "
-                        "single-label stores, whole frames on multi-label ones)")
+                   help=f"training crop side in pixels (random crop + flip); 0: whole frames (default {d.crop})")
     p.add_argument("--feature-dim", type=int, help=f"fc1 width = feature size (default {d.feature_dim})")
     p.add_argument("--workers", type=int, default=settings_workers(s, "train-cnn"),
                    help=f"Ray Train workers per stream (default: settings workers.train-cnn, else {d.workers})")

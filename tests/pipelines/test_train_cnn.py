@@ -263,14 +263,11 @@ def test_multilabel_val_map_and_sigmoid_scores():
         torch.testing.assert_close(model.scores(logits), want)
 
 
-def test_training_crop_defaults_by_label_kind():
-    """Multi-label fits train on whole frames (a crop can cut out a labelled part and keep its
-    label); single-label fits keep the 112-px crop; --crop overrides both."""
-    from hyvid.pipelines.train_cnn import SINGLE_LABEL_CROP, WHOLE_FRAME, TrainCNNConfig
+def test_training_crop_setting():
+    """The 112-px crop by default, whole frames with 0, and one line naming the value otherwise."""
+    from hyvid.pipelines.train_cnn import DEFAULT_CROP, WHOLE_FRAME, TrainCNNConfig
 
-    cfg = TrainCNNConfig(store_uri="s")
-    assert cfg.crop_for(multilabel=True) == WHOLE_FRAME == 0
-    assert cfg.crop_for(multilabel=False) == SINGLE_LABEL_CROP == 112
-    assert TrainCNNConfig(store_uri="s", crop=96).crop_for(multilabel=True) == 96
-    with pytest.raises(ValueError, match="crop must be 0"):
+    assert TrainCNNConfig(store_uri="s").crop == DEFAULT_CROP == 112
+    assert TrainCNNConfig(store_uri="s", crop=WHOLE_FRAME).crop == 0
+    with pytest.raises(ValueError, match="crop must be 0 .* got -1"):
         TrainCNNConfig(store_uri="s", crop=-1)
