@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODELS = (SPATIAL_LSTM, MOTION_LSTM, FUSION)
 WEIGHT_SOURCES = ("oof", "val")
+DEFAULT_WEIGHTS_FROM = "oof"
 WEIGHTS_FROM_OOF = "out-of-fold training videos"
 WEIGHTS_FROM_VAL = "validation videos"
 DEFAULT_OUT_DIR = "hyvid_plots"  # `hyvid hybrid --out` default: PNG/CSV files, split<N>/ inside
@@ -69,7 +70,7 @@ class HybridConfig:
     refine: bool = False
     # What the weights are fitted on: "oof", the components' out-of-fold scores of the training videos
     # (the paper's cross-validation; falls back to val when a component has none), or "val".
-    weights_from: str = "oof"
+    weights_from: str = DEFAULT_WEIGHTS_FROM
     metric: str | None = None  # None: accuracy (single-label) or map (multi-label), the paper's
     experiment: str = DEFAULT_EXPERIMENT
     tracking_uri: str | None = None
@@ -175,7 +176,7 @@ def _load_aligned(fs, models: Sequence[str], split: int, subset: str) -> _Aligne
 
 
 def _weight_scores(fs, models: Sequence[str], split: int, val: _Aligned,
-                   weights_from: str = "oof") -> tuple[_Aligned, str]:
+                   weights_from: str = DEFAULT_WEIGHTS_FROM) -> tuple[_Aligned, str]:
     """The scores the weights are fitted on, and which they are.
 
     The paper estimates the weights by cross-validation: `hyvid train --cv-folds K` stores each

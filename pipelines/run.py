@@ -23,7 +23,7 @@ from hyvid.pipelines.data.video import DEFAULT_FLOW, DEFAULT_POSITIONS, DEFAULT_
 from hyvid.pipelines.evaluation.findings import findings, per_kind_accuracy, per_kind_markdown
 from hyvid.pipelines.extract import ExtractConfig, extract
 from hyvid.pipelines.features import FeaturesConfig, extract_features
-from hyvid.pipelines.hybrid import HybridConfig, hybrid
+from hyvid.pipelines.hybrid import DEFAULT_WEIGHTS_FROM, HybridConfig, hybrid
 from hyvid.pipelines.train import DEFAULT_MODELS, TrainConfig, expand_models, train
 from hyvid.pipelines.train_cnn import TrainCNNConfig, train_cnn
 from hyvid.store.feature_store import FeatureStore
@@ -62,7 +62,7 @@ class RunConfig:
     seeds: int = 1  # repeat train + hybrid with seeds 0..seeds-1 and report mean ± sd
     # hybrid
     hybrid_step: float = 0.05
-    weights_from: str = "oof"  # the hybrid's weights: out-of-fold training scores, or "val"
+    weights_from: str = DEFAULT_WEIGHTS_FROM  # the hybrid's weights: out-of-fold training scores, or "val"
     out_dir: str | None = None  # plots of the hybrid stage
 
     def __post_init__(self) -> None:

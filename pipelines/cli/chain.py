@@ -40,8 +40,9 @@ def _run_args(p: argparse.ArgumentParser, s: Settings) -> None:
                    help=f"epochs of the fusion net and NN baselines (default: train's, {train.video_epochs})")
     p.add_argument("--lam-grid", help=f"λ2 and λ3 values searched on val for the fusion net (default: train's, "
                                       f"λ2 {shown(train.lam2_grid)} and λ3 {shown(train.lam3_grid)})")
-    p.add_argument("--weights-from", choices=("oof", "val"),
-                   help="the hybrid's weights: out-of-fold training scores (oof, default) or validation scores")
+    p.add_argument("--weights-from", choices=constant("hyvid.pipelines.hybrid:WEIGHT_SOURCES"),
+                   help="the hybrid's weights: out-of-fold training scores (oof) or validation scores "
+                        f"(default {d.weights_from})")
     p.add_argument("--hybrid-step", type=float, help=f"hybrid weight grid step (default {shown(d.hybrid_step)})")
     p.add_argument("--plots", help="folder for the hybrid's PNG plots (default: none, MLflow artifacts only)")
 

@@ -155,9 +155,10 @@ def _hybrid_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--models", help=f"score sets to fuse (default {shown(d.models)}; CNN scores may be added: "
                                     f"{shown((SPATIAL_CNN, MOTION_CNN, TWO_STREAM_CNN)).replace(',', ', ')})")
     p.add_argument("--step", type=float, help=f"weight grid step on the simplex (default {shown(d.step)})")
-    p.add_argument("--weights-from", choices=("oof", "val"),
+    p.add_argument("--weights-from", choices=constant(f"{_HYBRID}:WEIGHT_SOURCES"),
                    help="fit the weights on the components' out-of-fold training scores (oof, the paper's "
-                        "cross-validation; val when a component has none) or on the validation scores (default oof)")
+                        "cross-validation; val when a component has none) or on the validation scores "
+                        f"(default {d.weights_from})")
     p.add_argument("--refine", action="store_true", default=None,
                    help="then search a 4x finer grid around the best weights")
     p.add_argument("--metric", choices=constant(f"{_HYBRID}:SEARCH_METRICS"),
