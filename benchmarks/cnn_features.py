@@ -153,22 +153,32 @@ class _CNNActor:
     """Ray Data actor: both CNNs over a batch of clip rows; writes their feature fragments and returns
     small rows only (pickled fragment metadata, per-video score sums), as the stage's tasks do."""
 
-    def __init__(self, store: str, tracking_uri: str, s_run: str, m_run: str, batch_size: int, threads: int):
+    def __init__(self, store: str, tracking_uri: str, s_run: str, m_run: str, batch_size: int, threads: int,
+                 video_ids: list[str]):
+        import pyarrow as pa
+
         from hyvid.pipelines.inference.cnn import load_cnn_pair
 
         torch.set_num_threads(threads)
         self.store, self.runs, self.batch_size = store, (s_run, m_run), batch_size
+        self.video_ids = pa.array(video_ids, pa.string())  # the split's: matched by value, not in a filter string
         self.spatial, self.motion = load_cnn_pair(tracking_uri, s_run, m_run, "cpu")
 
     def __call__(self, rows):
         import pickle
 
         import pyarrow as pa
+        import pyarrow.compute as pc
 
         from hyvid.pipelines.data.clips import decode_rows
         from hyvid.store.lance_io import write_table_fragments
         from hyvid.store.tables import FRAME_FEATURES_NAME, frame_features_schema
 
+        rows = rows.filter(pc.is_in(rows.column("video_id"), value_set=self.video_ids))
+        if rows.num_rows == 0:  # a batch of videos outside the split
+            return {"video_id": np.zeros(0, dtype=object), "spatial_sum": np.zeros((0, 0)),
+                    "motion_sum": np.zeros((0, 0)), "count": np.zeros(0, np.int64),
+                    "fragments": np.zeros(0, dtype=object), "dims": np.zeros((0, 2), np.int64)}
         sf, mf, sp, mp = cnn_forward(self.spatial, self.motion, decode_rows(rows, "spatial"),
                                      decode_rows(rows, "motion"), self.batch_size)
         n = rows.num_rows
@@ -210,13 +220,11 @@ def ray_data_features(store: str, tracking_uri: str, s_run: str, m_run: str, spl
     t0 = time.perf_counter()
     videos = FeatureStore(store).videos(split=split)
     ids = videos.column("video_id").to_pylist()
-    quoted = ",".join("'" + v.replace("'", "''") + "'" for v in ids)
     # Reads get a sliver of CPU so they run beside the actors (two actors would hold both cores of a
     # 2-core machine and starve the reads otherwise), as the stage's tasks read inside their task.
-    ds = ray.data.read_lance(table_uri(store, CLIPS.name), columns=_CLIP_COLUMNS, filter=f"video_id IN ({quoted})",
-                             num_cpus=0.25)
+    ds = ray.data.read_lance(table_uri(store, CLIPS.name), columns=_CLIP_COLUMNS, num_cpus=0.25)
     actors = max(1, cpus)
-    out = ds.map_batches(_CNNActor, fn_constructor_args=(store, tracking_uri, s_run, m_run, batch_size, 1),
+    out = ds.map_batches(_CNNActor, fn_constructor_args=(store, tracking_uri, s_run, m_run, batch_size, 1, ids),
                          batch_size=rows_per_batch, batch_format="pyarrow", concurrency=actors,
                          num_cpus=max(0.25, (cpus - 0.5) / actors))
     rows = out.take_all()
