@@ -55,7 +55,7 @@ WEIGHT_SOURCES = ("oof", "val")
 DEFAULT_WEIGHTS_FROM = "oof"
 WEIGHTS_FROM_OOF = "out-of-fold training videos"
 WEIGHTS_FROM_VAL = "validation videos"
-DEFAULT_OUT_DIR = "hyvid_plots"  # `hyvid hybrid --out` default: PNG/CSV files, split<N>/ inside
+DEFAULT_OUT_DIR = plots.DEFAULT_PLOTS_DIR  # `hyvid hybrid --out` default: PNG/CSV files, split<N>/ inside
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -282,6 +282,9 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
         # Multi-label data is searched on labels_multi; its first labels hold -1 for label-less videos.
         [fit_on.scores[m] for m in models], None if multilabel else fit_on.labels, cfg.step, metric,
         labels_multi=fit_on.labels_multi if multilabel else None, refine=cfg.refine, names=models)
+    # The candidates' column says what they were scored on: out-of-fold training scores or val.
+    fitted_column = f"{'oof' if weight_source == WEIGHTS_FROM_OOF else 'val'}_{metric}"
+    table = table.rename(columns={f"val_{metric}": fitted_column})
     wdict = {m: float(w) for m, w in zip(models, weights, strict=True)}
     val_hyb = combine([val.scores[m] for m in models], weights)
     test_hyb = combine([test.scores[m] for m in models], weights)
@@ -342,7 +345,8 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
                              "late_fusion": late, "components": components}, tracking.HYBRID_SUMMARY_ARTIFACT)
 
             files["weights"] = plots.weight_surface(
-                table, models, f"val_{metric}", out_dir / f"hybrid_weights_split{cfg.split}.png", best=weights)
+                table, models, fitted_column, out_dir / f"hybrid_weights_split{cfg.split}.png", best=weights,
+                scored_on=weight_source)
             # Fig. 4: per-class accuracy (UCF-101) or AP (CCV) of the LSTMs, fusion and hybrid.
             fig4_models = [m for m in (SPATIAL_LSTM, MOTION_LSTM, FUSION) if m in comp_test]
             per_class = {}

@@ -24,6 +24,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -171,6 +172,7 @@ class TrainConfig:
     # pipelines.training.checkpoint.report_due for why not after every epoch of a small model.
     checkpoint_every_s: float = 5.0
     address: str | None = None
+    plots_dir: str | None = None  # the training curves' PNG goes to <plots_dir>/split<N>/; None: ./hyvid_plots
     seed: int = 0
     # Fault injection (hyvid.pipelines.faults): a JSON spec; None: the HYVID_FAULTS variable, if set.
     faults: str | None = None
@@ -282,6 +284,7 @@ class TrainResult:
     experiment_id: str
     tracking_uri: str
     concurrent: bool
+    curves_png: str | None = None  # the stage's training curves (also an artifact of each torch model's run)
 
     def run_ids(self) -> dict[str, str]:
         return {m: r.run_id for m, r in self.models.items()}
@@ -629,4 +632,33 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise RuntimeError(f"{len(errors)} of {len(cfg.models)} models failed ({detail}); "
                            f"finished: {sorted(results)}") from next(iter(errors.values()))
     ordered = {m: results[m] for m in cfg.models}
-    return TrainResult(ordered, time.time() - t0, experiment_id, tracking_uri, cfg.concurrent)
+    curves = _log_curves(cfg, tracking_uri, ordered)
+    return TrainResult(ordered, time.time() - t0, experiment_id, tracking_uri, cfg.concurrent, curves)
+
+
+def _log_curves(cfg: TrainConfig, tracking_uri: str, results: dict[str, ModelResult]) -> str | None:
+    """The stage's per-epoch train/val curves as one PNG, logged to each torch model's run and
+    written to `cfg.plots_dir` (its path, or None when no model had epochs)."""
+    from mlflow import MlflowClient
+
+    from hyvid.pipelines.evaluation import plots
+
+    client = MlflowClient(tracking_uri)
+    histories, selected = {}, {}
+    for model, r in results.items():
+        curves = {m: [(h.step, h.value) for h in client.get_metric_history(r.run_id, m)]
+                  for pair in plots.CURVE_PAIRS for m in pair}
+        if curves["train_loss"]:
+            # The last val_* step is the selected epoch's value logged once more after the fit: not an epoch.
+            last = max(step for step, _ in curves["train_loss"])
+            histories[model] = {m: [(s, v) for s, v in h if s <= last] for m, h in curves.items()}
+            selected[model] = int(r.metrics.get("best_epoch", -1))
+    if not histories:
+        return None
+    out = Path(cfg.plots_dir or plots.DEFAULT_PLOTS_DIR) / f"split{cfg.split}" / "train_curves.png"
+    path = plots.training_curves(histories, out, f"hyvid train, split {cfg.split}: per-epoch train and val curves "
+                                                 "(dotted: the epoch kept)", selected)
+    for model in histories:
+        client.log_artifact(results[model].run_id, path)
+    log.info("training curves: %s", path)
+    return path

@@ -1,5 +1,6 @@
-"""PNG plots of the hybrid stage: validation score over the weights, per-class bars (the paper's
-Fig. 4) and a confusion matrix. Matplotlib's Agg backend, so nothing needs a display.
+"""PNG plots: the hybrid stage's score over the weights, per-class bars (the paper's Fig. 4) and a
+confusion matrix; every training stage's per-epoch train/val curves. Matplotlib's Agg backend, so
+nothing needs a display.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+DEFAULT_PLOTS_DIR = "hyvid_plots"  # where stages write their PNG/CSV files: split<N>/ inside
+CURVE_PAIRS = (("train_accuracy", "val_accuracy"), ("train_loss", "val_loss"))
+
 
 def _save(fig: plt.Figure, path: str | Path) -> str:
     path = Path(path)
@@ -25,9 +29,9 @@ def _save(fig: plt.Figure, path: str | Path) -> str:
 
 def weight_surface(
     table: pd.DataFrame, names: Sequence[str], value: str, path: str | Path,
-    best: Sequence[float] | None = None,
+    best: Sequence[float] | None = None, scored_on: str = "validation videos",
 ) -> str:
-    """Validation `value` over the weight candidates in `table` (one column per name).
+    """`value` over the weight candidates in `table` (one column per name), scored on `scored_on`.
 
     Three models: a ternary plot (each corner is one model alone, the centre the plain
     average). Two: a line over the first model's weight. More: for each model, the best
@@ -56,7 +60,7 @@ def weight_surface(
         ax.set_ylim(-0.24, h + 0.12)
         ax.set_aspect("equal")
         ax.axis("off")
-        ax.set_title(f"{value} over the hybrid weights", pad=14)
+        ax.set_title(f"{value} over the hybrid weights\n(scored on {scored_on})", pad=14)
         ax.text(0.5, -0.2, "each corner: that model alone; centre: the plain average", ha="center",
                 fontsize=8, color="0.3")
     elif len(names) == 2:
@@ -68,7 +72,7 @@ def weight_surface(
             ax.legend()
         ax.set_xlabel(f"weight of {names[0]} (1 - weight of {names[1]})")
         ax.set_ylabel(value)
-        ax.set_title(f"{value} over the hybrid weights")
+        ax.set_title(f"{value} over the hybrid weights (scored on {scored_on})")
     else:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for j, name in enumerate(names):
@@ -77,7 +81,7 @@ def weight_surface(
         ax.set_xlabel("weight of the model (others maximised out)")
         ax.set_ylabel(f"best {value}")
         ax.legend(fontsize=8)
-        ax.set_title(f"{value} over the hybrid weights")
+        ax.set_title(f"{value} over the hybrid weights (scored on {scored_on})")
     return _save(fig, path)
 
 
@@ -127,4 +131,29 @@ def confusion_matrix_plot(cm: np.ndarray, class_names: Sequence[str], path: str 
                     ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if norm[i, j] > 0.5 else "black")
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def training_curves(histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], path: str | Path,
+                    title: str, selected: Mapping[str, int] | None = None) -> str:
+    """One PNG of a stage's fits: per model (a column), train and val accuracy (top) and loss (bottom)
+    over epochs, from `histories[model][metric] = [(epoch, value), ...]`; `selected` marks each fit's kept epoch."""
+    models = list(histories)
+    fig, axes = plt.subplots(2, max(1, len(models)), figsize=(3.2 * max(1, len(models)), 5.4), squeeze=False)
+    for col, model in enumerate(models):
+        for row, pair in enumerate(CURVE_PAIRS):
+            ax = axes[row][col]
+            for metric, style in zip(pair, ("-", "--"), strict=True):
+                points = sorted(histories[model].get(metric, ()))
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], style, label=metric.split("_")[0])
+            if selected and model in selected and selected[model] >= 0:
+                ax.axvline(selected[model], color="grey", lw=0.8, ls=":")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(pair[0].split("_", 1)[1])
+            if row == 0:
+                ax.set_title(model, fontsize=10)
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
     return _save(fig, path)

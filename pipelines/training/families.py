@@ -264,10 +264,22 @@ def fit_extras(config: dict, model: torch.nn.Module) -> dict[str, float]:
             zero_weight_fraction(model), "step_prox_ms": prox_ms}
 
 
-def val_loss(config: dict, scores: np.ndarray, subset: Subset) -> float:
-    """Squared distance of the val scores to the targets: a tie-breaker between equal accuracies."""
-    y = target_matrix(subset.labels, subset.labels_multi, int(config["num_classes"]), bool(config["multilabel"]))
-    return float(((torch.from_numpy(scores) - y) ** 2).sum(dim=1).mean())
+@torch.no_grad()
+def val_loss(config: dict, model: torch.nn.Module, scores: np.ndarray, subset: Subset,
+             device: torch.device = CPU) -> float:
+    """The fit's data loss on a held-out subset, as its training loss measures it (so the curves compare):
+    Eq. 1's squared loss of the per-class sigmoids for a fusion net trained with it, else the negative
+    log-likelihood of the scores (softmax probabilities; per-class BCE for multi-label data)."""
+    multilabel = bool(config["multilabel"])
+    y = target_matrix(subset.labels, subset.labels_multi, int(config["num_classes"]), multilabel)
+    if config["model"] in (*FUSION_NETS, R.RDNN) and fusion_loss(config) == "squared":
+        model.eval()
+        sig = torch.sigmoid(model.logits([x.to(device) for x in subset.inputs])).cpu()
+        return float(((sig - y) ** 2).sum(dim=1).mean())
+    p = torch.from_numpy(np.asarray(scores, dtype=np.float64)).clamp(1e-7, 1 - 1e-7)
+    if multilabel:
+        return float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
+    return float(-(y * p.log()).sum(dim=1).mean())
 
 
 def evaluate(config: dict, scores: np.ndarray, subset: Subset) -> dict[str, float]:

@@ -99,6 +99,7 @@ def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, d
     # they keep their last epoch, and an out-of-fold fit must not look at its held-out fold early.
     select = "val" in data and config.get("select", True)
     epochs_run = start_epoch
+    gained = best["epoch"]  # the last epoch that raised the best val metric
     for epoch in range(start_epoch, epochs):
         epochs_run = epoch + 1
         loss, acc = train_epoch(config, model, opt, data["train"], epoch, rank, world, device)
@@ -115,13 +116,15 @@ def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, d
         if select:
             val_scores = predict(config, model, data["val"], device)
             val = evaluate(config, val_scores, data["val"])
-            v_loss = val_loss(config, val_scores, data["val"])
+            v_loss = val_loss(config, model, val_scores, data["val"], device)
+            if val[key] > best["value"]:
+                gained = epoch  # early stopping waits for the primary metric, not for ties broken by the loss
             if (val[key], -v_loss) > (best["value"], -best["loss"]):
                 best = {"value": val[key], "loss": v_loss, "epoch": epoch,
                         "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             epoch_metrics.update(val_accuracy=val["accuracy"], val_loss=v_loss,
                                  **({"val_map": val["map"]} if config["multilabel"] else {}))
-            stop = early_stop(epoch, best["epoch"], config.get("patience"))
+            stop = early_stop(epoch, gained, config.get("patience"))
         else:
             best = {**best, "epoch": epoch, "state": None}  # the model as it is after the last epoch
         clock.lap("compute")
@@ -143,8 +146,8 @@ def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, d
             session.wait_committed()
             faults.after_epoch(config["model"], epoch)
         if select and stop:
-            log.info("%s: no val gain for %d epochs, stopping after epoch %d (best: epoch %d)",
-                     config["model"], int(config["patience"]), epoch, best["epoch"])
+            log.info("%s: no val %s gain for %d epochs, stopping after epoch %d (kept: epoch %d)",
+                     config["model"], key, int(config["patience"]), epoch, best["epoch"])
             break
     if not lead:
         return {}
