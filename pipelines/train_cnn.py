@@ -41,6 +41,7 @@ from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models.cnn import FINETUNE_MODES, build_stream_cnn
 from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, STREAMS, check_split, primary_metric
 from hyvid.pipelines import logs, tracking
+from hyvid.pipelines.inference import packaging
 from hyvid.pipelines.training.checkpoint import load_checkpoint
 from hyvid.pipelines.training.cnn_loop import lr_milestones, train_loop_per_worker
 from hyvid.store.lance_io import canonical_store_uri
@@ -237,9 +238,8 @@ def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_nam
              "multilabel": multilabel},
             tracking.CNN_CONFIG_ARTIFACT,
         )
-        # Pickle (not pt2/torch.export) keeps the whole module, so `features()` is there on load.
-        mlflow.pytorch.log_model(model, name=model_name, serialization_format="pickle",
-                                 pip_requirements=mlflow.pytorch.get_default_pip_requirements())
+        # A standalone pyfunc holding the whole pickled module, so `features()` is there on load.
+        packaging.log_cnn(model, model_name, job.stream, stack, class_names, multilabel)
         # The run was created (and ended) before the fit; `features` only picks runs with a model.
         mlflow.set_tag(tracking.TAG_MODEL_LOGGED, "true")
         return job.checkpoint, history

@@ -45,7 +45,6 @@ from hyvid.pipelines.training.runs import (
     finish_run,
     held_out_scores,
     log_fit_params,
-    log_torch_model,
     metric_batch,
     mlflow_client,
     open_run,
@@ -159,7 +158,7 @@ def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dic
     # Final metrics sit one step after the last epoch, so "latest" val_accuracy is the selected epoch's.
     client.log_batch(run_id, metrics=metric_batch(final, step=int(config["epochs"])))
     if not config.get("cv_only"):
-        complete_run(config, run_id, versions, data, scores, lambda: log_torch_model(model))
+        complete_run(config, run_id, versions, data, scores, model)
     finish_run(client, run_id, clock)
     return {"run_id": run_id, "metrics": final, **held_out_scores(config, data, scores)}
 

@@ -189,29 +189,25 @@ def test_torch_fits_log_per_epoch_history(trained):
 @pytest.mark.slow
 def test_logged_models_load_and_reproduce_the_stored_scores(trained):
     import mlflow
-    import torch
 
     from hyvid.pipelines.training.data import LSTM_STREAM
     from hyvid.store.feature_store import FeatureStore, collate_sequences
 
     fs = FeatureStore(trained["store"])
     vf = fs.video_features(1, "val")
-    xs = [torch.from_numpy(vf.features[s]) for s in ("spatial", "motion")]
+    xs = [vf.features[s] for s in ("spatial", "motion")]
     for model, r in trained["result"].models.items():
         stored = fs.scores(model, 1, "val")
         assert stored.video_ids == vf.video_ids
-        uri = f"runs:/{r.run_id}/{model}"  # each model is logged under its registry name
-        if model in ("svm_ef", "svm_lf"):
-            got = mlflow.sklearn.load_model(uri).predict_scores([x.numpy() for x in xs])
+        # Each model is logged under its registry name as a standalone pyfunc of its own inputs.
+        pyfunc = mlflow.pyfunc.load_model(f"runs:/{r.run_id}/{model}")
+        if model in LSTM_STREAM:
+            seq = fs.sequences(1, "val", streams=(LSTM_STREAM[model],))
+            x, lengths, *_ = collate_sequences([seq[i] for i in range(len(seq))])
+            assert bool((lengths == x[LSTM_STREAM[model]].shape[1]).all())  # the toy videos are equally long
+            got = pyfunc.predict(x[LSTM_STREAM[model]].numpy())
         else:
-            net = mlflow.pytorch.load_model(uri).eval()
-            with torch.no_grad():
-                if model in LSTM_STREAM:
-                    seq = fs.sequences(1, "val", streams=(LSTM_STREAM[model],))
-                    x, lengths, *_ = collate_sequences([seq[i] for i in range(len(seq))])
-                    got = torch.softmax(net.video_logits(x[LSTM_STREAM[model]], lengths), dim=1).numpy()
-                else:
-                    got = net(xs).numpy()
+            got = pyfunc.predict({s: np.asarray(x, np.float32) for s, x in zip(("spatial", "motion"), xs, strict=True)})
         np.testing.assert_allclose(got, stored.scores, rtol=1e-4, atol=1e-5, err_msg=model)
 
 
