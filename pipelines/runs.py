@@ -42,6 +42,7 @@ class RunsConfig:
     model: str | None = None  # only runs tagged with this hyvid.model
     stage: str | None = None  # only runs tagged with this hyvid.stage
     limit: int = 50
+    nested: bool = False  # also the nested runs: search trials, out-of-fold fits, late fusions
     max_params: int = 6  # key parameters shown per run (0: all)
     format: str = "table"  # one of FORMATS
 
@@ -115,6 +116,8 @@ def run_record(run: Run) -> dict[str, object]:
         "params": {k: v for k, v in sorted(params.items()) if not k.startswith(_NOT_KEY)},
         "lineage": _lineage(params),
         "git_commit": tags.get(tracking.TAG_GIT_COMMIT),
+        "command": tags.get(tracking.TAG_COMMAND),
+        "parent_run_id": tags.get(tracking.TAG_PARENT),
     }
 
 
@@ -129,6 +132,8 @@ def find_runs(cfg: RunsConfig) -> list[Run]:
         runs = [r for r in runs if r.data.tags.get(tracking.TAG_MODEL) == cfg.model]
     if cfg.stage:
         runs = [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) == cfg.stage]
+    if not cfg.nested:  # the model runs first: a search's trials and folds would push them out of --limit
+        runs = [r for r in runs if tracking.TAG_PARENT not in r.data.tags]
     return runs[: cfg.limit]
 
 

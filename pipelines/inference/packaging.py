@@ -77,7 +77,7 @@ def bundled_code(dst: Path, names: Sequence[str] = BUNDLED_PACKAGES) -> list[str
 
 
 @contextlib.contextmanager
-def _kept_sys_path() -> Iterator[None]:
+def kept_sys_path() -> Iterator[None]:
     """Undo what validating a model's input example does to sys.path: MLflow loads the logged
     model, which prepends its (temporary) code/ folder, in a process that goes on fitting."""
     saved = list(sys.path)
@@ -146,7 +146,7 @@ def log_component(fitted: Any, config: dict[str, Any], input_example: Any, name:
         code = [code_copy(root / "code", packages=("models",), modules=(C.__name__,))]
         if config["kind"] == "frames":
             code += bundled_code(root / "bundled")
-        with _kept_sys_path(), warnings.catch_warnings():
+        with kept_sys_path(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*CloudPickle.*")
             return mlflow.pyfunc.log_model(
                 name=name or config["model"], python_model=C.ComponentClassifier(config),

@@ -42,7 +42,12 @@ def open_run(config: dict, stage: str = tracking.STAGE_TRAIN, extra_tags: dict |
         return found[0].info.run_id
     tags = tracking.run_tags(config["model"], stage, config["split"], config["store_uri"],
                              **{tracking.TAG_FIT_ID: config["fit_id"]}, **(extra_tags or {}))
-    run = client.create_run(config["experiment_id"], run_name=config.get("run_name") or config["model"], tags=tags)
+    if config.get("command") and tracking.TAG_COMMAND not in tags:  # a worker on a node of its own
+        tags[tracking.TAG_COMMAND] = config["command"]
+    # Trials and folds keep the names the protocol gives them; final fits and refits tell apart by split and time.
+    name = config.get("run_name") if config.get("cv_only") else tracking.run_name(
+        config["model"] + ("-refit" if config.get("refit") else ""), config["split"])
+    run = client.create_run(config["experiment_id"], run_name=name or config["model"], tags=tags)
     return run.info.run_id
 
 

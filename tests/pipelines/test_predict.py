@@ -121,7 +121,7 @@ def test_predict_matches_the_models_and_isolates_a_bad_file(logged):
     a, bad, b = res.predictions
     assert a.ok and b.ok and not bad.ok
     assert "bad.avi" in bad.error and "cannot be opened" in bad.error
-    assert res.exit_code() == 0 and res.timing["n_failed"] == 1
+    assert res.exit_code() == 1 and res.exit_code(allow_failures=True) == 0 and res.timing["n_failed"] == 1
     assert len(a.top) == 2 and {c for c, _ in a.top} <= set(CLASSES)
 
     # The same numbers, computed by hand from the logged models and the hybrid weights.
@@ -143,7 +143,13 @@ def test_predict_matches_the_models_and_isolates_a_bad_file(logged):
 def test_cli_json_and_exit_codes(logged, capsys):
     from hyvid.pipelines.cli import main
 
-    assert main(["predict", *logged["good"], logged["bad"], "--json", "--experiment", "exp"]) == 0
+    # One failed input: exit 1 (a script sees it), 0 with --allow-failures; counts are integers.
+    assert main(["predict", *logged["good"], logged["bad"], "--json", "--experiment", "exp"]) == 1
+    captured = capsys.readouterr()
+    assert "1 of 3 video(s) failed" in captured.err and "bad.avi" in captured.err
+    out = json.loads(captured.out)
+    assert (out["n_videos"], out["n_failed"]) == (3, 1) and isinstance(out["timing"]["n_videos"], int)
+    assert main(["predict", *logged["good"], logged["bad"], "--json", "--experiment", "exp", "--allow-failures"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [v["ok"] for v in out["videos"]] == [True, True, False]
     assert out["hybrid_run_id"] == logged["hybrid"].run_id and len(out["videos"][0]["top"]) == 3
@@ -194,3 +200,14 @@ def test_registered_hybrid_predicts_through_predict_and_pyfunc(logged, capsys):
     assert df["class"][0] == by_run.predictions[0].top[0][0]
     assert df["score"][0] == pytest.approx(by_run.predictions[0].top[0][1], rel=1e-5)
     assert pd.isna(df["error"][0]) and "cannot be opened" in df["error"][1]
+    assert df["top"][0][0]["class"] == df["class"][0] and len(df["scores"][0]) == len(CLASSES)  # lists, not JSON text
+
+    # The files themselves, base64 in a `video` column (what JSON carries), classify the same; a value
+    # that is not base64 is that row's error.
+    import base64
+
+    b64 = base64.b64encode(open(logged["good"][0], "rb").read()).decode()
+    df = pyfunc.predict(pd.DataFrame({"video": [b64, "not base64!"]}), params={"top": 2})
+    assert df["class"][0] == by_run.predictions[0].top[0][0] and pd.isna(df["path"][0]) and len(df["top"][0]) == 2
+    assert df["score"][0] == pytest.approx(by_run.predictions[0].top[0][1], rel=1e-5)
+    assert "not base64" in df["error"][1]

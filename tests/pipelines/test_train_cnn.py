@@ -80,7 +80,7 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
         run = client.get_run(res.run_ids[stream])
         assert run.info.status == "FINISHED"
         assert run.info.experiment_id == mlflow.get_experiment_by_name("t").experiment_id
-        assert run.info.run_name == model_name
+        assert run.info.run_name.startswith(f"{model_name}-split1-")  # model, split, start time
         assert run.data.tags["hyvid.model"] == model_name and run.data.tags["hyvid.stage"] == "train-cnn"
         assert run.data.params["lineage.clips.version"] == str(clips_version)
         assert int(run.data.params["lineage.videos.version"]) >= 1
@@ -203,10 +203,12 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
     t = open_table(store, "frame_features").to_table(columns=["video_id", "motion_run_id"])
     assert t.num_rows == n_clips and set(t.column("motion_run_id").to_pylist()) == {more.run_ids["motion"]}
     assert fs.scores(MOTION_CNN, 1).run_id == more.run_ids["motion"]
-    # Logged at the fit's last epoch: the run shows the video-level val metric, not epoch 1's clip-level one.
+    # Logged one step after the fit's last epoch: the run shows the video-level val metric, not epoch 1's
+    # clip-level one, and no step holds two values.
     shown = client.get_run(more.run_ids["motion"]).data.metrics
     assert shown["val_accuracy"] == newer.metrics[MOTION_CNN]["val_accuracy"]
-    assert [m.step for m in client.get_metric_history(more.run_ids["motion"], "test_accuracy")] == [1]
+    assert [m.step for m in client.get_metric_history(more.run_ids["motion"], "test_accuracy")] == [2]
+    assert [m.step for m in client.get_metric_history(more.run_ids["motion"], "val_accuracy")] == [0, 1, 2]
 
 
 def test_commit_features_replaces_rows_of_other_runs(tmp_path):
