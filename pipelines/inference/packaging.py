@@ -87,6 +87,21 @@ def kept_sys_path() -> Iterator[None]:
         sys.path[:] = saved
 
 
+@contextlib.contextmanager
+def _by_value(module: Any) -> Iterator[None]:
+    """Pickle `module`'s classes by value while a model is logged: the component's python_model.pkl then
+    holds its pyfunc class itself, so loading it imports nothing of hyvid.pipelines. Several models (a
+    component, then the hybrid) load in one process that way: the first one's partial copy of a
+    hyvid package would otherwise shadow the next one's modules."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
 def component_config(model: str, kind: str, inputs: dict[str, list[int]], class_names: Sequence[str],
                      multilabel: bool, fmt: str = C.TORCH_FORMAT, trusted: Sequence[str] = ()) -> dict[str, Any]:
     """The model config a component's pyfunc reads (see `inference.components`)."""
@@ -143,10 +158,11 @@ def log_component(fitted: Any, config: dict[str, Any], input_example: Any, name:
             # contiguous_format: the file does not depend on the layout this process chose for speed.
             torch.save(fitted.to(memory_format=torch.contiguous_format).eval(), path)
             dists = COMPONENT_REQUIREMENTS
-        code = [code_copy(root / "code", packages=("models",), modules=(C.__name__,))]
+        # hyvid's models/ for the pickled modules; the pyfunc class itself is pickled by value (below).
+        code = [code_copy(root / "code", packages=("models",))]
         if config["kind"] == "frames":
             code += bundled_code(root / "bundled")
-        with kept_sys_path(), warnings.catch_warnings():
+        with kept_sys_path(), _by_value(C), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*CloudPickle.*")
             return mlflow.pyfunc.log_model(
                 name=name or config["model"], python_model=C.ComponentClassifier(config),

@@ -107,7 +107,8 @@ class HybridVideoClassifier(mlflow.pyfunc.PythonModel):
                             "top": [{"class": c, "score": round(float(s), 6)} for c, s in p.top],
                             "scores": None if p.scores is None else [round(float(v), 6) for v in p.scores],
                             "error": error})
-        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+        # object columns: a missing value stays None (JSON null), where pandas' string dtype would make it NaN.
+        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
 
 
 def _items(model_input: Any) -> list[tuple[str, Any]]:

@@ -83,3 +83,48 @@ def bare_env(venv_python: Path, **extra: str) -> dict[str, str]:
     env["PATH"] = f"{venv_python.parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env
+
+
+# Run in the bare venv by `predict_examples`: each model folder loaded with mlflow.pyfunc alone,
+# predicting on its own input example, then on a wrong-shape input (a tensor model's inputs with an
+# extra leading axis). Prints one JSON line.
+_PREDICT_EXAMPLES = r'''
+import importlib.util, json, sys
+assert importlib.util.find_spec("hyvid") is None, "hyvid must not be importable here"
+import mlflow, numpy as np, pandas as pd
+from mlflow.models import Model
+
+out = {}
+for name, folder in json.loads(sys.argv[1]).items():
+    model = mlflow.pyfunc.load_model(folder)
+    example = Model.load(folder).load_input_example(folder)
+    pred = model.predict(example)
+    rec = {"example": type(example).__name__}
+    if isinstance(pred, pd.DataFrame):
+        rec["columns"] = list(pred.columns)
+        rec["rows"] = json.loads(pred.to_json(orient="records"))
+    else:
+        pred = np.asarray(pred)
+        rec.update(shape=list(pred.shape), finite=bool(np.isfinite(pred).all()))
+        wrong = ({k: v[None] for k, v in example.items()} if isinstance(example, dict) else example[None])
+        try:
+            model.predict(wrong)
+            rec["wrong_shape"] = None
+        except Exception as e:  # the refusal's last line names the expected shape
+            rec["wrong_shape"] = str(e).strip().splitlines()[-1]
+    out[name] = rec
+out["modules"] = sorted({m.split(".")[0] for m in sys.modules})
+print(json.dumps(out))
+'''
+
+
+def predict_examples(venv_python: Path, folders: dict[str, str], timeout: float = 600) -> dict:
+    """Load each MLflow model folder in the bare venv, predict on its input example and on a
+    wrong-shape input; the results by name, plus `modules`: every top-level module imported."""
+    import json
+
+    proc = subprocess.run([str(venv_python), "-c", _PREDICT_EXAMPLES, json.dumps(folders)], capture_output=True,
+                          text=True, env=bare_env(venv_python), timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"the bare venv failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -212,6 +212,28 @@ def test_logged_models_load_and_reproduce_the_stored_scores(trained):
 
 
 @pytest.mark.slow
+def test_every_logged_model_stands_alone_in_a_venv_without_hyvid(trained, tmp_path):
+    """Each model `train` logged (LSTMs, fusion nets, NN and SVM baselines) is a pyfunc with a signature,
+    an input example and its code: copied out of MLflow, it predicts in a venv of mlflow, torch and numpy
+    alone, and refuses a wrong-shape input naming the expected shape."""
+    import mlflow
+    from helpers.venvs import bare_venv, predict_examples
+
+    folders = {}
+    for model, r in trained["result"].models.items():
+        uri = f"runs:/{r.run_id}/{model}"
+        folders[model] = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / model))
+        mlmodel = (tmp_path / model / model / "MLmodel").read_text()
+        assert "signature:" in mlmodel and "saved_input_example_info" in mlmodel and "code: code" in mlmodel, model
+    out = predict_examples(bare_venv(tmp_path / "venv", ["mlflow", "torch", "numpy"]), folders)
+    n_classes = len(CLASS_NAMES)
+    for model in folders:
+        rec = out[model]
+        assert rec["shape"][1:] == [n_classes] and rec["finite"], (model, rec)
+        assert rec["wrong_shape"] and "does not match expected shape" in rec["wrong_shape"], (model, rec)
+    assert not {"lance", "ray", "cv2"} & set(out["modules"])  # hyvid's models alone, from the model folder
+
+
 def test_fits_overlap_in_time(trained):
     windows = _fit_windows(trained)
     # Sweep line over the MLflow run windows: how many fits were training at once.
