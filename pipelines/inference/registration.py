@@ -189,7 +189,9 @@ def register_model(model_uri: str, name: str, alias: str | None = None) -> Regis
         if not client.get_registered_model(name).description:
             client.update_registered_model(name, description=f"hyvid `{tags[tracking.TAG_MODEL]}`: "
                                            f"{WHAT.get(tags[tracking.TAG_MODEL], '')}")
-        model_id = getattr(mv, "model_id", None)
+        # MLflow 3 registers the run's logged model: its source is models:/<model id>.
+        model_id = getattr(mv, "model_id", None) or (str(mv.source).removeprefix("models:/")
+                                                     if str(mv.source or "").startswith("models:/m-") else None)
         if model_id:
             path = Path(tmp) / CARD_FILE
             path.write_text(card)

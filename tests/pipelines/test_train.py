@@ -143,6 +143,7 @@ def trained(ray_session, tmp_path_factory):
         nn_lr_grid=NN_LR_GRID, svm_c_grid=(1.0, 10.0), noreg_lr_grid=(0.1, 0.3), cv_folds=CV_FOLDS,
         # Its worker dies once; Ray Train must resume it.
         faults=faults.spec(faults.Fault(faults.TRAIN_AFTER_EPOCH, "motion_lstm", epoch=KILL_AT)),
+        register_as="toy", register_alias="champion",  # every model: toy-<model>@champion
     )
     result = train(cfg)
     client = mlflow.MlflowClient(uri)
@@ -232,6 +233,69 @@ def test_every_logged_model_stands_alone_in_a_venv_without_hyvid(trained, tmp_pa
         assert rec["shape"][1:] == [n_classes] and rec["finite"], (model, rec)
         assert rec["wrong_shape"] and "does not match expected shape" in rec["wrong_shape"], (model, rec)
     assert not {"lance", "ray", "cv2"} & set(out["modules"])  # hyvid's models alone, from the model folder
+
+
+def test_runs_are_named_by_model_split_and_time_log_only_used_params_and_no_step_twice(trained):
+    import re
+    from collections import Counter
+
+    client = trained["client"]
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    for model in trained["result"].models:
+        assert re.fullmatch(rf"{model}-split1-\d{{8}}-\d{{6}}", _run(trained, model).info.run_name), model
+    for r in runs:
+        model = r.data.tags["hyvid.model"]
+        if model.startswith("svm_"):  # an SVM fits in one call: no epochs, no ranks, no seed
+            assert not {"epochs", "world_size", "seed"} & set(r.data.params), (r.info.run_name, r.data.params)
+        else:
+            assert "epochs" in r.data.params, r.info.run_name
+        for key in r.data.metrics:  # every metric at most once per step
+            steps = Counter(m.step for m in client.get_metric_history(r.info.run_id, key))
+            assert max(steps.values()) == 1, (r.info.run_name, key, steps)
+
+
+def test_registered_models_carry_tags_a_card_and_the_alias(trained, tmp_path):
+    import mlflow
+
+    client = trained["client"]
+    assert set(trained["result"].registered) == set(trained["result"].models)
+    for model, r in trained["result"].models.items():
+        assert trained["result"].registered[model] == f"models:/toy-{model}@champion"
+        mv = client.get_model_version_by_alias(f"toy-{model}", "champion")
+        assert mv.run_id == r.run_id and mv.tags["hyvid.model"] == model and mv.tags["hyvid.split"] == "1"
+        assert re_interval(mv.tags["test_accuracy"]), mv.tags  # value [low, high] n=videos
+        assert mv.tags["lineage.frame_features.version"] == _run(trained, model).data.params[
+            "lineage.frame_features.version"]
+        assert f"# toy-{model}" in mv.description and "test_accuracy" in mv.description
+    folder = mlflow.artifacts.download_artifacts("models:/toy-fusion@champion", dst_path=str(tmp_path),
+                                                 tracking_uri=trained["cfg"].tracking_uri)
+    card = open(f"{folder}/README.md").read()
+    assert "frame_features" in card and "'spatial' float32 [batch, " in card and "mlflow.pyfunc.load_model" in card
+
+
+def re_interval(text: str) -> bool:
+    import re
+
+    return re.fullmatch(r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\] n=\d+", text) is not None
+
+
+def test_dataset_inputs_carry_the_lance_tables_schema_and_row_count(trained):
+    import json
+
+    from hyvid.store.lance_io import open_table
+
+    fusion = _run(trained, "fusion")
+    inputs = {d.dataset.name: d.dataset for d in fusion.inputs.dataset_inputs}
+    for table in ("videos", "frame_features"):
+        version = int(fusion.data.params[f"lineage.{table}.version"])
+        ds = open_table(trained["store"], table, version=version)
+        schema = json.loads(inputs[table].schema)["mlflow_colspec"]
+        assert [c["name"] for c in schema] == ds.schema.names, table
+        assert json.loads(inputs[table].profile) == {"num_rows": ds.count_rows()}
+        assert inputs[table].digest == f"v{version}"
+    spatial = next(c for c in json.loads(inputs["frame_features"].schema)["mlflow_colspec"] if c["name"] == "spatial")
+    assert spatial["type"] == "array" and spatial["items"]["type"] == "float"
 
 
 def test_fits_overlap_in_time(trained):
