@@ -70,15 +70,15 @@ def worker_console() -> None:
     """hyvid's INFO lines on stderr in a process `configure` never set up (a Ray worker: Ray
     forwards its stderr to the driver's console), so that progress lines logged there are seen."""
     root, pkg = logging.getLogger(), logging.getLogger("hyvid")
-    if any(_ours(h) for h in root.handlers) or any(_ours(h) for h in pkg.handlers):
+    if root.handlers or pkg.handlers:  # a CLI driver, pytest or a notebook: its handlers decide
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
     handler._hyvid = True  # type: ignore[attr-defined]
     handler._hyvid_worker = True  # type: ignore[attr-defined]
     pkg.addHandler(handler)
-    pkg.setLevel(logging.INFO)
-    pkg.propagate = False  # the root's handlers (pytest's, a notebook's) would print it twice
+    if pkg.level == logging.NOTSET or pkg.level > logging.INFO:
+        pkg.setLevel(logging.INFO)
 
 
 def epoch_line(logger: logging.Logger, name: str, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
@@ -176,7 +176,6 @@ def _drop_worker_console() -> None:
     pkg = logging.getLogger("hyvid")
     for h in [h for h in pkg.handlers if getattr(h, "_hyvid_worker", False)]:
         pkg.removeHandler(h)
-        pkg.propagate = True
 
 
 def restore() -> None:

@@ -107,7 +107,7 @@ def logged(tmp_path_factory):
     bad = videos / "bad.avi"
     bad.write_text("not a video\n" * 10)
     yield {"uri": uri, "hybrid": res, "run_ids": run_ids, "models": models, "good": [str(p) for p in good],
-           "bad": str(bad)}
+           "bad": str(bad), "store": store}
     mp.undo()
 
 
@@ -293,3 +293,30 @@ def test_a_served_hybrid_answers_a_base64_video_with_plain_json(logged, bare_pyt
         by_path = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [logged["good"][0]]},
                                 timeout=120).json()["predictions"][0]
         assert by_path["class"] == good["class"] and by_path["score"] == pytest.approx(good["score"], rel=1e-5)
+
+
+def test_cli_hybrid_registers_a_version_with_alias_tags_card_and_its_command_line(logged, tmp_path, capsys):
+    import re
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from hyvid.pipelines.cli import main
+
+    base = ["hybrid", "--store", logged["store"], "--experiment", "exp", "--no-late-fusion", "--out", str(tmp_path)]
+    assert main([*base, "--alias", "prod"]) == 2  # an alias needs a name
+    assert "--alias A goes with --register NAME" in capsys.readouterr().err
+    assert main([*base, "--register", "cli-hybrid", "--alias", "prod"]) == 0
+    assert "registered as models:/cli-hybrid/1 (models:/cli-hybrid@prod)" in capsys.readouterr().out
+    client = MlflowClient(logged["uri"])
+    mv = client.get_model_version_by_alias("cli-hybrid", "prod")
+    run = client.get_run(mv.run_id)
+    assert re.fullmatch(r"hybrid-split1-\d{8}-\d{6}", run.info.run_name)
+    assert run.data.tags["hyvid.command"] == "hyvid " + " ".join([*base, "--register", "cli-hybrid", "--alias", "prod"])
+    assert mv.tags["hyvid.model"] == "hybrid" and mv.tags["hyvid.command"] == run.data.tags["hyvid.command"]
+    assert re.fullmatch(r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\] n=12", mv.tags["test_accuracy"])
+    assert {"lineage.videos.version", "lineage.video_scores.version"} <= set(mv.tags)
+    folder = mlflow.artifacts.download_artifacts("models:/cli-hybrid@prod", dst_path=str(tmp_path / "m"),
+                                                 tracking_uri=logged["uri"])
+    card = open(f"{folder}/README.md").read()
+    assert card == mv.description and "# cli-hybrid" in card and "base64" in card and "test_accuracy" in card
