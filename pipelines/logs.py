@@ -66,19 +66,32 @@ class Every:
 _LINES: dict[str, Every] = {}  # per fit (or stream): when its last epoch line was logged
 
 
+def _in_ray_worker() -> bool:
+    """Whether this process is a Ray worker (a task, an actor, a Ray Train worker), not a driver."""
+    ray = sys.modules.get("ray")
+    try:
+        from ray._private.worker import WORKER_MODE
+
+        return bool(ray is not None and ray.is_initialized() and ray.get_runtime_context().worker.mode == WORKER_MODE)
+    except Exception:  # noqa: BLE001 - another Ray's internals: then it is not one we know
+        return False
+
+
 def worker_console() -> None:
-    """hyvid's INFO lines on stderr in a process `configure` never set up (a Ray worker: Ray
-    forwards its stderr to the driver's console), so that progress lines logged there are seen."""
-    root, pkg = logging.getLogger(), logging.getLogger("hyvid")
-    if root.handlers or pkg.handlers:  # a CLI driver, pytest or a notebook: its handlers decide
+    """hyvid's INFO lines on stderr in a Ray worker, which Ray forwards to the driver's console, so
+    that progress lines logged there are seen. No CLI `configure`s a worker's logging, and libraries
+    leave a root handler at ERROR there (importing mlflow.pytorch does), so hyvid's records get a
+    handler of their own and stop at it. A driver's logging (the CLI's, pytest's) is left alone."""
+    pkg = logging.getLogger("hyvid")
+    if any(getattr(h, "_hyvid_worker", False) for h in pkg.handlers) or not _in_ray_worker():
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
     handler._hyvid = True  # type: ignore[attr-defined]
     handler._hyvid_worker = True  # type: ignore[attr-defined]
     pkg.addHandler(handler)
-    if pkg.level == logging.NOTSET or pkg.level > logging.INFO:
-        pkg.setLevel(logging.INFO)
+    pkg.setLevel(logging.INFO)
+    pkg.propagate = False  # the library's root handler would print it a second time
 
 
 def epoch_line(logger: logging.Logger, name: str, epoch: int, epochs: int, metrics: dict[str, float]) -> None:

@@ -132,7 +132,9 @@ def find_runs(cfg: RunsConfig) -> list[Run]:
         runs = [r for r in runs if r.data.tags.get(tracking.TAG_MODEL) == cfg.model]
     if cfg.stage:
         runs = [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) == cfg.stage]
-    if not cfg.nested:  # the model runs first: a search's trials and folds would push them out of --limit
+    # The model runs first: a search's trials and folds would push them out of --limit. Asking for a
+    # stage whose runs are all nested (train-cv, late_fusion) asks for them.
+    if not cfg.nested and cfg.stage not in tracking.NESTED_STAGES:
         runs = [r for r in runs if tracking.TAG_PARENT not in r.data.tags]
     return runs[: cfg.limit]
 

@@ -40,6 +40,7 @@ STAGE_LATE_FUSION = "late_fusion"  # Table 1's "+" rows, nested under the hybrid
 STAGE_EVALUATE = "evaluate"  # `hyvid evaluate`: a logged model scored end to end on a labelled video set
 CHAIN = (STAGE_EXTRACT, STAGE_TRAIN_CNN, STAGE_FEATURES, STAGE_TRAIN, STAGE_HYBRID)  # `hyvid run`'s order
 STAGES = (*CHAIN, STAGE_TRAIN_CV, STAGE_LATE_FUSION, STAGE_EVALUATE)
+NESTED_STAGES = (STAGE_TRAIN_CV, STAGE_LATE_FUSION)  # whose runs sit under another run (mlflow.parentRunId)
 
 # -- tags ---------------------------------------------------------------------------------------
 TAG_MODEL = "hyvid.model"  # a models.registry name

@@ -520,13 +520,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     results: dict[str, ModelResult] = {}
     errors: dict[str, BaseException] = {}
     bar = tqdm(total=0, desc="train", unit="fit")  # dispatch counts every fit it is handed
-    fits_line = logs.Every()
+    fits_line, fits_done = logs.Every(), [0]
     trainer_futures: dict[Any, FitOutcome] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, len(cfg.models)), thread_name_prefix="trainer")
 
     def record(out: FitOutcome) -> None:
         config, model = out.config, out.config["model"]
         bar.update(1)
+        fits_done[0] += 1  # the bar counts nothing when disabled (no terminal)
         if out.error is not None:
             stage.mark_failed(config["fit_id"])
             if is_trial(config) and model not in stage.failed_searches:
@@ -536,8 +537,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             errors.setdefault(model, out.error)  # a failed fold or refit, or every trial, fails its model
             return
         if config.get("cv_only"):  # a search trial or fold: a line at most every logs.PROGRESS_EVERY_S
-            if fits_line.due(force=bar.n == bar.total):
-                log.info("train: %d of %d fits done (last: %s)", bar.n, bar.total, config["fit_id"])
+            if fits_line.due():
+                log.info("train: %d of %d fits done (last: %s)", fits_done[0], bar.total, config["fit_id"])
             return
         split = out.time_split()
         results[model] = ModelResult(model, out.result["run_id"], out.result["metrics"], out.submitted,

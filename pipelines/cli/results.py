@@ -80,7 +80,7 @@ def _runs_run(args: argparse.Namespace, s: Settings) -> int:
 
 command("runs", "compare an experiment's runs: parameters, test metrics, lineage",
         ("hyvid runs --experiment hyvid", "hyvid runs --experiment hyvid --model fusion --all-params",
-         "hyvid runs --stage hybrid --limit 5", "hyvid runs --stage train-cv --all",
+         "hyvid runs --stage hybrid --limit 5", "hyvid runs --all --model fusion",
          "hyvid runs --experiment hyvid --format csv > runs.csv"),
         _runs_args, _runs_run, _runs_config)
 

@@ -151,5 +151,7 @@ class ComponentClassifier(mlflow.pyfunc.PythonModel):
                              "log it again with this hyvid")
         self._model = load_native(context.artifacts[MODEL_ARTIFACT], self._config)
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    # An ndarray hint is one MLflow infers nothing from: inputs are checked against the signature
+    # (a dict of them for the stream models).
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         return component_scores(self._config, self._model, check_inputs(self._config, model_input))

@@ -15,6 +15,8 @@ same card as one registered by its stage.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -174,7 +176,8 @@ def register_model(model_uri: str, name: str, alias: str | None = None) -> Regis
             model_dir: str | None = str(Path(local).parent)
         except Exception:  # noqa: BLE001 - the card is written without its inputs line
             model_dir = None
-        mv = mlflow.register_model(model_uri, name)
+        with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered" lines: logged below
+            mv = mlflow.register_model(model_uri, name)
         run = client.get_run(run_id or mv.run_id)
         card = model_card(name, run, model_dir)
         tags = {tracking.TAG_MODEL: run.data.tags.get(tracking.TAG_MODEL, ""),

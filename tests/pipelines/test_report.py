@@ -133,6 +133,8 @@ def test_runs_table_shows_params_metrics_and_lineage(experiment):
     text = format_table(every)
     assert text.splitlines()[0].split()[:4] == ["run", "id", "stage", "split"] and "late_fusion" in text
     assert "late_fusion" not in format_table(rows)
+    assert [r["run"] for r in list_runs(RunsConfig("exp", experiment["uri"], stage="late_fusion"))] == [
+        "spatial_cnn+spatial_lstm"]  # a nested stage asked for by name
 
 
 def test_runs_table_fits_100_columns_and_json_csv_carry_every_metric(experiment, capsys):
