@@ -173,7 +173,7 @@ def _score_all(cfg: EvaluateConfig, model: str, tracking_uri: str | None, paths:
     pending = list(reversed(chunks))
     running: dict[Any, list[int]] = {}
     show = cfg.progress and sys.stderr.isatty()
-    every, done, failed = logs.Every(), 0, 0  # progress lines when the bar is not shown
+    every, n_done, n_failed = logs.Every(), 0, 0  # progress lines when the bar is not shown
     with tqdm(total=len(paths), desc="evaluate", unit="video", disable=not show) as bar:
         while pending or running:
             while pending and len(running) < in_flight:
@@ -187,9 +187,9 @@ def _score_all(cfg: EvaluateConfig, model: str, tracking_uri: str | None, paths:
                 for i, s, e in zip(idx, out["scores"], out["errors"], strict=True):
                     scores[i], errors[i] = s, e
                 bar.update(len(idx))
-                done, failed = done + len(idx), failed + sum(e is not None for e in out["errors"])
-                if cfg.progress and not show and every.due(force=done == len(paths)):
-                    log.info("evaluate: %d of %d videos done, %d failed", done, len(paths), failed)
+                n_done, n_failed = n_done + len(idx), n_failed + sum(e is not None for e in out["errors"])
+                if cfg.progress and not show and every.due(force=n_done == len(paths)):
+                    log.info("evaluate: %d of %d videos done, %d failed", n_done, len(paths), n_failed)
     return scores, errors
 
 

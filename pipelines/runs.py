@@ -183,7 +183,9 @@ def _clip(text: str, width: int) -> str:
 def _table_cells(row: dict[str, str]) -> dict[str, str]:
     test = dict(m.split("=", 1) for m in row["test"].split())
     start = row["start"][5:16] if row["start"] != "—" else "—"  # MM-DD HH:MM: the year is rarely news
-    return {"run": row["run"], "id": row["id"], "stage": row["stage"], "split": row["split"], "start": start,
+    # The name without its start time: the `started` column shows it.
+    name = tracking.RUN_NAME_TIME_RE.sub("", row["run"])
+    return {"run": name, "id": row["id"], "stage": row["stage"], "split": row["split"], "start": start,
             "time": row["duration"] if row["status"] == "FINISHED" else row["status"].lower(),
             **{k: test.get(k, "—") for k in ("acc", "mca", "mAP")}}
 

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -207,6 +208,9 @@ def run_name(model: str, split: int | None = None, when: float | None = None) ->
     runs of one model tell apart in the UI (nested runs keep their own: `fusion-fold1of3`)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
     return f"{model}-split{int(split)}-{stamp}" if split is not None else f"{model}-{stamp}"
+
+
+RUN_NAME_TIME_RE = re.compile(r"-\d{8}-\d{6}$")  # the start time `run_name` ends a name with
 
 
 def run_tags(model: str, stage: str, split: int | None = None, store_uri: str | None = None,

@@ -174,7 +174,7 @@ m = mlflow.pyfunc.load_model({str(model_folder)!r})
 df = m.predict([{str(video)!r}], params={{"top": 2}})
 import hyvid.models
 mods = sorted({{n.split(".")[0] for n in sys.modules}})
-print(json.dumps({{"class": df["class"][0], "top": json.loads(df["top"][0]), "error": df["error"][0],
+print(json.dumps({{"class": df["class"][0], "top": df["top"][0], "error": df["error"][0],
                   "hyvid": hyvid.models.__file__, "mods": mods}}))
 """
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
