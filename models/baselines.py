@@ -65,6 +65,7 @@ class _FusionMLP(nn.Module):
         hidden: Sequence[int] = (200,),
         dropout: float = 0.0,
         multilabel: bool = False,
+        input_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         input_dims = tuple(int(d) for d in input_dims)
@@ -74,13 +75,14 @@ class _FusionMLP(nn.Module):
         if num_classes <= 0 or any(h <= 0 for h in hidden):
             raise ValueError(
                 f"num_classes and hidden sizes must be positive, got num_classes={num_classes}, hidden={hidden}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 <= dropout < 1.0 or not 0.0 <= input_dropout < 1.0:
+            raise ValueError(f"dropout and input_dropout must be in [0, 1), got {dropout}, {input_dropout}")
         self.input_dims = input_dims
         self.num_classes = int(num_classes)
         self.multilabel = bool(multilabel)
         # The identity until fit_input_stats: the same standardization the fusion net gets (equal terms).
         self.input_norms = nn.ModuleList(Standardize(d) for d in input_dims)
+        self.input_dropout = nn.Dropout(float(input_dropout))  # on the standardized inputs, as the fusion net's
         self._build_heads(hidden, dropout)
 
     def fit_input_stats(self, xs: Sequence[torch.Tensor]) -> None:
@@ -90,7 +92,7 @@ class _FusionMLP(nn.Module):
 
     def _normed(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         self._check(xs)
-        return [norm(x) for norm, x in zip(self.input_norms, xs, strict=True)]
+        return [self.input_dropout(norm(x)) for norm, x in zip(self.input_norms, xs, strict=True)]
 
     def _build_heads(self, hidden: tuple[int, ...], dropout: float) -> None:
         raise NotImplementedError

@@ -3,8 +3,10 @@
 Pure PyTorch. The pieces a training loop needs:
 
 * :class:`RegularizedFusionNet` -- one sigmoid abstraction layer per stream, a sigmoid fusion layer E over
-  their concatenation, a logistic-regression (sigmoid) output. ``forward`` returns scores in [0, 1].
-* :func:`fusion_objective` -- the smooth part of Eq. 3: squared loss + ``lam1`` * sum of squared Frobenius norms.
+  their concatenation, a logistic-regression output. ``forward`` returns class probabilities: softmax for
+  single-label data, per-class sigmoids for multi-label data (so the hybrid mixes like with like).
+* :func:`fusion_objective` -- the smooth part of Eq. 3: the data loss (the paper's squared loss on the sigmoid
+  outputs, or cross-entropy) + ``lam1`` * sum of squared Frobenius norms.
 * :func:`prox_l21_l11` -- Eq. 4, the closed-form prox of the non-smooth part, as a pure tensor function.
 * :func:`proximal_step` -- applies that prox to W_E with learning-rate-scaled thresholds.
 * :func:`fusion_train_step` -- one full step of Algorithm 1 (gradient step on everything, then the prox on W_E).
@@ -25,6 +27,12 @@ applies Eq. 4 literally. :func:`proximal_step` and :func:`fusion_train_step` tak
 folds the step size and the 1/2 into them; we keep the objective's λ's explicit so that the logged values mean
 what Eq. 3 says they mean.
 
+Why cross-entropy beside the paper's squared loss (``FUSION_LOSSES``): a squared loss over C sigmoid outputs
+pushes every output toward 0 first (C - 1 of the C targets are 0), and at C = 101 the outputs saturate there
+before the true class's output rises: on a 101-class feature store the net stayed at chance with the paper's
+loss and SGD (benchmarks/results/video_nets.json), whatever the learning rate. Softmax cross-entropy (BCE on
+multi-label data) has no such plateau. ``--paper`` keeps the squared loss.
+
 Loss convention: Eq. 1 sums ``||g(x) - y||^2`` over samples; :func:`fusion_objective` takes the *mean over the
 mini-batch* of that per-sample sum over classes, so the paper's lr 0.7 and λ1 = 3e-5 are per-sample quantities
 and do not depend on the batch size.
@@ -41,6 +49,8 @@ from hyvid.models.norm import Standardize
 
 PAPER_LR = 0.7
 PAPER_LAM1 = 3e-5
+SQUARED, CROSS_ENTROPY = "squared", "cross_entropy"
+FUSION_LOSSES = (SQUARED, CROSS_ENTROPY)  # the paper's (Eq. 1), and softmax/BCE cross-entropy
 
 
 def prox_l21_l11(W: torch.Tensor, lam2: float, lam3: float) -> torch.Tensor:
@@ -79,11 +89,16 @@ class RegularizedFusionNet(nn.Module):
     units, sigmoid); a logistic-regression layer (sigmoid) gives one score per class.
 
     ``forward(xs)`` takes a list of ``[B, input_dims[i]]`` tensors in stream order and returns ``[B, num_classes]``
-    scores in [0, 1] (single- or multi-label alike: the paper's output is per-class logistic regression).
-    The non-regularized baseline (``fusion_noreg``) is this same net trained with lam2 = lam3 = 0.
+    probabilities: the softmax of the output layer's logits, or with ``multilabel`` their per-class sigmoids (the
+    paper's logistic outputs). The non-regularized baseline (``fusion_noreg``) is this same net trained with
+    lam2 = lam3 = 0.
+
+    ``input_dropout`` drops standardized input features during training (0: the paper's net). It regularizes
+    the first layers, which hold most of the weights (D_stream x 200 each) and overfit a few thousand videos.
     """
 
-    def __init__(self, input_dims: Sequence[int], num_classes: int, abstraction: int = 200, fusion: int = 200) -> None:
+    def __init__(self, input_dims: Sequence[int], num_classes: int, abstraction: int = 200, fusion: int = 200,
+                 input_dropout: float = 0.0, multilabel: bool = False) -> None:
         super().__init__()
         input_dims = [int(d) for d in input_dims]
         if len(input_dims) < 2:
@@ -93,8 +108,12 @@ class RegularizedFusionNet(nn.Module):
                 f"all widths must be positive: input_dims={input_dims}, num_classes={num_classes}, "
                 f"abstraction={abstraction}, fusion={fusion}"
             )
+        if not 0.0 <= input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
         self.input_dims = tuple(input_dims)
         self.num_classes = int(num_classes)
+        self.multilabel = bool(multilabel)
+        self.input_dropout = nn.Dropout(float(input_dropout))
         self.input_norms = nn.ModuleList(Standardize(d) for d in input_dims)
         self.abstractions = nn.ModuleList(nn.Linear(d, abstraction) for d in input_dims)
         self.fusion = nn.Linear(abstraction * len(input_dims), fusion)
@@ -121,7 +140,7 @@ class RegularizedFusionNet(nn.Module):
             if x.dim() != 2 or x.shape[1] != d:
                 raise ValueError(f"stream {i}: expected shape [B, {d}], got {tuple(x.shape)}")
         h = torch.cat(
-            [torch.sigmoid(layer(norm(x)))
+            [torch.sigmoid(layer(self.input_dropout(norm(x))))
              for layer, norm, x in zip(self.abstractions, self.input_norms, xs, strict=True)],
             dim=1,
         )
@@ -130,27 +149,37 @@ class RegularizedFusionNet(nn.Module):
         return logits
 
     def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Scores g(x) in [0, 1], shape ``[B, num_classes]``."""
-        return torch.sigmoid(self.logits(xs))
+        """Class probabilities ``[B, num_classes]``: softmax, or per-class sigmoids if ``multilabel``."""
+        logits = self.logits(xs)
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
 
 
 def fusion_objective(
-    model: RegularizedFusionNet, xs: Sequence[torch.Tensor], y_onehot: torch.Tensor, lam1: float
+    model: RegularizedFusionNet, xs: Sequence[torch.Tensor], y_onehot: torch.Tensor, lam1: float,
+    loss: str = SQUARED,
 ) -> torch.Tensor:
-    """The smooth part of Eq. 3: squared loss (Eq. 1) + ``lam1`` * Σ ||W||_F² over every layer's weight.
+    """The smooth part of Eq. 3: the data loss + ``lam1`` * Σ ||W||_F² over every layer's weight.
 
-    ``y_onehot`` is ``[B, num_classes]`` one-hot (or multi-hot for multi-label data). The squared loss is the
-    per-sample ``||g(x) - y||²`` (summed over classes), averaged over the batch. Biases are not penalized (the
-    paper's Φ(W) is over weight matrices). The ℓ2,1/ℓ1,1 terms are not here: they are non-smooth and are handled
-    by :func:`proximal_step` after the gradient step.
+    ``y_onehot`` is ``[B, num_classes]`` one-hot (or multi-hot for multi-label data). ``loss="squared"`` is Eq. 1:
+    the per-sample ``||σ(z) - y||²`` of the per-class sigmoid outputs σ(z) (summed over classes), averaged over
+    the batch. ``loss="cross_entropy"`` is softmax cross-entropy (per-class BCE for a multi-label net). Biases are
+    not penalized (the paper's Φ(W) is over weight matrices). The ℓ2,1/ℓ1,1 terms are not here: they are
+    non-smooth and are handled by :func:`proximal_step` after the gradient step.
     """
-    scores: torch.Tensor = model(xs)
-    y = y_onehot.to(scores.dtype)
-    if y.shape != scores.shape:
-        raise ValueError(f"y_onehot has shape {tuple(y.shape)}, expected {tuple(scores.shape)} (one column per class)")
-    loss = ((scores - y) ** 2).sum(dim=1).mean()
+    if loss not in FUSION_LOSSES:
+        raise ValueError(f"loss must be one of {FUSION_LOSSES}, got {loss!r}")
+    logits = model.logits(xs)
+    y = y_onehot.to(logits.dtype)
+    if y.shape != logits.shape:
+        raise ValueError(f"y_onehot has shape {tuple(y.shape)}, expected {tuple(logits.shape)} (one column per class)")
+    if loss == SQUARED:
+        data = ((torch.sigmoid(logits) - y) ** 2).sum(dim=1).mean()
+    elif model.multilabel:
+        data = nn.functional.binary_cross_entropy_with_logits(logits, y)
+    else:
+        data = -(y * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
     frob = sum((m.weight ** 2).sum() for m in model.modules() if isinstance(m, nn.Linear))
-    return loss + lam1 * frob
+    return data + lam1 * frob
 
 
 @torch.no_grad()
@@ -175,6 +204,7 @@ def fusion_train_step(
     lam1: float = PAPER_LAM1,
     lam2: float = 0.0,
     lam3: float = 0.0,
+    loss: str = SQUARED,
 ) -> float:
     """One iteration of Algorithm 1 on a mini-batch; returns the smooth objective's value before the step.
 
@@ -182,12 +212,12 @@ def fusion_train_step(
     no momentum), then the prox on W_E with the optimizer's current learning rate (so LR schedules carry over).
     """
     optimizer.zero_grad(set_to_none=True)
-    loss = fusion_objective(model, xs, y_onehot, lam1)
-    loss.backward()
+    value = fusion_objective(model, xs, y_onehot, lam1, loss)
+    value.backward()
     optimizer.step()
     lr = _lr_of(optimizer, model.fusion_weight)
     proximal_step(model, lr, lam2, lam3)
-    return float(loss.detach())
+    return float(value.detach())
 
 
 def _lr_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> float:

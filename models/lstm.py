@@ -5,7 +5,8 @@ Pure PyTorch. What a training loop needs:
 * :class:`StreamLSTM` -- ``forward(x, lengths) -> [B, T, C]`` per-step logits and
   ``video_logits(x, lengths) -> [B, C]``, the video prediction (the last valid step's output, the paper's choice,
   or the mean over valid steps).
-* :func:`sequence_loss` -- cross-entropy (or BCE-with-logits for multi-label data) on the video prediction.
+* :func:`sequence_loss` -- cross-entropy (or BCE-with-logits for multi-label data) on the video prediction, or on
+  every step's output (the paper's softmax at every step).
 * :func:`make_optimizer` -- the paper's recipe by default: SGD, lr 1e-4, momentum 0.9 (mini-batches of
   :data:`PAPER_BATCH_SIZE` = 10 videos); ``name="adam"`` for quicker small-scale runs.
 
@@ -121,6 +122,9 @@ class StreamLSTM(nn.Module):
             the last valid step) or ``"mean"`` (average over valid steps).
         peephole: use :class:`PeepholeLSTMCell` (the paper's equations) instead of ``nn.LSTM``.
         dropout: dropout on each layer's output (between layers and before the classifier).
+        input_dropout: dropout on the standardized input features. Against memorizing videos: with a few
+            thousand training videos each video's own offset, the same at every step, is easier to learn than
+            its class.
     """
 
     def __init__(
@@ -131,6 +135,7 @@ class StreamLSTM(nn.Module):
         pooling: str = "last",
         peephole: bool = False,
         dropout: float = 0.0,
+        input_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
@@ -140,8 +145,8 @@ class StreamLSTM(nn.Module):
             raise ValueError(f"hidden must be a non-empty sequence of positive sizes, got {hidden}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 <= dropout < 1.0 or not 0.0 <= input_dropout < 1.0:
+            raise ValueError(f"dropout and input_dropout must be in [0, 1), got {dropout}, {input_dropout}")
         self.input_dim = int(input_dim)
         self.num_classes = int(num_classes)
         self.hidden = hidden
@@ -155,6 +160,7 @@ class StreamLSTM(nn.Module):
         else:
             self.layers = nn.ModuleList(nn.LSTM(a, b, batch_first=True) for a, b in pairwise(sizes))
         self.dropout = nn.Dropout(dropout)
+        self.input_dropout = nn.Dropout(input_dropout)
         self.classifier = nn.Linear(hidden[-1], num_classes)
 
     def _check(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -177,7 +183,7 @@ class StreamLSTM(nn.Module):
         """
         lengths = self._check(x, lengths)
         T = x.shape[1]
-        x = self.input_norm(x)
+        x = self.input_dropout(self.input_norm(x))
         if self.peephole:
             h = x
             for layer in self.layers:
@@ -226,17 +232,30 @@ def sequence_loss(
     multilabel: bool = False,
     all_steps: bool = False,
 ) -> torch.Tensor:
-    """Training loss on the video prediction, averaged over the batch.
+    """Training loss on the video prediction, averaged over the batch (see :func:`steps_loss`)."""
+    lengths = model._check(x, lengths)
+    return steps_loss(model, model(x, lengths), lengths, y, multilabel, all_steps)
+
+
+def steps_loss(
+    model: StreamLSTM,
+    step: torch.Tensor,
+    lengths: torch.Tensor,
+    y: torch.Tensor,
+    multilabel: bool = False,
+    all_steps: bool = False,
+) -> torch.Tensor:
+    """The loss of per-step logits ``step [B, T, C]`` (``model``'s forward output) against the videos' labels.
 
     ``y`` is ``[B]`` class indices (cross-entropy), or ``[B, C]`` multi-hot with ``multilabel=True``
-    (BCE-with-logits, e.g. CCV). ``all_steps=True`` instead supervises the softmax at every valid step with the
-    video's label (averaged over steps), a denser signal for long sequences; the default trains what is evaluated.
+    (BCE-with-logits, e.g. CCV). ``all_steps=True`` supervises the softmax at every valid step with the video's
+    label (averaged over all valid steps of the batch), as the paper does (Sec. 3.2); the default trains only the
+    pooled video prediction, which is what is evaluated.
     """
-    lengths = model._check(x, lengths)
-    step = model(x, lengths)
+    lengths = torch.as_tensor(lengths).to("cpu", torch.long)
     if all_steps:
-        mask = model.valid_mask(lengths, x.shape[1]).to(step.device)
-        logits = step[mask]  # [sum(lengths), C]
+        mask = model.valid_mask(lengths, step.shape[1]).to(step.device)
+        logits = step[mask]  # [sum(lengths), C], videos in batch order, steps in time order
         y = y.to(step.device).repeat_interleave(lengths.to(step.device), dim=0)
     else:
         logits = model.pool(step, lengths)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hyvid.models.fusion import RegularizedFusionNet, fusion_objective
+from hyvid.models.fusion import SQUARED, RegularizedFusionNet, fusion_objective
 
 # Added to WᵀW before the square root. It also bounds Ω⁻¹'s largest eigenvalue by tr(.)/sqrt(eps), i.e. how
 # hard the penalty pushes W off directions it does not use yet, which is what keeps SGD stable on it: at the
@@ -70,8 +70,10 @@ class RDNNFusionNet(RegularizedFusionNet):
 
     omega_inv: torch.Tensor  # buffer, registered in __init__
 
-    def __init__(self, input_dims: Sequence[int], num_classes: int, abstraction: int = 200, fusion: int = 200) -> None:
-        super().__init__(input_dims, num_classes, abstraction=abstraction, fusion=fusion)
+    def __init__(self, input_dims: Sequence[int], num_classes: int, abstraction: int = 200, fusion: int = 200,
+                 input_dropout: float = 0.0, multilabel: bool = False) -> None:
+        super().__init__(input_dims, num_classes, abstraction=abstraction, fusion=fusion,
+                         input_dropout=input_dropout, multilabel=multilabel)
         d = self.fusion_weight.shape[1]
         self.register_buffer("omega_inv", torch.eye(d) * d)
 
@@ -87,6 +89,6 @@ class RDNNFusionNet(RegularizedFusionNet):
 
 
 def rdnn_objective(model: RDNNFusionNet, xs: Sequence[torch.Tensor], y_onehot: torch.Tensor, lam1: float,
-                   lam_r: float) -> torch.Tensor:
-    """Eq. 3's smooth part (squared loss + λ1 Frobenius) plus ``lam_r * tr(W_E Ω⁻¹ W_Eᵀ)``: RDNN's objective."""
-    return fusion_objective(model, xs, y_onehot, lam1) + lam_r * model.penalty()
+                   lam_r: float, loss: str = SQUARED) -> torch.Tensor:
+    """Eq. 3's smooth part (data loss + λ1 Frobenius) plus ``lam_r * tr(W_E Ω⁻¹ W_Eᵀ)``: RDNN's objective."""
+    return fusion_objective(model, xs, y_onehot, lam1, loss) + lam_r * model.penalty()

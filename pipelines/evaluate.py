@@ -29,7 +29,7 @@ from hyvid.models import registry as R
 from hyvid.pipelines import logs, tracking
 from hyvid.pipelines.data.datasets import OFFICIAL_SUBSETS, Dataset, VideoEntry, load_dataset
 from hyvid.pipelines.evaluation import metrics as M
-from hyvid.pipelines.evaluation.bootstrap import DEFAULT_N_BOOT, metric_intervals
+from hyvid.pipelines.evaluation.bootstrap import DEFAULT_N_BOOT, metric_intervals, resampling_units
 from hyvid.pipelines.inference import inputs
 from hyvid.pipelines.inference.hybrid import LoadedHybrid, classify_videos
 from hyvid.pipelines.inference.logged import load_hybrid
@@ -220,7 +220,8 @@ def evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         labels = first[ok]
         labels_multi = [multi[i] for i in ok]
         values = M.evaluate(s, labels, labels_multi, h.multilabel)
-        intervals = metric_intervals(s, labels, labels_multi, h.multilabel, n_boot=cfg.n_boot)
+        intervals = metric_intervals(s, labels, labels_multi, h.multilabel, n_boot=cfg.n_boot,
+                                     groups=resampling_units([entries[i].group for i in ok], labels_multi))
         predicted = s.argmax(axis=1)
     else:
         values, intervals, predicted = {m: float("nan") for m in ("accuracy", "map")}, {}, np.array([], int)

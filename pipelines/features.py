@@ -253,10 +253,10 @@ def _index_features(cfg: FeaturesConfig) -> None:
         ensure_vector_index(cfg.store_uri, FRAME_FEATURES_NAME, column, storage_options=cfg.storage_options)
 
 
-def _subset_metrics(scores, multilabel: bool) -> dict[str, float]:
+def _subset_metrics(scores, multilabel: bool, groups_of) -> dict[str, float]:
     """val_* and test_* metrics of one CNN's stored video scores (the test ones with their 95%
-    bootstrap intervals and test_n_videos), named as every other model's run names them."""
-    from hyvid.pipelines.evaluation.bootstrap import metric_intervals
+    bootstrap intervals over groups and test_n_videos), named as every other model's run names them."""
+    from hyvid.pipelines.evaluation.bootstrap import metric_intervals, resampling_units
     from hyvid.pipelines.evaluation.metrics import evaluate
 
     subsets = np.asarray(scores.subsets, dtype=object)
@@ -269,7 +269,9 @@ def _subset_metrics(scores, multilabel: bool) -> dict[str, float]:
         multi = [scores.labels_multi[i] for i in keep]
         out.update({tracking.metric_name(sub, k): float(v) for k, v in evaluate(s, labels, multi, multilabel).items()})
         if sub == "test":
-            out.update(tracking.interval_metrics(sub, metric_intervals(s, labels, multi, multilabel), len(keep)))
+            units = resampling_units(groups_of([scores.video_ids[i] for i in keep]), multi)
+            ci = metric_intervals(s, labels, multi, multilabel, groups=units)
+            out.update(tracking.interval_metrics(sub, ci, len(keep)))
     return out
 
 
@@ -316,7 +318,7 @@ def log_cnn_metrics(cfg: FeaturesConfig, store_uri: str, runs: dict[str, str]) -
             log.warning("video_scores of %s hold run(s) %s, not %s: its metrics are not logged", model,
                         scores.run_id, runs[model])
             continue
-        out[model] = _subset_metrics(scores, multilabel)
+        out[model] = _subset_metrics(scores, multilabel, fs.groups)
         logged = client.get_run(run_id).data.metrics
         if any(logged.get(k) != v for k, v in out[model].items()):  # a re-run that changed nothing logs nothing
             # One step after the fit's last epoch (as train's final metrics): MLflow shows a metric's value

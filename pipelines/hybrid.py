@@ -43,7 +43,7 @@ from hyvid.models.registry import (
 from hyvid.pipelines import tracking
 from hyvid.pipelines.evaluation import metrics as M
 from hyvid.pipelines.evaluation import plots
-from hyvid.pipelines.evaluation.bootstrap import metric_intervals
+from hyvid.pipelines.evaluation.bootstrap import metric_intervals, resampling_units
 from hyvid.pipelines.evaluation.findings import Scores, paper_findings
 from hyvid.pipelines.evaluation.weights import SEARCH_METRICS, combine, grid_steps, search_weights
 from hyvid.pipelines.inference.registration import check_register, register_runs
@@ -130,6 +130,7 @@ class _Aligned:
     labels: np.ndarray
     labels_multi: list[list[int]]
     run_ids: dict[str, str]
+    units: list[str] | None = None  # each video's bootstrap resampling unit (bootstrap.resampling_units)
 
 
 def _producer(model: str) -> str:
@@ -175,7 +176,7 @@ def _load_aligned(fs, models: Sequence[str], split: int, subset: str) -> _Aligne
     n_cls = {v.shape[1] for v in scores.values()}
     if len(n_cls) != 1:
         raise ValueError(f"models {list(models)} have different class counts {sorted(n_cls)}")
-    return _Aligned(ids, scores, ref[0], ref[1], run_ids)
+    return _Aligned(ids, scores, ref[0], ref[1], run_ids, resampling_units(fs.groups(ids), ref[1]))
 
 
 def _weight_scores(fs, models: Sequence[str], split: int, val: _Aligned,
@@ -247,8 +248,9 @@ def _log_metrics(prefix: str, subset: str, values: dict[str, float]) -> None:
 
 
 def _log_intervals(prefix: str, scores: np.ndarray, a: _Aligned, multilabel: bool) -> None:
-    """The 95% bootstrap interval over test videos of each test metric, and the video count."""
-    ci = metric_intervals(scores, a.labels, a.labels_multi, multilabel)
+    """The 95% bootstrap interval over test groups (videos where there are none) of each test metric, and
+    the video count."""
+    ci = metric_intervals(scores, a.labels, a.labels_multi, multilabel, groups=a.units)
     mlflow.log_metrics({prefix + k: v for k, v in tracking.interval_metrics("test", ci, len(a.video_ids)).items()
                         if not math.isnan(v)})
 
@@ -257,7 +259,8 @@ def _findings(comp_test: dict[str, _Aligned], test_hyb: np.ndarray, test: _Align
     """The paper's findings, paired-bootstrapped on the test scores of every model and the hybrid."""
     sets = {m: Scores(a.video_ids, a.scores[m], a.labels, a.labels_multi) for m, a in comp_test.items()}
     sets[HYBRID] = Scores(test.video_ids, test_hyb, test.labels, test.labels_multi)
-    return paper_findings(sets, multilabel)
+    units = {v: u for a in (*comp_test.values(), test) if a.units for v, u in zip(a.video_ids, a.units, strict=True)}
+    return paper_findings(sets, multilabel, units=units or None)
 
 
 def hybrid(cfg: HybridConfig) -> HybridResult:

@@ -267,6 +267,12 @@ class FeatureStore:
         t = self.table(CLASSES.name).to_table().sort_by("label")
         return [str(n) for n in t.column("class_name").to_pylist()]
 
+    def groups(self, video_ids: Sequence[str]) -> list[str]:
+        """Each video's group (UCF-101's gXX; the bootstrap's resampling unit), its own id where it has none."""
+        t = self.table(VIDEOS.name).to_table(columns=["video_id", "group"])
+        group = dict(zip(t.column("video_id").to_pylist(), t.column("group").to_pylist(), strict=True))
+        return [str(group.get(v) or v) for v in video_ids]
+
     def is_multilabel(self) -> bool:
         """True when any ok video carries several labels or none (CCV-like datasets)."""
         t = self.table(VIDEOS.name).to_table(columns=["labels"], filter=pc.field("status") == STATUS_OK)

@@ -1,10 +1,13 @@
 """Bootstrap intervals over test videos, and paired-bootstrap verdicts on "model A beats model B".
 
-The resampling unit is the video: a resample draws n test videos with replacement, and every
-metric of pipelines.evaluation.metrics is recomputed on it; the interval is the resamples'
-bias-corrected percentile interval (Efron's BC, see _interval). A resample is held as a row of
-counts (how often each video was drawn), so each metric is a weighted sum over videos and
-1,000 resamples cost a few matrix products instead of 1,000 calls to scikit-learn:
+The resampling unit is the group where the videos have groups (UCF-101's gXX within a class:
+clips cut from one long video, near-duplicates of each other; `resampling_units`), else the
+video: a resample draws as many groups (or videos) as there are, with replacement, and takes
+every video of each group drawn; every metric of pipelines.evaluation.metrics is recomputed on
+it; the interval is the resamples' bias-corrected percentile interval (Efron's BC, see
+_interval). A resample is held as a row of counts (how often each video was drawn), so each
+metric is a weighted sum over videos and 1,000 resamples cost a few matrix products instead of
+1,000 calls to scikit-learn:
 
 - accuracy and top-5 are weighted means of a per-video hit vector;
 - mean class accuracy is the mean over classes of weighted hits / weighted totals;
@@ -51,6 +54,17 @@ class PairedResult:
     verdict: str
 
 
+def resampling_units(groups: Sequence[object] | None, labels_multi: Sequence[Sequence[int]]) -> list[str] | None:
+    """The bootstrap's unit of each video: its group within its class(es), or None (resample videos).
+
+    UCF-101's groups are numbered per class (g01 of one action and g01 of another are different
+    people), and the clips of one (class, group) are near-duplicates: that pair is the unit.
+    """
+    if groups is None:
+        return None
+    return [f"{','.join(map(str, sorted(ls)))}|{g}" for g, ls in zip(groups, labels_multi, strict=True)]
+
+
 def _check_args(n_boot: int, level: float) -> None:
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
@@ -58,12 +72,26 @@ def _check_args(n_boot: int, level: float) -> None:
         raise ValueError(f"level must be in (0, 1), e.g. 0.95; got {level}")
 
 
-def resample_counts(n: int, n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> np.ndarray:
-    """[n_boot, n] counts: how often each of n videos is drawn in each resample (rows sum to n)."""
+def resample_counts(n: int, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                    groups: Sequence[object] | None = None) -> np.ndarray:
+    """[n_boot, n] counts: how often each of n videos is drawn in each resample.
+
+    Without `groups` a resample draws n videos with replacement (rows sum to n). With `groups`
+    (one label per video) it draws as many groups as there are and every video of a drawn group
+    comes with it, so near-duplicate clips of one group are resampled together: the interval then
+    reflects how many independent groups the figure rests on, not how many clips.
+    """
     _check_args(n_boot, DEFAULT_LEVEL)
     if n < 1:
         raise ValueError(f"need at least one video to resample, got {n}")
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        if len(groups) != n:
+            raise ValueError(f"groups must give one group per video: {len(groups)} for {n} videos")
+        _, group_of = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+        n_groups = int(group_of.max()) + 1
+        group_counts = resample_counts(n_groups, n_boot, seed)
+        return np.ascontiguousarray(group_counts[:, group_of])
     flat = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
     # float32 holds every count and every sum of counts (< 2**24) exactly, at half the memory traffic.
     return np.bincount(flat.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float32)
@@ -193,24 +221,26 @@ def _point(prep: _Prepared, metric: str) -> float:
 
 def metric_intervals(scores: np.ndarray, labels: np.ndarray | None, labels_multi: Sequence[Sequence[int]] | None,
                      multilabel: bool, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
-                     level: float = DEFAULT_LEVEL) -> dict[str, tuple[float, float]]:
-    """A bootstrap interval over videos (bias-corrected percentile) for every metric metrics.evaluate reports.
+                     level: float = DEFAULT_LEVEL, groups: Sequence[object] | None = None
+                     ) -> dict[str, tuple[float, float]]:
+    """A bootstrap interval (bias-corrected percentile) for every metric metrics.evaluate reports,
+    resampling groups when `groups` is given (one per video), else videos.
 
     Keys as models.registry.METRICS (multi-label data has no mean class accuracy, as in evaluate).
     """
     _check_args(n_boot, level)
     prep = _Prepared(scores, labels, labels_multi, multilabel)
-    w = resample_counts(prep.scores.shape[0], n_boot, seed)
+    w = resample_counts(prep.scores.shape[0], n_boot, seed, groups)
     return {m: _interval(prep.weighted(m, w), _point(prep, m), level) for m in R.METRICS if m in prep.metrics()}
 
 
 def metric_ci(scores: np.ndarray, labels: np.ndarray | None, labels_multi: Sequence[Sequence[int]] | None,
               multilabel: bool, metric: str, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
-              level: float = DEFAULT_LEVEL) -> tuple[float, float]:
-    """The bootstrap interval (lo, hi) of one metric, resampling videos with replacement (see _interval)."""
+              level: float = DEFAULT_LEVEL, groups: Sequence[object] | None = None) -> tuple[float, float]:
+    """The bootstrap interval (lo, hi) of one metric, resampling groups (or videos) with replacement."""
     _check_args(n_boot, level)
     prep = _Prepared(scores, labels, labels_multi, multilabel)
-    w = resample_counts(prep.scores.shape[0], n_boot, seed)
+    w = resample_counts(prep.scores.shape[0], n_boot, seed, groups)
     return _interval(prep.weighted(metric, w), _point(prep, metric), level)
 
 
@@ -225,7 +255,8 @@ def verdict(lo: float, hi: float) -> str:
 
 def paired_difference(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray | None,
                       labels_multi: Sequence[Sequence[int]] | None, multilabel: bool, metric: str,
-                      n_boot: int = DEFAULT_N_BOOT, seed: int = 0, level: float = DEFAULT_LEVEL) -> PairedResult:
+                      n_boot: int = DEFAULT_N_BOOT, seed: int = 0, level: float = DEFAULT_LEVEL,
+                      groups: Sequence[object] | None = None) -> PairedResult:
     """metric(A) − metric(B) on the same videos (rows aligned), with a paired bootstrap interval.
 
     Both models are scored on the same resampled videos in every resample, so the interval
@@ -239,6 +270,6 @@ def paired_difference(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.nda
     b = _Prepared(scores_b, labels, labels_multi, multilabel)
     n = a.scores.shape[0]
     diff = _point(a, metric) - _point(b, metric)
-    w = resample_counts(n, n_boot, seed)
+    w = resample_counts(n, n_boot, seed, groups)
     lo, hi = _interval(a.weighted(metric, w) - b.weighted(metric, w), diff, level)
     return PairedResult(diff, lo, hi, n, verdict(lo, hi))

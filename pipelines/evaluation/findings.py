@@ -123,14 +123,15 @@ def _late_fusions(sets: Mapping[str, Scored]) -> dict[str, Scored]:
 
 
 def paper_findings(sets: Mapping[str, Scored], multilabel: bool, metric: str | None = None,
-                   n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> list[dict]:
+                   n_boot: int = DEFAULT_N_BOOT, seed: int = 0, units: Mapping[str, str] | None = None) -> list[dict]:
     """Each of the paper's "A beats B" claims whose models are in `sets`, tested by paired bootstrap.
 
     `sets` maps registry names (the hybrid included) to their test scores; the CNN+LSTM late
     fusions are averaged here. Each record: finding, a, b, metric, diff (A − B), lo, hi (the 95%
     interval of the difference), n_videos (shared by A and B) and verdict (reproduced when the
     interval lies above 0, contradicted below, else inconclusive). The metric is the paper's
-    (accuracy, or mAP on multi-label data) unless given.
+    (accuracy, or mAP on multi-label data) unless given. `units` maps a video id to its
+    resampling unit (`bootstrap.resampling_units`); without it, videos are resampled.
     """
     metric = metric or R.primary_metric(multilabel)
     all_sets = {**sets, **_late_fusions(sets)}
@@ -140,7 +141,7 @@ def paper_findings(sets: Mapping[str, Scored], multilabel: bool, metric: str | N
         if not shared.video_ids:
             continue
         r = paired_difference(s_a, s_b, shared.labels, shared.labels_multi, multilabel, metric, n_boot=n_boot,
-                              seed=seed)
+                              seed=seed, groups=None if units is None else [units[v] for v in shared.video_ids])
         out.append({"finding": finding, "a": a, "b": b, "metric": metric, "diff": r.diff, "lo": r.lo, "hi": r.hi,
                     "n_videos": r.n, "verdict": r.verdict})
     return out

@@ -28,6 +28,7 @@ class Subset:
     inputs: Any  # list of [N, D] tensors (video-level) or a SequenceDataset (LSTM)
     labels: np.ndarray  # int64 [N]
     labels_multi: list[list[int]]
+    groups: list[str] | None = None  # each video's group: the bootstrap resamples them whole
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -84,6 +85,7 @@ def take(subset: Subset, idx: np.ndarray) -> Subset:
     ids = [subset.video_ids[i] for i in idx]
     multi = [subset.labels_multi[i] for i in idx]
     labels = np.asarray(subset.labels)[idx]
+    groups = None if subset.groups is None else [subset.groups[i] for i in idx]
     if isinstance(subset.inputs, SequenceDataset):
         ds = subset.inputs
         inputs: Any = SequenceDataset(ids, {s: [ds.features[s][i] for i in idx] for s in ds.streams},
@@ -91,7 +93,7 @@ def take(subset: Subset, idx: np.ndarray) -> Subset:
     else:
         t = torch.as_tensor(idx)
         inputs = [x[t] for x in subset.inputs]
-    return Subset(ids, inputs, labels, multi)
+    return Subset(ids, inputs, labels, multi, groups)
 
 
 def concat(a: Subset, b: Subset) -> Subset:
@@ -99,19 +101,14 @@ def concat(a: Subset, b: Subset) -> Subset:
     from hyvid.store.feature_store import SequenceDataset
 
     ids, multi = a.video_ids + b.video_ids, a.labels_multi + b.labels_multi
+    groups = None if a.groups is None or b.groups is None else a.groups + b.groups
     labels = np.concatenate([np.asarray(a.labels), np.asarray(b.labels)])
     if isinstance(a.inputs, SequenceDataset):
         inputs: Any = SequenceDataset(ids, {s: a.inputs.features[s] + b.inputs.features[s] for s in a.inputs.streams},
                                       labels.tolist(), multi)
     else:
         inputs = [torch.cat([x, y]) for x, y in zip(a.inputs, b.inputs, strict=True)]
-    return Subset(ids, inputs, labels, multi)
-
-
-def _groups(fs: Any, split: int, video_ids: list[str]) -> list[str]:
-    t = fs.videos(split, "train")
-    group = dict(zip(t.column("video_id").to_pylist(), t.column("group").to_pylist(), strict=True))
-    return [str(group.get(v) or v) for v in video_ids]
+    return Subset(ids, inputs, labels, multi, groups)
 
 
 def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
@@ -143,20 +140,21 @@ def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
     for sub in subsets:
         if model in LSTM_STREAM:
             ds = fs.sequences(split, sub, streams=(LSTM_STREAM[model],))
-            out[sub] = Subset(ds.video_ids, ds, np.asarray(ds.labels, dtype=np.int64), ds.labels_multi)
+            out[sub] = Subset(ds.video_ids, ds, np.asarray(ds.labels, dtype=np.int64), ds.labels_multi,
+                              fs.groups(ds.video_ids))
             continue
         key = (fs.uri, split, sub, tuple(sorted(versions.items())))
         if key not in _VIDEO_LEVEL_CACHE:
             vf = fs.video_features(split, sub, streams=R.STREAMS)
             xs = [torch.from_numpy(np.ascontiguousarray(vf.features[s])) for s in R.STREAMS]
-            _VIDEO_LEVEL_CACHE[key] = Subset(vf.video_ids, xs, vf.labels, vf.labels_multi)
+            _VIDEO_LEVEL_CACHE[key] = Subset(vf.video_ids, xs, vf.labels, vf.labels_multi, fs.groups(vf.video_ids))
             while len(_VIDEO_LEVEL_CACHE) > _CACHE_ENTRIES:
                 _VIDEO_LEVEL_CACHE.popitem(last=False)
         _VIDEO_LEVEL_CACHE.move_to_end(key)
         out[sub] = _VIDEO_LEVEL_CACHE[key]
     if fold is not None:
         k, n_folds = int(fold[0]), int(fold[1])
-        assign = group_folds(_groups(fs, split, out["train"].video_ids), n_folds)
+        assign = group_folds(out["train"].groups or out["train"].video_ids, n_folds)
         return {"train": take(out["train"], np.flatnonzero(assign != k)),
                 "val": take(out["train"], np.flatnonzero(assign == k))}, versions
     if config.get("refit"):

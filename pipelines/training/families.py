@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hyvid.models import registry as R
 from hyvid.pipelines.training.data import LSTM_STREAM, Subset, target_matrix
@@ -41,6 +40,8 @@ CPU = torch.device("cpu")
 # eigendecomposition every step would cost more than the step itself (~30-100 ms against ~0.2 ms for
 # the prox at D = 400 on the demo's widths).
 RDNN_LAM = 1e-5
+SGD, ADAM = "sgd", "adam"
+OPTIMIZERS = (SGD, ADAM)
 RDNN_OMEGA_EVERY = "epoch"
 RDNN_OMEGA_MODES = ("epoch", "step")
 
@@ -54,7 +55,8 @@ def build_model(config: dict, data: dict[str, Subset]) -> torch.nn.Module:
         stream = LSTM_STREAM[model]
         dim = data["train"].inputs.dims()[stream]
         net = StreamLSTM(dim, c, hidden=tuple(config["lstm_hidden"]), pooling=config["lstm_pooling"],
-                         peephole=bool(config["lstm_peephole"]))
+                         peephole=bool(config["lstm_peephole"]),
+                         input_dropout=float(config.get("lstm_input_dropout", 0.0)))
         net.fit_input_stats(torch.from_numpy(np.concatenate(data["train"].inputs.features[stream])))
         return net
     dims = [x.shape[1] for x in data["train"].inputs]
@@ -63,14 +65,16 @@ def build_model(config: dict, data: dict[str, Subset]) -> torch.nn.Module:
         from hyvid.models.rdnn import RDNNFusionNet
 
         cls = RDNNFusionNet if model == R.RDNN else RegularizedFusionNet
-        net = cls(dims, c, abstraction=int(config["abstraction"]), fusion=int(config["fusion_units"]))
+        net = cls(dims, c, abstraction=int(config["abstraction"]), fusion=int(config["fusion_units"]),
+                  input_dropout=float(config.get("fusion_input_dropout", 0.0)), multilabel=multilabel)
         net.fit_input_stats(data["train"].inputs)
         return net
     from hyvid.models.baselines import EarlyFusionMLP, LateFusionMLP
 
     if model in (R.NN_EF, R.NN_LF):
         cls = EarlyFusionMLP if model == R.NN_EF else LateFusionMLP
-        mlp = cls(dims, c, hidden=(int(config["nn_hidden"]),), multilabel=multilabel)
+        mlp = cls(dims, c, hidden=(int(config["nn_hidden"]),), multilabel=multilabel,
+                  input_dropout=float(config.get("nn_input_dropout", 0.0)))
         # Equal terms: the same input standardization as the fusion net (issue 13).
         mlp.fit_input_stats(data["train"].inputs)
         return mlp
@@ -85,17 +89,25 @@ def build_optimizer(config: dict, model: torch.nn.Module) -> torch.optim.Optimiz
         return make_optimizer(model.parameters(), name=config["lstm_optimizer"], lr=float(config["lstm_lr"]),
                               momentum=float(config["lstm_momentum"]))
     if name in (*FUSION_NETS, R.RDNN):
-        # Algorithm 1: plain gradient steps W <- W - ηG (no momentum); RDNN takes the same steps.
-        return torch.optim.SGD(model.parameters(), lr=float(config["fusion_lr"]))
-    return torch.optim.SGD(model.parameters(), lr=float(config["nn_lr"]), momentum=0.9)
+        # Algorithm 1 with "sgd": plain gradient steps W <- W - ηG (no momentum); RDNN takes the same steps.
+        return video_optimizer(config.get("fusion_optimizer", SGD), model, float(config["fusion_lr"]), momentum=0.0)
+    return video_optimizer(config.get("nn_optimizer", SGD), model, float(config["nn_lr"]), momentum=0.9)
+
+
+def video_optimizer(name: str, model: torch.nn.Module, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """The optimizer of a video-level net: "sgd" (with ``momentum``) or "adam"."""
+    if name == SGD:
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    if name == ADAM:
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
 @torch.no_grad()
 def predict(config: dict, model: torch.nn.Module, subset: Subset, device: torch.device = CPU) -> np.ndarray:
     """Per-video class scores [N, C] of a subset, in the subset's video order.
 
-    Softmax probabilities (sigmoid for multi-label data) for the LSTMs and NN baselines; the
-    fusion nets' per-class logistic outputs (Sec. 3.3), which are in [0, 1] already.
+    Probabilities for every model: softmax over classes, per-class sigmoids for multi-label data.
     """
     model.eval()
     multilabel = bool(config["multilabel"])
@@ -111,7 +123,7 @@ def predict(config: dict, model: torch.nn.Module, subset: Subset, device: torch.
             logits = model.video_logits(xs[stream].to(device), lengths)
             out.append((torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)).cpu())
         return torch.cat(out).numpy()
-    # RegularizedFusionNet and the NN baselines return scores from forward().
+    # RegularizedFusionNet and the NN baselines return probabilities from forward().
     return model([x.to(device) for x in subset.inputs]).cpu().numpy()
 
 
@@ -129,19 +141,19 @@ def train_epoch(config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
         for b in range(0, len(idx), bs):
             xs, lengths, labels, labels_multi, _ = collate_sequences([subset.inputs[i] for i in idx[b:b + bs]])
             opt.zero_grad(set_to_none=True)
-            # models.lstm.sequence_loss's default (the loss on the pooled video prediction, Sec. 3.2),
-            # computed here from one forward so the same logits also give the training accuracy.
-            video = model.pool(model(xs[stream].to(device), lengths), lengths)
-            if multilabel:
-                target = target_matrix(labels.numpy(), labels_multi, c, True).to(device)
-                loss = F.binary_cross_entropy_with_logits(video, target)
-            else:
-                loss = F.cross_entropy(video, labels.to(device))
+            # models.lstm.sequence_loss (on the pooled video prediction, or with lstm_step_loss on every
+            # step's, Sec. 3.2), from one forward so the same logits also give the training accuracy.
+            from hyvid.models.lstm import steps_loss
+
+            steps = model(xs[stream].to(device), lengths)
+            target = target_matrix(labels.numpy(), labels_multi, c, True) if multilabel else labels
+            loss = steps_loss(model, steps, lengths, target.to(device), multilabel, bool(config.get("lstm_step_loss")))
+            video = model.pool(steps, lengths).detach()
             loss.backward()
             average_gradients(model, world)
             opt.step()
             losses.append(float(loss.detach()))
-            hits += int((video.detach().argmax(1).cpu() == labels).sum())
+            hits += int((video.argmax(1).cpu() == labels).sum())
             seen += len(labels)
         return float(np.mean(losses)), hits / max(seen, 1)
 
@@ -161,7 +173,7 @@ def train_epoch(config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
 
             # Algorithm 1: a gradient step on the smooth part of Eq. 3 for every layer, then
             # Eq. 4's prox on W_E (thresholds scaled by the learning rate inside proximal_step).
-            loss = fusion_objective(model, xs, y_all[i], float(config["lam1"]))
+            loss = fusion_objective(model, xs, y_all[i], float(config["lam1"]), fusion_loss(config))
             loss.backward()
             average_gradients(model, world)
             opt.step()
@@ -173,7 +185,7 @@ def train_epoch(config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
                 model.refresh_omega()
             # The smooth part of Eq. 3 plus λ_r·tr(W_E Ω⁻¹ W_Eᵀ), Ω fixed: a plain gradient step, no prox.
             lam_r = float(config.get("rdnn_lam", RDNN_LAM))
-            loss = rdnn_objective(model, xs, y_all[i], float(config["lam1"]), lam_r)
+            loss = rdnn_objective(model, xs, y_all[i], float(config["lam1"]), lam_r, fusion_loss(config))
             if not torch.isfinite(loss):
                 raise FloatingPointError(_rdnn_divergence(config, model, lam_r, opt.param_groups[0]["lr"]))
             loss.backward()
@@ -192,6 +204,13 @@ def train_epoch(config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer
         hits += int((out.argmax(1).cpu() == labels_all[i]).sum())
         seen += len(i)
     return float(np.mean(losses)), hits / max(seen, 1)
+
+
+def fusion_loss(config: dict) -> str:
+    """The fusion nets' (and RDNN's) data loss: models.fusion.FUSION_LOSSES."""
+    from hyvid.models.fusion import SQUARED
+
+    return str(config.get("fusion_loss", SQUARED))
 
 
 def rdnn_omega_every(config: dict) -> str:

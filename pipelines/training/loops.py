@@ -97,7 +97,9 @@ def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, d
     # A refit (train + val) and an out-of-fold fit train for the epochs a final fit chose on val:
     # they keep their last epoch, and an out-of-fold fit must not look at its held-out fold early.
     select = "val" in data and config.get("select", True)
+    epochs_run = start_epoch
     for epoch in range(start_epoch, epochs):
+        epochs_run = epoch + 1
         loss, acc = train_epoch(config, model, opt, data["train"], epoch, rank, world, device)
         epoch_metrics = {"train_loss": loss, "train_accuracy": acc}
         if not np.isfinite(loss):
@@ -118,6 +120,7 @@ def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, d
                         "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             epoch_metrics.update(val_accuracy=val["accuracy"], val_loss=v_loss,
                                  **({"val_map": val["map"]} if config["multilabel"] else {}))
+            stop = early_stop(epoch, best["epoch"], config.get("patience"))
         else:
             best = {**best, "epoch": epoch, "state": None}  # the model as it is after the last epoch
         clock.lap("compute")
@@ -140,19 +143,34 @@ def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, d
         if kill:
             session.wait_committed()
             faults.after_epoch(config["model"], epoch)
+        if select and stop:
+            log.info("%s: no val gain for %d epochs, stopping after epoch %d (best: epoch %d)",
+                     config["model"], int(config["patience"]), epoch, best["epoch"])
+            break
     if not lead:
         return {}
-    out = _finish(config, client, run_id, model.cpu(), best, data, versions, clock)
+    if unlogged:  # the epochs since the last report, when early stopping ended the fit between reports
+        client.log_batch(run_id, metrics=unlogged)
+    out = _finish(config, client, run_id, model.cpu(), best, data, versions, clock, epochs_run)
     return {**out, "seconds": clock.seconds}
 
 
+def early_stop(epoch: int, best_epoch: int, patience: int | None) -> bool:
+    """Whether a fit stops after `epoch`: `patience` epochs have passed without a better val epoch.
+
+    None or 0: never (the fit runs all its epochs).
+    """
+    return bool(patience) and epoch - best_epoch >= int(patience)
+
+
 def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dict, data: dict[str, Subset],
-            versions: dict[str, int], clock: FitClock) -> dict:
+            versions: dict[str, int], clock: FitClock, epochs_run: int) -> dict:
     """Rank 0, after the last epoch: best weights -> final metrics, model, scores, lineage."""
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     scores, metrics = score_subsets(config, data, lambda subset: predict(config, model, subset))
-    final = {"best_epoch": best["epoch"], **metrics}
+    # val_* are the selected epoch's (the weights kept); epochs_run < epochs when early stopping ended the fit.
+    final = {"best_epoch": best["epoch"], "epochs_run": epochs_run, **metrics}
     if config.get("cv_only"):  # what a search compares (training.search.choose)
         final.update(best_val=best["value"], best_val_loss=best["loss"])
     final.update(fit_extras(config, model))

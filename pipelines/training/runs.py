@@ -13,7 +13,7 @@ import torch
 
 from hyvid.models import registry as R
 from hyvid.pipelines import tracking
-from hyvid.pipelines.evaluation.bootstrap import metric_intervals
+from hyvid.pipelines.evaluation.bootstrap import metric_intervals, resampling_units
 from hyvid.pipelines.training.data import LINEAGE_TABLES, LSTM_STREAM, Subset
 from hyvid.pipelines.training.families import ESTIMATOR_MODELS, ESTIMATOR_STREAMS, FUSION_NETS, evaluate
 
@@ -61,14 +61,16 @@ def log_fit_params(client, run_id: str, config: dict) -> None:
     elif name == R.M_DBM:
         keys.append("seed")
     if name in LSTM_STREAM:
-        keys += ["lstm_hidden", "lstm_pooling", "lstm_peephole", "lstm_optimizer", "lstm_lr", "lstm_batch_size"]
+        keys += ["lstm_hidden", "lstm_pooling", "lstm_peephole", "lstm_optimizer", "lstm_lr", "lstm_batch_size",
+                 "lstm_step_loss", "lstm_input_dropout", "patience"]
         if config.get("lstm_optimizer") == "sgd":  # Adam has no momentum parameter: not a param of its fits
             keys.append("lstm_momentum")
     elif name in (*FUSION_NETS, R.RDNN):
-        keys += ["fusion_lr", "lam1", "abstraction", "fusion_units", "fusion_batch_size"]
+        keys += ["fusion_loss", "fusion_optimizer", "fusion_lr", "fusion_input_dropout", "lam1", "abstraction",
+                 "fusion_units", "fusion_batch_size", "patience"]
         keys += ["rdnn_lam", "rdnn_omega_every"] if name == R.RDNN else ["lam2", "lam3"]
     elif name in (R.NN_EF, R.NN_LF):
-        keys += ["nn_lr", "nn_hidden", "nn_batch_size"]
+        keys += ["nn_optimizer", "nn_lr", "nn_input_dropout", "nn_hidden", "nn_batch_size", "patience"]
     elif name == R.M_DBM:
         keys += sorted(k for k in config if k.startswith("mdbm_"))
     else:
@@ -114,7 +116,8 @@ def score_subsets(config: dict, data: dict[str, Subset], score: Callable[[Subset
         for k, v in evaluate(config, scores[sub], data[sub]).items():
             metrics[tracking.metric_name(sub, k)] = v
         if sub == "test" and len(data[sub]):
-            ci = metric_intervals(scores[sub], data[sub].labels, data[sub].labels_multi, bool(config["multilabel"]))
+            ci = metric_intervals(scores[sub], data[sub].labels, data[sub].labels_multi, bool(config["multilabel"]),
+                                  groups=resampling_units(data[sub].groups, data[sub].labels_multi))
             metrics.update(tracking.interval_metrics(sub, ci, len(data[sub])))
     return scores, metrics
 

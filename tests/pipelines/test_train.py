@@ -117,8 +117,9 @@ def test_missing_frame_features_names_the_stage(tmp_path):
 # One real concurrent fit of every model, shared by the tests below
 # ------------------------------------------------------------------------------------------------
 EPOCHS_LSTM, EPOCHS_VIDEO, KILL_AT = 12, 30, 3
-LAM2_GRID = (0.0, 3e-4)
-NN_LR_GRID = (0.01, 0.03)
+LAM2_GRID = (0.0, 1.0)
+NN_LR_GRID = (1e-3, 3e-3)
+NOREG_LR_GRID = (1e-3, 3e-3)
 CV_FOLDS = 2
 EXPERIMENT = "train-test"
 
@@ -140,7 +141,8 @@ def trained(ray_session, tmp_path_factory):
         store_uri=store, tracking_uri=uri, experiment=EXPERIMENT,
         lstm_epochs=EPOCHS_LSTM, lstm_hidden=(32, 16), video_epochs=EPOCHS_VIDEO,
         abstraction=32, fusion_units=32, nn_hidden=32, lam2_grid=LAM2_GRID, lam3_grid=(0.0,),
-        nn_lr_grid=NN_LR_GRID, svm_c_grid=(1.0, 10.0), noreg_lr_grid=(0.1, 0.3), cv_folds=CV_FOLDS,
+        nn_lr_grid=NN_LR_GRID, svm_c_grid=(1.0, 10.0), noreg_lr_grid=NOREG_LR_GRID, cv_folds=CV_FOLDS,
+        lstm_patience=0, video_patience=0,  # every epoch runs: the history and resume checks count them
         # Its worker dies once; Ray Train must resume it.
         faults=faults.spec(faults.Fault(faults.TRAIN_AFTER_EPOCH, "motion_lstm", epoch=KILL_AT)),
         register_as="toy", register_alias="champion",  # every model: toy-<model>@champion
@@ -367,13 +369,13 @@ def test_fusion_cv_trials_are_nested_under_the_fusion_run(trained):
     assert trained["result"].models["fusion"].extra == {"lam2": float(p.params["lam2"]), "lam3": 0.0}
     assert 0.0 <= p.metrics["fusion_zero_row_fraction"] <= 1.0
     assert float(_run(trained, "fusion_noreg").data.params["lam2"]) == 0.0
-    from hyvid.pipelines.train import DEMO_FUSION_LR
+    from hyvid.pipelines.train import DEFAULT_FUSION_LR
 
-    # The fusion net's trials and final fit take the configured step (the demo's, not the paper's 0.7);
+    # The fusion net's trials and final fit take the configured step (the default, not the paper's 0.7);
     # fusion_noreg searched its own.
     for run in (*trials, client.get_run(parent)):
-        assert float(run.data.params["fusion_lr"]) == trained["cfg"].fusion_lr == DEMO_FUSION_LR != 0.7
-    assert float(_run(trained, "fusion_noreg").data.params["fusion_lr"]) in (0.1, 0.3)
+        assert float(run.data.params["fusion_lr"]) == trained["cfg"].fusion_lr == DEFAULT_FUSION_LR != 0.7
+    assert float(_run(trained, "fusion_noreg").data.params["fusion_lr"]) in NOREG_LR_GRID
 
 
 @pytest.mark.slow
@@ -382,7 +384,7 @@ def test_baselines_choose_their_main_hyperparameter_on_val_in_nested_trials(trai
     exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id])
     for model, key, grid in (("nn_ef", "nn_lr", NN_LR_GRID), ("svm_lf", "svm_c", (1.0, 10.0)),
-                             ("fusion_noreg", "fusion_lr", (0.1, 0.3))):
+                             ("fusion_noreg", "fusion_lr", NOREG_LR_GRID)):
         parent = trained["result"].models[model].run_id
         trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent
                   and r.data.tags["hyvid.stage"] == "train-cv" and "fold" not in r.data.params]

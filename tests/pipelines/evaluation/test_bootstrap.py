@@ -156,3 +156,23 @@ def test_a_fits_test_metrics_come_with_their_intervals_and_video_count():
     for m in ("accuracy", "mean_class_accuracy", "top5", "map"):
         assert metrics[f"test_{m}_ci_low"] <= metrics[f"test_{m}"] <= metrics[f"test_{m}_ci_high"]
         assert f"val_{m}_ci_low" not in metrics
+
+
+def test_group_resampling_draws_whole_groups_and_widens_intervals_of_near_duplicates():
+    groups = [g for g in range(10) for _ in range(6)]  # 10 groups of 6 clips each
+    w = B.resample_counts(len(groups), 200, seed=3, groups=groups)
+    for g in range(10):
+        cols = w[:, [i for i, h in enumerate(groups) if h == g]]
+        assert (cols == cols[:, :1]).all()  # a group's clips are drawn together
+    assert (w.sum(axis=1) % 6 == 0).all() and w.sum(axis=1).mean() == pytest.approx(60, rel=0.1)
+    # Clips of a group are right or wrong together (near-duplicates): resampling 60 clips as if
+    # independent understates the spread of what rests on 10 groups.
+    hit = np.repeat(np.random.default_rng(0).random(10) < 0.6, 6)
+    s, lab = _scores_with_hits(hit, seed=1)
+    lo_v, hi_v = B.metric_ci(s, lab, None, False, "accuracy", n_boot=2000)
+    lo_g, hi_g = B.metric_ci(s, lab, None, False, "accuracy", n_boot=2000, groups=groups)
+    assert hi_g - lo_g > 1.5 * (hi_v - lo_v)
+    units = B.resampling_units(["g01", "g01", "g02"], [[3], [4], [3]])
+    assert units[0] != units[1] and len(set(units)) == 3  # UCF groups are numbered per class
+    with pytest.raises(ValueError, match="one group per video"):
+        B.resample_counts(5, 10, groups=["a"] * 4)
