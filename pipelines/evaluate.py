@@ -26,7 +26,7 @@ import numpy as np
 
 from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models import registry as R
-from hyvid.pipelines import tracking
+from hyvid.pipelines import logs, tracking
 from hyvid.pipelines.data.datasets import OFFICIAL_SUBSETS, Dataset, VideoEntry, load_dataset
 from hyvid.pipelines.evaluation import metrics as M
 from hyvid.pipelines.evaluation.bootstrap import DEFAULT_N_BOOT, metric_intervals, resampling_units
@@ -59,6 +59,7 @@ class EvaluateConfig:
     n_boot: int = DEFAULT_N_BOOT
     log_run: bool = True
     progress: bool = True
+    allow_failures: bool = False  # exit 0 when some videos failed (still 1 when none was scored)
 
     def __post_init__(self) -> None:
         if not os.path.exists(self.dataset):
@@ -102,9 +103,11 @@ class EvaluateResult:
                     "hybrid_run_id": self.hybrid_run_id, "evaluation_run_id": self.run_id})
         return out
 
-    def exit_code(self) -> int:
-        """0 when some video was scored, 1 when none could be."""
-        return 0 if self.n_videos else 1
+    def exit_code(self, allow_failures: bool = False) -> int:
+        """1 when a video failed (with `allow_failures`: only when none was scored), else 0."""
+        if not self.n_videos:
+            return 1
+        return 0 if allow_failures or not self.failed else 1
 
 
 def select_videos(ds: Dataset, split: int, subset: str) -> list[VideoEntry]:
@@ -170,6 +173,7 @@ def _score_all(cfg: EvaluateConfig, model: str, tracking_uri: str | None, paths:
     pending = list(reversed(chunks))
     running: dict[Any, list[int]] = {}
     show = cfg.progress and sys.stderr.isatty()
+    every, n_done, n_failed = logs.Every(), 0, 0  # progress lines when the bar is not shown
     with tqdm(total=len(paths), desc="evaluate", unit="video", disable=not show) as bar:
         while pending or running:
             while pending and len(running) < in_flight:
@@ -183,6 +187,9 @@ def _score_all(cfg: EvaluateConfig, model: str, tracking_uri: str | None, paths:
                 for i, s, e in zip(idx, out["scores"], out["errors"], strict=True):
                     scores[i], errors[i] = s, e
                 bar.update(len(idx))
+                n_done, n_failed = n_done + len(idx), n_failed + sum(e is not None for e in out["errors"])
+                if cfg.progress and not show and every.due(force=n_done == len(paths)):
+                    log.info("evaluate: %d of %d videos done, %d failed", n_done, len(paths), n_failed)
     return scores, errors
 
 
@@ -238,12 +245,10 @@ def _log_run(cfg: EvaluateConfig, res: EvaluateResult, ds: Dataset, tracking_uri
     tracking.setup(tracking_uri, cfg.experiment)
     # No hyvid.split tag: `report` reads a model's test figures from runs tagged with a split, and
     # an evaluation of other videos must not stand in for the hybrid run's own.
-    tags = {tracking.TAG_MODEL: R.HYBRID, tracking.TAG_STAGE: tracking.STAGE_EVALUATE,
-            **({TAG_EVALUATED_RUN: res.hybrid_run_id} if res.hybrid_run_id else {})}
-    commit = tracking.git_commit()
-    if commit:
-        tags[tracking.TAG_GIT_COMMIT] = commit
-    with mlflow.start_run(run_name=f"evaluate {R.HYBRID}", tags=tags) as run:
+    tags = tracking.run_tags(R.HYBRID, tracking.STAGE_EVALUATE,
+                             **({TAG_EVALUATED_RUN: res.hybrid_run_id} if res.hybrid_run_id else {}))
+    name = tracking.run_name(f"evaluate-{R.HYBRID}-{cfg.subset}", cfg.split)
+    with mlflow.start_run(run_name=name, tags=tags) as run:
         tracking.log_params_safe({"dataset": os.path.abspath(cfg.dataset), "split": cfg.split, "subset": cfg.subset,
                                   "model": res.model, "n_videos": res.n_videos, "n_failed": len(res.failed),
                                   "n_boot": cfg.n_boot})

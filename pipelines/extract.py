@@ -132,6 +132,7 @@ class ExtractConfig:
     max_aspect: float = DEFAULT_MAX_ASPECT  # wider (or taller) videos are failed with the reason
     retry_failed: bool = False  # re-extract every failed video (changed files are retried anyway)
     wait_s: float = DEFAULT_WAIT_S  # how long to wait for another writer of the store (0: fail at once)
+    allow_failures: bool = False  # exit 0 when some videos failed (1 still when none is extracted)
     local_cpus: int | None = None  # CPUs a local Ray claims; None: min(workers, this machine's cores)
 
     def __post_init__(self) -> None:
@@ -218,6 +219,13 @@ class ExtractResult:
     def exit_code(self) -> int:
         """0 unless no video of the dataset is extracted: none now, none from earlier runs."""
         return 1 if self.total > 0 and self.ok == 0 and self.skipped == self.skipped_failed else 0
+
+    def exit_status(self, allow_failures: bool = False) -> int:
+        """`exit_code`, and also 1 when any video is failed (now, or unchanged since it failed) unless
+        `allow_failures`: a script sees that not every input made it."""
+        if self.exit_code or allow_failures:
+            return self.exit_code
+        return 1 if self.failed or self.skipped_failed else 0
 
     def failure_line(self) -> str:
         """The one line a run that extracted nothing ends with."""

@@ -321,11 +321,11 @@ def log_cnn_metrics(cfg: FeaturesConfig, store_uri: str, runs: dict[str, str]) -
         out[model] = _subset_metrics(scores, multilabel, fs.groups)
         logged = client.get_run(run_id).data.metrics
         if any(logged.get(k) != v for k, v in out[model].items()):  # a re-run that changed nothing logs nothing
-            # At the fit's last epoch (newer than its clip-level val_* of that epoch): MLflow shows a
-            # metric's value at its largest step, so these are the ones the UI and `hyvid runs` show.
-            last = max((m.step for m in client.get_metric_history(run_id, "val_accuracy")), default=0)
+            # One step after the fit's last epoch (as train's final metrics): MLflow shows a metric's value
+            # at its largest step, so these are the ones the UI and `hyvid runs` show, and no step holds two.
+            step = max((m.step for m in client.get_metric_history(run_id, "val_accuracy")), default=-1) + 1
             now = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(k, v, now, last) for k, v in out[model].items()])
+            client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in out[model].items()])
     return out
 
 

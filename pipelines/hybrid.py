@@ -46,6 +46,7 @@ from hyvid.pipelines.evaluation import plots
 from hyvid.pipelines.evaluation.bootstrap import metric_intervals, resampling_units
 from hyvid.pipelines.evaluation.findings import Scores, paper_findings
 from hyvid.pipelines.evaluation.weights import SEARCH_METRICS, combine, grid_steps, search_weights
+from hyvid.pipelines.inference.registration import check_register, register_runs
 from hyvid.store.tables import EXTRACT_SETTINGS_METADATA_KEY, FRAME_FEATURES_NAME, VIDEO_SCORES, VIDEOS
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class HybridConfig:
     out_dir: str | None = None  # PNG/CSV files go here too; None: MLflow artifacts only
     late_fusion: bool = True
     register_as: str | None = None  # also register the hybrid's pyfunc under this MLflow model name
+    register_alias: str | None = None  # with register_as: point this alias of the registered model at it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -97,6 +99,7 @@ class HybridConfig:
             raise ValueError(f"weights_from must be one of {list(WEIGHT_SOURCES)}, got {self.weights_from!r}")
         if self.metric is not None and self.metric not in SEARCH_METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; choose from {list(SEARCH_METRICS)}")
+        check_register(self.register_as, self.register_alias)
 
 
 @dataclass(frozen=True)
@@ -385,8 +388,9 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
             )
             from hyvid.pipelines.inference.logged import log_hybrid_model
 
+            model_version = None
             try:
-                model_uri, model_version = log_hybrid_model(run_id, cfg.register_as)
+                model_uri = log_hybrid_model(run_id)
             except FileNotFoundError as e:
                 # Scores whose runs are gone (another tracking server, a deleted run): the weights and
                 # metrics stand; only the portable model, which needs the components' weights, is missing.
@@ -394,6 +398,8 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
                             "runs on this tracking server", e)
                 mlflow.set_tag(tracking.TAG_ERROR, f"hybrid model not logged: {e}")
                 model_uri, model_version = None, None
+        if cfg.register_as and model_uri:  # after the run ended: the card reads its final metrics
+            model_version = register_runs({HYBRID: run_id}, cfg.register_as, cfg.register_alias)[HYBRID].version
     finally:
         if not cfg.out_dir:
             files = {}  # the temp files are gone; they live on as MLflow artifacts

@@ -19,10 +19,14 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
 LOG_ENV = "HYVID_LOG"
+# The command line a `hyvid` command runs (redacted), for its MLflow runs' `hyvid.command` tag; in the
+# environment so that the Ray workers it starts tag their runs with it too.
+COMMAND_ENV = "HYVID_COMMAND"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Set (if the user has not) in this process's environment, so Ray workers inherit them.
@@ -36,6 +40,67 @@ QUIET_ENV = {
 # Libraries that give their loggers their own console handler when imported: their records are
 # sent to ours instead (right after the import, see _AfterImport).
 _SELF_HANDLED = ("ray", "mlflow")
+
+
+# Progress lines of long work whose output is no terminal (a log file, a CI job): an epoch, fit or
+# video-count line at most this often, so a redirected log shows the work moving without flooding.
+PROGRESS_EVERY_S = 10.0
+
+
+class Every:
+    """Says when a progress line is due: on the first call, then at most once every `seconds`."""
+
+    def __init__(self, seconds: float = PROGRESS_EVERY_S) -> None:
+        self.seconds = float(seconds)
+        self._last: float | None = None
+
+    def due(self, force: bool = False) -> bool:
+        """Whether to log now (`force`: the last step, always logged); a True starts the next interval."""
+        now = time.monotonic()
+        if force or self._last is None or now - self._last >= self.seconds:
+            self._last = now
+            return True
+        return False
+
+
+_LINES: dict[str, Every] = {}  # per fit (or stream): when its last epoch line was logged
+
+
+def _in_ray_worker() -> bool:
+    """Whether this process is a Ray worker (a task, an actor, a Ray Train worker), not a driver."""
+    ray = sys.modules.get("ray")
+    try:
+        from ray._private.worker import WORKER_MODE
+
+        return bool(ray is not None and ray.is_initialized() and ray.get_runtime_context().worker.mode == WORKER_MODE)
+    except Exception:  # noqa: BLE001 - another Ray's internals: then it is not one we know
+        return False
+
+
+def worker_console() -> None:
+    """hyvid's INFO lines on stderr in a Ray worker, which Ray forwards to the driver's console, so
+    that progress lines logged there are seen. No CLI `configure`s a worker's logging, and libraries
+    leave a root handler at ERROR there (importing mlflow.pytorch does), so hyvid's records get a
+    handler of their own and stop at it. A driver's logging (the CLI's, pytest's) is left alone."""
+    pkg = logging.getLogger("hyvid")
+    if any(getattr(h, "_hyvid_worker", False) for h in pkg.handlers) or not _in_ray_worker():
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler._hyvid = True  # type: ignore[attr-defined]
+    handler._hyvid_worker = True  # type: ignore[attr-defined]
+    pkg.addHandler(handler)
+    pkg.setLevel(logging.INFO)
+    pkg.propagate = False  # the library's root handler would print it a second time
+
+
+def epoch_line(logger: logging.Logger, name: str, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+    """`name epoch 3/30: train_loss 0.41, val_accuracy 0.812`, at most every PROGRESS_EVERY_S per
+    `name` and always for the last epoch; from a worker too (`worker_console`)."""
+    if _LINES.setdefault(name, Every()).due(force=epoch == epochs - 1):
+        worker_console()
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch")
+        logger.info("%s epoch %d/%d: %s", name, epoch + 1, epochs, shown)
 
 
 def log_file() -> Path:
@@ -120,6 +185,12 @@ def _ours(handler: logging.Handler) -> bool:
     return bool(getattr(handler, "_hyvid", False))
 
 
+def _drop_worker_console() -> None:
+    pkg = logging.getLogger("hyvid")
+    for h in [h for h in pkg.handlers if getattr(h, "_hyvid_worker", False)]:
+        pkg.removeHandler(h)
+
+
 def restore() -> None:
     """Undo `configure` (a command run in-process, by a test or a notebook, leaves nothing behind)."""
     for name, value in _saved_env.items():
@@ -137,6 +208,17 @@ def restore() -> None:
         root.setLevel(_saved_state.pop("root_level"))
 
 
+def set_command_line(argv: list[str]) -> None:
+    """Record `hyvid ARGV...` (redacted) as this command's line for its runs (`tracking.command_line`);
+    `restore` removes it."""
+    import shlex
+
+    from hyvid.cluster.settings import redact
+
+    _saved_env.setdefault(COMMAND_ENV, os.environ.get(COMMAND_ENV))
+    os.environ[COMMAND_ENV] = redact(shlex.join(["hyvid", *argv]))
+
+
 def configure(verbose: bool = False) -> None:
     """Set up this process's logging for one `hyvid` command (see the module doc)."""
     if not verbose:
@@ -148,6 +230,7 @@ def configure(verbose: bool = False) -> None:
     root = logging.getLogger()
     for h in [h for h in root.handlers if _ours(h)]:  # another program's (pytest's) handlers stay
         root.removeHandler(h)
+    _drop_worker_console()
     _saved_state.setdefault("root_level", root.level)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     console = logging.StreamHandler()  # writes to whatever sys.stderr is when it writes (main redacts it)

@@ -47,6 +47,7 @@ class PredictConfig:
     top: int = 5
     batch_size: int = 8  # videos per CNN/LSTM batch
     threads: int | None = None  # frames+flow threads; None: one per CPU core
+    allow_failures: bool = False  # exit 0 when some videos failed (still 1 when none was classified)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "videos", tuple(os.fspath(v) for v in self.videos))
@@ -72,20 +73,25 @@ class PredictResult:
     def n_ok(self) -> int:
         return sum(p.ok for p in self.predictions)
 
-    def exit_code(self) -> int:
-        """0 when at least one video was classified (failures are reported per file)."""
-        return 0 if self.n_ok else 1
+    def exit_code(self, allow_failures: bool = False) -> int:
+        """1 when a video failed (with `allow_failures`: only when none was classified), else 0."""
+        if not self.n_ok:
+            return 1
+        return 0 if allow_failures or self.n_ok == len(self.predictions) else 1
 
     def to_json(self) -> dict[str, Any]:
         return {
             "hybrid_run_id": self.run_id,
+            "n_videos": len(self.predictions),
+            "n_failed": len(self.predictions) - self.n_ok,
             "videos": [
                 {"path": p.path, "ok": p.ok, "error": p.error,
                  "top": [{"class": c, "score": round(s, 6)} for c, s in p.top],
                  "frames_flow_s": round(p.frames_flow_s, 4)}
                 for p in self.predictions
             ],
-            "timing": {k: round(v, 4) for k, v in self.timing.items()},
+            # Counts as integers, seconds rounded.
+            "timing": {k: int(v) if k.startswith("n_") else round(v, 4) for k, v in self.timing.items()},
             "paper_k40_per_video_s": PAPER_TIMES_S,
         }
 

@@ -64,6 +64,7 @@ class RunConfig:
     hybrid_step: float = 0.05
     weights_from: str = DEFAULT_WEIGHTS_FROM  # the hybrid's weights: out-of-fold training scores, or "val"
     out_dir: str | None = None  # plots of the hybrid stage
+    allow_failures: bool = False  # exit 0 when some videos failed to extract (the rest are used either way)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "splits", R.check_splits(self.splits))
@@ -88,6 +89,11 @@ class RunResult:
     test_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     # With seeds > 1: seed -> model (the hybrid included) -> its test metrics.
     seed_metrics: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    failed_videos: int = 0  # videos of the dataset that are failed in the store (extract's failures)
+
+    def exit_code(self, allow_failures: bool = False) -> int:
+        """1 when a video of the dataset could not be extracted, unless `allow_failures`."""
+        return 1 if self.failed_videos and not allow_failures else 0
 
     def seed_summary(self) -> dict[str, dict[str, tuple[float, float]]]:
         """model -> metric -> (mean, sd) over the seeds (sd with ddof=1; 0 for one seed)."""
@@ -136,6 +142,7 @@ def run(cfg: RunConfig) -> RunResult:
                       storage_options=cfg.storage_options, **ex_kw),
     )
     print(f"extract: {ex.ok} ok, {ex.failed} failed, {ex.skipped} already there", flush=True)
+    res.failed_videos = ex.failed + ex.skipped_failed
     if ex.exit_code != 0:
         raise ValueError(f"extract: no video of {cfg.dataset!r} could be extracted: {ex.failures[:5]}")
 

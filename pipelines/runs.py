@@ -42,6 +42,7 @@ class RunsConfig:
     model: str | None = None  # only runs tagged with this hyvid.model
     stage: str | None = None  # only runs tagged with this hyvid.stage
     limit: int = 50
+    nested: bool = False  # also the nested runs: search trials, out-of-fold fits, late fusions
     max_params: int = 6  # key parameters shown per run (0: all)
     format: str = "table"  # one of FORMATS
 
@@ -115,6 +116,8 @@ def run_record(run: Run) -> dict[str, object]:
         "params": {k: v for k, v in sorted(params.items()) if not k.startswith(_NOT_KEY)},
         "lineage": _lineage(params),
         "git_commit": tags.get(tracking.TAG_GIT_COMMIT),
+        "command": tags.get(tracking.TAG_COMMAND),
+        "parent_run_id": tags.get(tracking.TAG_PARENT),
     }
 
 
@@ -129,6 +132,10 @@ def find_runs(cfg: RunsConfig) -> list[Run]:
         runs = [r for r in runs if r.data.tags.get(tracking.TAG_MODEL) == cfg.model]
     if cfg.stage:
         runs = [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) == cfg.stage]
+    # The model runs first: a search's trials and folds would push them out of --limit. Asking for a
+    # stage whose runs are all nested (train-cv, late_fusion) asks for them.
+    if not cfg.nested and cfg.stage not in tracking.NESTED_STAGES:
+        runs = [r for r in runs if tracking.TAG_PARENT not in r.data.tags]
     return runs[: cfg.limit]
 
 
@@ -176,7 +183,9 @@ def _clip(text: str, width: int) -> str:
 def _table_cells(row: dict[str, str]) -> dict[str, str]:
     test = dict(m.split("=", 1) for m in row["test"].split())
     start = row["start"][5:16] if row["start"] != "—" else "—"  # MM-DD HH:MM: the year is rarely news
-    return {"run": row["run"], "id": row["id"], "stage": row["stage"], "split": row["split"], "start": start,
+    # The name without its start time: the `started` column shows it.
+    name = tracking.RUN_NAME_TIME_RE.sub("", row["run"])
+    return {"run": name, "id": row["id"], "stage": row["stage"], "split": row["split"], "start": start,
             "time": row["duration"] if row["status"] == "FINISHED" else row["status"].lower(),
             **{k: test.get(k, "—") for k in ("acc", "mca", "mAP")}}
 

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
+import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Run
 
 from hyvid.cluster.settings import DEFAULT_TRACKING_URI, SECRET_KEY_RE, Settings, redact
 from hyvid.models import registry as R
-from hyvid.store.lance_io import canonical_store_uri, table_uri, table_versions
+from hyvid.pipelines.logs import COMMAND_ENV
+from hyvid.store.lance_io import canonical_store_uri, open_table, table_uri, table_versions
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ STAGE_LATE_FUSION = "late_fusion"  # Table 1's "+" rows, nested under the hybrid
 STAGE_EVALUATE = "evaluate"  # `hyvid evaluate`: a logged model scored end to end on a labelled video set
 CHAIN = (STAGE_EXTRACT, STAGE_TRAIN_CNN, STAGE_FEATURES, STAGE_TRAIN, STAGE_HYBRID)  # `hyvid run`'s order
 STAGES = (*CHAIN, STAGE_TRAIN_CV, STAGE_LATE_FUSION, STAGE_EVALUATE)
+NESTED_STAGES = (STAGE_TRAIN_CV, STAGE_LATE_FUSION)  # whose runs sit under another run (mlflow.parentRunId)
 
 # -- tags ---------------------------------------------------------------------------------------
 TAG_MODEL = "hyvid.model"  # a models.registry name
@@ -50,6 +56,7 @@ TAG_ERROR = "hyvid.error"
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag for nested runs
 TAG_REFIT_OF = "hyvid.refit_of"  # a refit's (train + val) run -> the final fit whose choices it repeats
 TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own tag: the UI shows it as the run's source version
+TAG_COMMAND = "hyvid.command"  # the command line that made the run (redacted), from logs.COMMAND_ENV
 
 # -- param prefixes -----------------------------------------------------------------------------
 LINEAGE_PREFIX = "lineage."  # lineage.store_uri, lineage.<table>.version
@@ -191,13 +198,31 @@ def git_commit() -> str | None:
         return None
 
 
+def command_line() -> str | None:
+    """The `hyvid ...` command line this process (or the driver that started its Ray) runs, redacted."""
+    return os.environ.get(COMMAND_ENV) or None
+
+
+def run_name(model: str, split: int | None = None, when: float | None = None) -> str:
+    """A top-level run's name: its model, split and start time, `fusion-split1-20260101-120000`, so
+    runs of one model tell apart in the UI (nested runs keep their own: `fusion-fold1of3`)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    return f"{model}-split{int(split)}-{stamp}" if split is not None else f"{model}-{stamp}"
+
+
+RUN_NAME_TIME_RE = re.compile(r"-\d{8}-\d{6}$")  # the start time `run_name` ends a name with
+
+
 def run_tags(model: str, stage: str, split: int | None = None, store_uri: str | None = None,
              **extra: str) -> dict[str, str]:
-    """The tags every hyvid run carries (model, stage, split, store, git commit), plus `extra`."""
+    """The tags every hyvid run carries (model, stage, split, store, git commit, command line), plus `extra`."""
     tags = {TAG_MODEL: model, TAG_STAGE: stage}
     commit = git_commit()
     if commit:
         tags[TAG_GIT_COMMIT] = commit
+    command = command_line()
+    if command:
+        tags[TAG_COMMAND] = command[:5000]
     if split is not None:
         tags[TAG_SPLIT] = str(int(split))
     if store_uri:
@@ -216,9 +241,10 @@ def start_run(
     nested: bool = False,
     run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run named after the model, tagged so reports can find it."""
+    """An MLflow run named by `run_name` (a nested one: by its model alone), tagged so reports can find it."""
     all_tags = {**run_tags(model, stage, split, store_uri), **(tags or {})}
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else model, nested=nested, tags=all_tags) as run:
+    name = None if run_id else (model if nested else run_name(model, split))
+    with mlflow.start_run(run_id=run_id, run_name=name, nested=nested, tags=all_tags) as run:
         yield run
 
 
@@ -239,15 +265,16 @@ def log_lineage(store_uri: str, tables: list[str], storage_options: dict | None 
     params.update({f"{LINEAGE_PREFIX}{t}.version": v for t, v in versions.items()})
     mlflow.log_params(params)
     mlflow.log_dict(lineage, LINEAGE_ARTIFACT)
-    log_dataset_inputs(store_uri, versions, context)
+    log_dataset_inputs(store_uri, versions, context, storage_options)
     return lineage
 
 
-def log_dataset_inputs(store_uri: str, versions: dict[str, int], context: str = "training") -> None:
+def log_dataset_inputs(store_uri: str, versions: dict[str, int], context: str = "training",
+                       storage_options: dict | None = None) -> None:
     """Each Lance table as an MLflow dataset input of the active run: name = table, digest =
-    its version, source = the table's URI (redacted)."""
+    its version, source = the table's URI (redacted), schema = the table's columns, profile =
+    its row count at that version."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
 
     for table, version in versions.items():
         uri = redact(table_uri(canonical_store_uri(store_uri), table))
@@ -258,7 +285,59 @@ def log_dataset_inputs(store_uri: str, versions: dict[str, int], context: str = 
             except Exception:  # noqa: BLE001 - an object store MLflow has no source type for: lineage params suffice
                 log.debug("no MLflow dataset source for %s", uri, exc_info=True)
                 continue
-        mlflow.log_input(MetaDataset(source, name=table, digest=f"v{int(version)}"), context=context)
+        try:
+            ds = open_table(store_uri, table, storage_options, version=int(version))
+            schema, rows = arrow_schema(ds.schema), int(ds.count_rows())
+        except Exception:  # noqa: BLE001 - a table gone since it was read: name and version still say what it was
+            log.debug("cannot read %s v%s for its dataset input", table, version, exc_info=True)
+            schema, rows = None, None
+        mlflow.log_input(_LanceTable(source, name=table, digest=f"v{int(version)}", schema=schema, num_rows=rows),
+                         context=context)
+
+
+def arrow_schema(schema) -> Any:
+    """An MLflow Schema of a pyarrow one (lists and fixed-size vectors as arrays, structs as objects)."""
+    from mlflow.types import ColSpec, Schema
+
+    return Schema([ColSpec(_arrow_type(f.type), f.name, required=not f.nullable) for f in schema])
+
+
+def _arrow_type(t) -> Any:
+    import pyarrow as pa
+    from mlflow.types import DataType
+    from mlflow.types.schema import AnyType, Array, Object, Property
+
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return Array(_arrow_type(t.value_type))
+    if pa.types.is_struct(t):
+        return Object([Property(f.name, _arrow_type(f.type)) for f in t])
+    for test, kind in ((pa.types.is_boolean, DataType.boolean), (pa.types.is_int64, DataType.long),
+                       (pa.types.is_integer, DataType.integer), (pa.types.is_float32, DataType.float),
+                       (pa.types.is_floating, DataType.double), (pa.types.is_string, DataType.string),
+                       (pa.types.is_large_string, DataType.string), (pa.types.is_binary, DataType.binary),
+                       (pa.types.is_large_binary, DataType.binary), (pa.types.is_timestamp, DataType.datetime)):
+        if test(t):
+            return kind
+    return AnyType()
+
+
+class _LanceTable(MetaDataset):
+    """A Lance table version as an MLflow dataset: MetaDataset's source, name, digest and schema,
+    plus the row count as its profile."""
+
+    def __init__(self, source, name: str, digest: str, schema=None, num_rows: int | None = None) -> None:
+        self._num_rows = num_rows
+        super().__init__(source, name=name, digest=digest, schema=schema)
+
+    @property
+    def profile(self) -> Any | None:
+        return None if self._num_rows is None else {"num_rows": self._num_rows}
+
+    def to_dict(self) -> dict[str, str]:
+        out = super().to_dict()
+        if self._num_rows is not None:
+            out["profile"] = json.dumps(self.profile)
+        return out
 
 
 def lineage_matches(run: Run, versions: dict[str, int], tables: tuple[str, ...]) -> bool:

@@ -33,6 +33,7 @@ from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models import registry as R
 from hyvid.models.fusion import CROSS_ENTROPY, FUSION_LOSSES, PAPER_LAM1, PAPER_LR, SQUARED
 from hyvid.pipelines import faults, logs, tracking
+from hyvid.pipelines.inference.registration import check_register, register_runs
 from hyvid.pipelines.training.data import LSTM_STREAM
 from hyvid.pipelines.training.families import ADAM, OPTIMIZERS, SGD
 from hyvid.pipelines.training.search import (
@@ -176,6 +177,9 @@ class TrainConfig:
     seed: int = 0
     # Fault injection (hyvid.pipelines.faults): a JSON spec; None: the HYVID_FAULTS variable, if set.
     faults: str | None = None
+    # Register each fitted model in MLflow's registry: as NAME (one model) or NAME-<model> (several).
+    register_as: str | None = None
+    register_alias: str | None = None  # with register_as: point this alias of each registered model at it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", expand_models(tuple(self.models)))
@@ -228,6 +232,7 @@ class TrainConfig:
             raise ValueError(f"cv_folds must be 0 (no out-of-fold scores) or >= 2, got {self.cv_folds}")
         object.__setattr__(self, "oof_models", tuple(self.oof_models))
         R.check_model_names(list(self.oof_models))
+        check_register(self.register_as, self.register_alias)
         bad = sorted(faults.targets(self.faults, faults.TRAIN_AFTER_EPOCH) - set(self.models))
         if bad:
             raise ValueError(f"faults: {faults.TRAIN_AFTER_EPOCH} names models that are not fitted: {bad}")
@@ -284,6 +289,7 @@ class TrainResult:
     experiment_id: str
     tracking_uri: str
     concurrent: bool
+    registered: dict[str, str] = field(default_factory=dict)  # model -> models:/NAME/VERSION (register_as)
     curves_png: str | None = None  # the stage's training curves (also an artifact of each torch model's run)
 
     def run_ids(self) -> dict[str, str]:
@@ -338,6 +344,7 @@ def fit_config(cfg: TrainConfig, model: str, *, store_uri: str, tracking_uri: st
         "svm_kernel": cfg.svm_kernel, "svm_exact_max": cfg.svm_exact_max,
         "faults": faults.resolve(cfg.faults), "report_every_s": cfg.checkpoint_every_s,
         "storage_path": storage_path, "keep_checkpoints": cfg.keep_checkpoints,
+        "command": tracking.command_line(),  # the runs' hyvid.command tag, on any node
     }
 
 
@@ -391,7 +398,7 @@ class _Stage:
                 continue
             base = self.config(model)
             parent = MlflowClient(self.tracking_uri).create_run(
-                self.experiment_id, run_name=model,
+                self.experiment_id, run_name=tracking.run_name(model, self.cfg.split),
                 tags=tracking.run_tags(model, tracking.STAGE_TRAIN, self.cfg.split, self.store_uri,
                                        **{tracking.TAG_FIT_ID: base["fit_id"]}),
             ).info.run_id
@@ -555,12 +562,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     results: dict[str, ModelResult] = {}
     errors: dict[str, BaseException] = {}
     bar = tqdm(total=0, desc="train", unit="fit")  # dispatch counts every fit it is handed
+    fits_line, fits_done = logs.Every(), [0]
     trainer_futures: dict[Any, FitOutcome] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, len(cfg.models)), thread_name_prefix="trainer")
 
     def record(out: FitOutcome) -> None:
         config, model = out.config, out.config["model"]
         bar.update(1)
+        fits_done[0] += 1  # the bar counts nothing when disabled (no terminal)
         if out.error is not None:
             stage.mark_failed(config["fit_id"])
             if is_trial(config) and model not in stage.failed_searches:
@@ -569,7 +578,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             log.error("fit %s failed: %s", config["fit_id"], out.error)
             errors.setdefault(model, out.error)  # a failed fold or refit, or every trial, fails its model
             return
-        if config.get("cv_only"):
+        if config.get("cv_only"):  # a search trial or fold: a line at most every logs.PROGRESS_EVERY_S
+            if fits_line.due():
+                log.info("train: %d of %d fits done (last: %s)", fits_done[0], bar.total, config["fit_id"])
             return
         split = out.time_split()
         results[model] = ModelResult(model, out.result["run_id"], out.result["metrics"], out.submitted,
@@ -633,7 +644,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                            f"finished: {sorted(results)}") from next(iter(errors.values()))
     ordered = {m: results[m] for m in cfg.models}
     curves = _log_curves(cfg, tracking_uri, ordered)
-    return TrainResult(ordered, time.time() - t0, experiment_id, tracking_uri, cfg.concurrent, curves)
+    registered = register_runs({m: r.run_id for m, r in ordered.items()}, cfg.register_as,
+                               cfg.register_alias) if cfg.register_as else {}
+    return TrainResult(ordered, time.time() - t0, experiment_id, tracking_uri, cfg.concurrent,
+                       {m: r.uri for m, r in registered.items()}, curves)
 
 
 def _log_curves(cfg: TrainConfig, tracking_uri: str, results: dict[str, ModelResult]) -> str | None:

@@ -41,6 +41,8 @@ from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models.cnn import FINETUNE_MODES, build_stream_cnn
 from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, STREAMS, check_split, primary_metric
 from hyvid.pipelines import logs, tracking
+from hyvid.pipelines.inference import packaging
+from hyvid.pipelines.inference.registration import check_register, register_runs
 from hyvid.pipelines.training.checkpoint import load_checkpoint
 from hyvid.pipelines.training.cnn_loop import lr_milestones, train_loop_per_worker
 from hyvid.store.lance_io import canonical_store_uri
@@ -105,6 +107,9 @@ class TrainCNNConfig:
     max_failures: int = 2  # worker-group restarts from the latest checkpoint before giving up
     seed: int = 0
     address: str | None = None  # Ray address; None: the connected/local Ray
+    # Register each fitted CNN in MLflow's registry: as NAME (one stream) or NAME-<model> (both).
+    register_as: str | None = None
+    register_alias: str | None = None  # with register_as: point this alias of each registered model at it
 
     def __post_init__(self) -> None:
         if self.stream not in STREAM_CHOICES:
@@ -125,6 +130,7 @@ class TrainCNNConfig:
             raise ValueError(f"cpus_per_worker must be >= 1, got {self.cpus_per_worker!r}")
         if self.max_failures < 0:
             raise ValueError(f"max_failures must be >= 0, got {self.max_failures!r}")
+        check_register(self.register_as, self.register_alias)
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -142,6 +148,7 @@ class TrainCNNResult:
     metrics: dict[str, dict[str, float]]
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     checkpoints: dict[str, str] = field(default_factory=dict)
+    registered: dict[str, str] = field(default_factory=dict)  # stream -> models:/NAME/VERSION (register_as)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,9 +244,8 @@ def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_nam
              "multilabel": multilabel},
             tracking.CNN_CONFIG_ARTIFACT,
         )
-        # Pickle (not pt2/torch.export) keeps the whole module, so `features()` is there on load.
-        mlflow.pytorch.log_model(model, name=model_name, serialization_format="pickle",
-                                 pip_requirements=mlflow.pytorch.get_default_pip_requirements())
+        # A standalone pyfunc holding the whole pickled module, so `features()` is there on load.
+        packaging.log_cnn(model, model_name, job.stream, stack, class_names, multilabel)
         # The run was created (and ended) before the fit; `features` only picks runs with a model.
         mlflow.set_tag(tracking.TAG_MODEL_LOGGED, "true")
         return job.checkpoint, history
@@ -357,7 +363,11 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
         raise RuntimeError(
             "; ".join(f"{j.stream} CNN fit failed (MLflow run {j.run_id}): {j.error}" for j in errors)
         ) from errors[0].error
-    return TrainCNNResult(run_ids, metrics, history, checkpoints)
+    registered = {}
+    if cfg.register_as:
+        done = register_runs({MODEL_OF_STREAM[st]: r for st, r in run_ids.items()}, cfg.register_as, cfg.register_alias)
+        registered = {st: done[MODEL_OF_STREAM[st]].uri for st in run_ids}
+    return TrainCNNResult(run_ids, metrics, history, checkpoints, registered)
 
 
 def _fit_on_pool(cfg: TrainCNNConfig, jobs: list[_StreamJob], fit_name: Callable[[_StreamJob], str], storage: str,

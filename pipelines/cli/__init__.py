@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         verbose = args.verbose
         logs.configure(args.verbose)  # library warnings to a log file unless --verbose
+        logs.set_command_line(list(sys.argv[1:] if argv is None else argv))  # the runs' hyvid.command tag
         if not args.command:
             parser.print_help()
             return 2

@@ -155,6 +155,23 @@ def common(p: argparse.ArgumentParser, s: Settings, cfg: type | str | None = Non
                        help=f"Ray cluster address (default: {s.ray_address or 'start a local Ray'})")
 
 
+def register_args(p: argparse.ArgumentParser, what: str, several: bool = True) -> None:
+    """--register NAME and --alias A: register what a stage logs in MLflow's model registry, with
+    tags, a description and a model card (`inference.registration`)."""
+    suffix = "; with several models each is NAME-<model>" if several else ""
+    p.add_argument("--register", metavar="NAME",
+                   help=f"register {what} as MLflow model NAME{suffix}: tags (data, split, metrics with intervals, "
+                        "Lance versions), a description and a README.md model card; then load it as "
+                        "models:/NAME/<version>")
+    p.add_argument("--alias", metavar="A", help="with --register: point alias A at the new version (models:/NAME@A)")
+
+
+def print_registered(registered: dict[str, str]) -> None:
+    """One line per registered model: `registered fusion as models:/NAME/3`."""
+    for model, uri in registered.items():
+        print(f"registered {model} as {uri}")
+
+
 def tracking_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ray_config.yaml, else sqlite:///mlflow.db)")

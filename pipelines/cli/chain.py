@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from hyvid.cluster.settings import Settings
 from hyvid.pipelines.cli._common import command, common, csv, csv_numbers, defaults, given, shown, tracking_uri
@@ -45,6 +46,8 @@ def _run_args(p: argparse.ArgumentParser, s: Settings) -> None:
                         f"(default {d.weights_from})")
     p.add_argument("--hybrid-step", type=float, help=f"hybrid weight grid step (default {shown(d.hybrid_step)})")
     p.add_argument("--plots", help="folder for the hybrid's PNG plots (default: none, MLflow artifacts only)")
+    p.add_argument("--allow-failures", action="store_true", default=None,
+                   help="exit 0 when some videos failed to extract (default: 1, after every stage ran on the rest)")
 
 
 def _splits(args: argparse.Namespace) -> tuple[int, ...] | None:
@@ -68,7 +71,7 @@ def _run_config(args: argparse.Namespace, s: Settings):
             lstm_epochs=args.lstm_epochs, video_epochs=args.video_epochs, lam2_grid=lam_grid, lam3_grid=lam_grid,
             paper=args.paper, cv_folds=args.cv_folds, refit=args.refit, seeds=args.seeds,
             weights_from=args.weights_from,
-            hybrid_step=args.hybrid_step, out_dir=args.plots))
+            hybrid_step=args.hybrid_step, out_dir=args.plots, allow_failures=args.allow_failures))
     # run() forwards these three only when truthy, so a 0 would quietly become the stage's default;
     # the stage configs that receive them check them now, before any extraction or training.
     TrainConfig(store_uri=cfg.store_uri, models=cfg.models, **given(
@@ -80,7 +83,8 @@ def _run_config(args: argparse.Namespace, s: Settings):
 def _run_run(args: argparse.Namespace, s: Settings) -> int:
     from hyvid.pipelines.run import run
 
-    res = run(_run_config(args, s))
+    cfg = _run_config(args, s)
+    res = run(cfg)
     print("\nstage seconds:", ", ".join(f"{k}: {v}" for k, v in res.seconds.items()))
     for split, m in res.test_metrics.items():
         print(f"hybrid split {split}: " + ", ".join(f"{k}={v:.3f}" for k, v in m.items()))
@@ -89,7 +93,11 @@ def _run_run(args: argparse.Namespace, s: Settings) -> int:
         for model, per in res.seed_summary().items():
             print(f"  {model:<16}" + ", ".join(f"{k} {mu:.3f} ± {sd:.3f}" for k, (mu, sd) in per.items()
                                                if not k.endswith(("_ci_low", "_ci_high"))))
-    return 0
+    code = res.exit_code(cfg.allow_failures)
+    if code:
+        print(f"hyvid run: {res.failed_videos} video(s) of {cfg.dataset} failed to extract (`hyvid videos --store "
+              f"{cfg.store_uri} --status failed`); --allow-failures exits 0", file=sys.stderr)
+    return code
 
 
 command("run", "run extract, train-cnn, features, train and hybrid in order, resuming what is done",

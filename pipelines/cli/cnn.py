@@ -11,6 +11,8 @@ from hyvid.pipelines.cli._common import (
     given,
     next_command,
     per_node,
+    print_registered,
+    register_args,
     settings_workers,
     shown,
     tracking_uri,
@@ -60,6 +62,7 @@ def _train_cnn_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--checkpoint-path", help="Ray Train storage (default: STORE/_checkpoints)")
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue the last fit of this stream/split from its checkpoint")
+    register_args(p, "each fitted CNN (a pyfunc of uint8 frames or flow stacks)")
 
 
 def _train_cnn_config(args: argparse.Namespace, s: Settings):
@@ -71,7 +74,8 @@ def _train_cnn_config(args: argparse.Namespace, s: Settings):
             stream=args.stream, split=args.split, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             finetune=args.finetune, head_views=args.head_views, crop=args.crop, feature_dim=args.feature_dim,
             workers=args.workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu,
-            checkpoint_path=args.checkpoint_path, resume=args.resume))
+            checkpoint_path=args.checkpoint_path, resume=args.resume, register_as=args.register,
+            register_alias=args.alias))
 
 
 def _train_cnn_run(args: argparse.Namespace, s: Settings) -> int:
@@ -85,6 +89,7 @@ def _train_cnn_run(args: argparse.Namespace, s: Settings) -> int:
         nan = float("nan")
         print(f"{stream} CNN: MLflow run {run_id}; epoch {int(m.get('epoch', -1)) + 1}: train loss "
               f"{m.get('train_loss', nan):.3f}, train accuracy {m.get('train_accuracy', nan):.3f}{val}")
+    print_registered(r.registered)
     print(next_command(args, s, "features", store=args.store, split=cfg.split))
     return 0
 

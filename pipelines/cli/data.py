@@ -151,6 +151,9 @@ def _extract_args(p: argparse.ArgumentParser, s: Settings) -> None:
                         "at once)")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="empty the store's videos/clips/classes and extract again (needed to change settings)")
+    p.add_argument("--allow-failures", action="store_true", default=None,
+                   help="exit 0 when some videos failed (default: exit 1 if any video is failed; always 1 when none "
+                        "is extracted)")
 
 
 def _extract_config(args: argparse.Namespace, s: Settings):
@@ -161,13 +164,15 @@ def _extract_config(args: argparse.Namespace, s: Settings):
                              split=args.split, frames=args.frames, stack=args.stack, flow=args.flow,
                              size=args.size, workers=args.workers, overwrite=args.overwrite,
                              max_long_side=args.max_long_side, max_aspect=args.max_aspect,
-                             local_cpus=args.local_cpus, retry_failed=args.retry_failed, wait_s=args.wait_s))
+                             local_cpus=args.local_cpus, retry_failed=args.retry_failed, wait_s=args.wait_s,
+                             allow_failures=args.allow_failures))
 
 
 def _extract_run(args: argparse.Namespace, s: Settings) -> int:
     from hyvid.pipelines.extract import extract
 
-    r = extract(_extract_config(args, s))
+    cfg = _extract_config(args, s)
+    r = extract(cfg)
     print(f"extracted {r.ok} videos, {r.failed} failed, {r.skipped} skipped (already in the store) "
           f"of {r.total} in {r.seconds:.1f} s: {r.frames_per_s:.0f} source frames/s, {r.clips} clips "
           f"[settings {r.config_hash}]")
@@ -186,8 +191,12 @@ def _extract_run(args: argparse.Namespace, s: Settings) -> int:
     if r.exit_code:
         print(f"hyvid extract: error: {r.failure_line()}", file=sys.stderr)
     else:
-        print(next_command(args, s, "train-cnn", store=args.store, split=_extract_config(args, s).split))
-    return r.exit_code
+        print(next_command(args, s, "train-cnn", store=args.store, split=cfg.split))
+    code = r.exit_status(cfg.allow_failures)
+    if code and not r.exit_code:
+        print(f"hyvid extract: {r.failed + r.skipped_failed} of {r.total} videos are failed (see above); "
+              "--allow-failures exits 0 when some are extracted", file=sys.stderr)
+    return code
 
 
 command("extract", "decode videos, sample frames and stack optical flow into the Lance store (Ray tasks)",

@@ -14,6 +14,8 @@ from hyvid.pipelines.cli._common import (
     defaults,
     given,
     next_command,
+    print_registered,
+    register_args,
     settings_workers,
     shown,
     tracking_uri,
@@ -87,6 +89,7 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
                    help=f"SVM baselines: exact chi2 kernel, or the additive-chi2 feature map with linear SVMs "
                         f"(default {d.svm_kernel}: exact up to --svm-exact-max training videos)")
     p.add_argument("--svm-exact-max", type=int, help=f"see --svm-kernel (default {d.svm_exact_max})")
+    register_args(p, "each fitted model (a pyfunc of its features)")
 
 
 def _train_config(args: argparse.Namespace, s: Settings):
@@ -104,7 +107,7 @@ def _train_config(args: argparse.Namespace, s: Settings):
         nn_lr_grid=csv_numbers(args.nn_lr_grid, "--nn-lr-grid", float, "0.01,0.03"),
         cv_folds=args.cv_folds, refit=args.refit,
         storage_path=args.storage_path, max_failures=args.max_failures, svm_kernel=args.svm_kernel,
-        svm_exact_max=args.svm_exact_max)
+        svm_exact_max=args.svm_exact_max, register_as=args.register, register_alias=args.alias)
     # --lstm-epochs / --video-epochs are the finer flags: they win over --epochs.
     values.update(given(lstm_epochs=args.lstm_epochs, video_epochs=args.video_epochs))
     make = TrainConfig.paper if args.paper else TrainConfig
@@ -132,7 +135,9 @@ def _train_run(args: argparse.Namespace, s: Settings) -> int:
     from hyvid.pipelines.train import train
 
     cfg = _train_config(args, s)
-    print(format_train_table(train(cfg)))
+    res = train(cfg)
+    print(format_train_table(res))
+    print_registered(res.registered)
     print(next_command(args, s, "hybrid", store=args.store, split=cfg.split))
     return 0
 
@@ -167,9 +172,8 @@ def _hybrid_args(p: argparse.ArgumentParser, s: Settings) -> None:
                    help="folder for the PNG/CSV files (default %(default)s; split<N>/ inside)")
     p.add_argument("--no-late-fusion", dest="late_fusion", action="store_false", default=None,
                    help="skip Table 1's late average fusions")
-    p.add_argument("--register", metavar="NAME",
-                   help="register the hybrid (a pyfunc that classifies video files) as MLflow model NAME; "
-                        "then `hyvid predict --model models:/NAME/<version>`")
+    register_args(p, "the hybrid (a pyfunc that classifies video files; then `hyvid predict --model "
+                     "models:/NAME@A`)", several=False)
 
 
 def _hybrid_config(args: argparse.Namespace, s: Settings) -> list:
@@ -187,7 +191,7 @@ def _hybrid_config(args: argparse.Namespace, s: Settings) -> list:
             store_uri=args.store, experiment=args.experiment, tracking_uri=uri,
             storage_options=s.resolved_storage_options(), **given(
                 split=split, models=csv(args.models, "--models"), step=args.step, refine=args.refine,
-                metric=args.metric, late_fusion=args.late_fusion, register_as=args.register,
+                metric=args.metric, late_fusion=args.late_fusion, register_as=args.register, register_alias=args.alias,
                 weights_from=args.weights_from))
         cfgs.append(dataclasses.replace(cfg, out_dir=f"{out}/split{cfg.split}"))  # the split may be the default
     return cfgs
@@ -205,7 +209,8 @@ def _hybrid_run(args: argparse.Namespace, s: Settings) -> int:
             print(f"  late fusion {row}: test " + ", ".join(f"{k} {v:.4f}" for k, v in vals.items()))
         print(f"  MLflow run {res.run_id}; files in {cfg.out_dir}/")
         if res.registered_version:
-            print(f"  registered as models:/{args.register}/{res.registered_version}")
+            print(f"  registered as models:/{args.register}/{res.registered_version}"
+                  + (f" (models:/{args.register}@{args.alias})" if args.alias else ""))
     print(next_command(args, s, "report"))
     return 0
 

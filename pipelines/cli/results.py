@@ -49,6 +49,9 @@ def _runs_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--model", help="only runs of this model (e.g. fusion, spatial_cnn+spatial_lstm)")
     p.add_argument("--stage", help="only runs of this stage (e.g. train-cnn, train, hybrid, late_fusion)")
     p.add_argument("--limit", type=int, help=f"newest N runs (default {d.limit})")
+    p.add_argument("--all", dest="nested", action="store_true", default=None,
+                   help="also list nested runs: search trials, out-of-fold fits, late fusions (default: top-level "
+                        "runs only)")
     p.add_argument("--all-params", action="store_true", help=f"show every parameter, not the first {d.max_params}")
     p.add_argument("--format", choices=constant("hyvid.pipelines.runs:FORMATS"),
                    help=f"table: fits a 100-column terminal; json: every run in full (all val_*/test_* metrics, "
@@ -59,7 +62,8 @@ def _runs_config(args: argparse.Namespace, s: Settings):
     from hyvid.pipelines.runs import RunsConfig
 
     return RunsConfig(experiment=args.experiment, tracking_uri=tracking_uri(args, s), **given(
-        model=args.model, stage=args.stage, limit=args.limit, max_params=0 if args.all_params else None,
+        model=args.model, stage=args.stage, limit=args.limit, nested=args.nested,
+        max_params=0 if args.all_params else None,
         format=args.format))
 
 
@@ -76,7 +80,8 @@ def _runs_run(args: argparse.Namespace, s: Settings) -> int:
 
 command("runs", "compare an experiment's runs: parameters, test metrics, lineage",
         ("hyvid runs --experiment hyvid", "hyvid runs --experiment hyvid --model fusion --all-params",
-         "hyvid runs --stage hybrid --limit 5", "hyvid runs --experiment hyvid --format csv > runs.csv"),
+         "hyvid runs --stage hybrid --limit 5", "hyvid runs --all --model fusion",
+         "hyvid runs --experiment hyvid --format csv > runs.csv"),
         _runs_args, _runs_run, _runs_config)
 
 
@@ -90,6 +95,18 @@ def _predict_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--batch-size", type=int, help=f"videos per CNN/LSTM batch (default {d.batch_size})")
     p.add_argument("--threads", type=int, help="frames+flow threads (default: one per CPU core)")
     p.add_argument("--json", action="store_true", help="print strict JSON (predictions and timing) instead of text")
+    allow_failures_arg(p, "video")
+
+
+def allow_failures_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--allow-failures", action="store_true", default=None,
+                   help=f"exit 0 when some {what}s fail (default: exit 1 if any {what} failed; always 1 when "
+                        f"no {what} succeeded)")
+
+
+_MODEL_HELP = ("a hybrid model folder (copied out of MLflow: no tracking server needed), a hybrid run runs:/<run id> "
+               "(see `hyvid runs --stage hybrid`), its model runs:/<run id>/hybrid, or a registered one, "
+               "models:/<name>/<version> or models:/<name>@<alias>")
 
 
 def _model_args(p: argparse.ArgumentParser, s: Settings) -> None:
@@ -97,10 +114,7 @@ def _model_args(p: argparse.ArgumentParser, s: Settings) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--experiment", default=s.experiment,
                    help=f"use the latest hybrid run of this MLflow experiment (default: {s.experiment})")
-    g.add_argument("--model", help="a hybrid model folder (copied out of MLflow: no tracking server needed), a "
-                                   "hybrid run runs:/<run id> (see `hyvid runs --stage hybrid`), its model "
-                                   "runs:/<run id>/hybrid, or a registered one, models:/<name>/<version> or "
-                                   "models:/<name>@<alias>")
+    g.add_argument("--model", help=_MODEL_HELP)
 
 
 def _predict_config(args: argparse.Namespace, s: Settings):
@@ -108,19 +122,24 @@ def _predict_config(args: argparse.Namespace, s: Settings):
 
     return PredictConfig(videos=tuple(args.videos), experiment=args.experiment, tracking_uri=tracking_uri(args, s),
                          **given(model_uri=args.model, split=args.split, top=args.top, batch_size=args.batch_size,
-                                 threads=args.threads))
+                                 threads=args.threads, allow_failures=args.allow_failures))
 
 
 def _predict_run(args: argparse.Namespace, s: Settings) -> int:
     from hyvid.pipelines.predict import format_json, format_text, predict
 
-    res = predict(_predict_config(args, s))
+    cfg = _predict_config(args, s)
+    res = predict(cfg)
     print(format_json(res) if args.json else format_text(res))
     if args.json:  # the text output lists failures inline already
         for p in res.predictions:
             if not p.ok:
                 print(f"hyvid predict: error: {p.error}", file=sys.stderr)
-    return res.exit_code()
+    code = res.exit_code(cfg.allow_failures)
+    if code and res.n_ok:
+        print(f"hyvid predict: {len(res.predictions) - res.n_ok} of {len(res.predictions)} video(s) failed; "
+              "--allow-failures exits 0 when some are classified", file=sys.stderr)
+    return code
 
 
 command("predict",
@@ -138,7 +157,11 @@ def _evaluate_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--split", type=int, choices=SPLITS, help=f"official split whose list to score (default {d.split})")
     p.add_argument("--subset", choices=constant("hyvid.pipelines.evaluate:SUBSETS"),
                    help=f"the split's train or test list, or all videos (default {d.subset})")
-    _model_args(p, s)
+    tracking_arg(p)
+    p.add_argument("--experiment", default=s.experiment,
+                   help=f"the MLflow experiment the evaluation run is logged to, and whose latest hybrid run is "
+                        f"scored when --model is not given (default: {s.experiment})")
+    p.add_argument("--model", help=_MODEL_HELP + " (default: the latest hybrid run of --experiment)")
     p.add_argument("--address", default=s.ray_address,
                    help=f"Ray cluster address (default: {s.ray_address or 'start a local Ray'})")
     p.add_argument("--workers", type=int, help="tasks in flight (default: the cluster's CPUs)")
@@ -147,6 +170,7 @@ def _evaluate_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--no-log", action="store_true", help="do not log an MLflow evaluation run")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help='text, or strict JSON: {"accuracy", "accuracy_ci", "map", "map_ci", "n_videos", "failed", ...}')
+    allow_failures_arg(p, "video")
 
 
 def _evaluate_config(args: argparse.Namespace, s: Settings):
@@ -155,15 +179,21 @@ def _evaluate_config(args: argparse.Namespace, s: Settings):
     return EvaluateConfig(dataset=args.dataset, experiment=args.experiment, tracking_uri=tracking_uri(args, s),
                           address=args.address, log_run=not args.no_log, **given(
                               split=args.split, subset=args.subset, model_uri=args.model, workers=args.workers,
-                              videos_per_task=args.videos_per_task, batch_size=args.batch_size))
+                              videos_per_task=args.videos_per_task, batch_size=args.batch_size,
+                              allow_failures=args.allow_failures))
 
 
 def _evaluate_run(args: argparse.Namespace, s: Settings) -> int:
     from hyvid.pipelines.evaluate import evaluate, format_json, format_text
 
-    res = evaluate(_evaluate_config(args, s))
+    cfg = _evaluate_config(args, s)
+    res = evaluate(cfg)
     print(format_json(res) if args.format == "json" else format_text(res))
-    return res.exit_code()
+    code = res.exit_code(cfg.allow_failures)
+    if code and res.n_videos:
+        print(f"hyvid evaluate: {len(res.failed)} of {res.n_videos + len(res.failed)} video(s) failed; "
+              "--allow-failures exits 0 when some are scored", file=sys.stderr)
+    return code
 
 
 command("evaluate",

@@ -5,7 +5,9 @@ import argparse
 import sys
 
 from hyvid.cluster.settings import Settings
+from hyvid.models.registry import SPLITS
 from hyvid.pipelines.cli._common import command, common, given
+from hyvid.pipelines.cli._static import constant
 
 
 def _positions(text: str | None) -> tuple[int, int | None]:
@@ -121,6 +123,58 @@ command("similar", "find the stored frames nearest to one frame's features",
         "  hyvid similar --store store --video 'Basketball/v_Basketball_g01_c01' --frame 0 -k 5 \\\n"
         "      --column motion --format json\n",
         _similar_args, _similar_run)
+
+
+def _videos_args(p: argparse.ArgumentParser, s: Settings) -> None:
+    subsets = constant("hyvid.store.feature_store:VIDEO_SUBSETS")
+    common(p, s, split=False, experiment=False, address=False)
+    p.add_argument("--split", type=int, choices=SPLITS, help="only videos of this official split")
+    p.add_argument("--subset", choices=subsets,
+                   help="with --split: only its train, val (carved from train by group), test or trainval videos")
+    p.add_argument("--class", dest="class_name", metavar="CLASS", help="only videos with this class (label)")
+    p.add_argument("--status", choices=("ok", "failed", "all"), default="ok",
+                   help="extracted videos (ok, the default), failed ones, or all")
+    p.add_argument("--format", choices=("ids", "table", "json"), default="ids",
+                   help="ids: one video id a line (for xargs, `hyvid query --video`); table: id, class, subset, "
+                        "status; json: those as a list of objects")
+
+
+def _videos_run(args: argparse.Namespace, s: Settings) -> int:
+    import json
+    import os
+
+    from hyvid.store.feature_store import FeatureStore
+
+    if args.subset is not None and args.split is None:
+        raise ValueError(f"--subset {args.subset} needs --split (1, 2 or 3): subsets belong to a split")
+    fs = FeatureStore(args.store, s.resolved_storage_options())
+    t = fs.videos(split=args.split, subset=args.subset, class_name=args.class_name,
+                  status=None if args.status == "all" else args.status)
+    cols = [c for c in ("video_id", "class_name", "subset", "status") if c in t.column_names]
+    rows = t.select(cols).to_pylist()
+    try:
+        if args.format == "json":
+            print(json.dumps(rows))
+        elif args.format == "table":
+            _print_rows(t.select(cols), ())
+        else:
+            for r in rows:
+                print(r["video_id"])
+            sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    if not rows:
+        print(f"hyvid videos: no video of {args.store!r} matches", file=sys.stderr)
+    return 0
+
+
+command("videos", "list a store's video ids, of one split, subset, class or status",
+        ("hyvid videos --store store", "hyvid videos --store store --split 1 --subset test --class MotionUp",
+         "hyvid videos --store store --status failed --format table",
+         "hyvid videos --store store --split 1 --subset val | head -3 | xargs -I{} hyvid query --store store "
+         "--video {} --frames 0:2"),
+        _videos_args, _videos_run)
 
 
 def _doctor_args(p: argparse.ArgumentParser, s: Settings) -> None:

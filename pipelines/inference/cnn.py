@@ -86,15 +86,15 @@ def cnn_forward(
 
 def load_logged_model(run_id: str, name: str, device: torch.device | str = "cpu") -> nn.Module:
     """The torch model logged in an MLflow run under `name` (its registry name, e.g. `spatial_cnn`),
-    in eval mode; runs logged before models had names hold it as `model`. FileNotFoundError names the run."""
-    import mlflow.pytorch
-
+    in eval mode; runs logged before models had names hold it as `model`, and before models were
+    standalone pyfuncs (`inference.components`) as MLflow pytorch models. FileNotFoundError names the run."""
+    from hyvid.pipelines.inference.packaging import load_fitted
     from hyvid.pipelines.tracking import MODEL_ARTIFACT, model_uri
 
     errors = []
     for artifact in dict.fromkeys((name, MODEL_ARTIFACT)):
         try:
-            model = mlflow.pytorch.load_model(model_uri(run_id, artifact), map_location=device)
+            model = load_fitted(model_uri(run_id, artifact), str(device))
         except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run or artifact
             errors.append(f"{model_uri(run_id, artifact)}: {e}")
             continue

@@ -249,45 +249,49 @@ def load_hybrid_run(run) -> LoadedHybrid:
 
 
 # -- logging the portable model ----------------------------------------------------------------
-def _code_copy(dst: Path) -> str:
-    """hyvid's own packages copied under `dst/hyvid/`, for the model's `code/` folder: the model
-    then needs only its pip requirements, not a hyvid install."""
-    import hyvid.cluster
-    import hyvid.models
-    import hyvid.pipelines
-    import hyvid.store
+def _example_video(folder: Path, extract: dict[str, Any]) -> bytes:
+    """A tiny video for the model's input example: a bright square sliding right, long enough for
+    the hybrid's sampling (its positions plus one flow stack)."""
+    import numpy as np
 
-    root = dst / "hyvid"
-    for pkg in (hyvid.cluster, hyvid.models, hyvid.pipelines, hyvid.store):
-        src = Path(pkg.__file__).parent
-        shutil.copytree(src, root / pkg.__name__.split(".")[-1], ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return str(root)
+    from hyvid.pipelines.data.synth.writer import write_video
+
+    n = int(extract["frames"]) + int(extract["stack"]) + 1
+    frames = np.full((n, 48, 64, 3), 40, dtype=np.uint8)
+    for t in range(n):
+        x = (2 * t) % 48
+        frames[t, 16:32, x:x + 16] = 220
+    path = folder / "example.avi"
+    write_video(path, frames, 25.0)
+    return path.read_bytes()
 
 
-def log_hybrid_model(run_id: str, register_as: str | None = None) -> tuple[str, str | None]:
-    """Log the hybrid of the active run as one portable MLflow model named `hybrid` (and register
-    it); returns (model URI, registered version or None)."""
+def log_hybrid_model(run_id: str) -> str:
+    """Log the hybrid of the active run as one portable MLflow model named `hybrid`; returns its
+    model URI (`inference.registration` registers it)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from hyvid.pipelines.inference.pyfunc import DEFAULT_TOP, HybridVideoClassifier, pip_requirements, signature
+    from hyvid.pipelines.inference import packaging
+    from hyvid.pipelines.inference.pyfunc import REQUIREMENTS, HybridVideoClassifier, input_example, signature
 
     h = load_hybrid_run(MlflowClient().get_run(run_id))
     with tempfile.TemporaryDirectory(prefix="hyvid_hybrid_model_") as tmp:
-        bundle = save_bundle(h, Path(tmp) / BUNDLE_ARTIFACT)
-        with warnings.catch_warnings():
-            # An input example would have to be a video file; the signature says what the input is.
-            warnings.filterwarnings("ignore", message=".*(input example|input_example).*")
+        root = Path(tmp)
+        bundle = save_bundle(h, root / BUNDLE_ARTIFACT)
+        example = input_example(_example_video(root, h.extract))
+        code = [packaging.code_copy(root / "code"), *packaging.bundled_code(root / "bundled")]
+        with packaging.kept_sys_path(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*CloudPickle.*")
             info = mlflow.pyfunc.log_model(
                 name=HYBRID_MODEL,
                 python_model=HybridVideoClassifier(),
                 artifacts={BUNDLE_ARTIFACT: bundle},
-                code_paths=[_code_copy(Path(tmp) / "code")],
-                model_config={"top": DEFAULT_TOP},
+                code_paths=code,
                 signature=signature(),
+                input_example=example,
                 # Explicit and pinned: inferring them would load every component once more in a subprocess.
-                pip_requirements=pip_requirements(),
-                registered_model_name=register_as,
+                pip_requirements=packaging.pip_requirements(REQUIREMENTS),
+                metadata={"class_names": h.class_names, "extract": h.extract},
             )
-    version = str(info.registered_model_version) if register_as and info.registered_model_version else None
-    return info.model_uri, version
+    return info.model_uri

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from hyvid.models.cnn import build_stream_cnn, random_crop_flip, stream_input
+from hyvid.pipelines import logs
 from hyvid.pipelines.data.clips import ClipsDataset, iter_batches
 from hyvid.pipelines.training.checkpoint import FitSession, RayTrainSession
 from hyvid.pipelines.training.distributed import allreduce_sum, average_gradients
@@ -313,7 +314,8 @@ def cnn_fit(config: dict[str, Any], session: FitSession, rank: int = 0, world: i
                         "model": {k: v.detach().clone() for k, v in core.state_dict().items()}}
             metrics["best_epoch"] = float(best["epoch"])
         history.append(metrics)
-        log.info("%s epoch %d: %s", stream, epoch, {k: round(v, 4) for k, v in metrics.items()})
+        if rank == 0:
+            logs.epoch_line(log, f"{stream} CNN", epoch, config["epochs"], metrics)
         session.report(metrics, {
             "model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "epoch": epoch, "history": history,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from hyvid.models import registry as R
-from hyvid.pipelines import faults, tracking
+from hyvid.pipelines import faults, logs, tracking
 from hyvid.pipelines.training.checkpoint import FitSession, RayTrainSession, report_due
 from hyvid.pipelines.training.data import Subset, load_subsets
 from hyvid.pipelines.training.distributed import broadcast_parameters
@@ -45,7 +45,6 @@ from hyvid.pipelines.training.runs import (
     finish_run,
     held_out_scores,
     log_fit_params,
-    log_torch_model,
     metric_batch,
     mlflow_client,
     open_run,
@@ -132,6 +131,8 @@ def fit_loop(config: dict, session: FitSession, rank: int = 0, world: int = 1, d
                    "best_epoch": best["epoch"], "run_id": run_id or "", **epoch_metrics}
         if lead:
             unlogged += metric_batch(epoch_metrics, step=epoch)
+            if not config.get("cv_only"):  # trials and folds: one line each from the driver
+                logs.epoch_line(log, config.get("run_name") or config["model"], epoch, epochs, epoch_metrics)
         kill = state is None and faults.due_after_epoch(config["model"], epoch, config.get("faults"))
         if report_due(float(config.get("report_every_s", 5.0)), epoch, epochs, last_report, world, kill):
             last_report = time.monotonic()
@@ -180,7 +181,7 @@ def _finish(config: dict, client, run_id: str, model: torch.nn.Module, best: dic
     # Final metrics sit one step after the last epoch, so "latest" val_accuracy is the selected epoch's.
     client.log_batch(run_id, metrics=metric_batch(final, step=int(config["epochs"])))
     if not config.get("cv_only"):
-        complete_run(config, run_id, versions, data, scores, lambda: log_torch_model(model))
+        complete_run(config, run_id, versions, data, scores, model)
     finish_run(client, run_id, clock)
     return {"run_id": run_id, "metrics": final, **held_out_scores(config, data, scores)}
 

@@ -6,7 +6,7 @@ Written from rank 0 of a fit only (or the single process of a CV trial or an SVM
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from hyvid.models import registry as R
 from hyvid.pipelines import tracking
 from hyvid.pipelines.evaluation.bootstrap import metric_intervals, resampling_units
 from hyvid.pipelines.training.data import LINEAGE_TABLES, LSTM_STREAM, Subset
-from hyvid.pipelines.training.families import FUSION_NETS, evaluate
+from hyvid.pipelines.training.families import ESTIMATOR_MODELS, ESTIMATOR_STREAMS, FUSION_NETS, evaluate
 
 
 def mlflow_client(config: dict):
@@ -42,14 +42,24 @@ def open_run(config: dict, stage: str = tracking.STAGE_TRAIN, extra_tags: dict |
         return found[0].info.run_id
     tags = tracking.run_tags(config["model"], stage, config["split"], config["store_uri"],
                              **{tracking.TAG_FIT_ID: config["fit_id"]}, **(extra_tags or {}))
-    run = client.create_run(config["experiment_id"], run_name=config.get("run_name") or config["model"], tags=tags)
+    if config.get("command") and tracking.TAG_COMMAND not in tags:  # a worker on a node of its own
+        tags[tracking.TAG_COMMAND] = config["command"]
+    # Trials and folds keep the names the protocol gives them; final fits and refits tell apart by split and time.
+    name = config.get("run_name") if config.get("cv_only") else tracking.run_name(
+        config["model"] + ("-refit" if config.get("refit") else ""), config["split"])
+    run = client.create_run(config["experiment_id"], run_name=name or config["model"], tags=tags)
     return run.info.run_id
 
 
 def log_fit_params(client, run_id: str, config: dict) -> None:
     """The hyper-parameters of this fit (only those that apply to its model family)."""
     name = config["model"]
-    keys = ["model", "split", "epochs", "seed", "num_classes", "multilabel", "world_size"]
+    # An estimator fits in one call on one process: no epochs, no ranks, and only M-DBM draws at random.
+    keys = ["model", "split", "num_classes", "multilabel"]
+    if name not in ESTIMATOR_MODELS:
+        keys += ["epochs", "seed", "world_size"]
+    elif name == R.M_DBM:
+        keys.append("seed")
     if name in LSTM_STREAM:
         keys += ["lstm_hidden", "lstm_pooling", "lstm_peephole", "lstm_optimizer", "lstm_lr", "lstm_batch_size",
                  "lstm_step_loss", "lstm_input_dropout", "patience"]
@@ -64,7 +74,7 @@ def log_fit_params(client, run_id: str, config: dict) -> None:
     elif name == R.M_DBM:
         keys += sorted(k for k in config if k.startswith("mdbm_"))
     else:
-        keys += ["svm_c", "svm_kernel", "svm_exact_max"]
+        keys += ["svm_c", "svm_kernel"] + (["svm_exact_max"] if config.get("svm_kernel", "auto") == "auto" else [])
     keys += ["cpus_per_worker", "refit", "fold"]
     existing = client.get_run(run_id).data.params
     params = {k: str(config[k]) for k in keys if config.get(k) is not None and k not in existing}  # unset: unused
@@ -140,13 +150,13 @@ class FitClock:
 
 
 def complete_run(config: dict, run_id: str, versions: dict[str, int], data: dict[str, Subset],
-                 scores: dict[str, np.ndarray], log_model: Callable[[], None]) -> None:
-    """A final fit's last steps: lineage and model into its run, scores into the store."""
+                 scores: dict[str, np.ndarray], fitted: Any) -> None:
+    """A final fit's last steps: lineage and the fitted model (`log_fit_model`) into its run, scores into the store."""
     import mlflow
 
     with mlflow.start_run(run_id=run_id):
         tracking.log_lineage(config["store_uri"], LINEAGE_TABLES, config.get("storage_options"), versions=versions)
-        log_model()
+        log_fit_model(config, data, fitted)
     write_scores(config, run_id, data, scores)
 
 
@@ -158,29 +168,34 @@ def finish_run(client, run_id: str, clock: FitClock) -> dict[str, float]:
     return clock.seconds
 
 
-def _model_name() -> str:
-    """The name a fit's model is logged under: its registry name (the active run's hyvid.model tag)."""
-    import mlflow
+def log_fit_model(config: dict, data: dict[str, Subset], fitted: Any) -> None:
+    """Log a fitted temporal or video-level model in the active run under its registry name, as a
+    standalone pyfunc (`inference.components`): an LSTM takes one stream's per-frame features
+    [B, T, D]; every other model the frame-averaged features of the streams it reads, [B, D]."""
+    from hyvid.pipelines.inference import packaging
+    from hyvid.store.feature_store import FeatureStore
 
-    run = mlflow.active_run()
-    return (run.data.tags.get(tracking.TAG_MODEL) if run is not None else None) or tracking.MODEL_ARTIFACT
+    name, train = config["model"], data["train"]
+    class_names = FeatureStore(config["store_uri"], config.get("storage_options")).class_names()
+    if name in LSTM_STREAM:
+        dim = train.inputs.dims()[LSTM_STREAM[name]]
+        first = train.inputs.features[LSTM_STREAM[name]][0]
+        spec = packaging.component_config(name, "sequence", {"": [-1, -1, dim]}, class_names, config["multilabel"])
+        example: Any = np.asarray(first, dtype=np.float32)[None]  # one training video's sequence
+    else:
+        streams = ESTIMATOR_STREAMS.get(name, R.STREAMS)
+        dims = {s: int(x.shape[1]) for s, x in zip(R.STREAMS, train.inputs, strict=True)}
+        fmt, trusted = (packaging.C.TORCH_FORMAT, ()) if isinstance(fitted, torch.nn.Module) else (
+            packaging.C.SKOPS_FORMAT, _trusted_types(fitted))
+        spec = packaging.component_config(name, "streams", {s: [-1, dims[s]] for s in streams}, class_names,
+                                          config["multilabel"], fmt, trusted)
+        example = {s: np.asarray(x[:2], dtype=np.float32) for s, x in zip(R.STREAMS, train.inputs, strict=True)
+                   if s in streams}  # two training videos
+    packaging.log_component(fitted, spec, example)
 
 
-def log_torch_model(model: torch.nn.Module) -> None:
-    """Log a fitted torch model in the active run, named after its model (`fusion`, `spatial_lstm`, ...)."""
-    import mlflow.pytorch
-
-    # Pickle, not MLflow's default pt2 export: torch.export cannot trace the LSTM's variable-length
-    # packing nor the fusion net's list-of-streams input. Explicit requirements: inferring them
-    # re-imports the model in a subprocess (slow on a shared core).
-    mlflow.pytorch.log_model(model.eval(), name=_model_name(), serialization_format="pickle",
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-
-
-def log_sklearn_model(est) -> None:
-    """Log an SVM baseline in MLflow's skops format, trusting only hyvid's own baseline classes."""
-    import mlflow.sklearn
-    import sklearn
+def _trusted_types(est: Any) -> list[str]:
+    """The types skops must be told to trust to load an SVM baseline: hyvid's own baseline classes only."""
     import skops.io
 
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(est))
@@ -188,8 +203,7 @@ def log_sklearn_model(est) -> None:
     if foreign:
         raise TypeError(f"{type(est).__name__} holds types outside hyvid.models.baselines/mkl that skops cannot "
                         f"vouch for: {foreign}")
-    mlflow.sklearn.log_model(est, name=_model_name(), skops_trusted_types=untrusted,
-                             pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
+    return list(untrusted)
 
 
 def write_scores(config: dict, run_id: str, data: dict[str, Subset], scores: dict[str, np.ndarray]) -> None:

@@ -22,8 +22,6 @@ from hyvid.pipelines.training.runs import (
     finish_run,
     held_out_scores,
     log_fit_params,
-    log_sklearn_model,
-    log_torch_model,
     metric_batch,
     mlflow_client,
     open_run,
@@ -120,8 +118,6 @@ def sklearn_fit(config: dict) -> dict:
     clock.lap("compute")
     client.log_batch(run_id, metrics=metric_batch(final, step=0))
     if not cv_only:
-        log_model = (lambda: log_torch_model(est)) if isinstance(est, torch.nn.Module) else (
-            lambda: log_sklearn_model(est))
-        complete_run(config, run_id, versions, data, scores, log_model)
+        complete_run(config, run_id, versions, data, scores, est)
     seconds = finish_run(client, run_id, clock)
     return {"run_id": run_id, "metrics": final, "seconds": seconds, **held_out_scores(config, data, scores)}

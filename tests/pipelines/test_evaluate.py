@@ -20,6 +20,8 @@ import mlflow
 import numpy as np
 import pytest
 
+from hyvid.pipelines.inference.packaging import load_fitted
+
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 EXPERIMENT = "evaluate"
@@ -66,7 +68,7 @@ def test_pipeline_leaves_the_working_directory_empty_and_names_its_models(pipeli
     fits = {r.data.tags["hyvid.model"]: r for r in runs if r.data.tags.get("hyvid.stage") == "train"}
     assert set(fits) >= {"spatial_lstm", "motion_lstm", "fusion"}
     mlflow.set_tracking_uri(pipeline["uri"])
-    net = mlflow.pytorch.load_model(f"runs:/{fits['fusion'].info.run_id}/fusion")  # logged under its name
+    net = load_fitted(f"runs:/{fits['fusion'].info.run_id}/fusion")  # logged under its name
     assert type(net).__name__ == "RegularizedFusionNet"
     inputs = {d.dataset.name: d.dataset.digest for d in fits["fusion"].inputs.dataset_inputs}
     assert set(inputs) == {"videos", "frame_features"}
@@ -172,7 +174,7 @@ m = mlflow.pyfunc.load_model({str(model_folder)!r})
 df = m.predict([{str(video)!r}], params={{"top": 2}})
 import hyvid.models
 mods = sorted({{n.split(".")[0] for n in sys.modules}})
-print(json.dumps({{"class": df["class"][0], "top": json.loads(df["top"][0]), "error": df["error"][0],
+print(json.dumps({{"class": df["class"][0], "top": df["top"][0], "error": df["error"][0],
                   "hyvid": hyvid.models.__file__, "mods": mods}}))
 """
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}

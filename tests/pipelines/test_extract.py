@@ -121,13 +121,18 @@ def test_rerun_is_idempotent(extracted, dataset):
 def test_cli_extract_prints_summary(dataset, tmp_path, capsys, ray_session):
     """Runs while the plain workers are warm (before the tests that start workers with a test env)."""
     store = tmp_path / "s"
-    code = cli_main(["extract", str(dataset), "--store", str(store), "--frames", str(P), "--stack", str(L),
-                     "--size", str(SIZE), "--workers", "2"])
+    args = ["extract", str(dataset), "--store", str(store), "--frames", str(P), "--stack", str(L), "--size",
+            str(SIZE)]
+    code = cli_main([*args, "--workers", "2", "--allow-failures"])
     out = capsys.readouterr().out
     assert code == 0
     assert f"extracted {N_GOOD} videos, 4 failed, 0 skipped" in out
     assert "Jump/v_Jump_g09_c01: file is empty (0 bytes)" in out
     assert "videos per node:" in out
+    # Without --allow-failures a failed input makes the exit status 1 (here: the 4 left failed, unchanged).
+    assert cli_main(args) == 1
+    captured = capsys.readouterr()
+    assert f"0 failed, {N_GOOD + 4} skipped" in captured.out and "4 of" in captured.err
     code = cli_main(["extract", str(dataset), "--store", str(store), "--frames", str(P), "--stack", str(L + 1),
                      "--size", str(SIZE)])
     assert code == 2 and "--overwrite" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""`hyvid predict` on generated videos, with tiny models logged to MLflow the way the stages log them.
+"""`hyvid predict` on generated videos, with tiny models logged to MLflow the way the stages log them;
+every logged model predicting in a venv without hyvid, and the hybrid served over HTTP.
 
 The CNNs, LSTMs and fusion net are built directly (untrained, seeded) and logged as runs with the
 stages' tags; a tiny store holds their val/test scores and one frame_features row naming the
@@ -26,11 +27,25 @@ DS, DM = 16, 8  # feature dims
 
 
 def _log_model(model: torch.nn.Module, name: str, stage: str, experiment_id: str) -> str:
-    import mlflow.pytorch
+    """Log a model as its stage does: a standalone pyfunc of its inputs (`inference.packaging`)."""
+    from hyvid.pipelines.inference import packaging
 
     with tracking.start_run(name, stage, 1, "store") as run:
-        mlflow.pytorch.log_model(model.eval(), name=name, serialization_format="pickle",
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        if name in R.CNN_MODELS:
+            packaging.log_cnn(model, name, "spatial" if name == R.SPATIAL_CNN else "motion", EXTRACT["stack"],
+                              CLASSES, False)
+        else:
+            rng = np.random.default_rng(0)
+            if name in R.LSTM_MODELS:
+                dim = DS if name == R.SPATIAL_LSTM else DM
+                config = packaging.component_config(name, "sequence", {"": [-1, -1, dim]}, CLASSES, False)
+                example = rng.random((1, EXTRACT["frames"], dim), dtype=np.float32)
+            else:
+                config = packaging.component_config(name, "streams", {"spatial": [-1, DS], "motion": [-1, DM]},
+                                                    CLASSES, False)
+                example = {"spatial": rng.random((2, DS), dtype=np.float32),
+                           "motion": rng.random((2, DM), dtype=np.float32)}
+            packaging.log_component(model, config, example)
         return run.info.run_id
 
 
@@ -92,7 +107,7 @@ def logged(tmp_path_factory):
     bad = videos / "bad.avi"
     bad.write_text("not a video\n" * 10)
     yield {"uri": uri, "hybrid": res, "run_ids": run_ids, "models": models, "good": [str(p) for p in good],
-           "bad": str(bad)}
+           "bad": str(bad), "store": store}
     mp.undo()
 
 
@@ -121,7 +136,7 @@ def test_predict_matches_the_models_and_isolates_a_bad_file(logged):
     a, bad, b = res.predictions
     assert a.ok and b.ok and not bad.ok
     assert "bad.avi" in bad.error and "cannot be opened" in bad.error
-    assert res.exit_code() == 0 and res.timing["n_failed"] == 1
+    assert res.exit_code() == 1 and res.exit_code(allow_failures=True) == 0 and res.timing["n_failed"] == 1
     assert len(a.top) == 2 and {c for c, _ in a.top} <= set(CLASSES)
 
     # The same numbers, computed by hand from the logged models and the hybrid weights.
@@ -143,7 +158,13 @@ def test_predict_matches_the_models_and_isolates_a_bad_file(logged):
 def test_cli_json_and_exit_codes(logged, capsys):
     from hyvid.pipelines.cli import main
 
-    assert main(["predict", *logged["good"], logged["bad"], "--json", "--experiment", "exp"]) == 0
+    # One failed input: exit 1 (a script sees it), 0 with --allow-failures; counts are integers.
+    assert main(["predict", *logged["good"], logged["bad"], "--json", "--experiment", "exp"]) == 1
+    captured = capsys.readouterr()
+    assert "1 of 3 video(s) failed" in captured.err and "bad.avi" in captured.err
+    out = json.loads(captured.out)
+    assert (out["n_videos"], out["n_failed"]) == (3, 1) and isinstance(out["timing"]["n_videos"], int)
+    assert main(["predict", *logged["good"], logged["bad"], "--json", "--experiment", "exp", "--allow-failures"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [v["ok"] for v in out["videos"]] == [True, True, False]
     assert out["hybrid_run_id"] == logged["hybrid"].run_id and len(out["videos"][0]["top"]) == 3
@@ -194,3 +215,108 @@ def test_registered_hybrid_predicts_through_predict_and_pyfunc(logged, capsys):
     assert df["class"][0] == by_run.predictions[0].top[0][0]
     assert df["score"][0] == pytest.approx(by_run.predictions[0].top[0][1], rel=1e-5)
     assert pd.isna(df["error"][0]) and "cannot be opened" in df["error"][1]
+    assert df["top"][0][0]["class"] == df["class"][0] and len(df["scores"][0]) == len(CLASSES)  # lists, not JSON text
+
+    # The files themselves, base64 in a `video` column (what JSON carries), classify the same; a value
+    # that is not base64 is that row's error.
+    import base64
+
+    b64 = base64.b64encode(open(logged["good"][0], "rb").read()).decode()
+    df = pyfunc.predict(pd.DataFrame({"video": [b64, "not base64!"]}), params={"top": 2})
+    assert df["class"][0] == by_run.predictions[0].top[0][0] and pd.isna(df["path"][0]) and len(df["top"][0]) == 2
+    assert df["score"][0] == pytest.approx(by_run.predictions[0].top[0][1], rel=1e-5)
+    assert "not base64" in df["error"][1]
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory):
+    """A venv of mlflow, torch, numpy and OpenCV (the hybrid decodes videos) without hyvid (helpers.venvs)."""
+    from helpers.venvs import bare_venv
+
+    return bare_venv(tmp_path_factory.mktemp("venv") / "bare", ["mlflow", "torch", "numpy",
+                                                               "opencv-contrib-python-headless"])
+
+
+def _download(uri: str, dst) -> str:
+    import mlflow
+
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
+
+
+def test_every_logged_model_predicts_its_input_example_without_hyvid(logged, bare_python, tmp_path):
+    """The CNNs, LSTMs, fusion net and the hybrid, copied out of MLflow, load and predict on their own
+    input examples in a venv that has no hyvid; a wrong-shape input is refused naming the expected shape."""
+    import mlflow
+    from helpers.venvs import predict_examples
+
+    mlflow.set_tracking_uri(logged["uri"])
+    folders = {m: _download(f"runs:/{rid}/{m}", tmp_path / m) for m, rid in logged["run_ids"].items()}
+    folders[R.HYBRID] = _download(logged["hybrid"].model_uri, tmp_path / "hybrid")
+    out = predict_examples(bare_python, folders)
+    for m in logged["run_ids"]:
+        rows = 1 if m in R.CNN_MODELS + R.LSTM_MODELS else 2
+        assert out[m]["shape"] == [rows, len(CLASSES)] and out[m]["finite"], (m, out[m])
+        assert "does not match expected shape" in out[m]["wrong_shape"], (m, out[m])
+    hyb = out[R.HYBRID]
+    assert hyb["example"] == "DataFrame" and hyb["columns"] == ["path", "class", "score", "top", "scores", "error"]
+    row = hyb["rows"][0]
+    assert row["error"] is None and row["class"] in CLASSES and row["top"][0]["class"] == row["class"]
+    assert len(row["scores"]) == len(CLASSES)
+    assert not {"lance", "ray"} & set(out["modules"])
+
+
+def test_a_served_hybrid_answers_a_base64_video_with_plain_json(logged, bare_python, tmp_path):
+    """`mlflow models serve` of the hybrid's folder, from the venv without hyvid, on 127.0.0.1: a
+    base64 video in `dataframe_records` comes back classified, `top` a JSON list (not a string)."""
+    import base64
+
+    import mlflow
+    import requests
+    from helpers.servers import free_port, serve
+    from helpers.venvs import bare_env
+
+    mlflow.set_tracking_uri(logged["uri"])
+    folder = _download(logged["hybrid"].model_uri, tmp_path / "hybrid")
+    port = free_port()
+    cmd = [str(bare_python.parent / "mlflow"), "models", "serve", "-m", folder, "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port)]
+    video = base64.b64encode(open(logged["good"][0], "rb").read()).decode()
+    with serve(cmd, f"http://127.0.0.1:{port}/ping", env=bare_env(bare_python), log=tmp_path / "serve.log",
+               timeout=180):
+        r = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=120,
+                          json={"dataframe_records": [{"video": video}, {"video": "%%%"}], "params": {"top": 2}})
+        assert r.status_code == 200, r.text[:2000]
+        good, bad = r.json()["predictions"]
+        assert good["error"] is None and good["class"] in CLASSES and good["path"] is None
+        assert isinstance(good["top"], list) and len(good["top"]) == 2 and good["top"][0]["class"] == good["class"]
+        assert bad["class"] is None and "not base64" in bad["error"]
+        by_path = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [logged["good"][0]]},
+                                timeout=120).json()["predictions"][0]
+        assert by_path["class"] == good["class"] and by_path["score"] == pytest.approx(good["score"], rel=1e-5)
+
+
+def test_cli_hybrid_registers_a_version_with_alias_tags_card_and_its_command_line(logged, tmp_path, capsys):
+    import re
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from hyvid.pipelines.cli import main
+
+    base = ["hybrid", "--store", logged["store"], "--experiment", "exp", "--no-late-fusion", "--out", str(tmp_path)]
+    assert main([*base, "--alias", "prod"]) == 2  # an alias needs a name
+    assert "--alias A goes with --register NAME" in capsys.readouterr().err
+    assert main([*base, "--register", "cli-hybrid", "--alias", "prod"]) == 0
+    assert "registered as models:/cli-hybrid/1 (models:/cli-hybrid@prod)" in capsys.readouterr().out
+    client = MlflowClient(logged["uri"])
+    mv = client.get_model_version_by_alias("cli-hybrid", "prod")
+    run = client.get_run(mv.run_id)
+    assert re.fullmatch(r"hybrid-split1-\d{8}-\d{6}", run.info.run_name)
+    assert run.data.tags["hyvid.command"] == "hyvid " + " ".join([*base, "--register", "cli-hybrid", "--alias", "prod"])
+    assert mv.tags["hyvid.model"] == "hybrid" and mv.tags["hyvid.command"] == run.data.tags["hyvid.command"]
+    assert re.fullmatch(r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\] n=12", mv.tags["test_accuracy"])
+    assert {"lineage.videos.version", "lineage.video_scores.version"} <= set(mv.tags)
+    folder = mlflow.artifacts.download_artifacts("models:/cli-hybrid@prod", dst_path=str(tmp_path / "m"),
+                                                 tracking_uri=logged["uri"])
+    card = open(f"{folder}/README.md").read()
+    assert card == mv.description and "# cli-hybrid" in card and "base64" in card and "test_accuracy" in card

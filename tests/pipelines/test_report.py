@@ -119,7 +119,9 @@ def test_unknown_experiment_is_named(experiment):
 
 def test_runs_table_shows_params_metrics_and_lineage(experiment):
     rows = list_runs(RunsConfig("exp", experiment["uri"]))
-    assert len(rows) == 13 and rows[0]["run"] == "spatial_cnn+spatial_lstm"  # newest first
+    assert len(rows) == 12 and rows[0]["run"] == "hybrid"  # newest first; nested runs only with --all
+    every = list_runs(RunsConfig("exp", experiment["uri"], nested=True))
+    assert len(every) == 13 and every[0]["run"] == "spatial_cnn+spatial_lstm"
     cnn = next(r for r in rows if r["run"] == "spatial_cnn" and "acc=0.600" in r["test"])
     assert "mca=0.550" in cnn["test"] and "mAP=0.650" in cnn["test"]
     assert cnn["lineage"] == "/data/store frame_features@v3 videos@v1"
@@ -128,8 +130,11 @@ def test_runs_table_shows_params_metrics_and_lineage(experiment):
     assert "weight.fusion=0.3" in hyb["params"] and "component." not in hyb["params"]
     only = list_runs(RunsConfig("exp", experiment["uri"], model="spatial_lstm"))
     assert [r["split"] for r in only] == ["2", "1"]
-    text = format_table(rows)
+    text = format_table(every)
     assert text.splitlines()[0].split()[:4] == ["run", "id", "stage", "split"] and "late_fusion" in text
+    assert "late_fusion" not in format_table(rows)
+    assert [r["run"] for r in list_runs(RunsConfig("exp", experiment["uri"], stage="late_fusion"))] == [
+        "spatial_cnn+spatial_lstm"]  # a nested stage asked for by name
 
 
 def test_runs_table_fits_100_columns_and_json_csv_carry_every_metric(experiment, capsys):

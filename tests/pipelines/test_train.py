@@ -145,6 +145,7 @@ def trained(ray_session, tmp_path_factory):
         lstm_patience=0, video_patience=0,  # every epoch runs: the history and resume checks count them
         # Its worker dies once; Ray Train must resume it.
         faults=faults.spec(faults.Fault(faults.TRAIN_AFTER_EPOCH, "motion_lstm", epoch=KILL_AT)),
+        register_as="toy", register_alias="champion",  # every model: toy-<model>@champion
     )
     result = train(cfg)
     client = mlflow.MlflowClient(uri)
@@ -191,33 +192,114 @@ def test_torch_fits_log_per_epoch_history(trained):
 @pytest.mark.slow
 def test_logged_models_load_and_reproduce_the_stored_scores(trained):
     import mlflow
-    import torch
 
     from hyvid.pipelines.training.data import LSTM_STREAM
     from hyvid.store.feature_store import FeatureStore, collate_sequences
 
     fs = FeatureStore(trained["store"])
     vf = fs.video_features(1, "val")
-    xs = [torch.from_numpy(vf.features[s]) for s in ("spatial", "motion")]
+    xs = [vf.features[s] for s in ("spatial", "motion")]
     for model, r in trained["result"].models.items():
         stored = fs.scores(model, 1, "val")
         assert stored.video_ids == vf.video_ids
-        uri = f"runs:/{r.run_id}/{model}"  # each model is logged under its registry name
-        if model in ("svm_ef", "svm_lf"):
-            got = mlflow.sklearn.load_model(uri).predict_scores([x.numpy() for x in xs])
+        # Each model is logged under its registry name as a standalone pyfunc of its own inputs.
+        pyfunc = mlflow.pyfunc.load_model(f"runs:/{r.run_id}/{model}")
+        if model in LSTM_STREAM:
+            seq = fs.sequences(1, "val", streams=(LSTM_STREAM[model],))
+            x, lengths, *_ = collate_sequences([seq[i] for i in range(len(seq))])
+            assert bool((lengths == x[LSTM_STREAM[model]].shape[1]).all())  # the toy videos are equally long
+            got = pyfunc.predict(x[LSTM_STREAM[model]].numpy())
         else:
-            net = mlflow.pytorch.load_model(uri).eval()
-            with torch.no_grad():
-                if model in LSTM_STREAM:
-                    seq = fs.sequences(1, "val", streams=(LSTM_STREAM[model],))
-                    x, lengths, *_ = collate_sequences([seq[i] for i in range(len(seq))])
-                    got = torch.softmax(net.video_logits(x[LSTM_STREAM[model]], lengths), dim=1).numpy()
-                else:
-                    got = net(xs).numpy()
+            got = pyfunc.predict({s: np.asarray(x, np.float32) for s, x in zip(("spatial", "motion"), xs, strict=True)})
         np.testing.assert_allclose(got, stored.scores, rtol=1e-4, atol=1e-5, err_msg=model)
 
 
 @pytest.mark.slow
+def test_every_logged_model_stands_alone_in_a_venv_without_hyvid(trained, tmp_path):
+    """Each model `train` logged (LSTMs, fusion nets, NN and SVM baselines) is a pyfunc with a signature,
+    an input example and its code: copied out of MLflow, it predicts in a venv of mlflow, torch and numpy
+    alone, and refuses a wrong-shape input naming the expected shape."""
+    import mlflow
+    from helpers.venvs import bare_venv, predict_examples
+
+    folders = {}
+    for model, r in trained["result"].models.items():
+        uri = f"runs:/{r.run_id}/{model}"
+        folders[model] = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / model))
+        mlmodel = (tmp_path / model / model / "MLmodel").read_text()
+        assert "signature:" in mlmodel and "saved_input_example_info" in mlmodel and "code: code" in mlmodel, model
+    out = predict_examples(bare_venv(tmp_path / "venv", ["mlflow", "torch", "numpy"]), folders)
+    n_classes = len(CLASS_NAMES)
+    for model in folders:
+        rec = out[model]
+        assert rec["shape"][1:] == [n_classes] and rec["finite"], (model, rec)
+        assert rec["wrong_shape"] and "does not match expected shape" in rec["wrong_shape"], (model, rec)
+    assert not {"lance", "ray", "cv2"} & set(out["modules"])  # hyvid's models alone, from the model folder
+
+
+def test_runs_are_named_by_model_split_and_time_log_only_used_params_and_no_step_twice(trained):
+    import re
+    from collections import Counter
+
+    client = trained["client"]
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    for model in trained["result"].models:
+        assert re.fullmatch(rf"{model}-split1-\d{{8}}-\d{{6}}", _run(trained, model).info.run_name), model
+    for r in runs:
+        model = r.data.tags["hyvid.model"]
+        if model.startswith("svm_"):  # an SVM fits in one call: no epochs, no ranks, no seed
+            assert not {"epochs", "world_size", "seed"} & set(r.data.params), (r.info.run_name, r.data.params)
+        else:
+            assert "epochs" in r.data.params, r.info.run_name
+        for key in r.data.metrics:  # every metric at most once per step
+            steps = Counter(m.step for m in client.get_metric_history(r.info.run_id, key))
+            assert max(steps.values()) == 1, (r.info.run_name, key, steps)
+
+
+def test_registered_models_carry_tags_a_card_and_the_alias(trained, tmp_path):
+    import mlflow
+
+    client = trained["client"]
+    assert set(trained["result"].registered) == set(trained["result"].models)
+    for model, r in trained["result"].models.items():
+        assert trained["result"].registered[model] == f"models:/toy-{model}@champion"
+        mv = client.get_model_version_by_alias(f"toy-{model}", "champion")
+        assert mv.run_id == r.run_id and mv.tags["hyvid.model"] == model and mv.tags["hyvid.split"] == "1"
+        assert re_interval(mv.tags["test_accuracy"]), mv.tags  # value [low, high] n=videos
+        assert mv.tags["lineage.frame_features.version"] == _run(trained, model).data.params[
+            "lineage.frame_features.version"]
+        assert f"# toy-{model}" in mv.description and "test_accuracy" in mv.description
+    folder = mlflow.artifacts.download_artifacts("models:/toy-fusion@champion", dst_path=str(tmp_path),
+                                                 tracking_uri=trained["cfg"].tracking_uri)
+    card = open(f"{folder}/README.md").read()
+    assert "frame_features" in card and "'spatial' float32 [batch, " in card and "mlflow.pyfunc.load_model" in card
+
+
+def re_interval(text: str) -> bool:
+    import re
+
+    return re.fullmatch(r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\] n=\d+", text) is not None
+
+
+def test_dataset_inputs_carry_the_lance_tables_schema_and_row_count(trained):
+    import json
+
+    from hyvid.store.lance_io import open_table
+
+    fusion = _run(trained, "fusion")
+    inputs = {d.dataset.name: d.dataset for d in fusion.inputs.dataset_inputs}
+    for table in ("videos", "frame_features"):
+        version = int(fusion.data.params[f"lineage.{table}.version"])
+        ds = open_table(trained["store"], table, version=version)
+        schema = json.loads(inputs[table].schema)["mlflow_colspec"]
+        assert [c["name"] for c in schema] == ds.schema.names, table
+        assert json.loads(inputs[table].profile) == {"num_rows": ds.count_rows()}
+        assert inputs[table].digest == f"v{version}"
+    spatial = next(c for c in json.loads(inputs["frame_features"].schema)["mlflow_colspec"] if c["name"] == "spatial")
+    assert spatial["type"] == "array" and spatial["items"]["type"] == "float"
+
+
 def test_fits_overlap_in_time(trained):
     windows = _fit_windows(trained)
     # Sweep line over the MLflow run windows: how many fits were training at once.

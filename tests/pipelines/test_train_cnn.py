@@ -16,6 +16,7 @@ from helpers.videos import DOWN, LEFT, RIGHT, square_frames, write_manifest, wri
 from hyvid.models.cnn import MotionCNN, SpatialCNN, spatial_input
 from hyvid.models.registry import CNN_MODELS, MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN
 from hyvid.pipelines.features import FeaturesConfig, _commit_features, extract_features
+from hyvid.pipelines.inference.packaging import load_fitted
 from hyvid.pipelines.train_cnn import TrainCNNConfig, train_cnn
 from hyvid.store.feature_store import FeatureStore
 from hyvid.store.lance_io import open_table, table_uri
@@ -79,7 +80,7 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
         run = client.get_run(res.run_ids[stream])
         assert run.info.status == "FINISHED"
         assert run.info.experiment_id == mlflow.get_experiment_by_name("t").experiment_id
-        assert run.info.run_name == model_name
+        assert run.info.run_name.startswith(f"{model_name}-split1-")  # model, split, start time
         assert run.data.tags["hyvid.model"] == model_name and run.data.tags["hyvid.stage"] == "train-cnn"
         assert run.data.params["lineage.clips.version"] == str(clips_version)
         assert int(run.data.params["lineage.videos.version"]) >= 1
@@ -89,7 +90,7 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
             assert [m.step for m in hist] == [0], key
         assert np.isfinite(run.data.metrics["train_loss"]) and run.data.metrics["train_loss"] > 0
         assert 0.0 <= run.data.metrics["val_accuracy"] <= 1.0
-        model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/{model_name}")
+        model = load_fitted(f"runs:/{run.info.run_id}/{model_name}")
         assert isinstance(model, cls) and model.num_classes == 3 and model.feature_dim == 48
         assert res.metrics[stream]["epoch"] == 0
 
@@ -98,7 +99,7 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
     from hyvid.pipelines.data.clips import ClipsDataset
     from hyvid.pipelines.training.cnn_loop import _cache_pooled
 
-    spatial = mlflow.pytorch.load_model(f"runs:/{res.run_ids['spatial']}/spatial_cnn").eval()
+    spatial = load_fitted(f"runs:/{res.run_ids['spatial']}/spatial_cnn")
     clip_ids = open_table(store, "clips").to_table(columns=["video_id"]).column("video_id").to_pylist()
     labels = {v: 0 for v in clip_ids[:1]}
     data = ClipsDataset(store, labels, "spatial")
@@ -138,7 +139,7 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
 
     row = fs.clips(vid).slice(0, 1)
     frame = decode_frame(row.column("frame")[0].as_py())
-    model = mlflow.pytorch.load_model(f"runs:/{res.run_ids['spatial']}/spatial_cnn")
+    model = load_fitted(f"runs:/{res.run_ids['spatial']}/spatial_cnn")
 
     with torch.no_grad():
         expect = model.features(spatial_input(frame[None]))[0].numpy()
@@ -202,10 +203,12 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
     t = open_table(store, "frame_features").to_table(columns=["video_id", "motion_run_id"])
     assert t.num_rows == n_clips and set(t.column("motion_run_id").to_pylist()) == {more.run_ids["motion"]}
     assert fs.scores(MOTION_CNN, 1).run_id == more.run_ids["motion"]
-    # Logged at the fit's last epoch: the run shows the video-level val metric, not epoch 1's clip-level one.
+    # Logged one step after the fit's last epoch: the run shows the video-level val metric, not epoch 1's
+    # clip-level one, and no step holds two values.
     shown = client.get_run(more.run_ids["motion"]).data.metrics
     assert shown["val_accuracy"] == newer.metrics[MOTION_CNN]["val_accuracy"]
-    assert [m.step for m in client.get_metric_history(more.run_ids["motion"], "test_accuracy")] == [1]
+    assert [m.step for m in client.get_metric_history(more.run_ids["motion"], "test_accuracy")] == [2]
+    assert [m.step for m in client.get_metric_history(more.run_ids["motion"], "val_accuracy")] == [0, 1, 2]
 
 
 def test_commit_features_replaces_rows_of_other_runs(tmp_path):
