@@ -49,7 +49,8 @@ from hyvid.models.norm import Standardize
 
 PAPER_LR = 0.7
 PAPER_LAM1 = 3e-5
-SQUARED, CROSS_ENTROPY = "squared", "cross_entropy"
+SQUARED = "squared"
+CROSS_ENTROPY = "cross_entropy"
 FUSION_LOSSES = (SQUARED, CROSS_ENTROPY)  # the paper's (Eq. 1), and softmax/BCE cross-entropy
 
 

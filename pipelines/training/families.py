@@ -40,7 +40,8 @@ CPU = torch.device("cpu")
 # eigendecomposition every step would cost more than the step itself (~30-100 ms against ~0.2 ms for
 # the prox at D = 400 on the demo's widths).
 RDNN_LAM = 1e-5
-SGD, ADAM = "sgd", "adam"
+SGD = "sgd"
+ADAM = "adam"
 OPTIMIZERS = (SGD, ADAM)
 RDNN_OMEGA_EVERY = "epoch"
 RDNN_OMEGA_MODES = ("epoch", "step")
