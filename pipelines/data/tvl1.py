@@ -132,35 +132,51 @@ def _centred_gradient(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _sample_bicubic(stack: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Sample [B, C, H, W] at x + u (u [B, 2, H, W], pixels) bicubically, zero outside (OpenCV's
-    remap with INTER_CUBIC and BORDER_CONSTANT)."""
+    """Sample `stack` [B, C, H, W] at x + u (u [B, 2, H, W], pixels) bicubically, zero outside:
+    OpenCV's remap with INTER_CUBIC and BORDER_CONSTANT (both use Keys' a = -0.75).
+
+    In float64 (pass a float64 stack; the result is float32): grid_sample's coordinates are
+    normalised to [-1, 1] and back, and in float32 that round trip lands ~1e-5 px off, so a flow of
+    exactly 0 sampled ~1e-3 grey levels off and the warps grew that into up to ~2 px of flow
+    between two identical frames. (Gathering the 16 taps in float32 is exact too, but 2.4x slower.)
+    """
     b, _, h, w = stack.shape
-    xs = torch.arange(w, dtype=u.dtype, device=u.device)
-    ys = torch.arange(h, dtype=u.dtype, device=u.device)
-    gx = (u[:, 0] + xs) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (u[:, 1] + ys[:, None]) * (2.0 / max(h - 1, 1)) - 1.0
-    grid = torch.stack((gx, gy), dim=-1)
-    return F.grid_sample(stack, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
+    f64 = torch.float64
+    x = u[:, 0].to(f64) + torch.arange(w, dtype=f64, device=u.device)
+    y = u[:, 1].to(f64) + torch.arange(h, dtype=f64, device=u.device)[:, None]
+    grid = torch.stack((x * (2.0 / (w - 1)) - 1.0, y * (2.0 / (h - 1)) - 1.0), dim=-1)
+    out = F.grid_sample(stack, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
+    return out.to(torch.float32)
 
 
-def median_blur(x: torch.Tensor, k: int, out: torch.Tensor | None = None) -> torch.Tensor:
+# Elements of the k*k shifted copies the torch median holds at a time (k*k times the images').
+MEDIAN_CHUNK_ELEMENTS = 1 << 26
+
+
+def median_blur(x: torch.Tensor, k: int, out: torch.Tensor | None = None, opencv: bool | None = None) -> torch.Tensor:
     """k x k median of [..., H, W] with edge pixels replicated, as cv2.medianBlur filters float images.
 
-    On the CPU this is cv2.medianBlur itself, image by image (~0.1 ms at 160x120); elsewhere a
-    torch median over the k*k shifted copies. `out` (contiguous, the shape of x) receives it.
+    With `opencv` (default: on CPU tensors, for windows of 3 or 5, the float32 windows cv2 takes)
+    this is cv2.medianBlur itself, image by image (~0.1 ms at 160x120); else a torch median of the
+    k*k shifted copies. `out` (contiguous, the shape of x) receives it.
     """
     out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
-    if x.device.type == "cpu" and k <= 5:  # cv2 filters float32 with windows of 3 and 5 only
+    if opencv is None:
+        opencv = x.device.type == "cpu" and k <= 5
+    src = x.reshape(-1, *x.shape[-2:])
+    dst = out.view(-1, *x.shape[-2:])
+    if opencv:
         import cv2
 
-        src = x.contiguous().numpy().reshape(-1, *x.shape[-2:])
-        dst = out.numpy().reshape(-1, *x.shape[-2:])
-        for i in range(src.shape[0]):
-            cv2.medianBlur(src[i], k, dst=dst[i])
+        src_np, dst_np = src.contiguous().numpy(), dst.numpy()
+        for i in range(src_np.shape[0]):
+            cv2.medianBlur(src_np[i], k, dst=dst_np[i])
         return out
     r = k // 2
-    padded = F.pad(x.reshape(-1, 1, *x.shape[-2:]), (r, r, r, r), mode="replicate")
-    out.copy_(torch.median(F.unfold(padded, k), dim=1).values.reshape(x.shape))
+    step = max(1, MEDIAN_CHUNK_ELEMENTS // (k * k * src[0].numel()))
+    for j in range(0, src.shape[0], step):
+        padded = F.pad(src[j:j + step, None], (r, r, r, r), mode="replicate")
+        dst[j:j + step] = torch.median(F.unfold(padded, k), dim=1).values.view(-1, *x.shape[-2:])
     return out
 
 
@@ -202,7 +218,7 @@ class _Step:
         # against 0.81 ns per element; torch.hypot 2.0), which made it the step's costliest part.
         width = self.n.shape[-1]
         self.cv_views = (tuple(x.numpy().reshape(-1, width) for x in (self.dux, self.duy, self.n))
-                         if self.n.device.type == "cpu" else None)
+                         if lv.opencv else None)
 
     def __call__(self, lt: float, tau: float) -> torch.Tensor:
         """Run the step; returns each pair's root sum of squared changes of u' ([k])."""
@@ -241,13 +257,14 @@ class _Level:
     (tau / theta) theta div p the u step adds to u'. The stopping threshold is scaled to match.
     """
 
-    def __init__(self, p: TVL1Params, i0: torch.Tensor, i1: torch.Tensor):
+    def __init__(self, p: TVL1Params, i0: torch.Tensor, i1: torch.Tensor, opencv: bool):
         self.p = p
         self.i0 = i0
+        self.opencv = opencv  # OpenCV's kernels for the median and |grad u'| (CPU tensors only)
         b, h, w = i0.shape
         self.taut = p.tau / p.theta
         ix, iy = _centred_gradient(i1)
-        self.i1_stack = torch.stack((i1, ix, iy), dim=1)
+        self.i1_stack = torch.stack((i1, ix, iy), dim=1).to(torch.float64)  # see _sample_bicubic
         # A pair stops once sum |u_new - u|^2 <= epsilon^2 * H * W (OpenCV's test), in u' units.
         self.stop_norm = p.epsilon * math.sqrt(h * w) * self.taut
         new = functools.partial(torch.empty, dtype=i0.dtype, device=i0.device)
@@ -285,14 +302,16 @@ class _Level:
         for it in range(p.inner_iterations * p.outer_iterations):
             k = active.numel()
             if it % p.inner_iterations == 0 and p.median_filtering > 1:
-                median_blur(self.u[src, :k], p.median_filtering, out=self.u[1 - src, :k])
+                median_blur(self.u[src, :k], p.median_filtering, out=self.u[1 - src, :k],
+                            opencv=self.opencv and p.median_filtering <= 5)
                 src = 1 - src
             step = steps.get(src) or steps.setdefault(src, _Step(self, k, src, 1 - src))
             err = step(lt, p.tau)
             src = 1 - src
             if float(err.min()) > self.stop_norm:
                 continue
-            # These pairs stop: their u' and q go back, the others move up to rows 0..k'-1.
+            # These pairs stop: their u' and q go back, the others move up to rows 0..k'-1. (Waiting
+            # until several have stopped, computing the stopped ones meanwhile, measured no faster.)
             done = err <= self.stop_norm
             keep, gone = (~done).nonzero().squeeze(1), done.nonzero().squeeze(1)
             us[active[gone]] = self.u[src, gone]
@@ -309,14 +328,34 @@ class _Level:
         self.dual[:, active] = self.q[:, :k]
 
 
+def _run_threaded(fn, items: list, n_threads: int) -> None:
+    """fn(item) for every item on n_threads Python threads, each torch operation on its calling
+    thread: torch's own intra-op threads wait at a barrier after every one of the step's small
+    operations, which on a loaded 2-core machine made the solver ~10x slower than one thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(n_threads) as pool:
+            for _ in pool.map(fn, items):
+                pass
+    finally:
+        torch.set_num_threads(before)
+
+
 def tvl1_flow(i0: torch.Tensor | np.ndarray, i1: torch.Tensor | np.ndarray, params: TVL1Params | None = None,
-              device: str | torch.device | None = None, batch_pixels: int | None = None) -> torch.Tensor:
+              device: str | torch.device | None = None, batch_pixels: int | None = None,
+              threads: int = 1, opencv_kernels: bool | None = None) -> torch.Tensor:
     """TV-L1 flow from each frame of `i0` to the same frame of `i1`: float32 [B, H, W, 2], x then y.
 
     `i0`, `i1`: grey frames [B, H, W] (or one [H, W] pair), uint8 or float in 0..255. Computed on
     `device` (default: the inputs' device); the result stays there. Each pyramid level runs its
     pairs in batches of about `batch_pixels` pixels (default: CPU_BATCH_PIXELS on the CPU, all
-    pairs at once elsewhere; 0: all at once): the batches are independent, so this changes only speed.
+    pairs at once elsewhere; 0: all at once); on the CPU, `threads` > 1 runs the batches on that
+    many Python threads (each operation then on its own thread: see `_run_threaded`), 1 runs them
+    here with torch's threads. The batches are independent: neither changes the flow, only the speed.
+    `opencv_kernels` (default: on the CPU) takes the median and |grad u| from OpenCV (see above).
     """
     p = params or TVL1Params()
     a = torch.as_tensor(i0)
@@ -342,13 +381,26 @@ def tvl1_flow(i0: torch.Tensor | np.ndarray, i1: torch.Tensor | np.ndarray, para
         scale = (1.0 / p.scale_step, 1.0 / p.scale_step)
         i0s.append(_resize(i0s[-1], (lh, lw), scale))
         i1s.append(_resize(i1s[-1], (lh, lw), scale))
-    budget = (CPU_BATCH_PIXELS if dev.type == "cpu" else None) if batch_pixels is None else batch_pixels
+    budget = (CPU_BATCH_PIXELS if dev.type == "cpu" else 0) if batch_pixels is None else batch_pixels
+    opencv = dev.type == "cpu" if opencv_kernels is None else opencv_kernels
+    if opencv and dev.type != "cpu":
+        raise ValueError(f"opencv_kernels=True needs CPU tensors, got device {dev}; leave it unset (auto)")
+    n_threads = max(1, threads) if dev.type == "cpu" else 1
     u = torch.zeros(bsz, 2, *sizes[-1], device=dev)
     for s in range(len(sizes) - 1, -1, -1):
         lh, lw = sizes[s]
-        step = bsz if budget is None or budget <= 0 else max(1, budget // (lh * lw))
-        for j in range(0, bsz, step):
-            u[j:j + step] = _Level(p, i0s[s][j:j + step], i1s[s][j:j + step]).run(u[j:j + step])
+        step = bsz if budget <= 0 else max(1, budget // (lh * lw))
+        step = min(step, -(-bsz // n_threads))  # every thread gets a batch
+        batches = [slice(j, j + step) for j in range(0, bsz, step)]
+
+        def level(sl: slice, s: int = s) -> None:
+            u[sl] = _Level(p, i0s[s][sl], i1s[s][sl], opencv).run(u[sl])
+
+        if n_threads > 1 and len(batches) > 1:
+            _run_threaded(level, batches, n_threads)
+        else:
+            for sl in batches:
+                level(sl)
         if s == 0:
             break
         (ch, cw), (fh, fw) = sizes[s], sizes[s - 1]
