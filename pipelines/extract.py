@@ -55,13 +55,14 @@ from hyvid.pipelines.data.video import (
     DIS_PRESET,
     FLOW_CHUNK,
     FLOW_METHODS,
-    FlowServiceError,
     MAX_ASPECT,
     MAX_LONG_SIDE,
     MAX_SIZE,
     MIN_SIZE,
+    FlowServiceError,
     check_flow_device,
     peak_bytes,
+    resolve_flow_device,
 )
 from hyvid.store.lance_io import (
     commit_fragments,
@@ -271,7 +272,8 @@ def _shard_task(entries, store_uri, settings, config_hash, storage_options, faul
     node_id = ray.get_runtime_context().get_node_id()
     # Without an actor, tvl1-torch runs on this task's CPU (a task holds no GPU).
     return extract_shard(entries, store_uri, settings, config_hash, storage_options, node_id, fault_spec,
-                         flow_device="cpu", flow_batch=flow_batch, flow_chunk=ACTOR_FLOW_CHUNK if flow_actor else FLOW_CHUNK)
+                         flow_device="cpu", flow_batch=flow_batch,
+                         flow_chunk=ACTOR_FLOW_CHUNK if flow_actor else FLOW_CHUNK)
 
 
 # --- driver side ---------------------------------------------------------------------------------
@@ -615,6 +617,8 @@ def _extract_leased(cfg: ExtractConfig, dataset: Dataset, lease: Lease) -> Extra
                  "unchanged): skipped", result.skipped, len(dataset.entries), result.skipped_failed)
 
     if pending:
+        if cfg.flow == "tvl1-torch" and not cfg.use_ray:
+            resolve_flow_device(cfg.flow_device)  # --flow-device cuda without a GPU: one error, not one per video
         workers = cfg.workers or (os.cpu_count() or 1)
         flow_actors: list = []
         if cfg.use_ray:

@@ -226,7 +226,8 @@ class _Step:
         # TH: v = u - clamp(rho / |grad I1w|^2, -lambda theta, lambda theta) grad I1w, rho / |grad|^2 = a + b . u
         torch.addcmul(self.a, self.bx, self.u1, out=t)
         t.addcmul_(self.by, self.u2).clamp_(-lt, lt)
-        # u = v + theta div p, i.e. u' = v' + div q: w = div q - t grad I1w', backward differences with q = 0 before the first row/column
+        # u = v + theta div p, i.e. u' = v' + div q: w = div q - t grad I1w', by backward differences
+        # (q = 0 before the first row / column)
         torch.add(self.qx, self.qy, out=w)
         self.w_after_x.sub_(self.qx_before)
         self.w_after_y.sub_(self.qy_before)
@@ -393,7 +394,7 @@ def tvl1_flow(i0: torch.Tensor | np.ndarray, i1: torch.Tensor | np.ndarray, para
         step = min(step, -(-bsz // n_threads))  # every thread gets a batch
         batches = [slice(j, j + step) for j in range(0, bsz, step)]
 
-        def level(sl: slice, s: int = s) -> None:
+        def level(sl: slice, s: int = s, u: torch.Tensor = u) -> None:
             u[sl] = _Level(p, i0s[s][sl], i1s[s][sl], opencv).run(u[sl])
 
         if n_threads > 1 and len(batches) > 1:

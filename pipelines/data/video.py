@@ -319,7 +319,8 @@ def flow_batch_fn(method: str, device: str = DEFAULT_FLOW_DEVICE) -> FlowBatch:
         return lambda a, b: tvl1_flow(a, b, device=dev).cpu().numpy()
     calc = _flow_fn(method)
     # DIS asserts contiguous inputs; slices of a stacked array may not be.
-    return lambda a, b: np.stack([calc(np.ascontiguousarray(x), np.ascontiguousarray(y)) for x, y in zip(a, b)])
+    return lambda a, b: np.stack([calc(np.ascontiguousarray(x), np.ascontiguousarray(y))
+                                  for x, y in zip(a, b, strict=True)])
 
 
 def compute_flows(
