@@ -629,7 +629,8 @@ def _extract_leased(cfg: ExtractConfig, dataset: Dataset, lease: Lease) -> Extra
             connect(cfg.address, _local_cpus(cfg))
             flow_actors = _start_flow_actors(cfg)
             result.flow_actors = len(flow_actors)
-            workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            # A task waiting on a flow actor lends Ray its CPU: two more per actor keep decoding meanwhile.
+            workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1))) + 2 * len(flow_actors)
         size = _shard_size(cfg, len(pending), workers)
         shards = [pending[i:i + size] for i in range(0, len(pending), size)]
         settings = cfg.settings()

@@ -51,6 +51,9 @@ MIN_LEVEL_SIDE = 16  # OpenCV stops the pyramid at the first level narrower or l
 # Pixels per batch of pairs at one pyramid level on the CPU: large enough that torch's ~5 us per
 # operation is amortised, small enough that the step's ~90 bytes per pixel stay in cache.
 CPU_BATCH_PIXELS = 131072
+# Elsewhere (CUDA): 16M pixels (~220 pairs at 320x240) keep each operation far above a kernel
+# launch's cost while the buffers stay ~2 GB.
+DEVICE_BATCH_PIXELS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -352,8 +355,8 @@ def tvl1_flow(i0: torch.Tensor | np.ndarray, i1: torch.Tensor | np.ndarray, para
 
     `i0`, `i1`: grey frames [B, H, W] (or one [H, W] pair), uint8 or float in 0..255. Computed on
     `device` (default: the inputs' device); the result stays there. Each pyramid level runs its
-    pairs in batches of about `batch_pixels` pixels (default: CPU_BATCH_PIXELS on the CPU, all
-    pairs at once elsewhere; 0: all at once); on the CPU, `threads` > 1 runs the batches on that
+    pairs in batches of about `batch_pixels` pixels (default: CPU_BATCH_PIXELS on the CPU,
+    DEVICE_BATCH_PIXELS elsewhere; 0: all at once); on the CPU, `threads` > 1 runs the batches on that
     many Python threads (each operation then on its own thread: see `_run_threaded`), 1 runs them
     here with torch's threads. The batches are independent: neither changes the flow, only the speed.
     `opencv_kernels` (default: on the CPU) takes the median and |grad u| from OpenCV (see above).
@@ -382,7 +385,7 @@ def tvl1_flow(i0: torch.Tensor | np.ndarray, i1: torch.Tensor | np.ndarray, para
         scale = (1.0 / p.scale_step, 1.0 / p.scale_step)
         i0s.append(_resize(i0s[-1], (lh, lw), scale))
         i1s.append(_resize(i1s[-1], (lh, lw), scale))
-    budget = (CPU_BATCH_PIXELS if dev.type == "cpu" else 0) if batch_pixels is None else batch_pixels
+    budget = (CPU_BATCH_PIXELS if dev.type == "cpu" else DEVICE_BATCH_PIXELS) if batch_pixels is None else batch_pixels
     opencv = dev.type == "cpu" if opencv_kernels is None else opencv_kernels
     if opencv and dev.type != "cpu":
         raise ValueError(f"opencv_kernels=True needs CPU tensors, got device {dev}; leave it unset (auto)")
