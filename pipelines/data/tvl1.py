@@ -299,7 +299,12 @@ class _Level:
         self.bx = i1wx * inv / taut
         self.by = i1wy * inv / taut
         self.g = torch.stack((i1wx, i1wy), dim=1).mul_(taut)
-        active = torch.arange(us.shape[0], device=us.device)  # running pairs: rows 0..k-1 of the buffers
+        # Rows 0..k-1 of the buffers hold the pairs `active`; `running` marks those not yet stopped.
+        # A pair that stops has its u' and q saved at once and leaves the rows at the next
+        # compaction, when a quarter of them have stopped: a compaction costs about a quarter of a
+        # step, and a GPU batch of ~200 pairs would otherwise compact ~200 times a warp.
+        active = torch.arange(us.shape[0], device=us.device)
+        running = torch.ones_like(active, dtype=torch.bool)
         self.u[0].copy_(us)
         self.q.copy_(self.dual)
         src, steps = 0, {}
@@ -314,22 +319,27 @@ class _Level:
             src = 1 - src
             if float(err.min()) > self.stop_norm:
                 continue
-            # These pairs stop: their u' and q go back, the others move up to rows 0..k'-1. (Waiting
-            # until several have stopped, computing the stopped ones meanwhile, measured no faster.)
-            done = err <= self.stop_norm
-            keep, gone = (~done).nonzero().squeeze(1), done.nonzero().squeeze(1)
-            us[active[gone]] = self.u[src, gone]
-            self.dual[:, active[gone]] = self.q[:, gone]
-            active = active[keep]
-            if active.numel() == 0:
+            stopped = (err <= self.stop_norm) & running
+            rows = stopped.nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            us[active[rows]] = self.u[src, rows]
+            self.dual[:, active[rows]] = self.q[:, rows]
+            running &= ~stopped
+            left = int(running.sum())
+            if left == 0:
                 return
+            if k - left < max(1, k // 4):
+                continue
+            keep = running.nonzero().squeeze(1)
+            active, running = active[keep], running[keep]
             for buf in (self.u[src], self.a, self.bx, self.by, self.g):
-                buf[:keep.numel()] = buf[keep]
-            self.q[:, :keep.numel()] = self.q[:, keep]
+                buf[:left] = buf[keep]
+            self.q[:, :left] = self.q[:, keep]
             steps = {}
-        k = active.numel()
-        us[active] = self.u[src, :k]
-        self.dual[:, active] = self.q[:, :k]
+        rows = running.nonzero().squeeze(1)
+        us[active[rows]] = self.u[src, rows]
+        self.dual[:, active[rows]] = self.q[:, rows]
 
 
 def _run_threaded(fn, items: list, n_threads: int) -> None:
@@ -394,7 +404,8 @@ def tvl1_flow(i0: torch.Tensor | np.ndarray, i1: torch.Tensor | np.ndarray, para
     for s in range(len(sizes) - 1, -1, -1):
         lh, lw = sizes[s]
         step = bsz if budget <= 0 else max(1, budget // (lh * lw))
-        step = min(step, -(-bsz // n_threads))  # every thread gets a batch
+        n_batches = max(-(-bsz // step), min(n_threads, bsz))  # every thread gets a batch
+        step = -(-bsz // n_batches)  # batches of equal size: no small one left at the end
         batches = [slice(j, j + step) for j in range(0, bsz, step)]
 
         def level(sl: slice, s: int = s, u: torch.Tensor = u) -> None:

@@ -56,7 +56,8 @@ def test_a_pair_gets_the_same_flow_alone_or_in_any_batch(pairs, batched):
     i0, i1, flows = batched
     alone = np.stack([tvl1_flow(a, b).numpy() for a, b in pairs])
     split = tvl1_flow(torch.from_numpy(i0), torch.from_numpy(i1), batch_pixels=1, threads=2).numpy()
-    for other in (alone, split):
+    whole = tvl1_flow(i0, i1, batch_pixels=0).numpy()  # every pair in one batch, as on a GPU
+    for other in (alone, split, whole):
         # Not bit for bit: sums over a batch round differently, and the stopping test may then stop
         # a pair one step apart; agreement is far below the quantisation step (0.16 px).
         assert _epe(flows, other) < 0.01
