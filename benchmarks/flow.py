@@ -24,6 +24,7 @@ before and after, and the methods alternate on the same pairs.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import platform
@@ -64,14 +65,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # --- frames of known motion -------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def _photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    img = getattr(data, name)()
+    return img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+
+
 def translating_frames(photo: str, n: int, velocity: tuple[float, float], w: int, h: int,
                        seed: int) -> list[np.ndarray]:
     """RGB frames of a photo translating `velocity` (vx, vy) pixels per frame (bicubic shifts of
     the photo shrunk with INTER_AREA): the true flow is `velocity` everywhere inside the frame."""
-    from skimage import data
-
-    img = getattr(data, photo)()
-    img = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+    img = _photo(photo)
     side = int(max(w, h) + 2 * MAX_SPEED * n + 16)
     base = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
     rng = np.random.default_rng(seed)
