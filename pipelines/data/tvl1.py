@@ -22,17 +22,18 @@ Each level of a pyramid (factor `scale_step`, bilinear, levels of at least 16 px
 warps, coarsest first, with p restarted at zero and u carried up (bilinear, divided by scale_step).
 
 This follows OpenCV's `modules/optflow/src/tvl1flow.cpp` (opencv_contrib) step for step and with
-its defaults (`TVL1Params`), including the per-pair stopping rule: a pair whose error falls below
-the threshold leaves the batch while the others go on, so a pair's flow does not depend on the
-batch it is in. On real frame pairs it agrees with cv2.optflow.DualTVL1OpticalFlow to ~0.005 px
-mean end-point error (floating-point sums differ in order). On the CPU two steps call OpenCV's
-own kernels on the tensors' memory (cv2.medianBlur, and cv2.magnitude for |grad u|, ~3x faster
-than torch's square root here); elsewhere they are torch.
+its defaults (`TVL1Params`), including the per-pair stopping rule (at the defaults most warps stop
+after 25-60 steps): a pair that stops leaves the batch while the others go on, so its flow does
+not depend on the batch it is in (up to floating-point rounding: < 0.01 px mean end-point error).
+On real frame pairs it agrees with cv2.optflow.DualTVL1OpticalFlow to ~0.005 px mean end-point
+error. On the CPU two steps call OpenCV's own kernels on the tensors' memory (cv2.medianBlur, and
+cv2.magnitude for |grad u|, ~3x faster than torch's square root here); elsewhere they are torch.
 
-Measured on a 2-core CPU (benchmarks/flow.py, README): the iterations are torch operations on
-preallocated buffers, with the variables scaled so that each step is 17 in-place operations over
-flat contiguous views. torch.compile did not pay: ~25 s to compile per process (each Ray worker
-pays it), then 5.3-6.2 ns per pixel and iteration against 6.6-8 for these eager steps.
+Speed (benchmarks/flow.py, README): the iterations are torch operations on preallocated buffers,
+with the variables scaled so that a step is 17 in-place operations over flat contiguous views;
+on a 2-core CPU that is 3-7x OpenCV's frames/s. torch.compile did not pay here: ~25 s to compile
+in each process (each Ray worker pays it; 11-13 s from a warm cache) for a step only 10-20%
+faster (5.3-6.2 against 6.6-8 ns per pixel and step, under load).
 
 `tvl1_flow(I0, I1)` maps grey frames [B, H, W] (0..255) to flow [B, H, W, 2] (x then y, pixels
 per frame) with I0(y, x) ~ I1(y + fy, x + fx), OpenCV's convention. A pure function of its inputs.
