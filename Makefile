@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast test-bench demo bench clean
+.PHONY: install lint test test-fast test-bench demo bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -41,11 +41,16 @@ test-fast: install
 demo: install
 	$(VENV)/bin/hyvid demo --out demo_out
 
-# Every module of benchmarks/ but the private helpers (_common.py, ...) and __init__.py.
+# Every module of benchmarks/ but the private helpers (_common.py, ...), __init__.py and the device
+# benchmark (gpu.py, `make bench-gpu`: it needs a GPU).
 bench: install
-	for m in $$(cd benchmarks && ls *.py | grep -v '^_' | sed 's/\.py$$//'); do \
+	for m in $$(cd benchmarks && ls *.py | grep -v '^_' | grep -v '^gpu\.py$$' | sed 's/\.py$$//'); do \
 		$(PY) -m benchmarks.$$m || exit 1; \
 	done
+
+# The device benchmark (issue 22), on a machine with a CUDA GPU: <= 8 minutes on one H100, no network.
+bench-gpu: install
+	$(PY) -m benchmarks.gpu
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -10,6 +10,7 @@ callers that already hold them, and tests, need no second look-up.
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ GPU = "GPU"
 # or is CPU-bound (decoding and optical flow, classic baselines).
 ACCELERATED = {
     "extract": False,
+    "flow": True,  # extract's tvl1-torch flow actors (decoding stays in the CPU "extract" tasks)
     "baselines": False,
     "features": True,
     "train-cnn": True,
@@ -121,6 +123,24 @@ def task_options(
     request = {"CPU": float(num_cpus), **({GPU: float(opts["num_gpus"])} if "num_gpus" in opts else {}), **custom}
     check_feasible(request, f"one {kind} task", cluster)
     return opts
+
+
+# tvl1-torch flow actors per accelerator: two request streams, so that one's host copies and
+# Python overlap the other's kernels. Each also takes a little CPU for that host side.
+FLOW_ACTORS_PER_GPU = 2
+FLOW_ACTOR_CPUS = 0.5
+
+
+def flow_actor_options(accelerator: str = GPU, cluster: Mapping[str, float] | None = None,
+                       use_gpu: bool | None = None) -> tuple[int, dict[str, Any]]:
+    """(how many, Ray options of each) for extract's GPU flow actors: FLOW_ACTORS_PER_GPU per
+    accelerator unit, each a fractional share of one; (0, {}) on a cluster without accelerators."""
+    cluster = _resources(cluster)
+    if not _use_accelerator("flow", use_gpu, accelerator, cluster):
+        return 0, {}
+    n = max(1, math.ceil(accelerator_count(accelerator, cluster) * FLOW_ACTORS_PER_GPU))
+    return n, task_options("flow", in_flight=n, num_cpus=FLOW_ACTOR_CPUS, use_gpu=True, accelerator=accelerator,
+                           cluster=cluster)
 
 
 def scaling_config(

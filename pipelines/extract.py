@@ -7,6 +7,10 @@ How a run goes:
 2. Ray tasks, one per shard of a few videos, decode, sample and compute flow
    (`pipelines.data.video.extract_clip_arrays`), write the `clips` rows as Lance fragment files
    (invisible until committed) and return only the fragments' metadata and the small `videos` rows.
+   With `--flow tvl1-torch` on a cluster with GPUs, the tasks send each video's frame pairs to GPU
+   flow actors (`FlowActor`, placed by `cluster.resources.flow_actor_options`) instead of solving
+   them on their CPU: while an actor solves one task's pairs, the other tasks decode. Without GPUs
+   (or with `--flow-device cpu`) the tasks solve them on their own CPU, as for every other method.
 3. The driver commits in batches: first the clips fragments, then the batch's `videos` rows, each
    an atomic Lance append. A video counts as extracted only once its `videos` row exists, so
    readers take clips of `ok` videos only; clips left by a run that died between the two commits
@@ -39,21 +43,26 @@ import pyarrow.compute as pc
 from hyvid.models.registry import check_split
 from hyvid.pipelines import faults
 from hyvid.pipelines.data.datasets import Dataset, VideoEntry, load_dataset
-from hyvid.pipelines.data.shards import ShardResult, extract_shard, file_signature, videos_row
+from hyvid.pipelines.data.shards import FlowActor, ShardResult, extract_shard, file_signature, videos_row
 from hyvid.pipelines.data.video import (
     DEFAULT_FLOW,
+    DEFAULT_FLOW_DEVICE,
     DEFAULT_MAX_ASPECT,
     DEFAULT_MAX_LONG_SIDE,
     DEFAULT_POSITIONS,
     DEFAULT_SIZE,
     DEFAULT_STACK,
     DIS_PRESET,
+    FLOW_CHUNK,
     FLOW_METHODS,
     MAX_ASPECT,
     MAX_LONG_SIDE,
     MAX_SIZE,
     MIN_SIZE,
+    FlowServiceError,
+    check_flow_device,
     peak_bytes,
+    resolve_flow_device,
 )
 from hyvid.store.lance_io import (
     commit_fragments,
@@ -87,6 +96,10 @@ SHARDS_PER_WORKER = 4  # at least this many shards per worker, so the last ones 
 COMMIT_EVERY_VIDEOS = 256
 COMMIT_EVERY_S = 20.0  # bounds the work a dead driver loses
 TASK_RETRIES = 3  # Ray retries a task whose worker or node died
+# Frame pairs per request to a GPU flow actor: a whole video's stacks at the defaults (25 x 10);
+# a GPU needs batches this large to be busy (a batch of 32 at 128 px is ~20 launches' worth of work).
+ACTOR_FLOW_CHUNK = 256
+ACTOR_RESTARTS = 3  # Ray restarts a flow actor whose process died, and retries the calls it held
 
 # Upper bounds of the count and size settings: each far above any use (the paper samples 25
 # positions with L=10 at 256 px), low enough that a typo cannot make one video cost a node.
@@ -118,6 +131,9 @@ class ExtractConfig:
     frames: int = DEFAULT_POSITIONS  # sampled positions per video
     stack: int = DEFAULT_STACK  # L flows per stack
     flow: str = DEFAULT_FLOW
+    # Where tvl1-torch runs: auto = the cluster's GPUs through flow actors where it has some, else
+    # each task's CPU; cuda insists on GPUs, cpu never uses them. Not in the hash: the same flow.
+    flow_device: str = DEFAULT_FLOW_DEVICE
     size: int = DEFAULT_SIZE  # stored short side, pixels
     address: str | None = None  # Ray address; None starts a local Ray
     workers: int | None = None  # concurrent tasks; None = the cluster's CPUs
@@ -145,6 +161,7 @@ class ExtractConfig:
         _check_bound("stack", self.stack, 1, MAX_STACK, "--stack")
         if self.flow not in FLOW_METHODS:
             raise ValueError(f"flow must be one of {', '.join(FLOW_METHODS)}, got {self.flow!r}")
+        check_flow_device(self.flow_device)
         _check_bound("size (stored short side, pixels)", self.size, MIN_SIZE, MAX_SIZE, "--size")
         _check_bound("max_long_side (pixels)", self.max_long_side, self.size, MAX_LONG_SIDE,
                      "--max-long-side (at least --size)")
@@ -210,6 +227,8 @@ class ExtractResult:
     orphans_deleted: int = 0
     task_seconds: float = 0.0  # wall time inside extraction tasks, summed
     task_cpu_seconds: float = 0.0  # CPU time of those tasks: / seconds = cores really used
+    flow_actors: int = 0  # GPU flow actors the tasks sent their tvl1-torch pairs to (0: flow on the tasks' CPUs)
+    flow_actor_pairs: int = 0  # frame pairs those actors solved
 
     @property
     def frames_per_s(self) -> float:
@@ -239,17 +258,69 @@ class ExtractResult:
 # --- worker side: pipelines.data.shards --------------------------------------------------------
 
 
-def _shard_task(entries, store_uri, settings, config_hash, storage_options, fault_spec) -> ShardResult:
+def _shard_task(entries, store_uri, settings, config_hash, storage_options, fault_spec,
+                flow_actor=None) -> ShardResult:
     import cv2
     import ray
 
-    # One task per CPU: OpenCV's own threads would only fight the other tasks for cores.
+    # One task per CPU: OpenCV's and torch's own threads would only fight the other tasks for cores.
     cv2.setNumThreads(1)
+    flow_batch = None
+    if settings["flow"] == "tvl1-torch":
+        import torch
+
+        torch.set_num_threads(1)
+    if flow_actor is not None:
+        def flow_batch(i0, i1):
+            try:
+                return ray.get(flow_actor.flows.remote(i0, i1))
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+                raise FlowServiceError(f"the GPU flow actor failed after {ACTOR_RESTARTS} restarts: "
+                                       f"{type(err).__name__}") from err
     node_id = ray.get_runtime_context().get_node_id()
-    return extract_shard(entries, store_uri, settings, config_hash, storage_options, node_id, fault_spec)
+    # Without an actor, tvl1-torch runs on this task's CPU (a task holds no GPU).
+    return extract_shard(entries, store_uri, settings, config_hash, storage_options, node_id, fault_spec,
+                         flow_device="cpu", flow_batch=flow_batch,
+                         flow_chunk=ACTOR_FLOW_CHUNK if flow_actor else FLOW_CHUNK)
 
 
 # --- driver side ---------------------------------------------------------------------------------
+
+
+def _start_flow_actors(cfg: ExtractConfig) -> list:
+    """The GPU flow actors of a tvl1-torch run on a cluster with GPUs ([] where the tasks solve on their CPU)."""
+    import ray
+
+    from hyvid.cluster.resources import flow_actor_options
+
+    if cfg.flow != "tvl1-torch" or cfg.flow_device == "cpu":
+        return []
+    n, opts = flow_actor_options()
+    if n == 0:
+        if cfg.flow_device == "cuda":
+            raise ValueError("--flow-device cuda, but the Ray cluster has no GPU; pass --flow-device auto (the "
+                             "CPUs where there is no GPU) or cpu, or run on a cluster with GPUs (--address)")
+        return []
+    actor = ray.remote(FlowActor).options(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS, **opts)
+    actors = [actor.remote(cfg.flow_device) for _ in range(n)]
+    log.info("tvl1-torch flow on %d GPU actors (%s each)", n, opts)
+    return actors
+
+
+def _stop_flow_actors(actors: list) -> int:
+    """Kill the flow actors; returns the frame pairs they solved (those that still answer)."""
+    if not actors:
+        return 0
+    import ray
+
+    pairs = 0
+    for a in actors:
+        try:
+            pairs += ray.get(a.stats.remote(), timeout=30)["pairs"]
+        except Exception:  # noqa: BLE001 - a dead actor solved nothing more; the run's result stands
+            pass
+        ray.kill(a)
+    return pairs
 
 
 _STATE_COLUMNS = ["video_id", "extract_config", "status", "file_size", "file_mtime", *METADATA_COLUMNS]
@@ -438,7 +509,7 @@ def _crash_row(e: VideoEntry, config_hash: str, reason: str) -> pa.Table:
     return pa.Table.from_pylist([row], schema=VIDEOS.schema)
 
 
-def _run_ray(cfg, shards, workers, settings, config_hash, committer, bar) -> None:
+def _run_ray(cfg, shards, workers, settings, config_hash, committer, bar, flow_actors=()) -> None:
     """Keep `workers` shard tasks in flight; a task raising an ordinary error (the store cannot be
     written, say) ends the run after committing what finished, as that would fail every video."""
     import ray
@@ -452,11 +523,14 @@ def _run_ray(cfg, shards, workers, settings, config_hash, committer, bar) -> Non
     fault_spec = faults.resolve(cfg.faults)
     queue = deque(shards)
     inflight: dict = {}
+    sent = 0
     while queue or inflight:
         while queue and len(inflight) < workers:
             entries = queue.popleft()
-            ref = task.remote(entries, cfg.store_uri, settings, config_hash, cfg.storage_options, fault_spec)
+            actor = flow_actors[sent % len(flow_actors)] if flow_actors else None
+            ref = task.remote(entries, cfg.store_uri, settings, config_hash, cfg.storage_options, fault_spec, actor)
             inflight[ref] = entries
+            sent += 1
         ready, _ = ray.wait(list(inflight), num_returns=1)
         for ref in ready:
             entries = inflight.pop(ref)
@@ -479,7 +553,7 @@ def _run_ray(cfg, shards, workers, settings, config_hash, committer, bar) -> Non
 def _run_local(cfg, shards, settings, config_hash, committer, bar) -> None:
     for entries in shards:
         shard = extract_shard(entries, cfg.store_uri, settings, config_hash, cfg.storage_options, "local",
-                              faults.resolve(cfg.faults))
+                              faults.resolve(cfg.faults), flow_device=cfg.flow_device)
         committer.add(shard)
         committer.progress(bar, len(entries))
 
@@ -551,14 +625,20 @@ def _extract_leased(cfg: ExtractConfig, dataset: Dataset, lease: Lease) -> Extra
                  "unchanged): skipped", result.skipped, len(dataset.entries), result.skipped_failed)
 
     if pending:
+        if cfg.flow == "tvl1-torch" and not cfg.use_ray:
+            resolve_flow_device(cfg.flow_device)  # --flow-device cuda without a GPU: one error, not one per video
         workers = cfg.workers or (os.cpu_count() or 1)
+        flow_actors: list = []
         if cfg.use_ray:
             import ray
 
             from hyvid.cluster.connect import connect
 
             connect(cfg.address, _local_cpus(cfg))
-            workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            flow_actors = _start_flow_actors(cfg)
+            result.flow_actors = len(flow_actors)
+            # A task waiting on a flow actor lends Ray its CPU: two more per actor keep decoding meanwhile.
+            workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1))) + 2 * len(flow_actors)
         size = _shard_size(cfg, len(pending), workers)
         shards = [pending[i:i + size] for i in range(0, len(pending), size)]
         settings = cfg.settings()
@@ -566,12 +646,13 @@ def _extract_leased(cfg: ExtractConfig, dataset: Dataset, lease: Lease) -> Extra
         with tqdm(total=len(pending), desc="extract", unit="video", disable=None if cfg.progress else True) as bar:
             try:
                 if cfg.use_ray:
-                    _run_ray(cfg, shards, workers, settings, config_hash, committer, bar)
+                    _run_ray(cfg, shards, workers, settings, config_hash, committer, bar, flow_actors)
                 else:
                     _run_local(cfg, shards, settings, config_hash, committer, bar)
             finally:
                 # Whatever finished is kept, even on Ctrl-C: the next run resumes after it.
                 committer.commit()
+                result.flow_actor_pairs = _stop_flow_actors(flow_actors)
         _compact_videos(cfg)
         _index_clips(cfg)
     return result

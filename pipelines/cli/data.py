@@ -121,7 +121,8 @@ Two extracts into one store take turns: the second waits (--wait) for the first.
 def _extract_args(p: argparse.ArgumentParser, s: Settings) -> None:
     ex = SimpleNamespace(**{k: constant(f"{_EXTRACT}:{k}") for k in ("MAX_POSITIONS", "MAX_STACK", "MAX_WORKERS")})
     v = SimpleNamespace(**{k: constant(f"{_VIDEO}:{k}")
-                           for k in ("FLOW_METHODS", "MAX_ASPECT", "MAX_LONG_SIDE", "MAX_SIZE", "MIN_SIZE")})
+                           for k in ("FLOW_METHODS", "FLOW_DEVICES", "MAX_ASPECT", "MAX_LONG_SIDE", "MAX_SIZE",
+                                     "MIN_SIZE")})
     d = defaults(f"{_EXTRACT}:ExtractConfig")
     p.add_argument("dataset", help="UCF-101-layout directory or manifest .csv")
     common(p, s, f"{_EXTRACT}:ExtractConfig", experiment=False)
@@ -130,7 +131,12 @@ def _extract_args(p: argparse.ArgumentParser, s: Settings) -> None:
                         f"a video (default {d.frames})")
     p.add_argument("--stack", type=int, help=f"flows per stack, L, 1..{ex.MAX_STACK} (default {d.stack})")
     p.add_argument("--flow", choices=v.FLOW_METHODS,
-                   help=f"optical flow: dis (fast), farneback, tvl1 (~100x slower) (default {d.flow})")
+                   help=f"optical flow: dis (fast), farneback, tvl1 (OpenCV's TV-L1, ~100x slower), tvl1-torch "
+                        f"(the same TV-L1 in torch, batched: faster, and on GPUs where the cluster has them) "
+                        f"(default {d.flow})")
+    p.add_argument("--flow-device",
+                   help=f"where tvl1-torch runs, {'|'.join(v.FLOW_DEVICES)}: auto = GPU flow actors where the cluster "
+                        f"has GPUs, else each task's CPU (default {d.flow_device})")
     p.add_argument("--size", type=int,
                    help=f"stored short side in pixels, {v.MIN_SIZE}..{v.MAX_SIZE}, aspect kept (default {d.size})")
     p.add_argument("--max-long-side", type=int,
@@ -162,6 +168,7 @@ def _extract_config(args: argparse.Namespace, s: Settings):
     return ExtractConfig(dataset=args.dataset, store_uri=args.store, address=args.address,
                          storage_options=s.resolved_storage_options(), **given(
                              split=args.split, frames=args.frames, stack=args.stack, flow=args.flow,
+                             flow_device=args.flow_device,
                              size=args.size, workers=args.workers, overwrite=args.overwrite,
                              max_long_side=args.max_long_side, max_aspect=args.max_aspect,
                              local_cpus=args.local_cpus, retry_failed=args.retry_failed, wait_s=args.wait_s,
@@ -180,6 +187,8 @@ def _extract_run(args: argparse.Namespace, s: Settings) -> int:
         print(f"retried {r.retried} failed videos; updated the labels/subsets/groups of {r.relabeled} videos")
     if r.node_spread:
         print("videos per node: " + per_node(r.node_spread))
+    if r.flow_actors:
+        print(f"tvl1-torch: {r.flow_actor_pairs} frame pairs solved by {r.flow_actors} GPU flow actors")
     if r.orphans_deleted:
         print(f"removed {r.orphans_deleted} clips rows left by an interrupted run")
     if r.failures:

@@ -8,11 +8,22 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from hyvid.pipelines import faults
 from hyvid.pipelines.data.datasets import VideoEntry
-from hyvid.pipelines.data.video import DEFAULT_MAX_ASPECT, DEFAULT_MAX_LONG_SIDE, VideoError, extract_clip_arrays
+from hyvid.pipelines.data.video import (
+    DEFAULT_MAX_ASPECT,
+    DEFAULT_MAX_LONG_SIDE,
+    FLOW_CHUNK,
+    FlowBatch,
+    FlowServiceError,
+    VideoError,
+    extract_clip_arrays,
+    flow_batch_fn,
+    resolve_flow_device,
+)
 from hyvid.store import clips as clip_codec
 from hyvid.store.lance_io import write_table_fragments
 from hyvid.store.tables import CLIPS, FLOW_BOUND, STATUS_FAILED, STATUS_OK, VIDEOS
@@ -28,6 +39,26 @@ class ShardResult:
     clips: int
     seconds: float
     cpu_seconds: float = 0.0  # CPU time the task's process used: shows whether it got a core
+
+
+class FlowActor:
+    """A GPU flow actor of `hyvid extract --flow tvl1-torch`: solves the frame-pair batches that
+    the extraction tasks send (their `flow_batch`) on the GPU Ray gave it, or on its CPU where
+    torch sees none (a GPU resource declared on a machine without one, as the tests do)."""
+
+    def __init__(self, device: str = "auto"):
+        self.device = resolve_flow_device(device)
+        self._calc = flow_batch_fn("tvl1-torch", self.device)
+        self.pairs = 0
+
+    def flows(self, i0: np.ndarray, i1: np.ndarray) -> np.ndarray:
+        """Flows of the pairs (i0[k], i1[k]): float32 [K, H, W, 2]."""
+        out = self._calc(i0, i1)
+        self.pairs += len(i0)
+        return out
+
+    def stats(self) -> dict:
+        return {"device": self.device, "pairs": self.pairs}
 
 
 def file_signature(path: str) -> tuple[int | None, float | None]:
@@ -66,8 +97,14 @@ def videos_row(e: VideoEntry, *, status: str, error: str | None, config_hash: st
 
 
 def extract_shard(entries: list[VideoEntry], store_uri: str, settings: dict, config_hash: str,
-                  storage_options: dict | None, node_id: str, fault_spec: str | None = None) -> ShardResult:
-    """Extract a few videos: write their clips as uncommitted fragments, return the metadata."""
+                  storage_options: dict | None, node_id: str, fault_spec: str | None = None,
+                  flow_device: str = "cpu", flow_batch: FlowBatch | None = None,
+                  flow_chunk: int = FLOW_CHUNK) -> ShardResult:
+    """Extract a few videos: write their clips as uncommitted fragments, return the metadata.
+
+    tvl1-torch runs on `flow_device`, or through `flow_batch` (`flow_chunk` pairs at a time) when
+    given: extract's GPU path sends the flows to a flow actor that way.
+    """
     t0, c0 = time.perf_counter(), time.process_time()
     clip_rows: dict[str, list] = {name: [] for name in CLIPS.schema.names}
     video_rows, frames = [], 0
@@ -77,7 +114,10 @@ def extract_shard(entries: list[VideoEntry], store_uri: str, settings: dict, con
         try:
             ca = extract_clip_arrays(e.path, settings["frames"], settings["stack"], settings["size"], settings["flow"],
                                      settings.get("max_long_side", DEFAULT_MAX_LONG_SIDE),
-                                     settings.get("max_aspect", DEFAULT_MAX_ASPECT))
+                                     settings.get("max_aspect", DEFAULT_MAX_ASPECT), flow_device=flow_device,
+                                     flow_batch=flow_batch, flow_chunk=flow_chunk)
+        except FlowServiceError:
+            raise
         except VideoError as err:
             video_rows.append(videos_row(e, status=STATUS_FAILED, error=err.reason, config_hash=config_hash,
                                           node_id=node_id, signature=sig))

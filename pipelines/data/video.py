@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # FFmpeg prints every damaged macroblock of a corrupt file to stderr; the reason a file fails is
@@ -30,8 +31,11 @@ from hyvid.store.tables import FLOW_BOUND  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-FLOW_METHODS = ("dis", "farneback", "tvl1")
+FLOW_METHODS = ("dis", "farneback", "tvl1", "tvl1-torch")
 DEFAULT_FLOW = "dis"  # ~600 flows/s at 320x240 against Farneback's 60 and TV-L1's 1.3
+# tvl1-torch (pipelines.data.tvl1) runs on a torch device: auto = CUDA when torch sees one, else the CPU.
+FLOW_DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_FLOW_DEVICE = "auto"
 DEFAULT_SIZE = 128
 DEFAULT_POSITIONS = 25  # the two-stream test protocol samples 25 frames per video
 DEFAULT_STACK = 10  # L: flows per stack (2L channels)
@@ -40,9 +44,16 @@ FALLBACK_FPS = 25.0  # for containers that report no frame rate
 # so its 30th frame sits at 46 s), not from cameras: they are replaced by FALLBACK_FPS, with a warning.
 FPS_RANGE = (1.0, 1000.0)
 
+FLOW_CHUNK = 32  # flows computed in float32 at a time before quantization: bounds their memory
+
 # DIS "fast" preset: at 128 px its end-point error on a known shift (~0.1-0.16 px) is below the
 # uint8 quantization step (2*20/255 = 0.16 px), at ~5x the speed of the "medium" preset.
 DIS_PRESET = cv2.DISOPTICAL_FLOW_PRESET_FAST
+
+
+class FlowServiceError(RuntimeError):
+    """The flow computation itself failed (a GPU flow actor died): not the video's fault, so the
+    video is not recorded as failed; the extraction task fails instead."""
 
 
 class VideoError(Exception):
@@ -274,13 +285,52 @@ def _flow_fn(method: str):
     raise ValueError(f"unknown flow method {method!r}; choose one of {', '.join(FLOW_METHODS)}")
 
 
+def check_flow_device(device: str) -> str:
+    """`device` if it is one of FLOW_DEVICES, else ValueError naming it and the choices."""
+    if device not in FLOW_DEVICES:
+        raise ValueError(f"flow device must be one of {', '.join(FLOW_DEVICES)}, got {device!r}; "
+                         f"pass --flow-device {'|'.join(FLOW_DEVICES)}")
+    return device
+
+
+def resolve_flow_device(device: str) -> str:
+    """The torch device tvl1-torch runs on: auto is cuda when torch sees a GPU, else cpu."""
+    import torch  # here, not at the top: only tvl1-torch needs torch, DIS users need not load it
+
+    check_flow_device(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("flow device 'cuda' was asked for but torch sees no CUDA GPU here; pass --flow-device "
+                         "auto (the CPU where there is none) or cpu")
+    return device
+
+
+# Computes the flows of stacked pairs: grey uint8 I0 [K, H, W], I1 [K, H, W] -> float32 [K, H, W, 2].
+FlowBatch = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def flow_batch_fn(method: str, device: str = DEFAULT_FLOW_DEVICE) -> FlowBatch:
+    """The flow of each pair of a batch by `method`; tvl1-torch solves the batch at once on `device`."""
+    if method == "tvl1-torch":
+        from hyvid.pipelines.data.tvl1 import tvl1_flow
+
+        dev = resolve_flow_device(device)
+        return lambda a, b: tvl1_flow(a, b, device=dev).cpu().numpy()
+    calc = _flow_fn(method)
+    # DIS asserts contiguous inputs; slices of a stacked array may not be.
+    return lambda a, b: np.stack([calc(np.ascontiguousarray(x), np.ascontiguousarray(y))
+                                  for x, y in zip(a, b, strict=True)])
+
+
 def compute_flows(
-    gray_frames: np.ndarray | list[np.ndarray], method: str = "dis", indices: np.ndarray | list[int] | None = None
+    gray_frames: np.ndarray | list[np.ndarray], method: str = "dis", indices: np.ndarray | list[int] | None = None,
+    device: str = DEFAULT_FLOW_DEVICE,
 ) -> np.ndarray:
     """Optical flow between consecutive grayscale frames: float32 [K, H, W, 2] (x, y) in pixels/frame.
 
     Flow i goes from frame i to frame i+1. `indices` picks which flows to compute (default all
-    N-1), so only the flows the sampled stacks need are paid for.
+    N-1), so only the flows the sampled stacks need are paid for. `device` is tvl1-torch's.
     """
     n = len(gray_frames)
     if n < 2:
@@ -288,14 +338,13 @@ def compute_flows(
     idx = np.arange(n - 1) if indices is None else np.asarray(indices, dtype=np.int64)
     if idx.size and (idx.min() < 0 or idx.max() > n - 2):
         raise ValueError(f"flow indices must lie in 0..{n - 2} for {n} frames, got {idx.min()}..{idx.max()}")
-    calc = _flow_fn(method)
+    calc = flow_batch_fn(method, device)
     h, w = gray_frames[0].shape[:2]
     out = np.empty((len(idx), h, w, 2), np.float32)
-    for k, i in enumerate(idx):
-        # DIS asserts contiguous inputs; slices of a stacked array may not be.
-        a = np.ascontiguousarray(gray_frames[i])
-        b = np.ascontiguousarray(gray_frames[i + 1])
-        out[k] = calc(a, b)
+    for a in range(0, len(idx), FLOW_CHUNK):
+        chunk = idx[a:a + FLOW_CHUNK]
+        out[a:a + len(chunk)] = calc(np.stack([gray_frames[i] for i in chunk]),
+                                     np.stack([gray_frames[i + 1] for i in chunk]))
     return out
 
 
@@ -363,9 +412,6 @@ def plan_sampling(n_frames: int, n_positions: int, stack: int) -> Sampling:
     return Sampling(s.frame_indices, s.flow_indices, s.clamped or n_positions > n_frames)
 
 
-FLOW_CHUNK = 32  # flows computed in float32 at a time before quantization: bounds their memory
-
-
 def extract_clip_arrays(
     path: str,
     n_positions: int = DEFAULT_POSITIONS,
@@ -374,6 +420,9 @@ def extract_clip_arrays(
     flow_method: str = "dis",
     max_long_side: int | None = DEFAULT_MAX_LONG_SIDE,
     max_aspect: float | None = DEFAULT_MAX_ASPECT,
+    flow_device: str = DEFAULT_FLOW_DEVICE,
+    flow_batch: FlowBatch | None = None,
+    flow_chunk: int = FLOW_CHUNK,
 ) -> ClipArrays:
     """Decode a video, sample positions and compute the flow stacks there (shared by extract and predict).
 
@@ -381,9 +430,15 @@ def extract_clip_arrays(
     the settings (`peak_bytes`), not on the video's length. Raises VideoError for files that
     cannot be extracted (including frames beyond the size and aspect bounds), ValueError for bad
     arguments.
+
+    The flows go `flow_chunk` pairs at a time through `flow_batch` (default: `flow_batch_fn` of
+    the method on `flow_device`): extract's GPU path passes one that sends them to a flow actor.
     """
     if flow_method not in FLOW_METHODS:
         raise ValueError(f"unknown flow method {flow_method!r}; choose one of {', '.join(FLOW_METHODS)}")
+    check_flow_device(flow_device)
+    if flow_chunk < 1:
+        raise ValueError(f"flow_chunk must be >= 1, got {flow_chunk}")
     path = os.fspath(path)
     bounds = dict(max_long_side=max_long_side, max_aspect=max_aspect)
     probe = cv2.VideoCapture(path) if os.path.exists(path) and os.path.getsize(path) > 0 else None
@@ -407,15 +462,13 @@ def extract_clip_arrays(
             raise VideoError(path, f"decodes to a different number of frames each time ({n}, then {scan.n})")
     needed = np.unique(sampling.flow_indices)
     gray = {i: cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for i, f in scan.kept.items()}
-    calc = _flow_fn(flow_method)
+    calc = flow_batch or flow_batch_fn(flow_method, flow_device)
     h, w = gray[int(needed[0])].shape
     flows_q = np.empty((len(needed), h, w, 2), np.uint8)
-    flows = np.empty((min(FLOW_CHUNK, len(needed)), h, w, 2), np.float32)
-    for a in range(0, len(needed), FLOW_CHUNK):
-        chunk = needed[a:a + FLOW_CHUNK]
-        for j, i in enumerate(chunk):
-            flows[j] = calc(gray[int(i)], gray[int(i) + 1])
-        flows_q[a:a + len(chunk)] = quantize_flow(flows[:len(chunk)])
+    for a in range(0, len(needed), flow_chunk):
+        chunk = needed[a:a + flow_chunk]
+        flows = calc(np.stack([gray[int(i)] for i in chunk]), np.stack([gray[int(i) + 1] for i in chunk]))
+        flows_q[a:a + len(chunk)] = quantize_flow(flows)
     slot_of = np.searchsorted(needed, sampling.flow_indices)
     return ClipArrays(
         frames=np.stack([scan.kept[int(i)] for i in sampling.frame_indices]),

@@ -18,7 +18,14 @@ import pytest
 from helpers.servers import kill_session
 from helpers.videos import DOWN, RIGHT, SquareClip, write_square_dataset
 
-from hyvid.cluster.resources import cluster_has_gpus, scaling_config, split_resources, task_options
+from hyvid.cluster.resources import (
+    FLOW_ACTORS_PER_GPU,
+    cluster_has_gpus,
+    flow_actor_options,
+    scaling_config,
+    split_resources,
+    task_options,
+)
 
 TESTS = Path(__file__).resolve().parents[1]  # on the scenario's PYTHONPATH: it imports helpers
 REPO = TESTS.parent
@@ -26,6 +33,15 @@ FAKE = "GPU_fake"  # a custom resource standing in for GPUs: Ray schedules it th
 
 
 # --- placement rules, no Ray needed ---------------------------------------------------------------
+
+def test_flow_actors_share_each_gpu_and_none_start_without_one():
+    assert flow_actor_options(cluster={"CPU": 8.0}) == (0, {})
+    n, opts = flow_actor_options(cluster={"CPU": 16.0, "GPU": 2.0})
+    assert n == 2 * FLOW_ACTORS_PER_GPU and opts["num_gpus"] == 1 / FLOW_ACTORS_PER_GPU and 0 < opts["num_cpus"] < 1
+    n, opts = flow_actor_options(accelerator=FAKE, cluster={"CPU": 2.0, FAKE: 1.0})
+    assert n == FLOW_ACTORS_PER_GPU and opts["resources"] == {FAKE: 1 / FLOW_ACTORS_PER_GPU}
+    assert flow_actor_options(use_gpu=False, cluster={"CPU": 8.0, "GPU": 1.0}) == (0, {})
+
 
 def test_gpus_asked_for_only_when_the_cluster_has_them():
     cpu_only, gpus = {"CPU": 8.0}, {"CPU": 8.0, "GPU": 2.0}

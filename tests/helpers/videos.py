@@ -1,8 +1,9 @@
 """Tiny real videos and datasets of them, written with cv2.VideoWriter (no dependency on synth).
 
-Frames are RGB arrays; `write_video` encodes them (MJPG .avi by default). Two kinds of frames:
-`moving_square_frames` (a textured square over a smooth background, for optical flow) and
-`square_frames` (a flat square over a flat or noisy background, for the stage and cluster tests).
+Frames are RGB arrays; `write_video` encodes them (MJPG .avi by default). Three kinds of frames:
+`moving_square_frames` (a textured square over a smooth background, for optical flow),
+`translating_photo_frames` (a real photo moving at a known sub-pixel velocity, for flow accuracy)
+and `square_frames` (a flat square over a flat or noisy background, for the stage and cluster tests).
 Datasets: `write_ucf` (UCF-101 layout with split lists), `write_manifest` (a CSV manifest of rows),
 `write_square_dataset` (one `square_frames` video per `SquareClip`, plus their manifest).
 """
@@ -38,6 +39,29 @@ def moving_square_frames(n: int, dx: int = 2, dy: int = 0, w: int = W, h: int = 
         y = 4 + (dy * i) % (h - SQUARE - 8)
         f[y:y + SQUARE, x:x + SQUARE] = tex
         frames.append(f)
+    return frames
+
+
+def translating_photo_frames(n: int, velocity: tuple[float, float], w: int = W, h: int = H, seed: int = 0,
+                             photo: str = "astronaut") -> list[np.ndarray]:
+    """RGB frames of a photo (scikit-image's, shipped with it) translating `velocity` (vx, vy)
+    pixels per frame: frame t is the photo shifted by t * velocity (bicubic), so the true flow
+    is `velocity` everywhere but where content enters at the borders."""
+    from skimage import data
+
+    img = getattr(data, photo)()
+    img = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+    # The photo shrunk (INTER_AREA, no aliasing) to leave a margin of 1/4 frame around the view.
+    side = int(1.5 * max(w, h))
+    base = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+    ox, oy = np.random.default_rng(seed).uniform(0.1, 0.25, 2) * side
+    frames = []
+    for t in range(n):
+        # dst(x, y) = base(x + ox - vx t, y + oy - vy t): content moves by +velocity per frame
+        m = np.float32([[1, 0, ox - velocity[0] * t], [0, 1, oy - velocity[1] * t]])
+        f = cv2.warpAffine(base, m, (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_REFLECT)
+        frames.append(np.clip(f, 0, 255).round().astype(np.uint8))
     return frames
 
 

@@ -46,7 +46,8 @@ def test_no_help_imports_a_heavy_library(probe):
     for name, text in probe["helps"].items():
         assert text.startswith("usage: hyvid"), (name, text[:200])
     assert "(default 25)" in probe["helps"]["extract"]  # ExtractConfig.frames, read from source
-    assert "{dis,farneback,tvl1}" in probe["helps"]["extract"]  # FLOW_METHODS
+    assert "{dis,farneback,tvl1,tvl1-torch}" in probe["helps"]["extract"]  # FLOW_METHODS
+    assert "auto|cpu|cuda" in probe["helps"]["extract"]  # FLOW_DEVICES
 
 
 def test_every_default_read_from_source_equals_the_imported_one(probe):
