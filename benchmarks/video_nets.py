@@ -61,13 +61,17 @@ def _grid(part: str) -> list[dict]:
                  "nn_batch_size": 10 if opt == "sgd" else 32}
                 for opt, drop in itertools.product(("sgd", "adam"), (0.0, 0.2))
                 for lr in (NN_SGD_LRS if opt == "sgd" else ADAM_LRS)]
-    if part == "lstm":
-        return [{"lstm_step_loss": step, "lstm_input_dropout": drop}
-                for step, drop in itertools.product((False, True), (0.0, 0.5))]
+    if part == "lstm":  # the old defaults first, then the paper's step loss with input dropout, with and without
+        # the temporal residual
+        return [{"lstm_step_loss": step, "lstm_input_dropout": drop, "lstm_temporal_residual": res}
+                for step, drop, res in ((False, 0.0, False), (True, 0.0, False), (True, 0.5, False),
+                                        (True, 0.5, True), (False, 0.5, True))]
     raise ValueError(f"unknown part {part!r}")
 
 
 PART_MODELS = {"fusion": ("fusion",), "nn": ("nn_ef",), "lstm": ("motion_lstm", "spatial_lstm")}
+# The 101-class LSTM fits take minutes each on 2 cores: one stream there (the motion stream), both on sparse10.
+LSTM_MODELS_AT = {"sparse10": ("motion_lstm", "spatial_lstm")}
 
 
 def _base(store: str, model: str, num_classes: int, seed: int, epochs: int) -> dict:
@@ -194,7 +198,8 @@ def main() -> int:
             num_classes = len(fs.class_names())
             for part in args.part.split(","):
                 rows = entry.setdefault(part, {})
-                for model in PART_MODELS[part]:
+                models = LSTM_MODELS_AT.get(name, ("motion_lstm",)) if part == "lstm" else PART_MODELS[part]
+                for model in models:
                     for setting in _grid(part):
                         runs = []
                         for seed in range(SEEDS.get(name, 1)):

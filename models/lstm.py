@@ -125,6 +125,9 @@ class StreamLSTM(nn.Module):
         input_dropout: dropout on the standardized input features. Against memorizing videos: with a few
             thousand training videos each video's own offset, the same at every step, is easier to learn than
             its class.
+        temporal_residual: feed each step's standardized features together with their deviation from the
+            video's mean over its valid steps (input width 2D). The deviation has the video's own offset
+            removed, so what changes over time (the order of sub-actions) is not buried under what does not.
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class StreamLSTM(nn.Module):
         peephole: bool = False,
         dropout: float = 0.0,
         input_dropout: float = 0.0,
+        temporal_residual: bool = False,
     ) -> None:
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
@@ -153,7 +157,8 @@ class StreamLSTM(nn.Module):
         self.pooling = pooling
         self.peephole = bool(peephole)
         # nn.LSTM's num_layers needs one hidden size for all layers; the paper's 1024 -> 512 needs one module per layer.
-        sizes = (self.input_dim, *hidden)
+        self.temporal_residual = bool(temporal_residual)
+        sizes = (self.input_dim * (2 if self.temporal_residual else 1), *hidden)
         self.input_norm = Standardize(self.input_dim)
         if self.peephole:
             self.layers = nn.ModuleList(PeepholeLSTM(a, b) for a, b in pairwise(sizes))
@@ -183,7 +188,12 @@ class StreamLSTM(nn.Module):
         """
         lengths = self._check(x, lengths)
         T = x.shape[1]
-        x = self.input_dropout(self.input_norm(x))
+        x = self.input_norm(x)
+        if self.temporal_residual:
+            mask = self.valid_mask(lengths, T).to(x.device, x.dtype)[:, :, None]
+            mean = (x * mask).sum(dim=1, keepdim=True) / lengths.to(x.device, x.dtype)[:, None, None]
+            x = torch.cat([x, (x - mean) * mask], dim=2)
+        x = self.input_dropout(x)
         if self.peephole:
             h = x
             for layer in self.layers:

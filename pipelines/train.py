@@ -75,6 +75,7 @@ DEMO_LSTM_OPTIMIZER = "adam"
 # (benchmarks/video_nets.py, its figures in benchmarks/results/video_nets.json and the README).
 DEFAULT_LSTM_STEP_LOSS = True
 DEFAULT_LSTM_INPUT_DROPOUT = 0.5
+DEFAULT_LSTM_TEMPORAL_RESIDUAL = False
 DEFAULT_LSTM_PATIENCE = 5
 DEFAULT_FUSION_LOSS = CROSS_ENTROPY
 DEFAULT_VIDEO_OPTIMIZER = ADAM
@@ -125,6 +126,7 @@ class TrainConfig:
     lstm_batch_size: int = 10
     lstm_step_loss: bool = DEFAULT_LSTM_STEP_LOSS  # the loss on every step's softmax (the paper's), else the last's
     lstm_input_dropout: float = DEFAULT_LSTM_INPUT_DROPOUT
+    lstm_temporal_residual: bool = DEFAULT_LSTM_TEMPORAL_RESIDUAL  # also feed each step's deviation from the video mean
     lstm_patience: int = DEFAULT_LSTM_PATIENCE  # early stopping: epochs without a better val epoch (0: never)
     # Video-level nets: the fusion network (Sec. 3.3) and the NN baselines.
     video_epochs: int = DEFAULT_VIDEO_EPOCHS  # at most: early stopping ends most fits sooner
@@ -255,6 +257,7 @@ class TrainConfig:
 PAPER_SETTINGS: dict[str, Any] = {
     "lstm_hidden": PAPER_LSTM_HIDDEN, "lstm_lr": PAPER_LSTM_LR, "lstm_optimizer": SGD, "lstm_momentum": 0.9,
     "lstm_batch_size": 10, "lstm_peephole": True, "lstm_step_loss": True, "lstm_input_dropout": 0.0,
+    "lstm_temporal_residual": False,
     "lstm_patience": 0, "video_patience": 0, "video_epochs": 60,
     "fusion_loss": SQUARED, "fusion_optimizer": SGD, "fusion_lr": PAPER_LR, "fusion_input_dropout": 0.0,
     "fusion_batch_size": 10, "lam1": PAPER_LAM1, "lam2_grid": PAPER_LAM_GRID, "lam3_grid": PAPER_LAM_GRID,
@@ -331,7 +334,7 @@ def fit_config(cfg: TrainConfig, model: str, *, store_uri: str, tracking_uri: st
         "lstm_hidden": list(cfg.lstm_hidden), "lstm_pooling": cfg.lstm_pooling, "lstm_peephole": cfg.lstm_peephole,
         "lstm_optimizer": cfg.lstm_optimizer, "lstm_lr": cfg.lstm_lr, "lstm_momentum": cfg.lstm_momentum,
         "lstm_batch_size": cfg.lstm_batch_size, "lstm_step_loss": cfg.lstm_step_loss,
-        "lstm_input_dropout": cfg.lstm_input_dropout,
+        "lstm_input_dropout": cfg.lstm_input_dropout, "lstm_temporal_residual": cfg.lstm_temporal_residual,
         "patience": cfg.lstm_patience if lstm else cfg.video_patience,
         "fusion_loss": cfg.fusion_loss, "fusion_optimizer": cfg.fusion_optimizer,
         "fusion_input_dropout": cfg.fusion_input_dropout,

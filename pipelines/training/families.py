@@ -57,7 +57,8 @@ def build_model(config: dict, data: dict[str, Subset]) -> torch.nn.Module:
         dim = data["train"].inputs.dims()[stream]
         net = StreamLSTM(dim, c, hidden=tuple(config["lstm_hidden"]), pooling=config["lstm_pooling"],
                          peephole=bool(config["lstm_peephole"]),
-                         input_dropout=float(config.get("lstm_input_dropout", 0.0)))
+                         input_dropout=float(config.get("lstm_input_dropout", 0.0)),
+                         temporal_residual=bool(config.get("lstm_temporal_residual", False)))
         net.fit_input_stats(torch.from_numpy(np.concatenate(data["train"].inputs.features[stream])))
         return net
     dims = [x.shape[1] for x in data["train"].inputs]

@@ -62,7 +62,7 @@ def log_fit_params(client, run_id: str, config: dict) -> None:
         keys.append("seed")
     if name in LSTM_STREAM:
         keys += ["lstm_hidden", "lstm_pooling", "lstm_peephole", "lstm_optimizer", "lstm_lr", "lstm_batch_size",
-                 "lstm_step_loss", "lstm_input_dropout", "patience"]
+                 "lstm_step_loss", "lstm_input_dropout", "lstm_temporal_residual", "patience"]
         if config.get("lstm_optimizer") == "sgd":  # Adam has no momentum parameter: not a param of its fits
             keys.append("lstm_momentum")
     elif name in (*FUSION_NETS, R.RDNN):
