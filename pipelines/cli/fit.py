@@ -51,13 +51,16 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--video-epochs", type=int,
                    help=f"epochs of the fusion net and NN baselines (default {d.video_epochs})")
     p.add_argument("--paper", "--paper-lstm", dest="paper", action="store_true",
-                   help=f"every paper setting: LSTM {_units(paper.lstm_hidden)} units with peepholes, "
-                        f"{paper.lstm_optimizer.upper()} lr {shown(paper.lstm_lr)}, "
-                        f"momentum {shown(paper.lstm_momentum)}, "
-                        f"batch {paper.lstm_batch_size}; fusion lr {shown(paper.fusion_lr)}, λ1 {shown(paper.lam1)}, "
-                        f"λ2/λ3 grid {shown(paper.lam2_grid)} (the defaults: {_units(d.lstm_hidden)} units with "
-                        f"{d.lstm_optimizer} at lr {shown(d.lstm_lr)}, fusion lr {shown(d.fusion_lr)}, chosen on "
-                        "validation; other flags override either)")
+                   help=f"every paper setting: LSTM {_units(paper.lstm_hidden)} units with peepholes, a softmax "
+                        f"loss on every step, {paper.lstm_optimizer.upper()} lr {shown(paper.lstm_lr)}, "
+                        f"momentum {shown(paper.lstm_momentum)}, batch {paper.lstm_batch_size}; the fusion net's "
+                        f"{paper.fusion_loss} loss with plain {paper.fusion_optimizer.upper()} at lr "
+                        f"{shown(paper.fusion_lr)}, batch {paper.fusion_batch_size}, λ1 {shown(paper.lam1)}, λ2/λ3 "
+                        f"grid {shown(paper.lam2_grid)}; no input dropout, no early stopping "
+                        f"({paper.video_epochs} video-level epochs) (the defaults: {_units(d.lstm_hidden)} units with "
+                        f"{d.lstm_optimizer} at lr {shown(d.lstm_lr)}; the fusion net's {d.fusion_loss} with "
+                        f"{d.fusion_optimizer} at lr {shown(d.fusion_lr)}, chosen on validation; other flags "
+                        "override either)")
     p.add_argument("--lstm-hidden", help=f"LSTM layer widths bottom first (default {shown(d.lstm_hidden)})")
     p.add_argument("--lstm-lr", type=float, help=f"LSTM learning rate (default {shown(d.lstm_lr)})")
     p.add_argument("--lstm-optimizer", choices=("sgd", "adam"),
@@ -65,10 +68,30 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--pooling", choices=("last", "mean"),
                    help=f"LSTM video prediction: last step (paper) or mean (default {d.lstm_pooling})")
     p.add_argument("--peephole", action="store_true", default=None, help="LSTM cells with the paper's peephole terms")
+    p.add_argument("--lstm-step-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"LSTM loss on every step's softmax (the paper's) or the last step's only "
+                        f"(default {'every step' if d.lstm_step_loss else 'last step'}, chosen on validation)")
+    p.add_argument("--lstm-input-dropout", type=float,
+                   help=f"dropout on the LSTMs' standardized inputs (default {shown(d.lstm_input_dropout)})")
+    p.add_argument("--temporal-residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="LSTMs also read each step's deviation from the video's mean over time "
+                        f"(default {'on' if d.lstm_temporal_residual else 'off'})")
+    p.add_argument("--fusion-loss", choices=("squared", "cross_entropy"),
+                   help=f"the fusion nets' data loss (default {d.fusion_loss}; squared is the paper's Eq. 1)")
+    p.add_argument("--fusion-optimizer", choices=("sgd", "adam"),
+                   help=f"the fusion nets' optimizer, the prox step after each update either way "
+                        f"(default {d.fusion_optimizer}; plain sgd is the paper's Algorithm 1)")
     p.add_argument("--fusion-lr", type=float,
-                   help=f"SGD learning rate of the fusion net (default {shown(d.fusion_lr)}, chosen on validation: "
-                        f"benchmarks/results/fusion_lr.json; the paper's is {shown(paper_lr)}; fusion_noreg "
+                   help=f"learning rate of the fusion net (default {shown(d.fusion_lr)}, chosen on validation: "
+                        f"benchmarks/results/video_nets.json; the paper's is {shown(paper_lr)} with sgd; fusion_noreg "
                         "searches its own)")
+    p.add_argument("--input-dropout", type=float,
+                   help=f"dropout on the fusion nets' and NN baselines' standardized inputs "
+                        f"(default {shown(d.fusion_input_dropout)}; the paper's nets have none)")
+    p.add_argument("--patience", type=int,
+                   help=f"early stopping: epochs without a better val accuracy before a fit stops (default: LSTMs "
+                        f"{d.lstm_patience}, video-level nets {d.video_patience}; 0: every epoch runs)")
+    p.add_argument("--plots", help="folder for the training curves' PNG (default hyvid_plots; split<N>/ inside)")
     p.add_argument("--lam-grid", help=f"λ2 and λ3 values searched on val for the fusion net (default: λ2 "
                                       f"{shown(d.lam2_grid)} and λ3 {shown(d.lam3_grid)}; with --paper "
                                       f"{shown(paper.lam2_grid)} for both)")
@@ -102,7 +125,11 @@ def _train_config(args: argparse.Namespace, s: Settings):
         lstm_epochs=args.epochs, video_epochs=args.epochs,
         lstm_hidden=csv_numbers(args.lstm_hidden, "--lstm-hidden", int, "1024,512"),
         lstm_lr=args.lstm_lr, lstm_optimizer=args.lstm_optimizer, lstm_pooling=args.pooling,
-        lstm_peephole=args.peephole, fusion_lr=args.fusion_lr, lam2_grid=lam_grid, lam3_grid=lam_grid,
+        lstm_peephole=args.peephole, lstm_step_loss=args.lstm_step_loss, lstm_input_dropout=args.lstm_input_dropout,
+        lstm_temporal_residual=args.temporal_residual, fusion_loss=args.fusion_loss,
+        fusion_optimizer=args.fusion_optimizer, fusion_input_dropout=args.input_dropout,
+        nn_input_dropout=args.input_dropout, lstm_patience=args.patience, video_patience=args.patience,
+        plots_dir=args.plots, fusion_lr=args.fusion_lr, lam2_grid=lam_grid, lam3_grid=lam_grid,
         svm_c_grid=csv_numbers(args.svm_c_grid, "--svm-c-grid", float, "0.1,1,10"),
         nn_lr_grid=csv_numbers(args.nn_lr_grid, "--nn-lr-grid", float, "0.01,0.03"),
         cv_folds=args.cv_folds, refit=args.refit,
