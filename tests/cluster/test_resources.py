@@ -295,7 +295,8 @@ def _train_loses_its_node(cluster, work: Path, tracking_uri: str, head_id: str) 
     ray.get(holder.ready.remote(), timeout=60)
     ckpt_root = work / "train_ckpt"
     # cv_folds=0: this test is about one fit resuming on another node; its out-of-fold fits would only add runs.
-    cfg = TrainConfig(store_uri=toy, models=("spatial_lstm",), cv_folds=0, lstm_epochs=CLUSTER_LSTM_EPOCHS, lstm_patience=0,
+    cfg = TrainConfig(store_uri=toy, models=("spatial_lstm",), cv_folds=0, lstm_epochs=CLUSTER_LSTM_EPOCHS,
+                      lstm_patience=0,
                       lstm_hidden=(32, 16),
                       lstm_optimizer="adam", lstm_lr=0.01, cpus_per_worker=1, checkpoint_every_s=0.0,
                       storage_path=str(ckpt_root), keep_checkpoints=True, experiment="cluster-train",
