@@ -150,7 +150,11 @@ def feature_scale(work: Path, size: dict) -> dict:
             "test_accuracy": round(m["test_accuracy"], 4) if "test_accuracy" in m else None,
             "epochs": int(r.data.params["epochs"]) if "epochs" in r.data.params else None,
         }
+    from .learning import logreg_references
+
     return {
+        # The floor every fusion model must clear, on the same store (C chosen on val).
+        "references": logreg_references(str(store)),
         "videos": written.videos, "classes": written.classes, "frame_rows": written.frame_rows,
         "dims": [size["dim"], size["dim"]], "train_videos": written.train_videos, "test_videos": written.test_videos,
         "write": {"seconds": round(write_s, 1)},

@@ -19,7 +19,8 @@ the same as training each stream's MLP on its own.
 The SVMs have a scikit-learn-style API on lists of per-stream arrays:
 ``SVMEarlyFusion(C=1.0).fit([X_spatial, X_motion], y).predict_scores([X_spatial_test, X_motion_test]) -> [N, C]``.
 They are one-vs-rest over classes (one binary ``SVC(kernel="precomputed")`` per class), which makes multi-label data
-(CCV) cost the same as single-label data. Scores are SVM decision values (signed margins, not probabilities).
+(CCV) cost the same as single-label data. ``decision_values`` gives the SVMs' signed margins; ``predict_scores`` their
+softmax (per-class sigmoids for multi-label data), probabilities like every other model's.
 Cost: the kernels are O(N² D) to build and O(N²) floats to hold, so they suit the demo and moderate N.
 """
 from __future__ import annotations
@@ -258,6 +259,16 @@ class _OneVsRestSVM:
         return np.stack(cols, axis=1)
 
 
+def margins_to_probabilities(decision: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Softmax over classes of one-vs-rest decision values (per-class sigmoids when multi-label)."""
+    z = np.asarray(decision, dtype=np.float64)
+    if multilabel:
+        return 1.0 / (1.0 + np.exp(-z))
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
 KERNELS = ("exact", "approx")
 # The explicit map of the additive χ² kernel: 2 * sample_steps - 1 values per feature (3x wider).
 CHI2_MAP_STEPS = 2
@@ -328,7 +339,17 @@ class _SVMFusionBase:
             self.train_ = train
             self.gammas_ = self._gammas(train)
         self.num_classes_ = Y.shape[1]
+        self.multilabel_ = bool((Y.sum(axis=1) != 1).any())
         return train, Y
+
+    def decision_values(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+        """``[N, num_classes]`` class probabilities: the softmax of the decision values (per-class sigmoids of a
+        multi-label fit), so that the SVMs' scores mix with every other model's in the hybrid. A monotone map of
+        the margins, not a calibration (no Platt fit): accuracy is that of the decision values."""
+        return margins_to_probabilities(self.decision_values(xs), getattr(self, "multilabel_", False))
 
     def _kernels(self, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per stream: the exact kernel against the training set, or the explicit map of the features."""
@@ -365,7 +386,7 @@ class SVMEarlyFusion(_SVMFusionBase):
         self.svm_ = self._svm().fit(self._early(self._kernels(train)), Y)
         return self
 
-    def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+    def decision_values(self, xs: Sequence[np.ndarray]) -> np.ndarray:
         """``[N, num_classes]`` decision values (higher = more likely), one column per class index."""
         xs = self._check_streams(xs, fitted=True)
         return self.svm_.decision(self._early(self._kernels(xs)))
@@ -384,7 +405,7 @@ class SVMLateFusion(_SVMFusionBase):
         self.svms_ = [self._svm().fit(K, Y) for K in self._kernels(train)]
         return self
 
-    def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+    def decision_values(self, xs: Sequence[np.ndarray]) -> np.ndarray:
         """``[N, num_classes]`` decision values averaged over the streams' SVMs."""
         xs = self._check_streams(xs, fitted=True)
         scores: np.ndarray = np.mean(
@@ -416,6 +437,6 @@ class SingleStreamSVM(SVMLateFusion):
         super().fit(self._pick(xs), y, num_classes)
         return self
 
-    def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+    def decision_values(self, xs: Sequence[np.ndarray]) -> np.ndarray:
         """``[N, num_classes]`` decision values of the one stream's SVMs."""
-        return super().predict_scores(self._pick(xs))
+        return super().decision_values(self._pick(xs))

@@ -132,7 +132,7 @@ class LpNormMKL(_SVMFusionBase):
         self.svm_, self.kernel_weights_ = svm, beta
         return self
 
-    def predict_scores(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+    def decision_values(self, xs: Sequence[np.ndarray]) -> np.ndarray:
         """``[N, num_classes]`` decision values of the SVMs on the learned kernel combination."""
         xs = self._check_streams(xs, fitted=True)
         return self.svm_.decision(self._combine(self._kernels(xs), self.kernel_weights_))

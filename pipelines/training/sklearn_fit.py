@@ -106,7 +106,7 @@ def sklearn_fit(config: dict) -> dict:
     y = data["train"].labels_multi if config["multilabel"] else data["train"].labels
     est.fit([x.numpy() for x in data["train"].inputs], y, num_classes=int(config["num_classes"]))
 
-    # SVM decision values (signed margins, the SVMs' native scores) or M-DBM's probabilities.
+    # Probabilities: the SVMs' softmax of their margins (models.baselines.margins_to_probabilities), M-DBM's own.
     def score(subset):
         return np.asarray(est.predict_scores([x.numpy() for x in subset.inputs]), dtype=np.float32)
 

@@ -115,12 +115,17 @@ def test_svm_multilabel_and_unseen_class(data):
     # Multi-label: every video also carries label 4 when its class is even; class 5 never occurs in training.
     labels = [[int(c), 4] if c % 2 == 0 else [int(c)] for c in y]
     model = SVMEarlyFusion(C=10.0).fit(xs, labels, num_classes=6)
-    scores = model.predict_scores(xt)
+    scores = model.decision_values(xt)
     assert scores.shape == (len(yt), 6)
     assert accuracy(scores[:, :4], yt) >= 0.9
     even = yt % 2 == 0
     assert (scores[even, 4] > 0).mean() > 0.9 and (scores[~even, 4] < 0).mean() > 0.9
     assert (scores[:, 5] == -1.0).all()
+    # What the hybrid mixes: per-class sigmoids of the margins on multi-label data.
+    probs = model.predict_scores(xt)
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-scores)), rtol=1e-6)
+    single = SVMEarlyFusion(C=10.0).fit(xs, y).predict_scores(xt)
+    np.testing.assert_allclose(single.sum(axis=1), 1.0, rtol=1e-6)  # softmax on single-label data
 
 
 def test_nn_multilabel_loss_and_scores():
