@@ -118,7 +118,7 @@ def test_missing_frame_features_names_the_stage(tmp_path):
 # ------------------------------------------------------------------------------------------------
 EPOCHS_LSTM, EPOCHS_VIDEO, KILL_AT = 12, 30, 3
 LAM2_GRID = (0.0, 1.0)
-NN_LR_GRID = (1e-3, 3e-3)
+NN_LR_GRID = (0.01, 0.03)
 NOREG_LR_GRID = (1e-3, 3e-3)
 CV_FOLDS = 2
 EXPERIMENT = "train-test"
