@@ -673,6 +673,7 @@ def _log_curves(cfg: TrainConfig, tracking_uri: str, results: dict[str, ModelRes
     from mlflow import MlflowClient
 
     from hyvid.pipelines.evaluation import plots
+    from hyvid.pipelines.training.runs import log_training_curves
 
     client = MlflowClient(tracking_uri)
     histories, selected = {}, {}
@@ -686,10 +687,9 @@ def _log_curves(cfg: TrainConfig, tracking_uri: str, results: dict[str, ModelRes
             selected[model] = int(r.metrics.get("best_epoch", -1))
     if not histories:
         return None
-    out = Path(cfg.plots_dir or plots.DEFAULT_PLOTS_DIR) / f"split{cfg.split}" / "train_curves.png"
-    path = plots.training_curves(histories, out, f"hyvid train, split {cfg.split}: per-epoch train and val curves "
-                                                 "(dotted: the epoch kept)", selected)
-    for model in histories:
-        client.log_artifact(results[model].run_id, path)
+    path = log_training_curves(
+        tracking_uri, histories, {m: r.run_id for m, r in results.items()},
+        Path(cfg.plots_dir or plots.DEFAULT_PLOTS_DIR) / f"split{cfg.split}" / "train_curves.png",
+        f"hyvid train, split {cfg.split}: per-epoch train and val curves (dotted: the epoch kept)", selected)
     log.info("training curves: %s", path)
     return path

@@ -35,6 +35,7 @@ import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from hyvid.cluster.settings import DEFAULT_EXPERIMENT
@@ -107,6 +108,7 @@ class TrainCNNConfig:
     max_failures: int = 2  # worker-group restarts from the latest checkpoint before giving up
     seed: int = 0
     address: str | None = None  # Ray address; None: the connected/local Ray
+    plots_dir: str | None = None  # the training curves' PNG goes to <plots_dir>/split<N>/; None: ./hyvid_plots
     # Register each fitted CNN in MLflow's registry: as NAME (one stream) or NAME-<model> (both).
     register_as: str | None = None
     register_alias: str | None = None  # with register_as: point this alias of each registered model at it
@@ -149,6 +151,7 @@ class TrainCNNResult:
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     checkpoints: dict[str, str] = field(default_factory=dict)
     registered: dict[str, str] = field(default_factory=dict)  # stream -> models:/NAME/VERSION (register_as)
+    curves_png: str | None = None  # the stage's training curves (also an artifact of each CNN's run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,11 +366,24 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
         raise RuntimeError(
             "; ".join(f"{j.stream} CNN fit failed (MLflow run {j.run_id}): {j.error}" for j in errors)
         ) from errors[0].error
+    curves = None
+    if history:
+        from hyvid.pipelines.evaluation import plots
+        from hyvid.pipelines.training.runs import log_training_curves
+
+        models = {MODEL_OF_STREAM[st]: st for st in history}
+        curves = log_training_curves(
+            tracking.resolve_tracking_uri(cfg.tracking_uri),
+            {m: {k: [(int(h["epoch"]), float(h[k])) for h in history[st] if k in h]
+                 for pair in plots.CURVE_PAIRS for k in pair} for m, st in models.items()},
+            {m: run_ids[st] for m, st in models.items()},
+            Path(cfg.plots_dir or plots.DEFAULT_PLOTS_DIR) / f"split{cfg.split}" / "train_cnn_curves.png",
+            f"hyvid train-cnn, split {cfg.split}: per-epoch train and val curves (val: video-level)")
     registered = {}
     if cfg.register_as:
         done = register_runs({MODEL_OF_STREAM[st]: r for st, r in run_ids.items()}, cfg.register_as, cfg.register_alias)
         registered = {st: done[MODEL_OF_STREAM[st]].uri for st in run_ids}
-    return TrainCNNResult(run_ids, metrics, history, checkpoints, registered)
+    return TrainCNNResult(run_ids, metrics, history, checkpoints, registered, curves)
 
 
 def _fit_on_pool(cfg: TrainCNNConfig, jobs: list[_StreamJob], fit_name: Callable[[_StreamJob], str], storage: str,

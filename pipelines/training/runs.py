@@ -218,3 +218,18 @@ def write_scores(config: dict, run_id: str, data: dict[str, Subset], scores: dic
         storage_options=config.get("storage_options"),
     )
 
+
+
+def log_training_curves(tracking_uri: str, histories: dict[str, dict[str, list[tuple[int, float]]]],
+                        run_ids: dict[str, str], path: Any, title: str, selected: dict[str, int] | None = None) -> str:
+    """One stage's per-epoch train/val curves (`histories[model][metric] = [(epoch, value)]`) as one PNG at
+    `path`, logged as an artifact of each model's run; returns the path."""
+    from mlflow import MlflowClient
+
+    from hyvid.pipelines.evaluation import plots
+
+    out = plots.training_curves(histories, path, title, selected)
+    client = MlflowClient(tracking_uri)
+    for model in histories:
+        client.log_artifact(run_ids[model], out)
+    return out
