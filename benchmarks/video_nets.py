@@ -61,11 +61,11 @@ def _grid(part: str) -> list[dict]:
                  "nn_batch_size": 10 if opt == "sgd" else 32}
                 for opt, drop in itertools.product(("sgd", "adam"), (0.0, 0.2))
                 for lr in (NN_SGD_LRS if opt == "sgd" else ADAM_LRS)]
-    if part == "lstm":  # the old defaults first, then the paper's step loss with input dropout, with and without
-        # the temporal residual
-        return [{"lstm_step_loss": step, "lstm_input_dropout": drop, "lstm_temporal_residual": res}
-                for step, drop, res in ((False, 0.0, False), (True, 0.0, False), (True, 0.5, False),
-                                        (True, 0.5, True), (False, 0.5, True))]
+    if part == "lstm":  # the old defaults first, then the paper's step loss, input dropout and the temporal inputs
+        return [{"lstm_step_loss": step, "lstm_input_dropout": drop, "lstm_temporal_input": inputs}
+                for step, drop, inputs in ((False, 0.0, "features"), (True, 0.0, "features"), (True, 0.5, "features"),
+                                           (False, 0.0, "deviation"), (True, 0.0, "deviation"),
+                                           (False, 0.5, "deviation"), (False, 0.5, "both"))]
     raise ValueError(f"unknown part {part!r}")
 
 
@@ -102,19 +102,35 @@ def _fit(config: dict) -> dict:
     t0 = time.perf_counter()
     model = F.build_model(config, data)
     opt = F.build_optimizer(config, model)
-    best, best_epoch, curve = -np.inf, -1, []
+    best, best_epoch, curve, best_scores = -np.inf, -1, [], None
     for epoch in range(int(config["epochs"])):
         loss, _ = F.train_epoch(config, model, opt, data["train"], epoch)
         if not np.isfinite(loss):
             break
-        val = F.evaluate(config, F.predict(config, model, data["val"]), data["val"])["accuracy"]
+        scores = F.predict(config, model, data["val"])
+        val = F.evaluate(config, scores, data["val"])["accuracy"]
         curve.append(round(val, 4))
         if val > best:
-            best, best_epoch = val, epoch
+            best, best_epoch, best_scores = val, epoch, np.asarray(scores)
         if early_stop(epoch, best_epoch, config.get("patience")):
             break
     return {"val_accuracy": round(float(best), 4), "epoch": best_epoch, "epochs_run": len(curve),
-            "seconds": round(time.perf_counter() - t0, 1), "curve": curve, "val_videos": len(data["val"])}
+            "seconds": round(time.perf_counter() - t0, 1), "curve": curve, "val_videos": len(data["val"]),
+            "val_scores": best_scores, "val_ids": list(data["val"].video_ids), "val_labels": data["val"].labels}
+
+
+def blend_accuracy(reference: dict, fit: dict, step: float = 0.05) -> dict:
+    """The best val accuracy of w * reference + (1 - w) * fit over a grid of w, as the hybrid blends scores:
+    what an LSTM adds beside a video-level model that reads the time averages (val only, weights fitted on
+    val too, so it ranks settings rather than estimating a held-out figure)."""
+    import numpy as np
+
+    ref = np.stack([reference["probabilities"][v] for v in fit["val_ids"]])
+    own = fit["val_scores"] / fit["val_scores"].sum(axis=1, keepdims=True)
+    accs = {round(float(w), 2): float(((w * ref + (1 - w) * own).argmax(1) == fit["val_labels"]).mean())
+            for w in np.arange(0.0, 1.0 + 1e-9, step)}
+    w = max(accs, key=accs.get)
+    return {"val_accuracy": round(accs[w], 4), "weight_of_reference": w}
 
 
 def stopped_at(curve: list[float], patience: int) -> tuple[float, int]:
@@ -130,7 +146,7 @@ def stopped_at(curve: list[float], patience: int) -> tuple[float, int]:
     return best, best_epoch
 
 
-def _references(store: str) -> dict:
+def _references(store: str) -> tuple[dict, dict]:
     """Logistic regression (scikit-learn) on standardized, concatenated time averages, and on halves; val only."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -139,7 +155,7 @@ def _references(store: str) -> dict:
     from hyvid.store.feature_store import FeatureStore
 
     fs = FeatureStore(store)
-    out = {}
+    out, reference = {}, {}
     for halves in (False, True):
         feats = {}
         for sub in ("train", "val"):
@@ -154,12 +170,16 @@ def _references(store: str) -> dict:
                 rows.append(np.concatenate([np.asarray(p) for p in parts]))
             feats[sub] = (np.stack(rows), np.asarray(ds.labels))
         scaler = StandardScaler().fit(feats["train"][0])
-        res = {}
+        res, probabilities = {}, {}
         for c in (0.01, 0.1, 1.0):
             m = LogisticRegression(C=c, max_iter=500).fit(scaler.transform(feats["train"][0]), feats["train"][1])
             res[f"C={c:g}"] = round(float(m.score(scaler.transform(feats["val"][0]), feats["val"][1])), 4)
+            probabilities[c] = m.predict_proba(scaler.transform(feats["val"][0]))
         out["logreg_halves" if halves else "logreg_mean"] = res
-    return out
+        if not halves:  # the best C's val probabilities, for blend_accuracy (not written to the JSON)
+            best_c = max(probabilities, key=lambda c: res[f"C={c:g}"])
+            reference = {"probabilities": dict(zip(ds.video_ids, probabilities[best_c], strict=True))}
+    return out, reference
 
 
 def _label(setting: dict) -> str:
@@ -193,7 +213,7 @@ def main() -> int:
             fs = FeatureStore(store)
             entry = result["stores"].setdefault(name, {"config": STORES[name]})
             entry["val_videos"] = len(fs.videos(split=1, subset="val"))
-            entry["references"] = _references(store)
+            entry["references"], reference = _references(store)
             print(name, json.dumps(entry["references"]), flush=True)
             num_classes = len(fs.class_names())
             for part in args.part.split(","):
@@ -206,6 +226,7 @@ def main() -> int:
                             epochs = args.lstm_epochs if part == "lstm" else args.epochs
                             runs.append(_fit({**_base(store, model, num_classes, seed, epochs), **setting}))
                         vals = [r["val_accuracy"] for r in runs]
+                        blends = [blend_accuracy(reference, r) for r in runs] if part == "lstm" else None
                         stops = {p: [stopped_at(r["curve"], int(p)) for r in runs] for p in args.patience.split(",")}
                         rows[f"{model}:{_label(setting)}"] = {
                             "model": model, "setting": setting, "val_accuracy": vals,
@@ -213,8 +234,12 @@ def main() -> int:
                             "early_stopped": {p: {"val_accuracy": [v for v, _ in st], "epoch": [e for _, e in st],
                                                   "mean": round(statistics.mean(v for v, _ in st), 4)}
                                               for p, st in stops.items()},
-                            "seconds": [r["seconds"] for r in runs], "curves": [r["curve"] for r in runs]}
-                        print(f"{name} {model} {_label(setting)}: val {vals} epochs {[r['epoch'] for r in runs]} "
+                            "seconds": [r["seconds"] for r in runs], "curves": [r["curve"] for r in runs],
+                            **({"blend_with_logreg_mean": blends,
+                                "blend_mean": round(statistics.mean(b["val_accuracy"] for b in blends), 4)}
+                               if blends else {})}
+                        print(f"{name} {model} {_label(setting)}: val {vals} blend {blends} "
+                              f"epochs {[r['epoch'] for r in runs]} "
                               f"{[r['seconds'] for r in runs]} s", flush=True)
                         write_json(out_path, {**result, "machine": machine()}, end="\n")
     finally:

@@ -36,6 +36,10 @@ PAPER_LR = 1e-4
 PAPER_MOMENTUM = 0.9
 PAPER_BATCH_SIZE = 10
 POOLINGS = ("last", "mean")
+FEATURE_INPUTS = "features"  # StreamLSTM's temporal_input: the standardized features (the paper's)
+DEVIATION_INPUTS = "deviation"  # their deviation from the video's mean
+BOTH_INPUTS = "both"  # the two side by side
+TEMPORAL_INPUTS = (FEATURE_INPUTS, DEVIATION_INPUTS, BOTH_INPUTS)
 
 
 class PeepholeLSTMCell(nn.Module):
@@ -125,9 +129,11 @@ class StreamLSTM(nn.Module):
         input_dropout: dropout on the standardized input features. Against memorizing videos: with a few
             thousand training videos each video's own offset, the same at every step, is easier to learn than
             its class.
-        temporal_residual: feed each step's standardized features together with their deviation from the
-            video's mean over its valid steps (input width 2D). The deviation has the video's own offset
-            removed, so what changes over time (the order of sub-actions) is not buried under what does not.
+        temporal_input: what each step feeds the LSTM. ``"features"`` (the paper's): the standardized
+            features. ``"deviation"``: their deviation from the video's mean over its valid steps, which
+            has the video's own offset and its average appearance removed, so the LSTM models what changes
+            over time (the order of sub-actions) and leaves what does not to the video-level models.
+            ``"both"``: the two side by side (input width 2D).
     """
 
     def __init__(
@@ -139,7 +145,7 @@ class StreamLSTM(nn.Module):
         peephole: bool = False,
         dropout: float = 0.0,
         input_dropout: float = 0.0,
-        temporal_residual: bool = False,
+        temporal_input: str = "features",
     ) -> None:
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
@@ -157,8 +163,10 @@ class StreamLSTM(nn.Module):
         self.pooling = pooling
         self.peephole = bool(peephole)
         # nn.LSTM's num_layers needs one hidden size for all layers; the paper's 1024 -> 512 needs one module per layer.
-        self.temporal_residual = bool(temporal_residual)
-        sizes = (self.input_dim * (2 if self.temporal_residual else 1), *hidden)
+        if temporal_input not in TEMPORAL_INPUTS:
+            raise ValueError(f"temporal_input must be one of {TEMPORAL_INPUTS}, got {temporal_input!r}")
+        self.temporal_input = temporal_input
+        sizes = (self.input_dim * (2 if temporal_input == BOTH_INPUTS else 1), *hidden)
         self.input_norm = Standardize(self.input_dim)
         if self.peephole:
             self.layers = nn.ModuleList(PeepholeLSTM(a, b) for a, b in pairwise(sizes))
@@ -189,10 +197,11 @@ class StreamLSTM(nn.Module):
         lengths = self._check(x, lengths)
         T = x.shape[1]
         x = self.input_norm(x)
-        if self.temporal_residual:
+        if self.temporal_input != FEATURE_INPUTS:
             mask = self.valid_mask(lengths, T).to(x.device, x.dtype)[:, :, None]
             mean = (x * mask).sum(dim=1, keepdim=True) / lengths.to(x.device, x.dtype)[:, None, None]
-            x = torch.cat([x, (x - mean) * mask], dim=2)
+            deviation = (x - mean) * mask
+            x = torch.cat([x, deviation], dim=2) if self.temporal_input == BOTH_INPUTS else deviation
         x = self.input_dropout(x)
         if self.peephole:
             h = x

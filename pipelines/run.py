@@ -63,7 +63,7 @@ class RunConfig:
     # hybrid
     hybrid_step: float = 0.05
     weights_from: str = DEFAULT_WEIGHTS_FROM  # the hybrid's weights: out-of-fold training scores, or "val"
-    out_dir: str | None = None  # plots of the hybrid stage
+    out_dir: str | None = None  # every stage's plots (training curves, hybrid weights); None: ./hyvid_plots
     allow_failures: bool = False  # exit 0 when some videos failed to extract (the rest are used either way)
 
     def __post_init__(self) -> None:
@@ -160,7 +160,8 @@ def run(cfg: RunConfig) -> RunResult:
                 TrainCNNConfig(store_uri=cfg.store_uri, stream="both" if len(streams) == 2 else streams[0],
                                split=split, epochs=cfg.cnn_epochs, finetune=cfg.finetune,
                                experiment=cfg.experiment, tracking_uri=tracking_uri,
-                               storage_options=cfg.storage_options, address=cfg.address),
+                               storage_options=cfg.storage_options, address=cfg.address,
+                               plots_dir=cfg.out_dir),
             )
         else:
             res.skipped.append(f"train-cnn split {split}")
@@ -210,7 +211,7 @@ def _train_config(cfg: RunConfig, split: int, seed: int, models: tuple[str, ...]
     make = TrainConfig.paper if cfg.paper else TrainConfig
     return make(store_uri=cfg.store_uri, split=split, models=models, experiment=cfg.experiment,
                 tracking_uri=tracking_uri, storage_options=cfg.storage_options, address=cfg.address,
-                refit=cfg.refit, seed=seed, **kw)
+                refit=cfg.refit, seed=seed, plots_dir=cfg.out_dir, **kw)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models import registry as R
+from hyvid.models.lstm import TEMPORAL_INPUTS
 from hyvid.models.fusion import CROSS_ENTROPY, FUSION_LOSSES, PAPER_LAM1, PAPER_LR, SQUARED
 from hyvid.pipelines import faults, logs, tracking
 from hyvid.pipelines.inference.registration import check_register, register_runs
@@ -75,7 +76,7 @@ DEMO_LSTM_OPTIMIZER = "adam"
 # (benchmarks/video_nets.py, its figures in benchmarks/results/video_nets.json and the README).
 DEFAULT_LSTM_STEP_LOSS = True
 DEFAULT_LSTM_INPUT_DROPOUT = 0.5
-DEFAULT_LSTM_TEMPORAL_RESIDUAL = False
+DEFAULT_LSTM_TEMPORAL_INPUT = "features"
 DEFAULT_LSTM_PATIENCE = 5
 # The fusion net, on dense101's 482 val videos (benchmarks/results/video_nets.json; 60 epochs, the epoch
 # chosen on val): the paper's squared loss stays at chance (1-2%) with plain SGD (lr 0.3, 0.7) and with
@@ -140,7 +141,8 @@ class TrainConfig:
     lstm_batch_size: int = 10
     lstm_step_loss: bool = DEFAULT_LSTM_STEP_LOSS  # the loss on every step's softmax (the paper's), else the last's
     lstm_input_dropout: float = DEFAULT_LSTM_INPUT_DROPOUT
-    lstm_temporal_residual: bool = DEFAULT_LSTM_TEMPORAL_RESIDUAL  # also feed each step's deviation from the video mean
+    # What each LSTM step reads: "features" (the paper's), "deviation" (from the video's mean over time) or "both".
+    lstm_temporal_input: str = DEFAULT_LSTM_TEMPORAL_INPUT
     lstm_patience: int = DEFAULT_LSTM_PATIENCE  # early stopping: epochs without a better val epoch (0: never)
     # Video-level nets: the fusion network (Sec. 3.3) and the NN baselines.
     video_epochs: int = DEFAULT_VIDEO_EPOCHS  # at most: early stopping ends most fits sooner
@@ -189,7 +191,7 @@ class TrainConfig:
     # pipelines.training.checkpoint.report_due for why not after every epoch of a small model.
     checkpoint_every_s: float = 5.0
     address: str | None = None
-    plots_dir: str | None = None  # the training curves' PNG goes to <plots_dir>/split<N>/; None: ./hyvid_plots
+    plots_dir: str | None = None  # the training curves' PNG goes to <plots_dir>/split<N>/; None: MLflow artifacts only
     seed: int = 0
     # Fault injection (hyvid.pipelines.faults): a JSON spec; None: the HYVID_FAULTS variable, if set.
     faults: str | None = None
@@ -218,7 +220,7 @@ class TrainConfig:
         if self.lstm_optimizer not in ("sgd", "adam"):
             raise ValueError(f"lstm_optimizer must be 'sgd' (the paper's) or 'adam', got {self.lstm_optimizer!r}")
         for name, choices in (("fusion_loss", FUSION_LOSSES), ("fusion_optimizer", OPTIMIZERS),
-                              ("nn_optimizer", OPTIMIZERS)):
+                              ("nn_optimizer", OPTIMIZERS), ("lstm_temporal_input", TEMPORAL_INPUTS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         for name in ("fusion_input_dropout", "nn_input_dropout", "lstm_input_dropout"):
@@ -271,7 +273,7 @@ class TrainConfig:
 PAPER_SETTINGS: dict[str, Any] = {
     "lstm_hidden": PAPER_LSTM_HIDDEN, "lstm_lr": PAPER_LSTM_LR, "lstm_optimizer": SGD, "lstm_momentum": 0.9,
     "lstm_batch_size": 10, "lstm_peephole": True, "lstm_step_loss": True, "lstm_input_dropout": 0.0,
-    "lstm_temporal_residual": False,
+    "lstm_temporal_input": "features",
     "lstm_patience": 0, "video_patience": 0, "video_epochs": 60,
     "fusion_loss": SQUARED, "fusion_optimizer": SGD, "fusion_lr": PAPER_LR, "fusion_input_dropout": 0.0,
     "fusion_batch_size": 10, "lam1": PAPER_LAM1, "lam2_grid": PAPER_LAM_GRID, "lam3_grid": PAPER_LAM_GRID,
@@ -348,7 +350,7 @@ def fit_config(cfg: TrainConfig, model: str, *, store_uri: str, tracking_uri: st
         "lstm_hidden": list(cfg.lstm_hidden), "lstm_pooling": cfg.lstm_pooling, "lstm_peephole": cfg.lstm_peephole,
         "lstm_optimizer": cfg.lstm_optimizer, "lstm_lr": cfg.lstm_lr, "lstm_momentum": cfg.lstm_momentum,
         "lstm_batch_size": cfg.lstm_batch_size, "lstm_step_loss": cfg.lstm_step_loss,
-        "lstm_input_dropout": cfg.lstm_input_dropout, "lstm_temporal_residual": cfg.lstm_temporal_residual,
+        "lstm_input_dropout": cfg.lstm_input_dropout, "lstm_temporal_input": cfg.lstm_temporal_input,
         "patience": cfg.lstm_patience if lstm else cfg.video_patience,
         "fusion_loss": cfg.fusion_loss, "fusion_optimizer": cfg.fusion_optimizer,
         "fusion_input_dropout": cfg.fusion_input_dropout,
@@ -689,7 +691,8 @@ def _log_curves(cfg: TrainConfig, tracking_uri: str, results: dict[str, ModelRes
         return None
     path = log_training_curves(
         tracking_uri, histories, {m: r.run_id for m, r in results.items()},
-        Path(cfg.plots_dir or plots.DEFAULT_PLOTS_DIR) / f"split{cfg.split}" / "train_curves.png",
+        str(Path(cfg.plots_dir) / f"split{cfg.split}") if cfg.plots_dir else None, "train_curves.png",
         f"hyvid train, split {cfg.split}: per-epoch train and val curves (dotted: the epoch kept)", selected)
-    log.info("training curves: %s", path)
+    if path:
+        log.info("training curves: %s", path)
     return path

@@ -108,7 +108,7 @@ class TrainCNNConfig:
     max_failures: int = 2  # worker-group restarts from the latest checkpoint before giving up
     seed: int = 0
     address: str | None = None  # Ray address; None: the connected/local Ray
-    plots_dir: str | None = None  # the training curves' PNG goes to <plots_dir>/split<N>/; None: ./hyvid_plots
+    plots_dir: str | None = None  # the training curves' PNG goes to <plots_dir>/split<N>/; None: MLflow artifacts only
     # Register each fitted CNN in MLflow's registry: as NAME (one stream) or NAME-<model> (both).
     register_as: str | None = None
     register_alias: str | None = None  # with register_as: point this alias of each registered model at it
@@ -377,7 +377,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
             {m: {k: [(int(h["epoch"]), float(h[k])) for h in history[st] if k in h]
                  for pair in plots.CURVE_PAIRS for k in pair} for m, st in models.items()},
             {m: run_ids[st] for m, st in models.items()},
-            Path(cfg.plots_dir or plots.DEFAULT_PLOTS_DIR) / f"split{cfg.split}" / "train_cnn_curves.png",
+            str(Path(cfg.plots_dir) / f"split{cfg.split}") if cfg.plots_dir else None, "train_cnn_curves.png",
             f"hyvid train-cnn, split {cfg.split}: per-epoch train and val curves (val: video-level)")
     registered = {}
     if cfg.register_as:

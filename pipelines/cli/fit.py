@@ -73,9 +73,9 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
                         f"(default {'every step' if d.lstm_step_loss else 'last step'}, chosen on validation)")
     p.add_argument("--lstm-input-dropout", type=float,
                    help=f"dropout on the LSTMs' standardized inputs (default {shown(d.lstm_input_dropout)})")
-    p.add_argument("--temporal-residual", action=argparse.BooleanOptionalAction, default=None,
-                   help="LSTMs also read each step's deviation from the video's mean over time "
-                        f"(default {'on' if d.lstm_temporal_residual else 'off'})")
+    p.add_argument("--lstm-input", choices=constant("hyvid.models.lstm:TEMPORAL_INPUTS"),
+                   help="what each LSTM step reads: the standardized features (the paper's), their deviation "
+                        f"from the video's mean over time, or both (default {d.lstm_temporal_input})")
     p.add_argument("--fusion-loss", choices=("squared", "cross_entropy"),
                    help=f"the fusion nets' data loss (default {d.fusion_loss}; squared is the paper's Eq. 1)")
     p.add_argument("--fusion-optimizer", choices=("sgd", "adam"),
@@ -91,7 +91,9 @@ def _train_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--patience", type=int,
                    help=f"early stopping: epochs without a better val accuracy before a fit stops (default: LSTMs "
                         f"{d.lstm_patience}, video-level nets {d.video_patience}; 0: every epoch runs)")
-    p.add_argument("--plots", help="folder for the training curves' PNG (default hyvid_plots; split<N>/ inside)")
+    p.add_argument("--plots", default=constant(f"{_HYBRID}:DEFAULT_OUT_DIR"),
+                   help="folder for the training curves' PNG, also an MLflow artifact of each run "
+                        "(default %(default)s; split<N>/ inside)")
     p.add_argument("--lam-grid", help=f"λ2 and λ3 values searched on val for the fusion net (default: λ2 "
                                       f"{shown(d.lam2_grid)} and λ3 {shown(d.lam3_grid)}; with --paper "
                                       f"{shown(paper.lam2_grid)} for both)")
@@ -126,7 +128,7 @@ def _train_config(args: argparse.Namespace, s: Settings):
         lstm_hidden=csv_numbers(args.lstm_hidden, "--lstm-hidden", int, "1024,512"),
         lstm_lr=args.lstm_lr, lstm_optimizer=args.lstm_optimizer, lstm_pooling=args.pooling,
         lstm_peephole=args.peephole, lstm_step_loss=args.lstm_step_loss, lstm_input_dropout=args.lstm_input_dropout,
-        lstm_temporal_residual=args.temporal_residual, fusion_loss=args.fusion_loss,
+        lstm_temporal_input=args.lstm_input, fusion_loss=args.fusion_loss,
         fusion_optimizer=args.fusion_optimizer, fusion_input_dropout=args.input_dropout,
         nn_input_dropout=args.input_dropout, lstm_patience=args.patience, video_patience=args.patience,
         plots_dir=args.plots, fusion_lr=args.fusion_lr, lam2_grid=lam_grid, lam3_grid=lam_grid,

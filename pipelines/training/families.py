@@ -58,7 +58,7 @@ def build_model(config: dict, data: dict[str, Subset]) -> torch.nn.Module:
         net = StreamLSTM(dim, c, hidden=tuple(config["lstm_hidden"]), pooling=config["lstm_pooling"],
                          peephole=bool(config["lstm_peephole"]),
                          input_dropout=float(config.get("lstm_input_dropout", 0.0)),
-                         temporal_residual=bool(config.get("lstm_temporal_residual", False)))
+                         temporal_input=config.get("lstm_temporal_input", "features"))
         net.fit_input_stats(torch.from_numpy(np.concatenate(data["train"].inputs.features[stream])))
         return net
     dims = [x.shape[1] for x in data["train"].inputs]

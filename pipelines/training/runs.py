@@ -62,7 +62,7 @@ def log_fit_params(client, run_id: str, config: dict) -> None:
         keys.append("seed")
     if name in LSTM_STREAM:
         keys += ["lstm_hidden", "lstm_pooling", "lstm_peephole", "lstm_optimizer", "lstm_lr", "lstm_batch_size",
-                 "lstm_step_loss", "lstm_input_dropout", "lstm_temporal_residual", "patience"]
+                 "lstm_step_loss", "lstm_input_dropout", "lstm_temporal_input", "patience"]
         if config.get("lstm_optimizer") == "sgd":  # Adam has no momentum parameter: not a param of its fits
             keys.append("lstm_momentum")
     elif name in (*FUSION_NETS, R.RDNN):
@@ -154,6 +154,9 @@ def complete_run(config: dict, run_id: str, versions: dict[str, int], data: dict
     """A final fit's last steps: lineage and the fitted model (`log_fit_model`) into its run, scores into the store."""
     import mlflow
 
+    # Resuming a run by id refuses while another experiment is the process's active one (a notebook's, or
+    # an earlier fit's in this process): the run's own experiment is made active first.
+    mlflow.set_experiment(experiment_id=config["experiment_id"])
     with mlflow.start_run(run_id=run_id):
         tracking.log_lineage(config["store_uri"], LINEAGE_TABLES, config.get("storage_options"), versions=versions)
         log_fit_model(config, data, fitted)
@@ -221,15 +224,21 @@ def write_scores(config: dict, run_id: str, data: dict[str, Subset], scores: dic
 
 
 def log_training_curves(tracking_uri: str, histories: dict[str, dict[str, list[tuple[int, float]]]],
-                        run_ids: dict[str, str], path: Any, title: str, selected: dict[str, int] | None = None) -> str:
-    """One stage's per-epoch train/val curves (`histories[model][metric] = [(epoch, value)]`) as one PNG at
-    `path`, logged as an artifact of each model's run; returns the path."""
+                        run_ids: dict[str, str], plots_dir: str | None, name: str, title: str,
+                        selected: dict[str, int] | None = None) -> str | None:
+    """One stage's per-epoch train/val curves (`histories[model][metric] = [(epoch, value)]`) as one PNG
+    `name`, logged as an artifact of each model's run and kept under `plots_dir` (its path); with
+    `plots_dir` None it is drawn in a temporary folder and kept as MLflow artifacts only (None returned)."""
+    import tempfile
+    from pathlib import Path
+
     from mlflow import MlflowClient
 
     from hyvid.pipelines.evaluation import plots
 
-    out = plots.training_curves(histories, path, title, selected)
-    client = MlflowClient(tracking_uri)
-    for model in histories:
-        client.log_artifact(run_ids[model], out)
-    return out
+    with tempfile.TemporaryDirectory() as tmp:
+        out = plots.training_curves(histories, Path(plots_dir or tmp) / name, title, selected)
+        client = MlflowClient(tracking_uri)
+        for model in histories:
+            client.log_artifact(run_ids[model], out)
+    return out if plots_dir else None

@@ -197,20 +197,27 @@ def test_make_optimizer_defaults_to_the_paper():
         make_optimizer(p, "rmsprop")
 
 
-def test_temporal_residual_removes_the_video_offset_and_ignores_padding():
+def test_temporal_inputs_remove_the_video_offset_and_ignore_padding():
     torch.manual_seed(0)
-    net = StreamLSTM(3, 2, hidden=(4,), temporal_residual=True)
     x = torch.randn(2, 5, 3)
     lengths = torch.tensor([5, 3])
-    out = net(x, lengths)
     shifted = x + torch.tensor([5.0, -2.0, 1.0])  # a per-video offset, constant over time
-    assert net.layers[0].input_size == 6
-    # The residual half is offset-free; with the raw half's input weights zeroed, so is the output.
+    both = StreamLSTM(3, 2, hidden=(4,), temporal_input="both")
+    out = both(x, lengths)
+    assert both.layers[0].input_size == 6 and out.shape == (2, 5, 2)
+    # The deviation half is offset-free; with the features half's input weights zeroed, so is the output.
     with torch.no_grad():
-        net.layers[0].weight_ih_l0[:, :3] = 0
-    assert torch.allclose(net(x, lengths), net(shifted, lengths), atol=1e-5)
-    # Padded steps do not enter the mean: a video's outputs do not depend on what follows its end.
-    padded = x.clone()
-    padded[1, 3:] = 100.0
-    assert torch.allclose(net(x, lengths)[1, :3], net(padded, lengths)[1, :3], atol=1e-5)
-    assert out.shape == (2, 5, 2)
+        both.layers[0].weight_ih_l0[:, :3] = 0
+    assert torch.allclose(both(x, lengths), both(shifted, lengths), atol=1e-5)
+    deviation = StreamLSTM(3, 2, hidden=(4,), temporal_input="deviation")
+    assert deviation.layers[0].input_size == 3
+    assert torch.allclose(deviation(x, lengths), deviation(shifted, lengths), atol=1e-5)
+    features = StreamLSTM(3, 2, hidden=(4,))
+    assert not torch.allclose(features(x, lengths), features(shifted, lengths), atol=1e-3)
+    for net in (both, deviation):
+        # Padded steps do not enter the mean: a video's outputs do not depend on what follows its end.
+        padded = x.clone()
+        padded[1, 3:] = 100.0
+        assert torch.allclose(net(x, lengths)[1, :3], net(padded, lengths)[1, :3], atol=1e-5)
+    with pytest.raises(ValueError, match="temporal_input"):
+        StreamLSTM(3, 2, temporal_input="residual")

@@ -71,8 +71,9 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], dict, dict]]:
         "extract": (["data"], {"dataset": "data", "store_uri": S.store_uri}, {**ray, "workers": 3}),
         "train-cnn": ([], {"store_uri": S.store_uri}, {"experiment": S.experiment, **track, **ray, "workers": 2}),
         "features": ([], {"store_uri": S.store_uri}, {"experiment": S.experiment, **track, **ray, "workers": 5}),
+        # Like the hybrid's, the CLI keeps train's curves in its own folder too (the config's None: artifacts only).
         "train": ([], {"store_uri": S.store_uri},
-                  {"experiment": S.experiment, **track, **ray, "workers_per_model": 4}),
+                  {"experiment": S.experiment, **track, **ray, "workers_per_model": 4, "plots_dir": "hyvid_plots"}),
         # The CLI writes the hybrid's files to its own folder (hybrid.DEFAULT_OUT_DIR), one per split.
         "hybrid": ([], {"store_uri": S.store_uri},
                    {"experiment": S.experiment, **track, "out_dir": "hyvid_plots/split1"}),
