@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models import registry as R
-from hyvid.models.lstm import TEMPORAL_INPUTS
 from hyvid.models.fusion import CROSS_ENTROPY, FUSION_LOSSES, PAPER_LAM1, PAPER_LR, SQUARED
+from hyvid.models.lstm import TEMPORAL_INPUTS
 from hyvid.pipelines import faults, logs, tracking
 from hyvid.pipelines.inference.registration import check_register, register_runs
 from hyvid.pipelines.training.data import LSTM_STREAM
