@@ -196,6 +196,10 @@ def run(cfg: RunConfig) -> RunResult:
                              storage_options=cfg.storage_options, out_dir=cfg.out_dir),
             )
             res.hybrid_run_ids[split] = hy.run_id
+            if cfg.seeds > 1:  # the report's spread across seeds groups the hybrid runs by it
+                from mlflow import MlflowClient
+
+                MlflowClient().set_tag(hy.run_id, tracking.TAG_SEED, str(seed))
             res.test_metrics[split] = dict(hy.test_metrics)
             if cfg.seeds > 1:
                 res.seed_metrics[seed] = {**hy.components, R.HYBRID: dict(hy.test_metrics)}
