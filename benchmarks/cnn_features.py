@@ -185,6 +185,7 @@ class _CNNActor:
         table = pa.table({
             "video_id": rows.column("video_id"), "position": rows.column("position"),
             "frame_index": rows.column("frame_index"), "timestamp": rows.column("timestamp"),
+            "split": pa.array([1] * n, pa.int32()), "fold": pa.array([-1] * n, pa.int32()),  # split 1's one pair
             "spatial": pa.FixedSizeListArray.from_arrays(pa.array(sf.reshape(-1)), sf.shape[1]),
             "motion": pa.FixedSizeListArray.from_arrays(pa.array(mf.reshape(-1)), mf.shape[1]),
             "spatial_run_id": pa.array([self.runs[0]] * n, pa.string()),
@@ -230,7 +231,7 @@ def ray_data_features(store: str, tracking_uri: str, s_run: str, m_run: str, spl
     rows = out.take_all()
     frags = [f for r in rows if r["fragments"] for f in pickle.loads(r["fragments"])]
     dims = tuple(int(x) for x in rows[0]["dims"])
-    _commit_features(store, frags, ids, frame_features_schema(*dims), None)
+    _commit_features(store, frags, ids, 1, frame_features_schema(*dims), None)
     sums: dict[str, list] = {}
     for r in rows:  # a video's clips may come in two batches
         s = sums.setdefault(r["video_id"], [0.0, 0.0, 0])

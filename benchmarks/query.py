@@ -83,6 +83,8 @@ def batches(args: argparse.Namespace, schema: pa.Schema):
         for name, dim in (("spatial", args.spatial_dim), ("motion", args.motion_dim)):
             flat = rng.random(n * dim, dtype=np.float32)
             cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
+        cols["split"] = pa.array(np.ones(n, np.int32))
+        cols["fold"] = pa.array(np.full(n, -1, np.int32))
         cols["spatial_run_id"] = pa.array(["bench"] * n)
         cols["motion_run_id"] = pa.array(["bench"] * n)
         yield pa.table(cols, schema=schema)

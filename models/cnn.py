@@ -298,8 +298,11 @@ def random_crop_flip(
     crop: tuple[int, int],
     rng: np.random.Generator,
     kind: str,
+    flip: bool = True,
 ) -> np.ndarray:
-    """Per-sample random crop of size `crop` (h, w) and a coin-flip horizontal flip.
+    """Per-sample random crop of size `crop` (h, w) and, with `flip`, a coin-flip horizontal flip.
+
+    `flip=False` is for classes defined by direction (left against right), which a flip would swap.
 
     A side of 0 (or one at least the frame's) keeps that whole side: `(0, 0)` only flips.
     kind="frames": batch [N, H, W, 3]; kind="flow": batch [N, 2L, H, W] (flips negate x).
@@ -316,11 +319,11 @@ def random_crop_flip(
         x = int(rng.integers(0, W - cw + 1))
         if kind == "frames":
             a = item[y:y + ch, x:x + cw]
-            if rng.random() < 0.5:
+            if rng.random() < 0.5 and flip:
                 a = flip_frames(a)
         else:
             a = item[:, y:y + ch, x:x + cw]
-            if rng.random() < 0.5:
+            if rng.random() < 0.5 and flip:
                 a = flip_flow_stack(a)
         out.append(np.ascontiguousarray(a))
     return np.stack(out)

@@ -9,10 +9,15 @@ run the spatial CNN on the frames and the motion CNN on the flow stacks, and wri
   `video_scores` (mean of the per-position softmax scores; the two-stream score averages the
   two streams, the paper's "Two-stream CNN").
 
+Every row carries the split whose CNNs made it, the fold and the two run ids (`store.tables`):
+the CNNs of split N never saw split N's test groups, and `--split 2` leaves split 1's rows alone.
+With `--cross-fit K` the split's K CNN pairs each describe the videos of their fold
+(`training.folds`): a training video gets the features and scores of the pair that did not see it.
+
 Idempotent and resumable: videos whose features exist from the same pair of runs are skipped
 (a re-run adds no rows), and so are scores already stored for those runs. The table holds one
-pair of CNNs' features per video: a video whose rows came from other runs has them replaced in
-the same atomic commit that adds the new ones.
+set of features per (video, split): a video whose rows of this split came from other runs has
+them replaced in the same atomic commit that adds the new ones.
 """
 from __future__ import annotations
 
@@ -32,8 +37,16 @@ from hyvid.models.cnn import two_stream_scores
 from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN, check_split
 from hyvid.pipelines import tracking
 from hyvid.pipelines.inference.cnn import cnn_forward, load_cnn_pair
+from hyvid.pipelines.training.folds import DEFAULT_CROSS_FIT, check_cross_fit, cnn_pairs, video_folds
 from hyvid.store.lance_io import canonical_store_uri
-from hyvid.store.tables import CLIPS, FRAME_FEATURES_NAME, VIDEO_SCORES, frame_features_schema
+from hyvid.store.tables import (
+    CLIPS,
+    FOLD_ALL,
+    FRAME_FEATURES_NAME,
+    FRAME_FEATURES_PROVENANCE,
+    VIDEO_SCORES,
+    frame_features_schema,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +62,8 @@ class FeaturesConfig:
     split: int = 1
     spatial_run_id: str | None = None  # None: the latest finished train-cnn run of the split
     motion_run_id: str | None = None
+    cross_fit: int = DEFAULT_CROSS_FIT  # K: use the split's K cross-fitted CNN pairs (training.folds)
+    cnn_seed: int | None = None  # only CNN runs fitted with this seed (`hyvid run --seeds`); None: the newest
     experiment: str = DEFAULT_EXPERIMENT
     tracking_uri: str | None = None
     workers: int | None = None  # tasks in flight; None: the cluster's CPUs
@@ -67,13 +82,17 @@ class FeaturesConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers!r}")
+        check_cross_fit(self.cross_fit)
+        if self.cross_fit and (self.spatial_run_id or self.motion_run_id):
+            raise ValueError("explicit CNN run ids name one pair; with cross_fit the split's K pairs are found "
+                             "by their fold tags (drop --run / --spatial-run / --motion-run)")
 
 
 @dataclass(frozen=True)
 class FeaturesResult:
     """What a `features` run did; `node_tasks` counts tasks per Ray node (the spread record)."""
 
-    spatial_run_id: str
+    spatial_run_id: str  # comma-joined, in fold order, with cross-fitting
     motion_run_id: str
     n_videos: int  # ok videos of the split
     n_features_written: int  # videos whose frame features this run wrote
@@ -87,25 +106,37 @@ class FeaturesResult:
     node_tasks: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> val_*/test_* it logged
+    fold_runs: dict[int, tuple[str, str]] = field(default_factory=dict)  # fold -> (spatial, motion) run ids
 
 
 # ---------------------------------------------------------------------------------------------
 # Finding the CNN runs.
 
 
-def latest_cnn_run(model: str, split: int, experiment: str, store_uri: str) -> str:
-    """Id of the newest finished `train-cnn` run of `model` on this split and store, with a model."""
-    run = tracking.latest_run(experiment, stage=tracking.STAGE_TRAIN_CNN, model=model, split=split,
-                              store_uri=store_uri, tags={tracking.TAG_MODEL_LOGGED: "true"})
-    if run is not None:
-        return run.info.run_id
-    elsewhere = tracking.finished_runs(experiment, stage=tracking.STAGE_TRAIN_CNN, model=model, split=split)
-    others = f" ({len(elsewhere)} run(s) on other stores)" if elsewhere else ""
-    raise FileNotFoundError(
-        f"no finished `hyvid train-cnn` run of {model} for split {split} on store "
-        f"{tracking.store_tag(store_uri)!r} in MLflow experiment {experiment!r}{others}; "
-        "train it first or pass its run id explicitly"
-    )
+def _check_run_split(run_id: str, model: str, split: int) -> None:
+    """An explicit CNN run must be of `model` and fitted on `split`: another split's CNNs trained on
+    videos that may be this split's test videos, and their features would leak them."""
+    from mlflow import MlflowClient
+
+    tags = MlflowClient().get_run(run_id).data.tags
+    if tags.get(tracking.TAG_MODEL) != model or tags.get(tracking.TAG_SPLIT) != str(split):
+        raise ValueError(f"run {run_id!r} is a {tags.get(tracking.TAG_MODEL)} run of split "
+                         f"{tags.get(tracking.TAG_SPLIT)}, not a {model} run of split {split}: a split's features "
+                         "must come from CNNs fitted on that split's training videos")
+
+
+def fold_runs(cfg: FeaturesConfig, store_uri: str) -> dict[int, tuple[str, str]]:
+    """fold -> (spatial run, motion run) this run uses: the explicit pair, else the split's newest."""
+    found: dict[int, tuple[str, str]] = {}
+    if not (cfg.spatial_run_id and cfg.motion_run_id):
+        found = cnn_pairs(cfg.experiment, cfg.split, store_uri, cfg.cross_fit, cfg.cnn_seed)
+    if cfg.cross_fit:
+        return found
+    s_run = cfg.spatial_run_id or found[FOLD_ALL][0]
+    m_run = cfg.motion_run_id or found[FOLD_ALL][1]
+    for run_id, model in ((s_run, SPATIAL_CNN), (m_run, MOTION_CNN)):
+        _check_run_split(run_id, model, cfg.split)
+    return {FOLD_ALL: (s_run, m_run)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,6 +148,8 @@ def _features_task(
     clips_version: int,
     video_ids: list[str],
     write_ids: list[str],
+    split: int,
+    fold: int,
     spatial_run_id: str,
     motion_run_id: str,
     tracking_uri: str,
@@ -144,7 +177,7 @@ def _features_task(
     node_id = ray.get_runtime_context().get_node_id()
     if not vids:
         return {"fragments": [], "n_rows": 0, "written": [], "scores": {}, "missing": sorted(video_ids),
-                "dims": None, "node_id": node_id}
+                "dims": None, "node_id": node_id, "fold": fold}
     sf, mf, sp, mp = cnn_forward(spatial, motion, decode_rows(rows, "spatial"), decode_rows(rows, "motion"), batch_size)
 
     vid_arr = np.asarray(vids, dtype=object)
@@ -161,6 +194,8 @@ def _features_task(
             {
                 "video_id": rows.column("video_id").filter(pa.array(keep)),
                 "position": rows.column("position").filter(pa.array(keep)),
+                "split": pa.array([int(split)] * n, pa.int32()),
+                "fold": pa.array([int(fold)] * n, pa.int32()),
                 "frame_index": rows.column("frame_index").filter(pa.array(keep)),
                 "timestamp": rows.column("timestamp").filter(pa.array(keep)),
                 "spatial": pa.FixedSizeListArray.from_arrays(pa.array(sf[keep].reshape(-1)), sf.shape[1]),
@@ -180,6 +215,7 @@ def _features_task(
         "missing": missing,
         "dims": (int(sf.shape[1]), int(mf.shape[1])),
         "node_id": node_id,
+        "fold": fold,
     }
 
 
@@ -187,41 +223,58 @@ def _features_task(
 # The driver.
 
 
-def _existing_features(store_uri: str, storage_options: dict | None) -> tuple[dict[str, set], tuple | None]:
-    """video id -> set of (spatial_run_id, motion_run_id) it has rows from; and the table's dims."""
+def _existing_features(store_uri: str, split: int, storage_options: dict | None
+                       ) -> tuple[dict[str, set], tuple | None, bool]:
+    """video id -> set of (fold, spatial_run_id, motion_run_id) it has rows of `split` from; the table's
+    dims; and whether the table has the old layout (no provenance columns: it is rebuilt)."""
     from hyvid.store.lance_io import open_table, table_exists
 
     if not table_exists(store_uri, FRAME_FEATURES_NAME, storage_options):
-        return {}, None
+        return {}, None, False
     ds = open_table(store_uri, FRAME_FEATURES_NAME, storage_options)
-    t = ds.to_table(columns=["video_id", "spatial_run_id", "motion_run_id"])
+    if any(c not in ds.schema.names for c in FRAME_FEATURES_PROVENANCE):
+        log.warning("frame_features of %s has the old layout (rows keyed by video alone); it is rebuilt with "
+                    "the split, fold and CNN runs of every row: run `hyvid features` for each split", store_uri)
+        return {}, None, True
+    t = ds.to_table(columns=["video_id", "fold", "spatial_run_id", "motion_run_id"],
+                    filter=pc.field("split") == int(split))
     out: dict[str, set] = {}
-    columns = (t.column(c).to_pylist() for c in ("video_id", "spatial_run_id", "motion_run_id"))
-    for v, s, m in zip(*columns, strict=True):
-        out.setdefault(v, set()).add((s, m))
+    columns = (t.column(c).to_pylist() for c in ("video_id", "fold", "spatial_run_id", "motion_run_id"))
+    for v, f, s, m in zip(*columns, strict=True):
+        out.setdefault(v, set()).add((f, s, m))
     dims = (ds.schema.field("spatial").type.list_size, ds.schema.field("motion").type.list_size)
-    return out, dims
+    return out, dims, False
 
 
-def _existing_scores(store_uri: str, split: int, runs: dict[str, str], storage_options: dict | None) -> set[str]:
-    """Videos that already have all three CNN scores of this split from these runs."""
+def _pair_runs(s_run: str, m_run: str) -> dict[str, str]:
+    """The run id each CNN model's video_scores rows carry for one pair (two_stream_cnn: both)."""
+    return {SPATIAL_CNN: s_run, MOTION_CNN: m_run, TWO_STREAM_CNN: f"{s_run}+{m_run}"}
+
+
+def _existing_scores(store_uri: str, split: int, expected: dict[str, dict[str, str]],
+                     storage_options: dict | None) -> set[str]:
+    """Videos that already have all three CNN scores of this split from the runs `expected` names
+    (video -> model -> run id)."""
     from hyvid.store.lance_io import open_table, table_exists
 
     if not table_exists(store_uri, VIDEO_SCORES.name, storage_options):
         return set()
     ds = open_table(store_uri, VIDEO_SCORES.name, storage_options)
     done: set[str] | None = None
-    for model, run_id in runs.items():
-        flt = (pc.field("model") == model) & (pc.field("split") == int(split)) & (pc.field("run_id") == run_id)
-        vids = set(ds.scanner(columns=["video_id"], filter=flt).to_table().column("video_id").to_pylist())
+    for model in (SPATIAL_CNN, MOTION_CNN, TWO_STREAM_CNN):
+        flt = (pc.field("model") == model) & (pc.field("split") == int(split))
+        t = ds.scanner(columns=["video_id", "run_id"], filter=flt).to_table()
+        vids = {v for v, r in zip(t.column("video_id").to_pylist(), t.column("run_id").to_pylist(), strict=True)
+                if v in expected and expected[v][model] == r}
         done = vids if done is None else done & vids
     return done or set()
 
 
-def _commit_features(store_uri: str, fragments: list, written_ids: list[str], schema: pa.Schema,
-                     storage_options: dict | None) -> int:
+def _commit_features(store_uri: str, fragments: list, written_ids: list[str], split: int, schema: pa.Schema,
+                     storage_options: dict | None, rebuild: bool = False) -> int:
     """One atomic commit: append the new fragments, deleting the rows the table holds for the same
-    videos (another pair of CNNs' features, or these committed meanwhile by a concurrent run).
+    videos and split (another pair of CNNs' features, or these committed meanwhile by a concurrent
+    run). `rebuild`: the table has the old layout and is replaced by the new fragments.
 
     Under the store's frame_features lease, so that check and the commit see the same table: a
     video never has two sets of rows, whichever of two concurrent `features` runs commits last.
@@ -231,10 +284,12 @@ def _commit_features(store_uri: str, fragments: list, written_ids: list[str], sc
 
     with Lease(store_uri, FEATURES_LEASE, "hyvid features", storage_options=storage_options) as lease:
         lease.check()
-        if not table_exists(store_uri, FRAME_FEATURES_NAME, storage_options):
-            return commit_fragments(store_uri, FRAME_FEATURES_NAME, fragments, schema, storage_options)
+        if rebuild or not table_exists(store_uri, FRAME_FEATURES_NAME, storage_options):
+            return commit_fragments(store_uri, FRAME_FEATURES_NAME, fragments, schema, storage_options,
+                                    overwrite=rebuild)
         ds = open_table(store_uri, FRAME_FEATURES_NAME, storage_options)
-        old = row_addresses(ds, ["video_id"], pc.field("video_id").isin(pa.array(written_ids, pa.string())))
+        old = row_addresses(ds, ["video_id"], pc.field("video_id").isin(pa.array(written_ids, pa.string()))
+                            & (pc.field("split") == int(split)))
         if old.num_rows == 0:
             return commit_fragments(store_uri, FRAME_FEATURES_NAME, fragments, schema, storage_options)
         version = commit_replacing(store_uri, FRAME_FEATURES_NAME, old.column("_rowaddr").to_pylist(), fragments,
@@ -276,7 +331,8 @@ def _subset_metrics(scores, multilabel: bool, groups_of) -> dict[str, float]:
 
 
 def _two_stream_run(cfg: FeaturesConfig, store_uri: str, s_run: str, m_run: str) -> str:
-    """The `two_stream_cnn` run of this pair of CNN runs: found again on a re-run, else created.
+    """The `two_stream_cnn` run of this pair of CNN runs (comma-joined per fold when cross-fitted):
+    found again on a re-run, else created.
 
     The two-stream CNN is not fitted (it averages the two streams' scores), so its run holds
     what it was made of (the two runs, as params) and its metrics, like every other model's run.
@@ -289,17 +345,20 @@ def _two_stream_run(cfg: FeaturesConfig, store_uri: str, s_run: str, m_run: str)
             return run.info.run_id
     with tracking.start_run(TWO_STREAM_CNN, tracking.STAGE_FEATURES, cfg.split, store_uri) as run:
         tracking.log_params_safe({"model": TWO_STREAM_CNN, "split": cfg.split, "fusion": "mean of the two streams",
-                                  **params})
+                                  "cross_fit": cfg.cross_fit, **params})
         tracking.log_lineage(store_uri, [VIDEO_SCORES.name], cfg.storage_options, context="evaluation")
         return run.info.run_id
 
 
-def log_cnn_metrics(cfg: FeaturesConfig, store_uri: str, runs: dict[str, str]) -> dict[str, dict[str, float]]:
+def log_cnn_metrics(cfg: FeaturesConfig, store_uri: str, pairs: dict[int, tuple[str, str]]
+                    ) -> dict[str, dict[str, float]]:
     """Score the CNNs from the video scores this stage stored, into each CNN's own MLflow run
-    (spatial_cnn and motion_cnn: the train-cnn runs; two_stream_cnn: its own, see `_two_stream_run`).
+    (spatial_cnn and motion_cnn: the train-cnn runs, each fold's when cross-fitted; two_stream_cnn:
+    its own, see `_two_stream_run`).
 
     Returns model -> metrics. The per-epoch val metrics train-cnn logged are clip-level; these are
-    video-level (mean of the clip scores), the numbers every other model's run reports.
+    video-level (mean of the clip scores), the numbers every other model's run reports. Cross-fitted,
+    they are the figures of the K pairs together (each video scored by its fold's pair).
     """
     from mlflow import MlflowClient
     from mlflow.entities import Metric
@@ -308,19 +367,26 @@ def log_cnn_metrics(cfg: FeaturesConfig, store_uri: str, runs: dict[str, str]) -
 
     fs = FeatureStore(store_uri, cfg.storage_options)
     multilabel = fs.is_multilabel()
-    s_run, m_run = runs[SPATIAL_CNN], runs[MOTION_CNN]
-    targets = {SPATIAL_CNN: s_run, MOTION_CNN: m_run, TWO_STREAM_CNN: _two_stream_run(cfg, store_uri, s_run, m_run)}
+    per_fold = [_pair_runs(s, m) for s, m in pairs.values()]
+    expected = {model: ",".join(sorted({r[model] for r in per_fold})) for model in per_fold[0]}
+    s_joined = ",".join(s for s, _ in pairs.values())
+    m_joined = ",".join(m for _, m in pairs.values())
+    two_stream = _two_stream_run(cfg, store_uri, s_joined, m_joined)
+    targets = {SPATIAL_CNN: [s for s, _ in pairs.values()], MOTION_CNN: [m for _, m in pairs.values()],
+               TWO_STREAM_CNN: [two_stream]}
     client = MlflowClient()
     out = {}
-    for model, run_id in targets.items():
+    for model, run_ids in targets.items():
         scores = fs.scores(model, cfg.split)
-        if scores.run_id != runs[model]:  # another pair's scores (a concurrent run): not these runs' numbers
+        if scores.run_id != expected[model]:  # another pair's scores (a concurrent run): not these runs' numbers
             log.warning("video_scores of %s hold run(s) %s, not %s: its metrics are not logged", model,
-                        scores.run_id, runs[model])
+                        scores.run_id, expected[model])
             continue
         out[model] = _subset_metrics(scores, multilabel, fs.groups)
-        logged = client.get_run(run_id).data.metrics
-        if any(logged.get(k) != v for k, v in out[model].items()):  # a re-run that changed nothing logs nothing
+        for run_id in run_ids:
+            logged = client.get_run(run_id).data.metrics
+            if all(logged.get(k) == v for k, v in out[model].items()):  # a re-run that changed nothing logs nothing
+                continue
             # One step after the fit's last epoch (as train's final metrics): MLflow shows a metric's value
             # at its largest step, so these are the ones the UI and `hyvid runs` show, and no step holds two.
             step = max((m.step for m in client.get_metric_history(run_id, "val_accuracy")), default=-1) + 1
@@ -345,28 +411,35 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
     store_uri = canonical_store_uri(cfg.store_uri)
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
-    s_run = cfg.spatial_run_id or latest_cnn_run(SPATIAL_CNN, cfg.split, cfg.experiment, store_uri)
-    m_run = cfg.motion_run_id or latest_cnn_run(MOTION_CNN, cfg.split, cfg.experiment, store_uri)
-    runs = {SPATIAL_CNN: s_run, MOTION_CNN: m_run, TWO_STREAM_CNN: f"{s_run}+{m_run}"}
+    pairs = fold_runs(cfg, store_uri)
 
     fs = FeatureStore(store_uri, cfg.storage_options)
     videos = fs.videos(split=cfg.split)
     ids = videos.column("video_id").to_pylist()
     if not ids:
         raise ValueError(f"no ok video in split {cfg.split} of store {store_uri!r}; run `hyvid extract` first")
+    subsets_of = videos.column("subset").to_pylist()
     info = {v: (s, lab, labs) for v, s, lab, labs in zip(
-        ids, videos.column("subset").to_pylist(), videos.column("label").to_pylist(),
-        videos.column("labels").to_pylist(), strict=True)}
+        ids, subsets_of, videos.column("label").to_pylist(), videos.column("labels").to_pylist(), strict=True)}
+    # The carve uses every video of the split (failed ones too, see FeatureStore._with_subset): the same
+    # training folds as train-cnn's, which read the same table.
+    all_videos = fs.videos(split=cfg.split, status=None)
+    fold_of = video_folds(all_videos.column("video_id").to_pylist(), all_videos.column("subset").to_pylist(),
+                          all_videos.column("group").to_pylist(), cfg.cross_fit)
+    missing_folds = sorted({fold_of[v] for v in ids} - set(pairs))
+    if missing_folds:
+        raise FileNotFoundError(f"no CNN pair for fold(s) {missing_folds} of split {cfg.split}")
+    expected = {v: _pair_runs(*pairs[fold_of[v]]) for v in ids}
     clips_version = open_table(store_uri, CLIPS.name, cfg.storage_options).version
 
-    existing, table_dims = _existing_features(store_uri, cfg.storage_options)
-    have_scores = _existing_scores(store_uri, cfg.split, runs, cfg.storage_options)
-    need_features = [v for v in ids if existing.get(v) != {(s_run, m_run)}]
+    existing, table_dims, rebuild = _existing_features(store_uri, cfg.split, cfg.storage_options)
+    have_scores = _existing_scores(store_uri, cfg.split, expected, cfg.storage_options)
+    need_features = [v for v in ids if existing.get(v) != {(fold_of[v], *pairs[fold_of[v]])}]
     need_scores = [v for v in ids if v not in have_scores]
     replace = {v for v in need_features if v in existing}
     todo = [v for v in ids if v in set(need_features) | set(need_scores)]
-    log.info("features: %d ok videos in split %d; %d need features (%d replacing other runs'), %d need scores",
-             len(ids), cfg.split, len(need_features), len(replace), len(need_scores))
+    log.info("features: %d ok videos in split %d (%d CNN pair(s)); %d need features (%d replacing other runs'), "
+             "%d need scores", len(ids), cfg.split, len(pairs), len(need_features), len(replace), len(need_scores))
 
     node_tasks: Counter = Counter()
     n_rows = n_written = n_scored = 0
@@ -379,20 +452,22 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
         opts = task_options("features", in_flight=in_flight, use_gpu=cfg.use_gpu, cluster=resources)
         task = ray.remote(_features_task).options(scheduling_strategy="SPREAD", max_retries=2, **opts)
         need_f = set(need_features)
-        chunks = [todo[i:i + cfg.videos_per_task] for i in range(0, len(todo), cfg.videos_per_task)]
+        # A task runs one CNN pair: its videos are of one fold.
+        chunks = [(f, c[i:i + cfg.videos_per_task]) for f in pairs
+                  for c in [[v for v in todo if fold_of[v] == f]] for i in range(0, len(c), cfg.videos_per_task)]
         pending_chunks = list(reversed(chunks))
         running: dict[Any, list[str]] = {}
         batch: list[dict[str, Any]] = []
 
         def launch() -> None:
             while pending_chunks and len(running) < in_flight:
-                c = pending_chunks.pop()
-                ref = task.remote(store_uri, clips_version, c, [v for v in c if v in need_f], s_run, m_run,
-                                  tracking_uri, cfg.batch_size, cfg.storage_options, int(opts["num_cpus"]))
+                f, c = pending_chunks.pop()
+                ref = task.remote(store_uri, clips_version, c, [v for v in c if v in need_f], cfg.split, f,
+                                  *pairs[f], tracking_uri, cfg.batch_size, cfg.storage_options, int(opts["num_cpus"]))
                 running[ref] = c
 
         def flush() -> None:
-            nonlocal ff_version, vs_version, n_rows, n_written, n_scored, dims, table_dims
+            nonlocal ff_version, vs_version, n_rows, n_written, n_scored, dims, table_dims, rebuild
             if not batch:
                 return
             got = [r["dims"] for r in batch if r["dims"] is not None]
@@ -407,23 +482,27 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
             frags = [f for r in batch for f in r["fragments"]]
             written = [v for r in batch for v in r["written"]]
             if frags:
-                ff_version = _commit_features(store_uri, frags, written, frame_features_schema(*dims),
-                                              cfg.storage_options)
-                table_dims = dims
+                ff_version = _commit_features(store_uri, frags, written, cfg.split, frame_features_schema(*dims),
+                                              cfg.storage_options, rebuild=rebuild)
+                table_dims, rebuild = dims, False
             n_rows += sum(r["n_rows"] for r in batch)
             n_written += len(written)
-            scored = {v: s for r in batch for v, s in r["scores"].items() if v in info}
-            sv = sorted(scored)
-            if sv:
+            for fold in sorted({r["fold"] for r in batch}):
+                scored = {v: s for r in batch if r["fold"] == fold for v, s in r["scores"].items() if v in info}
+                sv = sorted(scored)
+                if not sv:
+                    continue
                 sp = np.stack([scored[v][0] for v in sv])
                 mp = np.stack([scored[v][1] for v in sv])
                 subsets = [info[v][0] for v in sv]
                 labels = [info[v][1] if info[v][1] is not None else -1 for v in sv]
                 multi = [list(info[v][2]) if info[v][2] is not None else [lab] if lab >= 0 else []
                          for v, lab in zip(sv, labels, strict=True)]
+                runs = _pair_runs(*pairs[fold])
                 for model, s in ((SPATIAL_CNN, sp), (MOTION_CNN, mp), (TWO_STREAM_CNN, two_stream_scores(sp, mp))):
                     vs_version = upsert_video_scores(store_uri, model, cfg.split, runs[model], sv, subsets, s,
-                                                     labels, multi, storage_options=cfg.storage_options)
+                                                     labels, multi, storage_options=cfg.storage_options,
+                                                     folds=[fold] * len(sv))
                 n_scored += len(sv)
             batch.clear()
 
@@ -445,7 +524,7 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
                     flush()
             flush()
 
-    metrics = log_cnn_metrics(cfg, store_uri, runs)
+    metrics = log_cnn_metrics(cfg, store_uri, pairs)
     if dims is None:
         dims = table_dims or (0, 0)
     if FRAME_FEATURES_NAME in fs.versions():
@@ -456,8 +535,9 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
         ff_version = ds_ver.get(FRAME_FEATURES_NAME)
         vs_version = vs_version or ds_ver.get(VIDEO_SCORES.name)
     return FeaturesResult(
-        spatial_run_id=s_run, motion_run_id=m_run, n_videos=len(ids), n_features_written=n_written,
-        n_skipped=len(ids) - len(todo), n_rows_written=n_rows, n_scored=n_scored, spatial_dim=int(dims[0]),
-        motion_dim=int(dims[1]), frame_features_version=ff_version, video_scores_version=vs_version,
-        node_tasks=dict(node_tasks), seconds=time.perf_counter() - t0, metrics=metrics,
+        spatial_run_id=",".join(s for s, _ in pairs.values()), motion_run_id=",".join(m for _, m in pairs.values()),
+        n_videos=len(ids), n_features_written=n_written, n_skipped=len(ids) - len(todo), n_rows_written=n_rows,
+        n_scored=n_scored, spatial_dim=int(dims[0]), motion_dim=int(dims[1]), frame_features_version=ff_version,
+        video_scores_version=vs_version, node_tasks=dict(node_tasks), seconds=time.perf_counter() - t0,
+        metrics=metrics, fold_runs=dict(pairs),
     )

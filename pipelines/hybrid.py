@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -47,7 +46,7 @@ from hyvid.pipelines.evaluation.bootstrap import metric_intervals, resampling_un
 from hyvid.pipelines.evaluation.findings import Scores, paper_findings
 from hyvid.pipelines.evaluation.weights import SEARCH_METRICS, combine, grid_steps, search_weights
 from hyvid.pipelines.inference.registration import check_register, register_runs
-from hyvid.store.tables import EXTRACT_SETTINGS_METADATA_KEY, FRAME_FEATURES_NAME, VIDEO_SCORES, VIDEOS
+from hyvid.store.tables import EXTRACT_SETTINGS_METADATA_KEY, VIDEO_SCORES, VIDEOS
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +215,7 @@ def _class_names(fs, n: int) -> list[str]:
     return names if len(names) == n else [str(i) for i in range(n)]
 
 
-def _provenance(fs) -> tuple[dict, dict[str, str]]:
+def _provenance(fs, split: int) -> tuple[dict, dict[str, str]]:
     """The store's extraction settings and the CNN runs behind its frame features.
 
     `hyvid predict` starts from the hybrid run and must prepare a new video exactly as the
@@ -229,16 +228,19 @@ def _provenance(fs) -> tuple[dict, dict[str, str]]:
         settings = json.loads(meta[EXTRACT_SETTINGS_METADATA_KEY])
     cnn_runs: dict[str, str] = {}
     try:
-        t = fs.table(FRAME_FEATURES_NAME).to_table(columns=["spatial_run_id", "motion_run_id"])
+        pairs = fs.cnn_runs(split)
     except FileNotFoundError:
         return settings, cnn_runs
-    pairs = Counter(zip(t.column("spatial_run_id").to_pylist(), t.column("motion_run_id").to_pylist(), strict=True))
+    except ValueError as e:  # an old-layout table, or a split whose features mix CNN pairs
+        log.warning("no CNN runs recorded for predict: %s", e)
+        return settings, cnn_runs
     if pairs:
-        (s_run, m_run), _ = pairs.most_common(1)[0]
+        # Cross-fitted features come from K pairs (one per fold, training.folds); a new video goes through
+        # the first, as each test video went through one pair.
         if len(pairs) > 1:
-            log.warning("frame_features mixes %d pairs of CNN runs; recording the most common (%s, %s)",
-                        len(pairs), s_run, m_run)
-        cnn_runs = {SPATIAL_CNN: s_run, MOTION_CNN: m_run}
+            log.warning("the features of split %d come from %d cross-fitted CNN pairs; predict will use the first",
+                        split, len(pairs))
+        cnn_runs = {SPATIAL_CNN: pairs[0][0], MOTION_CNN: pairs[0][1]}
     return settings, cnn_runs
 
 
@@ -329,7 +331,7 @@ def hybrid(cfg: HybridConfig) -> HybridResult:
                 **{f"{tracking.COMPONENT_PREFIX}{m}.run_id": val.run_ids[m] or test.run_ids[m] for m in models},
             })
             tracking.log_lineage(cfg.store_uri, [VIDEOS.name, VIDEO_SCORES.name], cfg.storage_options)
-            settings, cnn_runs = _provenance(fs)
+            settings, cnn_runs = _provenance(fs, cfg.split)
             tracking.log_params_safe({**{f"{tracking.EXTRACT_PREFIX}{k}": v for k, v in settings.items()},
                                       **{f"{tracking.CNN_PREFIX}{m}.run_id": r for m, r in cnn_runs.items()}})
             mlflow.log_dict(settings, tracking.EXTRACT_ARTIFACT)

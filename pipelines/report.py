@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 from mlflow.entities import Run
 
 from hyvid.models import registry as R
@@ -92,6 +93,10 @@ class Entry:
     source: str  # "run": the model's own run
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> 95% (lo, hi)
     n_videos: int | None = None  # test videos the metrics rest on
+    # Over the latest run of each seed (`hyvid run --seeds N`, which refits the CNNs too): the sd of each
+    # test metric (ddof=1) and how many seeds; empty with fewer than two seeds.
+    seed_sd: dict[str, float] = field(default_factory=dict)
+    n_seeds: int = 1
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,13 @@ class Report:
             return None
         return (sum(e.intervals[metric][0] for e in used) / len(used),
                 sum(e.intervals[metric][1] for e in used) / len(used))
+
+    def seed_spread(self, model: str, metric: str) -> tuple[float, int] | None:
+        """(sd across seeds, seeds) of a metric, the sd averaged over the splits (None unless every split has one)."""
+        used = [e for s, e in self.entries.get(model, {}).items() if s in self.splits and metric in e.metrics]
+        if not used or any(metric not in e.seed_sd for e in used):
+            return None
+        return sum(e.seed_sd[metric] for e in used) / len(used), min(e.n_seeds for e in used)
 
     def n_videos(self, model: str) -> int | None:
         """Test videos behind the model's figures, summed over the splits (None when a split did not log it)."""
@@ -185,6 +197,7 @@ def collect(cfg: ReportConfig) -> Report:
     """The latest test metrics per (model, split) from the experiment's runs."""
     runs = fetch_runs(cfg.experiment, cfg.tracking_uri)
     entries: dict[str, dict[int, Entry]] = {}
+    by_seed: dict[tuple[str, int], dict[str, Entry]] = {}  # (model, split) -> seed -> its latest entry
     for run in runs:  # newest first: the first entry kept per (model, split) is the latest
         model, split = run.data.tags.get(tracking.TAG_MODEL), _split_of(run)
         if not model or split is None:
@@ -192,6 +205,15 @@ def collect(cfg: ReportConfig) -> Report:
         entry = _entry(run, "run")
         if entry is not None:
             entries.setdefault(model, {}).setdefault(split, entry)
+            seed = tracking.seed_of(run)
+            if seed is not None:
+                by_seed.setdefault((model, split), {}).setdefault(seed, entry)
+    for (model, split), seeds in by_seed.items():
+        if len(seeds) > 1:
+            latest = entries[model][split]
+            sd = {m: float(np.std([e.metrics[m] for e in seeds.values()], ddof=1))
+                  for m in latest.metrics if all(m in e.metrics for e in seeds.values())}
+            entries[model][split] = replace(latest, seed_sd=sd, n_seeds=len(seeds))
     found = sorted({s for per in entries.values() for s in per})
     splits = cfg.splits or tuple(found)
     if not entries:
@@ -217,6 +239,9 @@ def to_json(rep: Report) -> dict[str, dict[str, float | list[float] | int | None
         for m in REPORT_METRICS:
             ci = rep.interval(model, m) if mean[m] is not None else None
             row[m], row[f"{m}_ci"] = mean[m], None if ci is None else [ci[0], ci[1]]
+            spread = rep.seed_spread(model, m) if mean[m] is not None else None
+            if spread is not None:
+                row[f"{m}_seed_sd"], row["n_seeds"] = spread
         row["n_test_videos"] = rep.n_videos(model)
         out[model] = row
     return out
@@ -231,8 +256,9 @@ def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}"
 
 
-def _pct_ci(v: float | None, ci: tuple[float, float] | None) -> str:
-    return _pct(v) if v is None or ci is None else f"{100 * v:.1f} [{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]"
+def _pct_ci(v: float | None, ci: tuple[float, float] | None, spread: tuple[float, int] | None = None) -> str:
+    text = _pct(v) if v is None or ci is None else f"{100 * v:.1f} [{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]"
+    return text if v is None or spread is None else f"{text} ±{100 * spread[0]:.1f}"
 
 
 def _paper(model: str) -> tuple[str, str]:
@@ -258,7 +284,7 @@ def to_markdown(rep: Report) -> str:
     split_cols = [f"acc. split {s}" for s in rep.splits] if several else []
     header = ["model", "row", *split_cols, "accuracy", "mean class acc.", "mAP", "top-5",
               "paper UCF-101", "paper CCV"]
-    partial = False
+    partial = seeded = False
     for title, rows in TABLES:
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for model, label in rows:
@@ -266,8 +292,11 @@ def to_markdown(rep: Report) -> str:
             per = rep.entries.get(model, {})
             cells = [f"`{model}`", label]
             cells += [_pct(per[s].metrics.get("accuracy")) if s in per else "—" for s in rep.splits] if several else []
-            metric_cells = [_pct_ci(mean[k], rep.interval(model, k) if k in CI_COLUMNS else None)
+            metric_cells = [_pct_ci(mean[k], rep.interval(model, k) if k in CI_COLUMNS else None,
+                                    rep.seed_spread(model, k) if k in CI_COLUMNS else None)
                             for k in REPORT_METRICS]
+            seeds = [e.n_seeds for e in per.values() if e.n_seeds > 1]
+            seeded = seeded or bool(seeds)
             if several and per and any(s not in per for s in rep.splits):
                 metric_cells = [c if c == "—" else c + " ²" for c in metric_cells]
                 partial = True
@@ -276,6 +305,9 @@ def to_markdown(rep: Report) -> str:
         lines.append("")
     if partial:
         lines += ["² mean over only the splits that have a run of this model.", ""]
+    if seeded:
+        lines += ["±sd after an interval: the standard deviation of that figure across the seeds of "
+                  "`hyvid run --seeds N` (each seed refits the CNNs and every model; the latest run of each seed).", ""]
     extra = [m for m in rep.models() if m not in {m for _, rows in TABLES for m, _ in rows}]
     if extra:
         lines += ["Other runs: " + ", ".join(f"`{m}` {_pct(rep.mean(m)['accuracy'])}" for m in extra), ""]

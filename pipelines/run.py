@@ -26,6 +26,7 @@ from hyvid.pipelines.features import FeaturesConfig, extract_features
 from hyvid.pipelines.hybrid import DEFAULT_WEIGHTS_FROM, HybridConfig, hybrid
 from hyvid.pipelines.train import DEFAULT_MODELS, TrainConfig, expand_models, train
 from hyvid.pipelines.train_cnn import TrainCNNConfig, train_cnn
+from hyvid.pipelines.training.folds import DEFAULT_CROSS_FIT, check_cross_fit, cnn_pairs
 from hyvid.store.feature_store import FeatureStore
 from hyvid.store.tables import CLIPS, FRAME_FEATURES_NAME, VIDEOS
 
@@ -50,6 +51,8 @@ class RunConfig:
     # train-cnn
     cnn_epochs: int = 6  # cheap for the spatial head (cached backbone); ~15 s per motion epoch on the demo
     finetune: str = "head"
+    flip: bool = True  # random horizontal flips of training clips (off: classes defined by direction)
+    cross_fit: int = DEFAULT_CROSS_FIT  # K >= 2: cross-fitted CNN pairs (training.folds)
     # train
     models: tuple[str, ...] = DEFAULT_MODELS
     lstm_epochs: int | None = None  # None: the train stage's defaults
@@ -59,7 +62,7 @@ class RunConfig:
     paper: bool = False  # every paper setting of `train` (TrainConfig.paper)
     cv_folds: int | None = None  # out-of-fold folds for the hybrid's weights; None: train's default
     refit: bool = False  # refit every chosen model on train + val before it scores test
-    seeds: int = 1  # repeat train + hybrid with seeds 0..seeds-1 and report mean ± sd
+    seeds: int = 1  # repeat train-cnn, features, train and hybrid with seeds 0..seeds-1 and report mean ± sd
     # hybrid
     hybrid_step: float = 0.05
     weights_from: str = DEFAULT_WEIGHTS_FROM  # the hybrid's weights: out-of-fold training scores, or "val"
@@ -72,6 +75,7 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        check_cross_fit(self.cross_fit)
         if self.seeds > 1 and len(self.splits) > 1:
             raise ValueError(f"--seeds {self.seeds} repeats the fits of one split; got splits {list(self.splits)}")
         if not os.path.exists(self.dataset):
@@ -147,35 +151,30 @@ def run(cfg: RunConfig) -> RunResult:
         raise ValueError(f"extract: no video of {cfg.dataset!r} could be extracted: {ex.failures[:5]}")
 
     for split in cfg.splits:
-        versions = fs.versions()
-        cnn_runs = tracking.latest_runs_by_model(cfg.experiment, stage=tracking.STAGE_TRAIN_CNN, split=split,
-                                                 store_uri=cfg.store_uri)
-        streams = [
-            s for s, m in (("spatial", R.SPATIAL_CNN), ("motion", R.MOTION_CNN))
-            if not _up_to_date(cnn_runs.get(m), versions, TRAIN_CNN_INPUTS)
-        ]
-        if streams:
-            timed(
-                f"train-cnn split {split}", train_cnn,
-                TrainCNNConfig(store_uri=cfg.store_uri, stream="both" if len(streams) == 2 else streams[0],
-                               split=split, epochs=cfg.cnn_epochs, finetune=cfg.finetune,
-                               experiment=cfg.experiment, tracking_uri=tracking_uri,
-                               storage_options=cfg.storage_options, address=cfg.address,
-                               plots_dir=cfg.out_dir),
-            )
-        else:
-            res.skipped.append(f"train-cnn split {split}")
-            print(f"\n== train-cnn split {split}: current runs found, skipped ==", flush=True)
-
-        timed(
-            f"features split {split}", extract_features,
-            FeaturesConfig(store_uri=cfg.store_uri, split=split, experiment=cfg.experiment,
-                           tracking_uri=tracking_uri, storage_options=cfg.storage_options,
-                           address=cfg.address),
-        )
-
         for seed in range(cfg.seeds):
             tag = f"split {split}" + (f" seed {seed}" if cfg.seeds > 1 else "")
+            # With several seeds each one fits its own CNNs, so the spread covers the CNNs' variance too.
+            cnn_seed = seed if cfg.seeds > 1 else None
+            if _current_cnns(cfg, split, cnn_seed, fs.versions()):
+                res.skipped.append(f"train-cnn {tag}")
+                print(f"\n== train-cnn {tag}: current runs found, skipped ==", flush=True)
+            else:
+                timed(
+                    f"train-cnn {tag}", train_cnn,
+                    TrainCNNConfig(store_uri=cfg.store_uri, stream="both", split=split, epochs=cfg.cnn_epochs,
+                                   finetune=cfg.finetune, flip=cfg.flip, cross_fit=cfg.cross_fit, seed=seed,
+                                   experiment=cfg.experiment, tracking_uri=tracking_uri,
+                                   storage_options=cfg.storage_options, address=cfg.address,
+                                   plots_dir=cfg.out_dir),
+                )
+
+            timed(
+                f"features {tag}", extract_features,
+                FeaturesConfig(store_uri=cfg.store_uri, split=split, experiment=cfg.experiment,
+                               tracking_uri=tracking_uri, storage_options=cfg.storage_options,
+                               address=cfg.address, cross_fit=cfg.cross_fit, cnn_seed=cnn_seed),
+            )
+
             versions = fs.versions()
             fit_runs = tracking.latest_runs_by_model(cfg.experiment, stage=tracking.STAGE_TRAIN, split=split,
                                                      store_uri=cfg.store_uri)
@@ -198,10 +197,29 @@ def run(cfg: RunConfig) -> RunResult:
                              storage_options=cfg.storage_options, out_dir=cfg.out_dir),
             )
             res.hybrid_run_ids[split] = hy.run_id
+            if cfg.seeds > 1:  # the report's spread across seeds groups the hybrid runs by it
+                from mlflow import MlflowClient
+
+                MlflowClient().set_tag(hy.run_id, tracking.TAG_SEED, str(seed))
             res.test_metrics[split] = dict(hy.test_metrics)
             if cfg.seeds > 1:
                 res.seed_metrics[seed] = {**hy.components, R.HYBRID: dict(hy.test_metrics)}
     return res
+
+
+def _current_cnns(cfg: RunConfig, split: int, seed: int | None, versions: dict[str, int]) -> bool:
+    """Whether the split has finished CNN runs of this cross-fit (and seed, and flip setting) that read the
+    store's present inputs: then train-cnn is skipped."""
+    from mlflow import MlflowClient
+
+    try:
+        pairs = cnn_pairs(cfg.experiment, split, cfg.store_uri, cfg.cross_fit, seed)
+    except FileNotFoundError:
+        return False
+    client = MlflowClient()
+    runs = [client.get_run(r) for pair in pairs.values() for r in pair]
+    return all(_up_to_date(r, versions, TRAIN_CNN_INPUTS) and r.data.params.get("flip", "True") == str(cfg.flip)
+               for r in runs)
 
 
 def _train_config(cfg: RunConfig, split: int, seed: int, models: tuple[str, ...], tracking_uri: str) -> TrainConfig:

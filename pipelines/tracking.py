@@ -53,6 +53,9 @@ TAG_NODES = "hyvid.nodes"  # Ray node ids rank 0 of a fit ran on, one per attemp
 TAG_RESUMED_FROM = "hyvid.resumed_from_epoch"  # set when a fit resumed from a checkpoint
 TAG_MODEL_LOGGED = "hyvid.model_logged"  # "true" once a CNN run's model artifact is complete
 TAG_ERROR = "hyvid.error"
+TAG_SEED = "hyvid.seed"  # a hybrid run of `hyvid run --seeds N`: the seed of the fits it fused
+TAG_CROSS_FIT = "hyvid.cross_fit"  # a cross-fitted CNN run: K, its fold count (training.folds)
+TAG_FOLD = "hyvid.fold"  # ... and k: it was fitted on the training groups outside fold k
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag for nested runs
 TAG_REFIT_OF = "hyvid.refit_of"  # a refit's (train + val) run -> the final fit whose choices it repeats
 TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own tag: the UI shows it as the run's source version
@@ -338,6 +341,11 @@ class _LanceTable(MetaDataset):
         if self._num_rows is not None:
             out["profile"] = json.dumps(self.profile)
         return out
+
+
+def seed_of(run: Run) -> str | None:
+    """The seed a run's fit used (its `seed` param, or the hybrid's TAG_SEED); None when it records none."""
+    return run.data.tags.get(TAG_SEED) or run.data.params.get("seed")
 
 
 def lineage_matches(run: Run, versions: dict[str, int], tables: tuple[str, ...]) -> bool:

@@ -46,8 +46,9 @@ from hyvid.pipelines.inference import packaging
 from hyvid.pipelines.inference.registration import check_register, register_runs
 from hyvid.pipelines.training.checkpoint import load_checkpoint
 from hyvid.pipelines.training.cnn_loop import lr_milestones, train_loop_per_worker
+from hyvid.pipelines.training.folds import DEFAULT_CROSS_FIT, check_cross_fit, fold_tags, video_folds
 from hyvid.store.lance_io import canonical_store_uri
-from hyvid.store.tables import CLIPS, VIDEOS
+from hyvid.store.tables import CLIPS, FOLD_ALL, VIDEOS
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ MODEL_OF_STREAM = {"spatial": SPATIAL_CNN, "motion": MOTION_CNN}
 LINEAGE_TABLES = [VIDEOS.name, CLIPS.name]
 # The TrainCNNConfig fields a fit's MLflow run records as params (the rest say where it runs and logs).
 _FIT_PARAMS = ("split", "epochs", "batch_size", "momentum", "weight_decay", "feature_dim", "dropout", "crop",
-               "workers", "seed", "max_failures")
+               "flip", "workers", "seed", "max_failures", "cross_fit")
 
 
 # The learning rate used when none is given (see the module doc): spatial by --finetune mode, motion.
@@ -97,6 +98,9 @@ class TrainCNNConfig:
     dropout: float = 0.5
     crop: int = DEFAULT_CROP  # training crop side (random crop + flip); 0 (WHOLE_FRAME): whole frames, flip only
     head_views: int = 1  # finetune="head": augmented views cached per training clip (epoch e uses view e % n)
+    # Random horizontal flips of training clips; off for classes defined by direction (left against right).
+    flip: bool = True
+    cross_fit: int = DEFAULT_CROSS_FIT  # K >= 2: K CNN pairs, pair k fitted outside fold k (training.folds)
     workers: int = 1  # Ray Train workers per stream
     cpus_per_worker: int | None = None  # None: the cluster's CPUs shared among all workers
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
@@ -133,6 +137,9 @@ class TrainCNNConfig:
         if self.max_failures < 0:
             raise ValueError(f"max_failures must be >= 0, got {self.max_failures!r}")
         check_register(self.register_as, self.register_alias)
+        check_cross_fit(self.cross_fit)
+        if self.cross_fit and self.register_as:
+            raise ValueError("--register names one CNN per stream; a cross-fit makes K of each: drop --register")
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -146,11 +153,12 @@ class TrainCNNConfig:
 class TrainCNNResult:
     """Per stream: the MLflow run id, the final epoch's metrics, the per-epoch history."""
 
-    run_ids: dict[str, str]
+    run_ids: dict[str, str]  # stream (cross-fitted: "<stream>-fold<k>") -> run id
     metrics: dict[str, dict[str, float]]
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     checkpoints: dict[str, str] = field(default_factory=dict)
     registered: dict[str, str] = field(default_factory=dict)  # stream -> models:/NAME/VERSION (register_as)
+    fold_runs: dict[int, dict[str, str]] = field(default_factory=dict)  # fold (FOLD_ALL: none) -> stream -> run id
     curves_png: str | None = None  # the stage's training curves (also an artifact of each CNN's run)
 
 
@@ -163,6 +171,7 @@ class _StreamJob:
     stream: str
     run_id: str
     loop_config: dict[str, Any]
+    fold: int = FOLD_ALL  # cross-fitted: fitted on the training videos outside this fold
     state: dict | None = None  # the final checkpoint's state (model, history; best epoch when multi-label)
     checkpoint: str = ""  # where that checkpoint lives
     error: BaseException | None = None
@@ -179,9 +188,10 @@ class _SplitData:
     multilabel: bool
     train_targets: dict[str, list[int]]  # video -> every label (multi-label data; else empty)
     val_targets: dict[str, list[int]]
+    fold_of: dict[str, int]  # training video -> its cross-fitting fold (FOLD_ALL without)
 
 
-def _split_data(store_uri: str, split: int, storage_options: dict | None) -> _SplitData:
+def _split_data(store_uri: str, split: int, storage_options: dict | None, cross_fit: int = 0) -> _SplitData:
     from hyvid.store.feature_store import FeatureStore
 
     fs = FeatureStore(store_uri, storage_options)
@@ -209,8 +219,12 @@ def _split_data(store_uri: str, split: int, storage_options: dict | None) -> _Sp
     first = clips.to_table(columns=["stack"], limit=1)
     if first.num_rows == 0:
         raise ValueError(f"the clips table of store {store_uri!r} is empty; run `hyvid extract` first")
+    # The folds of every training video of the split, failed ones too: `features` deals the same folds.
+    everything = fs.videos(split=split, status=None)
+    fold_of = video_folds(everything.column("video_id").to_pylist(), everything.column("subset").to_pylist(),
+                          everything.column("group").to_pylist(), cross_fit)
     return _SplitData(by_subset["train"], by_subset["val"], class_names, int(first.column("stack")[0].as_py()),
-                      multilabel, targets["train"], targets["val"])
+                      multilabel, targets["train"], targets["val"], fold_of)
 
 
 def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_names: list[str], stack: int,
@@ -269,7 +283,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
     from hyvid.cluster.resources import scaling_config
 
     store_uri = canonical_store_uri(cfg.store_uri)
-    data = _split_data(store_uri, cfg.split, cfg.storage_options)
+    data = _split_data(store_uri, cfg.split, cfg.storage_options, cfg.cross_fit)
     train_labels, val_labels, class_names, stack = data.train_labels, data.val_labels, data.class_names, data.stack
     num_classes = len(class_names)
     if num_classes < 2:
@@ -285,9 +299,12 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
 
     tracking.setup(tracking.resolve_tracking_uri(cfg.tracking_uri), cfg.experiment)
     jobs: list[_StreamJob] = []
-    for stream in cfg.streams:
+    folds = range(cfg.cross_fit) if cfg.cross_fit else (FOLD_ALL,)
+    for stream, fold in ((st, f) for f in folds for st in cfg.streams):
         lr = cfg.lr_for(stream)
-        with tracking.start_run(MODEL_OF_STREAM[stream], tracking.STAGE_TRAIN_CNN, cfg.split, store_uri) as run:
+        fold_train = {v: y for v, y in train_labels.items() if fold == FOLD_ALL or data.fold_of[v] != fold}
+        with tracking.start_run(MODEL_OF_STREAM[stream], tracking.STAGE_TRAIN_CNN, cfg.split, store_uri,
+                                tags=fold_tags(fold, cfg.cross_fit)) as run:
             lineage = tracking.log_lineage(store_uri, LINEAGE_TABLES, cfg.storage_options)
             # Only what this fit used: no unset options (address, checkpoint_path), no spatial-only ones on motion.
             params = {k: v for k, v in asdict(cfg).items() if k in _FIT_PARAMS and v is not None}
@@ -296,26 +313,28 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
                 if cfg.finetune == "head":
                     params.update(head_views=cfg.head_views)
             params.update(stream=stream, lr=lr, num_classes=num_classes, stack=stack, use_gpu=use_gpu,
-                          cpus_per_worker=cpus, n_train_videos=len(train_labels), n_val_videos=len(val_labels),
+                          cpus_per_worker=cpus, n_train_videos=len(fold_train), n_val_videos=len(val_labels),
                           optimizer="sgd", lr_milestones=json.dumps(lr_milestones(cfg.epochs)),
                           multilabel=data.multilabel, loss="bce_with_logits" if data.multilabel else "cross_entropy",
                           selected_by=f"val_{primary_metric(True)} (best epoch)" if data.multilabel else "last epoch")
+            if cfg.cross_fit:
+                params.update(fold=fold)
             tracking.log_params_safe(params)
             run_id = run.info.run_id
         loop_config = {
             "stream": stream, "store_uri": store_uri, "storage_options": cfg.storage_options,
-            "clips_version": lineage["tables"]["clips"], "train_labels": train_labels, "val_labels": val_labels,
+            "clips_version": lineage["tables"]["clips"], "train_labels": fold_train, "val_labels": val_labels,
             "num_classes": num_classes, "stack": stack, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "lr": lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "finetune": cfg.finetune,
             "feature_dim": cfg.feature_dim, "dropout": cfg.dropout, "crop": cfg.crop, "seed": cfg.seed,
-            "cpus_per_worker": cpus, "head_views": cfg.head_views, "multilabel": data.multilabel,
+            "cpus_per_worker": cpus, "head_views": cfg.head_views, "multilabel": data.multilabel, "flip": cfg.flip,
             "train_targets": data.train_targets, "val_targets": data.val_targets,
         }
-        jobs.append(_StreamJob(stream, run_id, loop_config))
+        jobs.append(_StreamJob(stream, run_id, loop_config, fold))
 
     def fit_name(job: _StreamJob) -> str:
         # A fixed name resumes from that directory's checkpoints; a fresh fit gets a new one.
-        name = f"{MODEL_OF_STREAM[job.stream]}-split{cfg.split}"
+        name = f"{MODEL_OF_STREAM[job.stream]}-split{cfg.split}" + (f"-fold{job.fold}" if cfg.cross_fit else "")
         if not cfg.resume:
             name += f"-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         return name
@@ -354,20 +373,23 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
             list(pool.map(fit, jobs))
 
     run_ids, metrics, history, checkpoints = {}, {}, {}, {}
+    fold_runs: dict[int, dict[str, str]] = {}
     for job in jobs:
         path, hist = _log_results(job, cfg, store_uri, class_names, stack, data.multilabel)
-        run_ids[job.stream] = job.run_id
+        key = job.stream if job.fold == FOLD_ALL else f"{job.stream}-fold{job.fold}"
+        run_ids[key] = job.run_id
+        fold_runs.setdefault(job.fold, {})[job.stream] = job.run_id
         if path is not None:
-            checkpoints[job.stream] = path
-            history[job.stream] = hist
-            metrics[job.stream] = {k: float(v) for k, v in hist[-1].items()} if hist else {}
+            checkpoints[key] = path
+            history[key] = hist
+            metrics[key] = {k: float(v) for k, v in hist[-1].items()} if hist else {}
     errors = [j for j in jobs if j.error is not None]
     if errors:
         raise RuntimeError(
             "; ".join(f"{j.stream} CNN fit failed (MLflow run {j.run_id}): {j.error}" for j in errors)
         ) from errors[0].error
     curves = None
-    if history:
+    if history and not cfg.cross_fit:  # one figure of one fit per stream (cross-fitted: each fold's run has its own)
         from hyvid.pipelines.evaluation import plots
         from hyvid.pipelines.training.runs import log_training_curves
 
@@ -383,7 +405,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
     if cfg.register_as:
         done = register_runs({MODEL_OF_STREAM[st]: r for st, r in run_ids.items()}, cfg.register_as, cfg.register_alias)
         registered = {st: done[MODEL_OF_STREAM[st]].uri for st in run_ids}
-    return TrainCNNResult(run_ids, metrics, history, checkpoints, registered, curves)
+    return TrainCNNResult(run_ids, metrics, history, checkpoints, registered, curves, fold_runs)
 
 
 def _fit_on_pool(cfg: TrainCNNConfig, jobs: list[_StreamJob], fit_name: Callable[[_StreamJob], str], storage: str,

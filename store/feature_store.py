@@ -34,6 +34,7 @@ from hyvid.store.tables import (
     CLASSES,
     CLIPS,
     FRAME_FEATURES_NAME,
+    FRAME_FEATURES_PROVENANCE,
     STATUS_OK,
     SUBSETS,
     TABLE_NAMES,
@@ -281,10 +282,12 @@ class FeatureStore:
 
     # -- per-video rows -----------------------------------------------------------------------
     def _one_video(self, table: str, video_id: str, columns: list[str] | None, start: int = 0,
-                   stop: int | None = None) -> pa.Table:
+                   stop: int | None = None, split: int | None = None) -> pa.Table:
         if not isinstance(video_id, str):
             raise TypeError(f"video_id must be a str, got {type(video_id).__name__}")
         flt = pc.field("video_id") == video_id
+        if split is not None:
+            flt &= pc.field("split") == int(split)
         if start:
             flt &= pc.field("position") >= int(start)
         if stop is not None:
@@ -295,6 +298,8 @@ class FeatureStore:
         # (large) vector columns, instead of decoding vectors of rows the filter drops.
         t = self.table(table).scanner(columns=columns, filter=flt, late_materialization=True).to_table()
         pos = t.column("position").to_numpy()
+        if "split" in t.column_names and len(set(t.column("split").to_pylist())) > 1:  # several splits' rows
+            return t.sort_by([("split", "ascending"), ("position", "ascending")])
         if len(pos) > 1 and not (pos[1:] >= pos[:-1]).all():  # rows usually come in write order already
             t = t.sort_by("position")
         return t
@@ -304,11 +309,50 @@ class FeatureStore:
         return self._one_video(CLIPS.name, video_id, columns)
 
     def frame_features(self, video_id: str, start: int = 0, stop: int | None = None,
-                       columns: list[str] | None = None) -> pa.Table:
-        """One video's per-frame features in frame order; positions in [start, stop)."""
+                       columns: list[str] | None = None, split: int | None = None) -> pa.Table:
+        """One video's per-frame features in frame order; positions in [start, stop).
+
+        Each split's CNNs made their own rows (`split` column): `split` keeps one split's, None
+        returns every split's, ordered by split, then position.
+        """
         if start < 0 or (stop is not None and stop < start):
             raise ValueError(f"bad position slice [{start}, {stop}): need 0 <= start <= stop")
-        return self._one_video(FRAME_FEATURES_NAME, video_id, columns, start, stop)
+        return self._one_video(FRAME_FEATURES_NAME, video_id, columns, start, stop, split)
+
+    # -- which CNNs made the features ------------------------------------------------------------
+    def _features_table(self) -> lance.LanceDataset:
+        """`frame_features`, refused in one line when it predates the provenance columns."""
+        ds = self.table(FRAME_FEATURES_NAME)
+        missing = [c for c in FRAME_FEATURES_PROVENANCE if c not in ds.schema.names]
+        if missing:
+            raise ValueError(
+                f"frame_features of store {self.uri!r} has the old layout (rows keyed by video alone, no "
+                f"{', '.join(missing)} column); re-run `hyvid features --split N` for each split to rebuild it")
+        return ds
+
+    def feature_runs(self, split: int) -> dict[int, set[tuple[str, str]]]:
+        """fold -> the (spatial_run_id, motion_run_id) pairs whose rows `split` holds (see tables.FOLD_ALL)."""
+        t = self._features_table().to_table(columns=["fold", "spatial_run_id", "motion_run_id"],
+                                            filter=pc.field("split") == int(split))
+        pairs = t.group_by(["fold", "spatial_run_id", "motion_run_id"]).aggregate([])
+        out: dict[int, set[tuple[str, str]]] = {}
+        for f, sr, mr in zip(*(pairs.column(c).to_pylist() for c in ("fold", "spatial_run_id", "motion_run_id")),
+                             strict=True):
+            out.setdefault(int(f), set()).add((str(sr), str(mr)))
+        return out
+
+    def cnn_runs(self, split: int) -> list[tuple[str, str]]:
+        """The CNN pairs behind `split`'s features, one per fold (sorted by fold).
+
+        ValueError when a fold holds rows of two pairs (an interrupted `hyvid features` with new
+        CNNs): a model must not train on features of two CNNs, so the split must be finished first.
+        """
+        runs = self.feature_runs(split)
+        mixed = {f: sorted(p) for f, p in runs.items() if len(p) > 1}
+        if mixed:
+            raise ValueError(f"frame_features of split {split} in {self.uri!r} mixes CNN pairs {mixed}; "
+                             f"finish `hyvid features --split {split}` so that every video has the same CNNs' rows")
+        return [next(iter(runs[f])) for f in sorted(runs)]
 
     # -- splits as training data ---------------------------------------------------------------
     # Both readers below stream `frame_features` in record batches of the columns they need, so a
@@ -327,11 +371,22 @@ class FeatureStore:
         ids = [str(v) for v in vids.column("video_id").to_pylist()]
         return _check_streams(streams), vids, ids, pa.array(ids, pa.string())
 
-    def _feature_batches(self, ids: list[str], columns: list[str]) -> Iterable[pa.RecordBatch]:
-        # One scan for all videos (a typed isin filter, index-assisted), in batches.
-        scanner = self.table(FRAME_FEATURES_NAME).scanner(
-            columns=["video_id", *columns], filter=pc.field("video_id").isin(ids), batch_size=8192)
-        return scanner.to_batches()
+    def _feature_batches(self, ids: list[str], columns: list[str], split: int,
+                         cnn_runs: Sequence[tuple[str, str]] | None) -> Iterable[pa.RecordBatch]:
+        """The rows of `ids` that `split`'s CNNs made, from the pairs `cnn_runs` (None: the split's, checked)."""
+        ds = self._features_table()
+        known = self.cnn_runs(split)
+        pairs = known if cnn_runs is None else [(str(a), str(b)) for a, b in cnn_runs]
+        absent = sorted(set(pairs) - set(known))
+        if absent or not pairs:
+            raise FileNotFoundError(
+                f"no frame_features rows of split {split} from CNN runs {absent or 'of that split'} in {self.uri!r} "
+                f"(the split holds {known or 'none'}); run `hyvid features --split {split}`")
+        # One scan for all videos (typed isin filters, index-assisted), in batches.
+        flt = (pc.field("video_id").isin(ids) & (pc.field("split") == int(split))
+               & pc.field("spatial_run_id").isin([a for a, _ in pairs])
+               & pc.field("motion_run_id").isin([b for _, b in pairs]))
+        return ds.scanner(columns=["video_id", *columns], filter=flt, batch_size=8192).to_batches()
 
     def _kept(self, split: int, subset: str | None, ids: list[str], found: np.ndarray) -> list[int]:
         """Indices of `ids` that have feature rows; warns about (or refuses) the ones without."""
@@ -352,14 +407,18 @@ class FeatureStore:
         multi = vids.column("labels").to_pylist()
         return [labels[i] for i in keep], [_all_labels(multi[i], labels[i]) for i in keep]
 
-    def sequences(self, split: int, subset: str | None,
-                  streams: Sequence[str] = STREAMS) -> SequenceDataset:
-        """A torch Dataset of per-video feature sequences (T x D per stream) with labels."""
+    def sequences(self, split: int, subset: str | None, streams: Sequence[str] = STREAMS,
+                  cnn_runs: Sequence[tuple[str, str]] | None = None) -> SequenceDataset:
+        """A torch Dataset of per-video feature sequences (T x D per stream) with labels.
+
+        Only rows that `split`'s own CNNs made are read; `cnn_runs` (spatial, motion) pairs narrow
+        them to those CNNs (None: the split's pairs, one per cross-fitting fold, see `cnn_runs()`).
+        """
         streams, vids, ids, id_set = self._subset_ids(split, subset, streams)
         keys: list[np.ndarray] = []
         positions: list[np.ndarray] = []
         parts: dict[str, list[np.ndarray]] = {s: [] for s in streams}
-        for batch in self._feature_batches(ids, ["position", *streams]):
+        for batch in self._feature_batches(ids, ["position", *streams], split, cnn_runs):
             keys.append(pc.index_in(batch.column("video_id"), value_set=id_set).to_numpy(zero_copy_only=False))
             positions.append(batch.column("position").to_numpy(zero_copy_only=False))
             for s in streams:
@@ -387,13 +446,13 @@ class FeatureStore:
         feats = {s: [arrays[s][a:b] for a, b in spans] for s in streams}
         return SequenceDataset([ids[i] for i in keep], feats, labels, labels_multi)
 
-    def video_features(self, split: int, subset: str | None,
-                       streams: Sequence[str] = STREAMS) -> VideoFeatures:
-        """Each video's features averaged over its frames (the fusion network's input)."""
+    def video_features(self, split: int, subset: str | None, streams: Sequence[str] = STREAMS,
+                       cnn_runs: Sequence[tuple[str, str]] | None = None) -> VideoFeatures:
+        """Each video's features averaged over its frames (the fusion network's input); rows as `sequences`."""
         streams, vids, ids, id_set = self._subset_ids(split, subset, streams)
         counts = np.zeros(len(ids), dtype=np.int64)
         sums: dict[str, np.ndarray] = {}
-        for batch in self._feature_batches(ids, list(streams)):
+        for batch in self._feature_batches(ids, list(streams), split, cnn_runs):
             key = pc.index_in(batch.column("video_id"), value_set=id_set).to_numpy(zero_copy_only=False)
             order = np.argsort(key, kind="stable")
             uniq, starts = np.unique(key[order], return_index=True)

@@ -73,20 +73,22 @@ def commit_fragments(
     fragments: Iterable[FragmentMetadata],
     schema: pa.Schema,
     storage_options: dict[str, str] | None = None,
+    overwrite: bool = False,
 ) -> int:
     """Driver side: commit fragments as one atomic append (creating the table if needed).
 
-    Returns the new table version.
+    `overwrite`: the fragments replace every row of an existing table, its schema too (a table of
+    derived data rebuilt in a new layout). Returns the new table version.
     """
     fragments = list(fragments)
     uri = table_uri(store_uri, table)
-    if table_exists(store_uri, table, storage_options):
+    if table_exists(store_uri, table, storage_options) and not overwrite:
         ds = open_table(store_uri, table, storage_options)
         append = lance.LanceOperation.Append(fragments)
         ds = lance.LanceDataset.commit(uri, append, read_version=ds.version, storage_options=storage_options)
     else:
-        overwrite = lance.LanceOperation.Overwrite(schema, fragments)
-        ds = lance.LanceDataset.commit(uri, overwrite, storage_options=storage_options)
+        op = lance.LanceOperation.Overwrite(schema, fragments)
+        ds = lance.LanceDataset.commit(uri, op, storage_options=storage_options)
     log.debug("committed %d fragment(s) to %s -> version %d", len(fragments), uri, ds.version)
     return ds.version
 

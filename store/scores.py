@@ -34,8 +34,12 @@ def upsert_video_scores(
     labels: Sequence[int],
     labels_multi: Sequence[Sequence[int]] | None = None,
     storage_options: dict[str, str] | None = None,
+    folds: Sequence[int] | None = None,
 ) -> int:
     """Store one model's class scores for some videos of a split in one atomic commit.
+
+    `folds` (the CNN models' rows): the fold of the CNN pair that scored each video (see
+    `store.tables.FOLD_ALL`); None leaves the column null (models fitted by `train`).
 
     Rows are keyed on (video_id, model, split): existing ones are replaced, new ones inserted,
     other models' rows are untouched. Creates the table on first write. Returns the version.
@@ -52,6 +56,8 @@ def upsert_video_scores(
         raise ValueError(f"scores of model {model!r} contain NaN or inf; refusing to store them")
     # Without labels_multi, each video's one label; a negative one (unknown, or none) is no label.
     labels_multi = [[int(x)] if int(x) >= 0 else [] for x in labels] if labels_multi is None else labels_multi
+    if folds is not None and len(folds) != n:
+        raise ValueError(f"folds ({len(folds)}) must have one entry per video ({n})")
     if len(subsets) != n or len(labels) != n or len(labels_multi) != n:
         raise ValueError(
             f"video_ids ({n}), subsets ({len(subsets)}), labels ({len(labels)}) and "
@@ -69,6 +75,7 @@ def upsert_video_scores(
             "split": pa.array([int(split)] * n, pa.int32()),
             "subset": pa.array(list(subsets), pa.string()),
             "run_id": pa.array([run_id] * n, pa.string()),
+            "fold": pa.nulls(n, pa.int32()) if folds is None else pa.array([int(f) for f in folds], pa.int32()),
             "scores": pa.array(list(scores), pa.list_(pa.float32())),
             "label": pa.array([int(x) for x in labels], pa.int32()),
             "labels": pa.array([[int(x) for x in m] for m in labels_multi], pa.list_(pa.int32())),
@@ -93,6 +100,11 @@ def _upsert(store_uri: str, model: str, split: int, data: pa.Table, storage_opti
         log.info("created %s with %d %s scores (version %d)", uri, data.num_rows, model, ds.version)
         return int(ds.version)
     ds = open_table(store_uri, VIDEO_SCORES.name, storage_options)
+    missing = [f for f in VIDEO_SCORES.schema if f.name not in ds.schema.names]
+    if missing:  # a store written before these columns existed: they start null on the old rows
+        ds.add_columns(missing)
+        ds = open_table(store_uri, VIDEO_SCORES.name, storage_options)
+        log.info("video_scores: added column(s) %s to the existing table", [f.name for f in missing])
     stats = (
         ds.merge_insert(list(SCORE_KEY))
         .when_matched_update_all()

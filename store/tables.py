@@ -110,12 +110,25 @@ def clips_schema_metadata() -> dict[bytes, bytes]:
 CLIPS = Table("clips", clips_schema())
 
 
+# `fold` of rows made by a CNN pair fitted on all of a split's training videos (no cross-fitting).
+# With `--cross-fit K` a row's fold k (0..K-1) names the pair fitted on the training groups outside
+# fold k: a training video of fold k gets its features from that pair only, which never saw it.
+FOLD_ALL = -1
+
+
 def frame_features_schema(spatial_dim: int, motion_dim: int) -> pa.Schema:
-    """Per-frame CNN features: the output of each stream CNN's first FC layer."""
+    """Per-frame CNN features: the output of each stream CNN's first FC layer, keyed by what made them.
+
+    `split` is the split whose CNNs made the row (their training groups exclude that split's test
+    groups); `fold` and the two run ids name the CNN pair (see FOLD_ALL). One set of rows per
+    (video, split): `hyvid features --split 2` never touches split 1's rows.
+    """
     return pa.schema(
         [
             pa.field("video_id", pa.string(), nullable=False),
             pa.field("position", pa.int32()),
+            pa.field("split", pa.int32()),
+            pa.field("fold", pa.int32()),
             pa.field("frame_index", pa.int32()),
             pa.field("timestamp", pa.float64()),
             pa.field("spatial", pa.list_(pa.float32(), spatial_dim)),
@@ -127,6 +140,9 @@ def frame_features_schema(spatial_dim: int, motion_dim: int) -> pa.Schema:
 
 
 FRAME_FEATURES_NAME = "frame_features"
+# The columns that say which CNNs made a frame_features row (a store written before they existed
+# lacks them and must be rebuilt by `hyvid features`).
+FRAME_FEATURES_PROVENANCE = ("split", "fold", "spatial_run_id", "motion_run_id")
 
 VIDEO_SCORES = Table(
     "video_scores",
@@ -137,6 +153,9 @@ VIDEO_SCORES = Table(
             pa.field("split", pa.int32()),
             pa.field("subset", pa.string()),  # train | val | test
             pa.field("run_id", pa.string()),  # MLflow run that produced the scores
+            # The CNN models' rows: the fold of the CNN pair that scored the video (FOLD_ALL without
+            # cross-fitting; see frame_features). Null for the models `train` and `hybrid` fit.
+            pa.field("fold", pa.int32()),
             pa.field("scores", pa.list_(pa.float32())),  # one score per class
             pa.field("label", pa.int32()),
             pa.field("labels", pa.list_(pa.int32())),
@@ -151,6 +170,6 @@ TABLE_KEYS = {
     VIDEOS.name: ("video_id",),
     CLASSES.name: ("label",),
     CLIPS.name: ("video_id", "position"),
-    FRAME_FEATURES_NAME: ("video_id", "position"),
+    FRAME_FEATURES_NAME: ("video_id", "position", "split"),
     VIDEO_SCORES.name: ("video_id", "model", "split"),
 }

@@ -27,6 +27,10 @@ def _run_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--cnn-epochs", type=int, help=f"train-cnn epochs of both streams (default {d.cnn_epochs})")
     p.add_argument("--finetune", choices=constant("hyvid.models.cnn:FINETUNE_MODES"),
                    help=f"spatial CNN fine-tuning (default {d.finetune})")
+    p.add_argument("--cross-fit", type=int, metavar="K",
+                   help=constant("hyvid.pipelines.training.folds:CROSS_FIT_HELP") + f" (default {d.cross_fit})")
+    p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                   help="train-cnn without random horizontal flips (classes defined by direction); default: flips")
     p.add_argument("--models", help=f"models for `train` (default: {shown(d.models)}; 'all': every Table 2 row)")
     p.add_argument("--paper", action="store_true", default=None,
                    help="every paper setting for `train` (see `hyvid train --help`)")
@@ -34,8 +38,8 @@ def _run_args(p: argparse.ArgumentParser, s: Settings) -> None:
                                                 f"{train.cv_folds}; 0: weights from val)")
     p.add_argument("--refit", action="store_true", default=None,
                    help="refit every chosen model on train + val before it scores test")
-    p.add_argument("--seeds", type=int, help=f"repeat train and hybrid with seeds 0..N-1 and report mean ± sd "
-                                             f"(default {d.seeds})")
+    p.add_argument("--seeds", type=int, help=f"repeat train-cnn, features, train and hybrid with seeds 0..N-1 "
+                                             f"and report mean ± sd (default {d.seeds})")
     p.add_argument("--lstm-epochs", type=int, help=f"epochs of the LSTMs (default: train's, {train.lstm_epochs})")
     p.add_argument("--video-epochs", type=int,
                    help=f"epochs of the fusion net and NN baselines (default: train's, {train.video_epochs})")
@@ -67,7 +71,8 @@ def _run_config(args: argparse.Namespace, s: Settings):
         dataset=args.dataset, store_uri=args.store, experiment=args.experiment, tracking_uri=tracking_uri(args, s),
         address=args.address, storage_options=s.resolved_storage_options(), **given(
             splits=_splits(args), frames=args.frames, stack=args.stack, flow=args.flow, size=args.size,
-            cnn_epochs=args.cnn_epochs, finetune=args.finetune, models=csv(args.models, "--models"),
+            cnn_epochs=args.cnn_epochs, finetune=args.finetune, cross_fit=args.cross_fit, flip=args.flip,
+            models=csv(args.models, "--models"),
             lstm_epochs=args.lstm_epochs, video_epochs=args.video_epochs, lam2_grid=lam_grid, lam3_grid=lam_grid,
             paper=args.paper, cv_folds=args.cv_folds, refit=args.refit, seeds=args.seeds,
             weights_from=args.weights_from,
@@ -89,7 +94,7 @@ def _run_run(args: argparse.Namespace, s: Settings) -> int:
     for split, m in res.test_metrics.items():
         print(f"hybrid split {split}: " + ", ".join(f"{k}={v:.3f}" for k, v in m.items()))
     if res.seed_metrics:
-        print(f"\ntest metrics over {len(res.seed_metrics)} seeds (mean ± sd; the CNNs are fitted once):")
+        print(f"\ntest metrics over {len(res.seed_metrics)} seeds (mean ± sd; every seed fits its own CNNs):")
         for model, per in res.seed_summary().items():
             print(f"  {model:<16}" + ", ".join(f"{k} {mu:.3f} ± {sd:.3f}" for k, (mu, sd) in per.items()
                                                if not k.endswith(("_ci_low", "_ci_high"))))

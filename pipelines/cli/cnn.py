@@ -21,6 +21,7 @@ from hyvid.pipelines.cli._static import constant
 
 # Read from source by `_static` (see there): importing these stages would load torch and MLflow.
 _TRAIN_CNN, _FEATURES = "hyvid.pipelines.train_cnn", "hyvid.pipelines.features"
+_CROSS_FIT_HELP = "hyvid.pipelines.training.folds:CROSS_FIT_HELP"
 
 _TRAIN_CNN_EXAMPLES = """  hyvid train-cnn --store store                          # both streams at once, local Ray
   hyvid train-cnn --store store --stream spatial --finetune all --epochs 5 --lr 1e-3
@@ -53,6 +54,11 @@ def _train_cnn_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--crop", type=int,
                    help=f"training crop side in pixels (random crop + flip); 0: whole frames (default {d.crop})")
     p.add_argument("--feature-dim", type=int, help=f"fc1 width = feature size (default {d.feature_dim})")
+    p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                   help="no random horizontal flips of training clips: for classes defined by direction "
+                        "(left against right); default: flips")
+    p.add_argument("--cross-fit", type=int, metavar="K",
+                   help=constant(_CROSS_FIT_HELP) + f" (default {d.cross_fit})")
     p.add_argument("--workers", type=int, default=settings_workers(s, "train-cnn"),
                    help=f"Ray Train workers per stream (default: settings workers.train-cnn, else {d.workers})")
     p.add_argument("--cpus-per-worker", type=int, help="default: the cluster's CPUs shared among all workers")
@@ -73,6 +79,7 @@ def _train_cnn_config(args: argparse.Namespace, s: Settings):
         storage_options=s.resolved_storage_options(), address=args.address, **given(
             stream=args.stream, split=args.split, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             finetune=args.finetune, head_views=args.head_views, crop=args.crop, feature_dim=args.feature_dim,
+            flip=args.flip, cross_fit=args.cross_fit,
             workers=args.workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu,
             checkpoint_path=args.checkpoint_path, resume=args.resume, register_as=args.register,
             register_alias=args.alias))
@@ -113,6 +120,10 @@ def _features_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--motion-run", help="motion CNN run id (overrides --run)")
     p.add_argument("--workers", type=int, default=settings_workers(s, "features"),
                    help="tasks in flight (default: settings workers.features, else the cluster's CPUs)")
+    p.add_argument("--cross-fit", type=int, metavar="K",
+                   help="use the split's K cross-fitted CNN pairs (`train-cnn --cross-fit K`): " +
+                        constant(_CROSS_FIT_HELP) + f" (default {d.cross_fit})")
+    p.add_argument("--cnn-seed", type=int, help="only CNN runs fitted with this --seed (default: the newest)")
     p.add_argument("--videos-per-task", type=int, help=f"default {d.videos_per_task}")
     p.add_argument("--batch-size", type=int, help=f"clips per forward pass (default {d.batch_size})")
 
@@ -131,7 +142,8 @@ def _features_config(args: argparse.Namespace, s: Settings):
         storage_options=s.resolved_storage_options(), address=args.address, **given(
             split=args.split, spatial_run_id=args.spatial_run if args.spatial_run is not None else spatial_run,
             motion_run_id=args.motion_run if args.motion_run is not None else motion_run, workers=args.workers,
-            videos_per_task=args.videos_per_task, batch_size=args.batch_size))
+            videos_per_task=args.videos_per_task, batch_size=args.batch_size, cross_fit=args.cross_fit,
+            cnn_seed=args.cnn_seed))
 
 
 def _features_run(args: argparse.Namespace, s: Settings) -> int:

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from hyvid.store.lance_io import canonical_store_uri, commit_fragments, write_table_fragments
-from hyvid.store.tables import CLASSES, FRAME_FEATURES_NAME, STATUS_OK, VIDEOS, frame_features_schema
+from hyvid.store.tables import CLASSES, FOLD_ALL, FRAME_FEATURES_NAME, STATUS_OK, VIDEOS, frame_features_schema
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,8 @@ def write_feature_store(cfg: FeatureSynthConfig) -> FeatureSynthResult:
             "position": pa.array(cols["position"], pa.int32()),
             "frame_index": pa.array(cols["frame_index"], pa.int32()),
             "timestamp": pa.array(cols["timestamp"], pa.float64()),
+            "split": pa.array([1] * n, pa.int32()),  # the one split it writes
+            "fold": pa.array([FOLD_ALL] * n, pa.int32()),
             **{s: pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(feats[s]).reshape(-1)), dims[s])
                for s in dims},
             "spatial_run_id": pa.array([SOURCE] * n, pa.string()),

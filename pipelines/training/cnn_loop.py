@@ -132,7 +132,8 @@ def _evaluate_pooled(core: nn.Module, pooled: torch.Tensor | None, data, video_o
 
 @torch.no_grad()
 def _cache_pooled(core: nn.Module, data, indices: np.ndarray, batch_size: int, device: torch.device,
-                  crop: tuple[int, int] | None = None, rng: np.random.Generator | None = None) -> torch.Tensor:
+                  crop: tuple[int, int] | None = None, rng: np.random.Generator | None = None,
+                  flip: bool = True) -> torch.Tensor:
     """The frozen backbone's pooled output [len(indices), 1280] for clips `indices`, in that order.
 
     With `crop`, each clip is randomly cropped and flipped first (training views); without, the
@@ -142,7 +143,7 @@ def _cache_pooled(core: nn.Module, data, indices: np.ndarray, batch_size: int, d
     out = []
     for x, _, _ in iter_batches(data, indices, batch_size):
         if crop is not None:
-            x = random_crop_flip(x, crop, rng, "frames")
+            x = random_crop_flip(x, crop, rng, "frames", flip)
         out.append(core.pooled(stream_input("spatial", x).to(device)).cpu())
     return torch.cat(out) if out else torch.zeros((0, 0))
 
@@ -227,7 +228,7 @@ def cnn_fit(config: dict[str, Any], session: FitSession, rank: int = 0, world: i
         t0 = time.perf_counter()
         n_views = int(config.get("head_views", 1))
         views = [_cache_pooled(core, train_data, np.arange(len(train_data)), config["batch_size"], device, crop,
-                               np.random.default_rng(config["seed"] * 7919 + v))
+                               np.random.default_rng(config["seed"] * 7919 + v), config.get("flip", True))
                  for v in range(n_views)]
         val_rows = np.concatenate(val_videos) if val_videos else np.zeros(0, np.int64)
         val_pooled = _cache_pooled(core, val_data, val_rows, config["batch_size"], device) if len(val_rows) else None
@@ -251,7 +252,8 @@ def cnn_fit(config: dict[str, Any], session: FitSession, rank: int = 0, world: i
             forward = lambda x: core.head(x)[1]  # noqa: E731
         else:
             kind = "frames" if stream == "spatial" else "flow"
-            batches = ((stream_input(stream, random_crop_flip(x, crop, aug_rng, kind)),
+            flip = bool(config.get("flip", True))
+            batches = ((stream_input(stream, random_crop_flip(x, crop, aug_rng, kind, flip)),
                         train_multi[torch.from_numpy(c)] if multilabel else torch.from_numpy(y))
                        for x, y, c in iter_batches(train_data, share, bs))
             forward = model

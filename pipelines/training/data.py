@@ -6,6 +6,7 @@ fit's subsets and its logged lineage agree even if a writer commits meanwhile.
 """
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,8 @@ import torch
 
 from hyvid.models import registry as R
 from hyvid.store.tables import FRAME_FEATURES_NAME, VIDEOS
+
+log = logging.getLogger(__name__)
 
 LINEAGE_TABLES = [VIDEOS.name, FRAME_FEATURES_NAME]  # what a fit reads in its worker
 LSTM_STREAM = {R.SPATIAL_LSTM: "spatial", R.MOTION_LSTM: "motion"}
@@ -125,10 +128,13 @@ def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
     meanwhile.
     """
     from hyvid.store.feature_store import FeatureStore
+    from hyvid.store.tables import FOLD_ALL
 
     fs = FeatureStore(config["store_uri"], config.get("storage_options"), follow_latest=False)
     versions = {t: v for t, v in fs.versions().items() if t in LINEAGE_TABLES}  # pins them
     split, model = int(config["split"]), config["model"]
+    # Only the rows this split's CNNs made (frame_features' `split`), from one pair per cross-fitting fold.
+    cnn_runs = fs.cnn_runs(split)
     fold = config.get("fold")
     if fold is not None:
         subsets: tuple[str, ...] = ("train",)
@@ -139,13 +145,13 @@ def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
     out = {}
     for sub in subsets:
         if model in LSTM_STREAM:
-            ds = fs.sequences(split, sub, streams=(LSTM_STREAM[model],))
+            ds = fs.sequences(split, sub, streams=(LSTM_STREAM[model],), cnn_runs=cnn_runs)
             out[sub] = Subset(ds.video_ids, ds, np.asarray(ds.labels, dtype=np.int64), ds.labels_multi,
                               fs.groups(ds.video_ids))
             continue
-        key = (fs.uri, split, sub, tuple(sorted(versions.items())))
+        key = (fs.uri, split, sub, tuple(sorted(versions.items())), tuple(cnn_runs))
         if key not in _VIDEO_LEVEL_CACHE:
-            vf = fs.video_features(split, sub, streams=R.STREAMS)
+            vf = fs.video_features(split, sub, streams=R.STREAMS, cnn_runs=cnn_runs)
             xs = [torch.from_numpy(np.ascontiguousarray(vf.features[s])) for s in R.STREAMS]
             _VIDEO_LEVEL_CACHE[key] = Subset(vf.video_ids, xs, vf.labels, vf.labels_multi, fs.groups(vf.video_ids))
             while len(_VIDEO_LEVEL_CACHE) > _CACHE_ENTRIES:
@@ -158,5 +164,11 @@ def load_subsets(config: dict) -> tuple[dict[str, Subset], dict[str, int]]:
         return {"train": take(out["train"], np.flatnonzero(assign != k)),
                 "val": take(out["train"], np.flatnonzero(assign == k))}, versions
     if config.get("refit"):
+        if set(fs.feature_runs(split)) == {FOLD_ALL}:
+            # One CNN pair fitted on the training videos: their features are in-sample, val's are not, and
+            # a refit on train + val learns from both kinds at once. Cross-fitted CNNs make both out of sample.
+            log.warning("%s refit on train + val of split %d mixes in-sample (train) and out-of-sample (val) "
+                        "CNN features; cross-fit the CNNs (`--cross-fit K`) so that both are out of sample",
+                        model, split)
         return {"train": concat(out["train"], out["val"]), "test": out["test"]}, versions
     return out, versions

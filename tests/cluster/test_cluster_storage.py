@@ -146,7 +146,8 @@ def test_query_and_similar_open_the_store_with_its_storage_options(s3_settings, 
     store, so = s3_settings.store_uri, s3_settings.resolved_storage_options()
     rows = pa.table({
         "video_id": ["v"] * 3 + ["w"] * 3, "position": [0, 1, 2] * 2, "frame_index": [0, 5, 10] * 2,
-        "timestamp": [0.0, 0.5, 1.0] * 2, "spatial": [[float(i), 0.0, 1.0, 2.0] for i in range(6)],
+        "timestamp": [0.0, 0.5, 1.0] * 2, "split": [1] * 6, "fold": [-1] * 6,
+        "spatial": [[float(i), 0.0, 1.0, 2.0] for i in range(6)],
         "motion": [[0.0, float(i), 1.0] for i in range(6)], "spatial_run_id": ["r"] * 6, "motion_run_id": ["r"] * 6,
     }, frame_features_schema(4, 3))
     lance_io.append_rows(store, FRAME_FEATURES_NAME, rows, so)

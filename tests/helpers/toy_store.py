@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from hyvid.store.lance_io import append_rows
-from hyvid.store.tables import CLASSES, FRAME_FEATURES_NAME, VIDEOS, frame_features_schema
+from hyvid.store.tables import CLASSES, FOLD_ALL, FRAME_FEATURES_NAME, VIDEOS, frame_features_schema
 
 SPATIAL_DIM, MOTION_DIM = 16, 12
 N_POSITIONS = 8
@@ -78,6 +78,8 @@ def build_toy_store(store_uri: str, videos_per_group: int = 4, noise: float = 0.
             "position": pa.array(feats["position"], pa.int32()),
             "frame_index": pa.array(feats["frame_index"], pa.int32()),
             "timestamp": pa.array(feats["timestamp"], pa.float64()),
+            "split": pa.array([1] * n, pa.int32()),
+            "fold": pa.array([FOLD_ALL] * n, pa.int32()),
             "spatial": pa.FixedSizeListArray.from_arrays(np.concatenate(feats["spatial"]), SPATIAL_DIM),
             "motion": pa.FixedSizeListArray.from_arrays(np.concatenate(feats["motion"]), MOTION_DIM),
             "spatial_run_id": ["toy"] * n,

@@ -115,10 +115,10 @@ def _commit_features_rounds(store: str, ids: list[str], rounds: int) -> None:
 
     schema = frame_features_schema(4, 4)
     for k in range(rounds):
-        rows = [{"video_id": v, "position": p, "spatial": [float(k)] * 4, "motion": [0.0] * 4,
+        rows = [{"video_id": v, "position": p, "split": 1, "fold": -1, "spatial": [float(k)] * 4, "motion": [0.0] * 4,
                  "spatial_run_id": str(os.getpid()), "motion_run_id": "m"} for v in ids for p in range(3)]
         frags = write_table_fragments(store, FRAME_FEATURES_NAME, pa.Table.from_pylist(rows, schema=schema))
-        _commit_features(store, frags, ids, schema, None)
+        _commit_features(store, frags, ids, 1, schema, None)
 
 
 def test_concurrent_features_commits_keep_one_set_of_rows_per_video(tmp_path):

@@ -88,7 +88,8 @@ def logged(tmp_path_factory):
     append_rows(store, CLASSES_T.name, pa.Table.from_pylist(
         [{"label": i, "class_name": n} for i, n in enumerate(CLASSES)], schema=CLASSES_T.schema))
     append_rows(store, FRAME_FEATURES_NAME, pa.Table.from_pylist(
-        [{"video_id": ids[0], "position": 0, "frame_index": 0, "timestamp": 0.0, "spatial": [0.0] * DS,
+        [{"video_id": ids[0], "position": 0, "split": 1, "fold": -1,
+          "frame_index": 0, "timestamp": 0.0, "spatial": [0.0] * DS,
           "motion": [0.0] * DM, "spatial_run_id": run_ids[R.SPATIAL_CNN], "motion_run_id": run_ids[R.MOTION_CNN]}],
         schema=frame_features_schema(DS, DM)))
     # Val scores where only 0.6 * spatial_lstm + 0.4 * fusion is right: distinctive weights to find.

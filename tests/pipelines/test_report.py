@@ -270,3 +270,28 @@ def test_report_shows_the_hybrid_runs_intervals_and_findings(tmp_path, tracking_
     assert "## Findings" in md and "`hybrid` over `fusion`: **reproduced**" in md
     hyb = next(line for line in md.splitlines() if line.startswith("| `hybrid` "))
     assert "[" in hyb and "–" in hyb
+
+
+def test_report_shows_the_spread_across_seeds_beside_each_interval(tmp_path):
+    """`hyvid run --seeds N` leaves one run per seed: the report gives their sd beside the latest interval."""
+    import numpy as np
+
+    from hyvid.pipelines.report import to_json
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("seeds")
+    for i, (seed, acc) in enumerate([("0", 0.70), ("1", 0.80), ("2", 0.95), ("2", 0.90)]):  # seed 2 twice: latest
+        r = client.create_run(exp, start_time=T0 + i * 60_000, tags={
+            tracking.TAG_MODEL: "hybrid", tracking.TAG_STAGE: "hybrid", tracking.TAG_SPLIT: "1",
+            tracking.TAG_SEED: seed})
+        for k, v in {"test_accuracy": acc, "test_accuracy_ci_low": acc - 0.1, "test_accuracy_ci_high": acc + 0.05,
+                     "test_n_videos": 60}.items():
+            client.log_metric(r.info.run_id, k, v)
+        client.set_terminated(r.info.run_id, "FINISHED", end_time=T0 + i * 60_000 + 1000)
+    rep = collect(ReportConfig(experiment="seeds", tracking_uri=uri))
+    row = to_json(rep)["hybrid"]
+    assert row["accuracy"] == pytest.approx(0.90) and row["n_seeds"] == 3
+    assert row["accuracy_seed_sd"] == pytest.approx(np.std([0.70, 0.80, 0.90], ddof=1))
+    md = report(ReportConfig(experiment="seeds", tracking_uri=uri))
+    assert "90.0 [80.0–95.0] ±10.0" in md and "across the seeds" in md

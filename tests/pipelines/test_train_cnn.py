@@ -212,31 +212,34 @@ def test_train_cnn_then_features(tiny_store, tmp_path, monkeypatch):
 
 
 def test_commit_features_replaces_rows_of_other_runs(tmp_path):
-    """Features from another CNN pair are swapped for the new ones in one atomic commit."""
+    """Features from another CNN pair are swapped for the new ones in one atomic commit; another split's
+    rows of the same video are left alone."""
     from hyvid.store.lance_io import append_rows, write_table_fragments
 
     store = str(tmp_path)
     schema = frame_features_schema(2, 2)
 
-    def rows(vid: str, run: str, n: int) -> pa.Table:
+    def rows(vid: str, run: str, n: int, split: int = 1) -> pa.Table:
         return pa.table({
-            "video_id": [vid] * n, "position": list(range(n)), "frame_index": list(range(n)),
-            "timestamp": [0.0] * n,
+            "video_id": [vid] * n, "position": list(range(n)), "split": [split] * n, "fold": [-1] * n,
+            "frame_index": list(range(n)), "timestamp": [0.0] * n,
             "spatial": pa.FixedSizeListArray.from_arrays(pa.array([1.0] * 2 * n, pa.float32()), 2),
             "motion": pa.FixedSizeListArray.from_arrays(pa.array([1.0] * 2 * n, pa.float32()), 2),
             "spatial_run_id": [run] * n, "motion_run_id": [run] * n,
         }, schema=schema)
 
-    append_rows(store, "frame_features", pa.concat_tables([rows("a", "old", 3), rows("b", "old", 3)]))
+    append_rows(store, "frame_features", pa.concat_tables([rows("a", "old", 3), rows("b", "old", 3),
+                                                           rows("a", "split2", 3, split=2)]))
     v0 = open_table(store, "frame_features").version
     frags = write_table_fragments(store, "frame_features", rows("a", "new", 3))
-    v1 = _commit_features(store, frags, ["a"], schema, None)
+    v1 = _commit_features(store, frags, ["a"], 1, schema, None)
     assert v1 == v0 + 1
     t = open_table(store, "frame_features").to_table()
-    got = sorted(zip(t.column("video_id").to_pylist(), t.column("spatial_run_id").to_pylist(), strict=True))
-    assert got == [("a", "new")] * 3 + [("b", "old")] * 3
+    got = sorted(zip(t.column("video_id").to_pylist(), t.column("split").to_pylist(),
+                     t.column("spatial_run_id").to_pylist(), strict=True))
+    assert got == [("a", 1, "new")] * 3 + [("a", 2, "split2")] * 3 + [("b", 1, "old")] * 3
     # The previous version is intact (readers of v0 never saw a half-replaced video).
-    assert open_table(store, "frame_features", version=v0).count_rows() == 6
+    assert open_table(store, "frame_features", version=v0).count_rows() == 9
 
 
 def test_multilabel_val_map_and_sigmoid_scores():

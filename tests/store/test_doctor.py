@@ -21,7 +21,8 @@ def _tables() -> dict[str, pa.Table]:
     clips = pa.Table.from_pylist([{"video_id": v, "position": p, "frame": rng.bytes(16), "stack": 2}
                                   for v in IDS for p in range(3)], schema=CLIPS.schema)
     schema = frame_features_schema(4, 4)
-    feats = pa.Table.from_pylist([{"video_id": v, "position": p, "spatial": rng.random(4).tolist(),
+    feats = pa.Table.from_pylist([{"video_id": v, "position": p, "split": 1, "fold": -1,
+                                   "spatial": rng.random(4).tolist(),
                                    "motion": rng.random(4).tolist(), "spatial_run_id": "r"}
                                   for v in IDS for p in range(3)], schema=schema)
     scores = pa.Table.from_pylist([{"video_id": v, "model": "spatial_cnn", "split": 1, "subset": "test",

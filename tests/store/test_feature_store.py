@@ -57,7 +57,7 @@ def make_features(videos: pa.Table, rng, shuffle=True):
         if v["status"] != "ok":
             continue
         for p in range(v["n_positions"]):
-            rows.append({"video_id": v["video_id"], "position": p, "frame_index": 10 * p + 1,
+            rows.append({"video_id": v["video_id"], "position": p, "split": 1, "fold": -1, "frame_index": 10 * p + 1,
                          "timestamp": (10 * p + 1) / 25.0,
                          "spatial": rng.standard_normal(DS).astype(np.float32).tolist(),
                          "motion": rng.standard_normal(DM).astype(np.float32).tolist(),
@@ -339,3 +339,53 @@ def test_similar_refuses_non_finite_vectors_and_non_integer_k(store, vector_fill
     with pytest.raises(ValueError, match=message):
         FeatureStore(uri).similar(q, k=k)
     assert FeatureStore(uri).similar(feats.column("spatial")[0].as_py(), k=np.int64(2)).num_rows == 2
+
+
+def test_training_inputs_are_the_rows_their_split_s_cnns_made(store):
+    """Rows another split's CNNs made (or another pair of CNNs) never reach a split's training inputs."""
+    uri, videos, feats = store
+    fs = FeatureStore(uri)
+    before = fs.video_features(1, "train")
+    seq_before = fs.sequences(1, "train")
+    assert fs.cnn_runs(1) == [("rs", "rm")]
+    # Split 2's CNNs describe the same videos differently: rows of their own, keyed by split.
+    other = feats.set_column(feats.schema.get_field_index("split"), "split", pa.array([2] * feats.num_rows, pa.int32()))
+    nines = pa.array(np.full(feats.num_rows * DS, 9.0, np.float32))
+    other = other.set_column(other.schema.get_field_index("spatial"), other.schema.field("spatial"),
+                             pa.FixedSizeListArray.from_arrays(nines, DS))
+    other = other.set_column(other.schema.get_field_index("spatial_run_id"), "spatial_run_id",
+                             pa.array(["rs2"] * feats.num_rows))
+    append_rows(uri, FRAME_FEATURES_NAME, other)
+    after = FeatureStore(uri).video_features(1, "train")
+    assert after.video_ids == before.video_ids
+    np.testing.assert_array_equal(after.features["spatial"], before.features["spatial"])
+    seq_after = FeatureStore(uri).sequences(1, "train")
+    for a, b in zip(seq_before.features["spatial"], seq_after.features["spatial"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert FeatureStore(uri).cnn_runs(2) == [("rs2", "rm")]
+    # Selecting CNN runs the split does not hold is refused, naming what it holds.
+    with pytest.raises(FileNotFoundError, match="rs2"):
+        FeatureStore(uri).video_features(1, "train", cnn_runs=[("rs2", "rm")])
+    # One video's rows: each split's, or one split's.
+    vid = before.video_ids[0]
+    assert set(FeatureStore(uri).frame_features(vid).column("split").to_pylist()) == {1, 2}
+    assert set(FeatureStore(uri).frame_features(vid, split=2).column("split").to_pylist()) == {2}
+
+
+def test_features_of_two_cnn_pairs_in_one_split_are_refused(store):
+    uri, videos, feats = store
+    one = feats.slice(0, 1)
+    one = one.set_column(one.schema.get_field_index("spatial_run_id"), "spatial_run_id", pa.array(["rs_new"]))
+    append_rows(uri, FRAME_FEATURES_NAME, one)
+    with pytest.raises(ValueError, match="mixes CNN pairs"):
+        FeatureStore(uri).video_features(1, "train")
+
+
+def test_old_layout_frame_features_asks_for_a_rebuild(tmp_path):
+    uri = str(tmp_path / "store")
+    videos = make_videos()
+    append_rows(uri, VIDEOS.name, videos)
+    old = pa.schema([f for f in frame_features_schema(DS, DM) if f.name not in ("split", "fold")])
+    append_rows(uri, FRAME_FEATURES_NAME, make_features(videos, np.random.default_rng(0)).select(old.names))
+    with pytest.raises(ValueError, match=r"old layout .* re-run `hyvid features"):
+        FeatureStore(uri).sequences(1, "train")

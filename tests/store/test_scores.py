@@ -83,3 +83,24 @@ def test_upsert_validates(tmp_path):
         fs.scores("hybrid", 1)
     with pytest.raises(ValueError, match="unknown model"):
         fs.scores("x' OR '1'='1", 1)
+
+
+def test_a_table_without_the_fold_column_gains_it(tmp_path):
+    """A store written before video_scores had `fold`: the first upsert adds it, old rows keep null."""
+    import lance
+    import pyarrow as pa
+
+    from hyvid.store.lance_io import table_uri
+
+    uri = str(tmp_path / "store")
+    old_schema = pa.schema([f for f in VIDEO_SCORES.schema if f.name != "fold"])
+    old = pa.table({"video_id": ["A/v1"], "model": ["fusion"], "split": pa.array([1], pa.int32()),
+                    "subset": ["test"], "run_id": ["r0"], "scores": pa.array([[0.1, 0.9]], pa.list_(pa.float32())),
+                    "label": pa.array([1], pa.int32()), "labels": pa.array([[1]], pa.list_(pa.int32()))},
+                   schema=old_schema)
+    lance.write_dataset(old, table_uri(uri, VIDEO_SCORES.name))
+    upsert_video_scores(uri, "spatial_cnn", 1, "run1", IDS, SUBSETS, _scores(0, c=2), LABELS, folds=[0, 1, 0, 2])
+    t = open_table(uri, VIDEO_SCORES.name).to_table()
+    keys = zip(t.column("video_id").to_pylist(), t.column("model").to_pylist(), strict=True)
+    got = dict(zip(keys, t.column("fold").to_pylist(), strict=True))
+    assert got[("A/v1", "fusion")] is None and got[("A/v2", "spatial_cnn")] == 1 and got[("B/v4", "spatial_cnn")] == 2
