@@ -142,8 +142,8 @@ def main() -> int:
                             *args.train_args.split()], work / key / "train.log")
             load_after = os.getloadavg()
             hybrid_s = _run([*HYVID, "hybrid", *common, "--out", str(work / key / "plots")], work / key / "hybrid.log")
-            rep = subprocess.run([*HYVID, "report", "--tracking-uri", tracking, "--format", "json"], capture_output=True, text=True,
-                                 check=True)
+            rep = subprocess.run([*HYVID, "report", "--tracking-uri", tracking, "--format", "json"],
+                                 capture_output=True, text=True, check=True)
             report = json.loads(rep.stdout)
             models = {m: {"accuracy": v.get("accuracy"), "accuracy_ci": v.get("accuracy_ci")}
                       for m, v in report.items() if isinstance(v, dict) and "accuracy" in v}
