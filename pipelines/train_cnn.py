@@ -405,7 +405,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
     if cfg.register_as:
         done = register_runs({MODEL_OF_STREAM[st]: r for st, r in run_ids.items()}, cfg.register_as, cfg.register_alias)
         registered = {st: done[MODEL_OF_STREAM[st]].uri for st in run_ids}
-    return TrainCNNResult(run_ids, metrics, history, checkpoints, registered, curves, fold_runs)
+    return TrainCNNResult(run_ids, metrics, history, checkpoints, registered, fold_runs=fold_runs, curves_png=curves)
 
 
 def _fit_on_pool(cfg: TrainCNNConfig, jobs: list[_StreamJob], fit_name: Callable[[_StreamJob], str], storage: str,

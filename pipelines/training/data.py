@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -57,27 +57,36 @@ _VIDEO_LEVEL_CACHE: OrderedDict[tuple, Subset] = OrderedDict()
 _CACHE_ENTRIES = 6  # train/val/test of two stores or splits
 
 
-def group_folds(groups: list[str], k: int) -> np.ndarray:
-    """Fold index (0..k-1) of each video, whole groups to one fold, folds balanced by video count.
+def deal_groups(groups: Sequence[str], k: int) -> list[int]:
+    """Fold (0..k-1) of each item, whole groups to one fold, the largest group first to the emptiest fold.
 
-    Deterministic (no RNG): groups are dealt largest first to the fold holding the fewest videos,
-    so videos of one group (UCF-101's gXX: clips cut from one long video) never straddle folds.
+    Deterministic (no RNG). Unlike `group_folds` it accepts fewer groups than folds (a small val set):
+    some folds then get none.
     """
-    if k < 2:
-        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
     sizes: dict[str, int] = {}
     for g in groups:
         sizes[g] = sizes.get(g, 0) + 1
-    if len(sizes) < k:
-        raise ValueError(f"{k} folds by group need at least {k} groups among the training videos, found "
-                         f"{len(sizes)}; lower --cv-folds or give the videos groups")
     load = [0] * k
     fold_of: dict[str, int] = {}
     for g in sorted(sizes, key=lambda g: (-sizes[g], g)):
         f = min(range(k), key=lambda i: (load[i], i))
         fold_of[g] = f
         load[f] += sizes[g]
-    return np.array([fold_of[g] for g in groups], dtype=np.int64)
+    return [fold_of[g] for g in groups]
+
+
+def group_folds(groups: list[str], k: int) -> np.ndarray:
+    """Fold index (0..k-1) of each video, whole groups to one fold, folds balanced by video count
+    (`deal_groups`), so videos of one group (UCF-101's gXX: clips cut from one long video) never
+    straddle folds; every fold gets at least one group.
+    """
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+    n_groups = len(set(groups))
+    if n_groups < k:
+        raise ValueError(f"{k} folds by group need at least {k} groups among the training videos, found "
+                         f"{n_groups}; lower --cv-folds or give the videos groups")
+    return np.array(deal_groups(groups, k), dtype=np.int64)
 
 
 def take(subset: Subset, idx: np.ndarray) -> Subset:

@@ -25,7 +25,7 @@ from typing import Sequence
 
 from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN
 from hyvid.pipelines import tracking
-from hyvid.pipelines.training.data import group_folds
+from hyvid.pipelines.training.data import deal_groups, group_folds
 from hyvid.store.tables import FOLD_ALL
 
 log = logging.getLogger(__name__)
@@ -43,23 +43,6 @@ def check_cross_fit(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 0 or k == 1:
         raise ValueError(f"cross_fit must be 0 (one CNN pair) or a fold count >= 2, got {k!r}")
     return k
-
-
-def deal_groups(groups: Sequence[str], k: int) -> list[int]:
-    """Fold (0..k-1) of each item, whole groups to one fold, the largest group first to the emptiest fold.
-
-    Unlike `group_folds` it accepts fewer groups than folds (a small val set): some folds then get none.
-    """
-    sizes: dict[str, int] = {}
-    for g in groups:
-        sizes[g] = sizes.get(g, 0) + 1
-    load = [0] * k
-    fold_of: dict[str, int] = {}
-    for g in sorted(sizes, key=lambda g: (-sizes[g], g)):
-        f = min(range(k), key=lambda i: (load[i], i))
-        fold_of[g] = f
-        load[f] += sizes[g]
-    return [fold_of[g] for g in groups]
 
 
 def video_folds(video_ids: Sequence[str], subsets: Sequence[str], groups: Sequence[str | None],

@@ -155,6 +155,9 @@ def run_fits(
         workers.append(w)
         return w
 
+    # Never more workers than the cluster can place at once: a pending actor would hold a fit that
+    # the idle workers can never take over, and the pool would wait for it forever.
+    size = min(size, _placeable(actor_options))
     idle: deque[Any] = deque(new_worker() for _ in range(max(1, min(size, len(queue)))))
     running: dict[Any, tuple[Any, dict]] = {}
     try:
@@ -195,6 +198,17 @@ def run_fits(
         for w in workers:
             ray.kill(w, no_restart=True)
     return outcomes
+
+
+def _placeable(actor_options: dict) -> int:
+    """How many actors of `actor_options` the cluster's CPUs and GPUs hold at once (at least 1)."""
+    import ray
+
+    have = ray.cluster_resources()
+    counts = [int(float(have.get(key, 0.0)) / float(need) + 1e-9)
+              for key, need in (("CPU", actor_options.get("num_cpus", 1)), ("GPU", actor_options.get("num_gpus", 0)))
+              if need]
+    return max(1, min(counts, default=1))
 
 
 def _forget(workers: list[Any], dead: Any) -> None:

@@ -15,7 +15,8 @@ from hyvid.models.cnn import random_crop_flip
 from hyvid.pipelines import tracking
 from hyvid.pipelines.features import FeaturesConfig, extract_features
 from hyvid.pipelines.train_cnn import TrainCNNConfig, train_cnn
-from hyvid.pipelines.training.folds import check_cross_fit, deal_groups, video_folds
+from hyvid.pipelines.training.data import deal_groups
+from hyvid.pipelines.training.folds import check_cross_fit, video_folds
 from hyvid.store.feature_store import FeatureStore
 from hyvid.store.lance_io import open_table
 
