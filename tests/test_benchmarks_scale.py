@@ -30,6 +30,9 @@ def test_scale_benchmark_tiny_writes_every_stage(tmp_path):
     for stage in ("extract", "train-cnn", "features", "train", "hybrid"):
         s = e2e["stages"][stage]
         assert s["seconds"] > 0 and s["peak_rss_gb"] > 0.05, (stage, s)
+    # Every model of the end-to-end run with its test accuracy and how many test videos it rests on.
+    assert {"spatial_lstm", "motion_lstm", "fusion", "hybrid"} <= set(e2e["models"]), e2e["models"]
+    assert all(0 <= m["test_accuracy"] <= 1 and m["n_test_videos"] for m in e2e["models"].values())
     assert fsc["videos"] == 240 and fsc["frame_rows"] == 240 * 10
     for stage in ("train", "hybrid"):
         assert fsc["stages"][stage]["seconds"] > 0 and fsc["stages"][stage]["peak_rss_gb"] > 0.05
