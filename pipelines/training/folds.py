@@ -30,8 +30,8 @@ from hyvid.store.tables import FOLD_ALL
 
 log = logging.getLogger(__name__)
 
-# Cross-fitting is off by default: on the demo it costs ~K/(K-1) x the CNN training time and did not
-# pay within the demo's time budget (README, "Cross-fitted stacking" gives the measured figures).
+# Cross-fitting is off by default for its cost: K CNN pairs, each on (K-1)/K of the training videos.
+# What it buys is not measured yet (benchmarks/cross_fit.py records it; README, cross-fitting).
 DEFAULT_CROSS_FIT = 0
 CROSS_FIT_HELP = ("fit K CNN pairs, pair k on the training groups outside fold k, so that every training "
                   "video's features and CNN scores come from CNNs that never saw it (val/test videos are "
