@@ -294,8 +294,27 @@ def log_dataset_inputs(store_uri: str, versions: dict[str, int], context: str = 
         except Exception:  # noqa: BLE001 - a table gone since it was read: name and version still say what it was
             log.debug("cannot read %s v%s for its dataset input", table, version, exc_info=True)
             schema, rows = None, None
-        mlflow.log_input(_LanceTable(source, name=table, digest=f"v{int(version)}", schema=schema, num_rows=rows),
-                         context=context)
+        dataset = _LanceTable(source, name=table, digest=f"v{int(version)}", schema=schema, num_rows=rows)
+        _log_input_once(dataset, context)
+
+
+def _log_input_once(dataset: Any, context: str, attempts: int = 3) -> None:
+    """`mlflow.log_input`, retried when concurrent fits insert the same dataset at once.
+
+    The tracking server's get-or-create of a dataset is not atomic: two runs of one experiment
+    logging the same table version together can both insert it, and the loser fails with a UNIQUE
+    constraint error. A retry then finds the winner's row and links to it.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as e:
+            if "UNIQUE constraint" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def arrow_schema(schema) -> Any:
