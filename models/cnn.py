@@ -81,6 +81,9 @@ class _StreamCNN(nn.Module):
     num_classes: int
     feature_dim: int
     multilabel: bool = False
+    # The training crop side (0: whole frames): inference takes its test views at this size, so a
+    # model sees at test the geometry it was trained on. Models pickled before it existed: 0.
+    input_crop: int = 0
     _head: _Head
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
@@ -217,7 +220,8 @@ class MotionCNN(_StreamCNN):
 
 
 def build_stream_cnn(stream: str, num_classes: int, stack: int, feature_dim: int = 1024, dropout: float = 0.5,
-                     finetune: str = "head", pretrained: bool = True, multilabel: bool = False) -> nn.Module:
+                     finetune: str = "head", pretrained: bool = True, multilabel: bool = False,
+                     crop: int = 0) -> nn.Module:
     """The CNN of one stream ("spatial" or "motion"), with the architecture arguments train-cnn records."""
     model: _StreamCNN
     if stream == "spatial":
@@ -228,6 +232,7 @@ def build_stream_cnn(stream: str, num_classes: int, stack: int, feature_dim: int
     else:
         raise ValueError(f"unknown stream {stream!r}; choose 'spatial' or 'motion'")
     model.multilabel = bool(multilabel)
+    model.input_crop = int(crop)
     return model
 
 
@@ -326,6 +331,39 @@ def random_crop_flip(
             if rng.random() < 0.5 and flip:
                 a = flip_flow_stack(a)
         out.append(np.ascontiguousarray(a))
+    return np.stack(out)
+
+
+TEST_VIEWS = (1, 5, 10)  # centre; + the 4 corners; + the horizontal flips of all 5 (two-stream testing)
+
+
+def view_crops(batch: np.ndarray, crop: tuple[int, int], kind: str, views: int = 1) -> np.ndarray:
+    """The fixed test crops of a uint8 batch, [V, N, ...]: the centre crop (views=1), the centre and
+    the four corners (5), and those five flipped (10), as two-stream CNNs are tested.
+
+    `crop` is the training crop (h, w); a side of 0, or one at least the frame's, keeps that whole
+    side (then the corners coincide with the centre along it). kind as in `random_crop_flip`.
+    """
+    if kind not in ("frames", "flow"):
+        raise ValueError(f"kind must be 'frames' or 'flow', got {kind!r}")
+    if views not in TEST_VIEWS:
+        raise ValueError(f"test views must be one of {TEST_VIEWS}, got {views!r}")
+    hw_axes = (1, 2) if kind == "frames" else (2, 3)
+    H, W = batch.shape[hw_axes[0]], batch.shape[hw_axes[1]]
+    ch = H if crop[0] <= 0 else min(crop[0], H)
+    cw = W if crop[1] <= 0 else min(crop[1], W)
+    origins = [((H - ch) // 2, (W - cw) // 2)]
+    if views >= 5:
+        origins += [(0, 0), (0, W - cw), (H - ch, 0), (H - ch, W - cw)]
+
+    def cut(y: int, x: int) -> np.ndarray:
+        if kind == "frames":
+            return np.ascontiguousarray(batch[:, y:y + ch, x:x + cw])
+        return np.ascontiguousarray(batch[:, :, y:y + ch, x:x + cw])
+
+    out = [cut(y, x) for y, x in origins]
+    if views == 10:
+        out += [flip_frames(v) if kind == "frames" else flip_flow_stack(v) for v in out]
     return np.stack(out)
 
 

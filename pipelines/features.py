@@ -36,7 +36,8 @@ from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models.cnn import two_stream_scores
 from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, TWO_STREAM_CNN, check_split
 from hyvid.pipelines import tracking
-from hyvid.pipelines.inference.cnn import cnn_forward, load_cnn_pair
+from hyvid.pipelines.inference.cnn import DEFAULT_TEST_VIEWS, check_test_views, cnn_forward, load_cnn_pair
+from hyvid.pipelines.precision import DEFAULT_AMP, check_amp
 from hyvid.pipelines.training.folds import DEFAULT_CROSS_FIT, check_cross_fit, cnn_pairs, video_folds
 from hyvid.store.lance_io import canonical_store_uri
 from hyvid.store.tables import (
@@ -69,6 +70,10 @@ class FeaturesConfig:
     workers: int | None = None  # tasks in flight; None: the cluster's CPUs
     videos_per_task: int = 16
     batch_size: int = 64  # clips per CNN forward pass
+    # Fixed crops per clip at the CNN's training crop size, features and scores averaged over them:
+    # 1 centre, 5 centre + corners, 10 those and their flips (models.cnn.view_crops).
+    test_views: int = DEFAULT_TEST_VIEWS
+    amp: str = DEFAULT_AMP  # mixed precision of the forward pass (pipelines.precision: off on the CPU)
     commit_every: int = 4  # finished tasks per atomic commit
     use_gpu: bool | None = None  # None: GPUs when the cluster has them
     storage_options: dict[str, str] | None = None
@@ -80,6 +85,8 @@ class FeaturesConfig:
         for name in ("videos_per_task", "batch_size", "commit_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        check_test_views(self.test_views)
+        check_amp(self.amp)
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers!r}")
         check_cross_fit(self.cross_fit)
@@ -156,6 +163,8 @@ def _features_task(
     batch_size: int,
     storage_options: dict | None,
     threads: int = 1,
+    views: int = 1,
+    amp: str = "off",
 ) -> dict[str, Any]:
     """Ray task: the CNNs over some videos' clips; writes `write_ids`' feature fragments.
 
@@ -178,7 +187,8 @@ def _features_task(
     if not vids:
         return {"fragments": [], "n_rows": 0, "written": [], "scores": {}, "missing": sorted(video_ids),
                 "dims": None, "node_id": node_id, "fold": fold}
-    sf, mf, sp, mp = cnn_forward(spatial, motion, decode_rows(rows, "spatial"), decode_rows(rows, "motion"), batch_size)
+    sf, mf, sp, mp = cnn_forward(spatial, motion, decode_rows(rows, "spatial"), decode_rows(rows, "motion"), batch_size,
+                                 views, amp)
 
     vid_arr = np.asarray(vids, dtype=object)
     scores = {}
@@ -463,7 +473,8 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
             while pending_chunks and len(running) < in_flight:
                 f, c = pending_chunks.pop()
                 ref = task.remote(store_uri, clips_version, c, [v for v in c if v in need_f], cfg.split, f,
-                                  *pairs[f], tracking_uri, cfg.batch_size, cfg.storage_options, int(opts["num_cpus"]))
+                                  *pairs[f], tracking_uri, cfg.batch_size, cfg.storage_options, int(opts["num_cpus"]),
+                                  cfg.test_views, cfg.amp)
                 running[ref] = c
 
         def flush() -> None:

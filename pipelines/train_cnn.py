@@ -44,8 +44,14 @@ from hyvid.models.registry import MOTION_CNN, SPATIAL_CNN, STREAMS, check_split,
 from hyvid.pipelines import logs, tracking
 from hyvid.pipelines.inference import packaging
 from hyvid.pipelines.inference.registration import check_register, register_runs
+from hyvid.pipelines.precision import DEFAULT_AMP, check_amp
 from hyvid.pipelines.training.checkpoint import load_checkpoint
-from hyvid.pipelines.training.cnn_loop import lr_milestones, train_loop_per_worker
+from hyvid.pipelines.training.cnn_loop import (
+    PAPER_CNN_ITERS,
+    iteration_milestones,
+    lr_milestones,
+    train_loop_per_worker,
+)
 from hyvid.pipelines.training.folds import DEFAULT_CROSS_FIT, check_cross_fit, fold_tags, video_folds
 from hyvid.store.lance_io import canonical_store_uri
 from hyvid.store.tables import CLIPS, FOLD_ALL, VIDEOS
@@ -56,8 +62,8 @@ STREAM_CHOICES = (*STREAMS, "both")
 MODEL_OF_STREAM = {"spatial": SPATIAL_CNN, "motion": MOTION_CNN}
 LINEAGE_TABLES = [VIDEOS.name, CLIPS.name]
 # The TrainCNNConfig fields a fit's MLflow run records as params (the rest say where it runs and logs).
-_FIT_PARAMS = ("split", "epochs", "batch_size", "momentum", "weight_decay", "feature_dim", "dropout", "crop",
-               "flip", "workers", "seed", "max_failures", "cross_fit")
+_FIT_PARAMS = ("split", "epochs", "iters", "batch_size", "momentum", "weight_decay", "feature_dim", "dropout", "crop",
+               "flip", "workers", "seed", "max_failures", "cross_fit", "amp")
 
 
 # The learning rate used when none is given (see the module doc): spatial by --finetune mode, motion.
@@ -74,6 +80,14 @@ MOTION_LR = 1e-2
 DEFAULT_CROP = 112
 WHOLE_FRAME = 0
 MAX_CROP = 4096
+MAX_ITERS = 10_000_000
+
+# `--paper` for the CNN stage (Sec. 4.1.2 and two-stream practice): 224-px crops (of 256-px frames:
+# `hyvid run --paper` extracts at PAPER_SIZE), the whole spatial net fine-tuned at the paper's 1e-3,
+# and two-stream's iteration schedules (cnn_loop.PAPER_CNN_ITERS, lr steps PAPER_LR_STEPS).
+PAPER_CROP = 224
+PAPER_SIZE = 256
+PAPER_FINETUNE = "all"
 
 
 def default_lr(stream: str, finetune: str) -> float:
@@ -89,6 +103,9 @@ class TrainCNNConfig:
     stream: str = "both"  # spatial | motion | both
     split: int = 1
     epochs: int = 3
+    # SGD steps per stream instead of epochs: two-stream's schedule, the lr dropping 10x at the paper's
+    # steps scaled to this length (cnn_loop.iteration_milestones); None: `epochs`. With --paper, by stream.
+    iters: int | None = None
     batch_size: int = 32
     lr: float | None = None  # None: default_lr(stream, finetune)
     momentum: float = 0.9
@@ -111,6 +128,8 @@ class TrainCNNConfig:
     resume: bool = False  # continue the last interrupted fit of this stream/split from its checkpoint
     max_failures: int = 2  # worker-group restarts from the latest checkpoint before giving up
     seed: int = 0
+    amp: str = DEFAULT_AMP  # mixed precision (pipelines.precision): bf16/fp16 autocast on CUDA, off on the CPU
+    paper_iters: bool = False  # iters per stream as the paper's (PAPER_CNN_ITERS); set by `paper()`
     address: str | None = None  # Ray address; None: the connected/local Ray
     plots_dir: str | None = None  # the training curves' PNG goes to <plots_dir>/split<N>/; None: MLflow artifacts only
     # Register each fitted CNN in MLflow's registry: as NAME (one stream) or NAME-<model> (both).
@@ -128,6 +147,11 @@ class TrainCNNConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0 <= self.crop <= MAX_CROP:
             raise ValueError(f"crop must be 0 (whole frames) or a side of 1..{MAX_CROP} pixels, got {self.crop!r}")
+        if self.iters is not None and not 1 <= self.iters <= MAX_ITERS:
+            raise ValueError(f"iters must be in 1..{MAX_ITERS} SGD steps (or None: epochs), got {self.iters!r}")
+        if self.iters is not None and self.paper_iters:
+            raise ValueError("paper_iters sets the iterations per stream; drop iters (--cnn-iters) or paper_iters")
+        check_amp(self.amp)
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -147,6 +171,22 @@ class TrainCNNConfig:
 
     def lr_for(self, stream: str) -> float:
         return self.lr if self.lr is not None else default_lr(stream, self.finetune)
+
+    def iters_for(self, stream: str) -> int | None:
+        """SGD steps of `stream`'s fit (None: epoch-based)."""
+        return PAPER_CNN_ITERS[stream] if self.paper_iters else self.iters
+
+    @classmethod
+    def paper(cls, store_uri: str, **overrides: Any) -> "TrainCNNConfig":
+        """The paper's CNN stage (see PAPER_CROP): 224 crops, whole-network spatial fine-tuning and the
+        two-stream iteration schedules; `overrides` win (an explicit `iters` replaces the paper's)."""
+        settings: dict[str, Any] = {**PAPER_CNN_SETTINGS, **overrides}
+        if settings.get("iters") is not None:
+            settings["paper_iters"] = False
+        return cls(store_uri=store_uri, **settings)
+
+
+PAPER_CNN_SETTINGS: dict[str, Any] = {"crop": PAPER_CROP, "finetune": PAPER_FINETUNE, "paper_iters": True}
 
 
 @dataclass(frozen=True)
@@ -246,8 +286,9 @@ def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_nam
         for m in history:
             step = int(m["epoch"])
             mlflow.log_metrics({k: float(v) for k, v in m.items() if k != "epoch"}, step=step)
+        # The training crop goes with the model: inference takes its test views at that size.
         model = build_stream_cnn(job.stream, num_classes, stack, cfg.feature_dim, cfg.dropout, cfg.finetune,
-                                 pretrained=False, multilabel=multilabel)
+                                 pretrained=False, multilabel=multilabel, crop=cfg.crop)
         # Multi-label fits log their best val-mAP epoch; single-label ones their last (see cnn_loop).
         best = state.get("best") or {}
         model.load_state_dict(best["model"] if best.get("model") is not None else state["model"])
@@ -257,7 +298,8 @@ def _log_results(job: _StreamJob, cfg: TrainCNNConfig, store_uri: str, class_nam
                                 float(best["value"])})
         mlflow.log_dict(
             {"stream": job.stream, "num_classes": num_classes, "class_names": class_names, "stack": stack,
-             "feature_dim": cfg.feature_dim, "finetune": cfg.finetune, "checkpoint": job.checkpoint,
+             "feature_dim": cfg.feature_dim, "finetune": cfg.finetune, "crop": cfg.crop,
+             "checkpoint": job.checkpoint,
              "multilabel": multilabel},
             tracking.CNN_CONFIG_ARTIFACT,
         )
@@ -302,19 +344,24 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
     folds = range(cfg.cross_fit) if cfg.cross_fit else (FOLD_ALL,)
     for stream, fold in ((st, f) for f in folds for st in cfg.streams):
         lr = cfg.lr_for(stream)
+        iters = cfg.iters_for(stream)
+        milestones = iteration_milestones(stream, iters) if iters else lr_milestones(cfg.epochs)
         fold_train = {v: y for v, y in train_labels.items() if fold == FOLD_ALL or data.fold_of[v] != fold}
         with tracking.start_run(MODEL_OF_STREAM[stream], tracking.STAGE_TRAIN_CNN, cfg.split, store_uri,
                                 tags=fold_tags(fold, cfg.cross_fit)) as run:
             lineage = tracking.log_lineage(store_uri, LINEAGE_TABLES, cfg.storage_options)
             # Only what this fit used: no unset options (address, checkpoint_path), no spatial-only ones on motion.
             params = {k: v for k, v in asdict(cfg).items() if k in _FIT_PARAMS and v is not None}
+            if iters:
+                params.update(iters=iters, schedule="iterations")
+                params.pop("epochs", None)
             if stream == "spatial":
                 params.update(finetune=cfg.finetune)
                 if cfg.finetune == "head":
                     params.update(head_views=cfg.head_views)
             params.update(stream=stream, lr=lr, num_classes=num_classes, stack=stack, use_gpu=use_gpu,
                           cpus_per_worker=cpus, n_train_videos=len(fold_train), n_val_videos=len(val_labels),
-                          optimizer="sgd", lr_milestones=json.dumps(lr_milestones(cfg.epochs)),
+                          optimizer="sgd", lr_milestones=json.dumps(milestones),
                           multilabel=data.multilabel, loss="bce_with_logits" if data.multilabel else "cross_entropy",
                           selected_by=f"val_{primary_metric(True)} (best epoch)" if data.multilabel else "last epoch")
             if cfg.cross_fit:
@@ -324,7 +371,8 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
         loop_config = {
             "stream": stream, "store_uri": store_uri, "storage_options": cfg.storage_options,
             "clips_version": lineage["tables"]["clips"], "train_labels": fold_train, "val_labels": val_labels,
-            "num_classes": num_classes, "stack": stack, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "num_classes": num_classes, "stack": stack, "epochs": cfg.epochs, "iters": iters,
+            "amp": cfg.amp, "batch_size": cfg.batch_size,
             "lr": lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "finetune": cfg.finetune,
             "feature_dim": cfg.feature_dim, "dropout": cfg.dropout, "crop": cfg.crop, "seed": cfg.seed,
             "cpus_per_worker": cpus, "head_views": cfg.head_views, "multilabel": data.multilabel, "flip": cfg.flip,
