@@ -36,6 +36,10 @@ from typing import Any
 import lance
 import pyarrow as pa
 
+# `import lance` alone does not load its `commit` submodule: `except lance.commit.CommitConflictError`
+# raised AttributeError on a failed commit unless some other import had loaded it first.
+from lance.commit import CommitConflictError
+
 from hyvid.store.lance_io import table_uri
 
 log = logging.getLogger(__name__)
@@ -136,7 +140,7 @@ def _swap(store_uri: str, name: str, expect_version: int, value: str | None,
         lance.LanceDataset.commit(table_uri(store_uri, LEASES_TABLE), op, read_version=expect_version,
                                   storage_options=storage_options)
         return True
-    except lance.commit.CommitConflictError:
+    except CommitConflictError:  # a subclass of OSError: caught first, other OSErrors propagate
         return False
 
 
@@ -244,15 +248,23 @@ class Lease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        while self.holder is not None:
-            ds = _open(self.store_uri, self.storage_options)
-            current = _parse(ds.config().get(_KEY_PREFIX + self.name))
-            if current is None or current.token != self.token:
-                break  # taken over already: nothing of ours to release
-            if _swap(self.store_uri, self.name, ds.version, None, self.storage_options):
-                if ds.version % 200 == 0:  # each take, renewal and release is a version: drop old ones
-                    _open(self.store_uri, self.storage_options).cleanup_old_versions(older_than=timedelta(hours=1))
-                break
+        try:
+            while self.holder is not None:
+                ds = _open(self.store_uri, self.storage_options)
+                current = _parse(ds.config().get(_KEY_PREFIX + self.name))
+                if current is None or current.token != self.token:
+                    break  # taken over already: nothing of ours to release
+                if _swap(self.store_uri, self.name, ds.version, None, self.storage_options):
+                    if ds.version % 200 == 0:  # each take, renewal and release is a version: drop old ones
+                        _open(self.store_uri, self.storage_options).cleanup_old_versions(
+                            older_than=timedelta(hours=1))
+                    break
+        except OSError as e:
+            # Raising here (from __exit__) would hide the error that ended the writer's work, and the
+            # entry needs no cleanup: it names this pid, so it is stale once this process exits (at
+            # once on this host, after the TTL elsewhere).
+            log.warning("could not release the %s lease of %s (%s); it expires in %.0f s", self.name,
+                        self.store_uri, e, self.ttl_s)
         self.holder = None
 
     def __enter__(self) -> Lease:

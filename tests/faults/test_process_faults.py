@@ -1,0 +1,68 @@
+"""Faults of the writer process itself, on a real Lance store: lost commit races and I/O errors
+while taking and releasing a writer lease.
+
+An I/O fault is injected by making Lance's commit call raise OSError (a full or read-only disk
+fails there); everything else is the real store.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+import lance
+import pytest
+
+from hyvid.store.lease import EXTRACT_LEASE, Lease, _open, _swap, read_holder
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One small store for the module: each test uses its own lease group or leaves it released."""
+    uri = str(tmp_path_factory.mktemp("faults") / "s")
+    _open(uri, None)
+    return uri
+
+
+def _disk_fails(monkeypatch) -> None:
+    def commit(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(lance.LanceDataset, "commit", staticmethod(commit))
+
+
+def test_a_commit_race_lost_to_another_writer_is_a_refusal_not_a_crash(store):
+    # Two writers read the same version; the first one's commit wins, the second is refused (False),
+    # and the lease entry is the winner's. Before `lance.commit` was imported this raised AttributeError.
+    stale = _open(store, None).version
+    assert _swap(store, EXTRACT_LEASE, stale, json.dumps({"who": "first"}), None)
+    assert not _swap(store, EXTRACT_LEASE, stale, json.dumps({"who": "second"}), None)
+    assert _open(store, None).config()["hyvid.lease." + EXTRACT_LEASE] == json.dumps({"who": "first"})
+    assert _swap(store, EXTRACT_LEASE, _open(store, None).version, None, None)  # leave it free
+
+
+def test_an_io_error_while_taking_a_lease_is_an_oserror_naming_its_cause(store, monkeypatch):
+    _disk_fails(monkeypatch)
+    with pytest.raises(OSError, match="No space left on device") as e:
+        Lease(store, EXTRACT_LEASE, "hyvid extract", wait_s=0).acquire()
+    # an OSError is a user error for the CLI (one line); AttributeError would have been a traceback
+    assert type(e.value) is OSError
+    monkeypatch.undo()
+    assert read_holder(store, EXTRACT_LEASE) is None
+
+
+def test_an_io_error_while_releasing_keeps_the_writers_own_error(store, monkeypatch):
+    lease = Lease(store, EXTRACT_LEASE, "hyvid extract", wait_s=0)
+    with pytest.raises(ValueError, match="the writer's own error"):
+        with lease:
+            _disk_fails(monkeypatch)
+            raise ValueError("the writer's own error")
+    monkeypatch.undo()
+    # The entry could not be cleared: it names this live process, so it is not stale yet, and it
+    # is stale as soon as this process is gone (same host); the next writer then takes it over.
+    left = read_holder(store, EXTRACT_LEASE)
+    assert left is not None and left.pid == os.getpid() and left.token == lease.token
+    assert lease.holder is None and lease._thread is None
+    _swap(store, EXTRACT_LEASE, _open(store, None).version, None, None)
+    with Lease(store, EXTRACT_LEASE, "next", wait_s=0) as nxt:
+        assert read_holder(store, EXTRACT_LEASE).token == nxt.token
+    assert asdict(left)["owner"] == "hyvid extract"
