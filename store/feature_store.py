@@ -160,6 +160,20 @@ def _check_streams(streams: Iterable[str]) -> tuple[str, ...]:
     return streams
 
 
+# `position` and `split` are int32 columns: a bound past it reached the user as an Arrow/Substrait
+# error (stop=2**31) or an OverflowError (start=10**18), and floats and bools were truncated silently.
+_INT32_MAX = 2**31 - 1
+
+
+def _position_bound(name: str, value: object) -> int:
+    """`value` as a query bound in [0, 2**31 - 1]; anything else refused in one line naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if not 0 <= int(value) <= _INT32_MAX:
+        raise ValueError(f"{name}={value} is out of range: need 0 <= {name} <= {_INT32_MAX}")
+    return int(value)
+
+
 class FeatureStore:
     """Read access to a hyvid store (a folder or s3:// prefix of Lance tables)."""
 
@@ -315,7 +329,10 @@ class FeatureStore:
         Each split's CNNs made their own rows (`split` column): `split` keeps one split's, None
         returns every split's, ordered by split, then position.
         """
-        if start < 0 or (stop is not None and stop < start):
+        start = _position_bound("start", start)
+        stop = None if stop is None else _position_bound("stop", stop)
+        split = None if split is None else _position_bound("split", split)
+        if stop is not None and stop < start:
             raise ValueError(f"bad position slice [{start}, {stop}): need 0 <= start <= stop")
         return self._one_video(FRAME_FEATURES_NAME, video_id, columns, start, stop, split)
 

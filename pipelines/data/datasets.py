@@ -221,29 +221,51 @@ def _video_id_for(path: Path, base: Path) -> str:
 def load_manifest(csv_path: str | os.PathLike) -> Dataset:
     """Discover the videos listed in a manifest CSV (`path,labels[,subset][,group]`)."""
     csv_path = Path(csv_path).resolve()
-    base = csv_path.parent
+    try:
+        rows = _manifest_rows(csv_path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{csv_path}: not UTF-8 text (byte {e.start}: {e.reason}); save the manifest as "
+                         "UTF-8") from None
+    return _manifest_dataset(csv_path, rows)
+
+
+def _manifest_rows(csv_path: Path) -> list:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing_cols = {"path", "labels"} - set(header)
-        if missing_cols:
-            raise ValueError(
-                f"{csv_path}: the header must have columns path,labels[,subset][,group]; "
-                f"missing {sorted(missing_cols)} (got {header})"
-            )
-        rows = []
-        for n, raw in enumerate(reader, 2):
-            if None in raw:  # DictReader files the fields beyond the header under the key None
-                raise ValueError(f"{csv_path}:{n}: {len(header) + len(raw[None])} fields but the header has "
-                                 f"{len(header)} ({','.join(header)}); quote a value that holds a comma")
-            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
-            if not row.get("path"):
-                raise ValueError(f"{csv_path}:{n}: empty path")
-            names = [c.strip() for c in row.get("labels", "").split("|") if c.strip()]
-            subset = row.get("subset", "").lower()
-            if subset and subset not in OFFICIAL_SUBSETS:
-                raise ValueError(f"{csv_path}:{n}: subset must be train or test, got {row['subset']!r}")
-            rows.append((n, row, names, subset))
+        try:
+            return _read_manifest_rows(csv_path, reader)
+        except csv.Error as e:  # csv's own message names neither the file nor the line
+            raise ValueError(f"{csv_path}:{reader.line_num}: unreadable CSV ({e})") from None
+
+
+def _read_manifest_rows(csv_path: Path, reader: csv.DictReader) -> list:
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing_cols = {"path", "labels"} - set(header)
+    if missing_cols:
+        raise ValueError(
+            f"{csv_path}: the header must have columns path,labels[,subset][,group]; "
+            f"missing {sorted(missing_cols)} (got {header})"
+        )
+    rows = []
+    for n, raw in enumerate(reader, 2):
+        if None in raw:  # DictReader files the fields beyond the header under the key None
+            raise ValueError(f"{csv_path}:{n}: {len(header) + len(raw[None])} fields but the header has "
+                             f"{len(header)} ({','.join(header)}); quote a value that holds a comma")
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+        if any("\x00" in v for v in row.values()):  # Python 3.11's csv passes NUL bytes through as text
+            raise ValueError(f"{csv_path}:{n}: a NUL byte in the row; the manifest must be plain UTF-8 text")
+        if not row.get("path"):
+            raise ValueError(f"{csv_path}:{n}: empty path")
+        names = [c.strip() for c in row.get("labels", "").split("|") if c.strip()]
+        subset = row.get("subset", "").lower()
+        if subset and subset not in OFFICIAL_SUBSETS:
+            raise ValueError(f"{csv_path}:{n}: subset must be train or test, got {row['subset']!r}")
+        rows.append((n, row, names, subset))
+    return rows
+
+
+def _manifest_dataset(csv_path: Path, rows: list) -> Dataset:
+    base = csv_path.parent
     if not rows:
         raise ValueError(f"{csv_path}: the manifest lists no videos")
     if not any(len(names) > 1 for _, _, names, _ in rows):
@@ -256,11 +278,23 @@ def load_manifest(csv_path: str | os.PathLike) -> Dataset:
         raise ValueError(f"{csv_path}: no video has a label; give each video's classes in the labels column")
 
     classes = sorted({c for _, _, names, _ in rows for c in names})
+    # Labels that differ only in case ("Archery", "archery") are refused rather than folded: which
+    # spelling wins would be a guess, and two classes the user meant as one would halve each one's data.
+    folded: dict[str, str] = {}
+    for c in classes:
+        if c.casefold() in folded:
+            raise ValueError(f"{csv_path}: labels {folded[c.casefold()]!r} and {c!r} differ only in case; "
+                             "spell each class one way")
+        folded[c.casefold()] = c
     label_of = {c: i for i, c in enumerate(classes)}
     entries, seen = [], {}
     for n, row, names, subset in rows:
         p = Path(row["path"])
-        p = (p if p.is_absolute() else base / p).resolve()
+        p = p if p.is_absolute() else base / p
+        try:
+            p = p.resolve()
+        except (RuntimeError, OSError):  # a symlink loop: kept as listed, so extract records it as failed
+            p = Path(os.path.abspath(p))
         vid = _video_id_for(p, base)
         if vid in seen:
             raise ValueError(f"{csv_path}:{n}: video {vid!r} is listed twice (first on line {seen[vid]})")

@@ -155,6 +155,14 @@ def test_frame_features_ordering_and_slicing(store):
     assert set(clips.column_names) == {"frame_index", "position"}
     with pytest.raises(ValueError, match="slice"):
         fs.frame_features("Archery/v_0_g05_c01", start=3, stop=1)
+    # Bounds outside the int32 position column, floats and bools: one clear ValueError, never Arrow's.
+    for bad, match in (({"stop": 2**31}, "stop=2147483648 is out of range"),
+                       ({"start": 10**18}, "start=.* is out of range"), ({"start": -1}, "out of range"),
+                       ({"start": 1.5}, "start must be an integer"), ({"start": True}, "start must be an integer"),
+                       ({"split": "1"}, "split must be an integer")):
+        with pytest.raises(ValueError, match=match):
+            fs.frame_features("Archery/v_0_g05_c01", **bad)
+    assert fs.frame_features("Archery/v_0_g05_c01", start=np.int64(1), stop=2**31 - 1).num_rows > 0
 
 
 def test_sequences_and_collate(store):

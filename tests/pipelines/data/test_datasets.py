@@ -190,6 +190,8 @@ def test_manifest_without_optional_columns(tmp_path):
     ("path,labels\nx.avi,A\nx.avi,B\n", r"listed twice \(first on line 2\)"),
     ("path,labels\n", "lists no videos"),
     ("path,labels\nx.avi,A,extra,more\n", r"m.csv:2: 4 fields but the header has 2 \(path,labels\)"),
+    ("path,labels\nx.avi,A\ny.avi,B\x00\n", r"m.csv:3: a NUL byte in the row"),
+    ("path,labels\nx.avi,Archery\ny.avi, archery \n", r"labels 'Archery' and 'archery' differ only in case"),
 ])
 def test_manifest_errors_name_file_and_line(tmp_path, text, match):
     csv = tmp_path / "m.csv"
@@ -206,3 +208,20 @@ def test_group_of_and_missing_dataset(tmp_path):
     (tmp_path / "list.txt").write_text("x")
     with pytest.raises(ValueError, match="manifest .csv"):
         load_dataset(tmp_path / "list.txt")
+
+
+def test_manifest_not_utf8_names_the_file_and_the_fix(tmp_path):
+    csv = tmp_path / "m.csv"
+    csv.write_bytes("path,labels\nx.avi,Caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"m.csv: not UTF-8 text .*save the manifest as UTF-8"):
+        load_manifest(csv)
+
+
+def test_manifest_symlink_loop_is_listed_not_raised(tmp_path):
+    """A looping link stays one row (extract records it as failed) instead of a RuntimeError for all."""
+    (tmp_path / "loop.avi").symlink_to(tmp_path / "loop.avi")
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,labels\nloop.avi,A\nx.avi,B\n")
+    ds = load_manifest(csv)
+    assert [e.video_id for e in ds.entries] == ["loop", "x"]
+    assert ds.entries[0].path == str(tmp_path / "loop.avi")
