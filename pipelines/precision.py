@@ -4,8 +4,8 @@ One place decides how a CNN runs on its device:
 
 - `resolve_amp(mode, device)`: the autocast dtype of `--amp auto|bf16|fp16|off`. "auto" is bf16
   on a CUDA device that supports it, else fp16 there, and off on the CPU: CPU autocast casts every
-  convolution to bf16, which is slower than fp32 on CPUs without AMX (this machine's: see
-  README, "Mixed precision") and changes the stored features for no gain. `bf16` on the CPU is
+  convolution to bf16, which oneDNN runs fast only on CPUs with AMX (this machine has AVX-512 BF16,
+  not AMX; its bf16 speed is not measured yet) and changes the stored features. `bf16` on the CPU is
   still honoured (the tests exercise the autocast path that way).
 - `autocast(device, dtype)`: the context the forward (and loss) runs under; a no-op for None.
 - `grad_scaler(device, dtype)`: fp16 on CUDA needs loss scaling (its 5-bit exponent underflows
