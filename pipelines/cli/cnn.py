@@ -21,6 +21,7 @@ from hyvid.pipelines.cli._static import constant
 
 # Read from source by `_static` (see there): importing these stages would load torch and MLflow.
 _TRAIN_CNN, _FEATURES = "hyvid.pipelines.train_cnn", "hyvid.pipelines.features"
+_PRECISION = "hyvid.pipelines.precision"
 _CROSS_FIT_HELP = "hyvid.pipelines.training.folds:CROSS_FIT_HELP"
 
 _TRAIN_CNN_EXAMPLES = """  hyvid train-cnn --store store                          # both streams at once, local Ray
@@ -39,6 +40,10 @@ def _train_cnn_args(p: argparse.ArgumentParser, s: Settings) -> None:
                    help=f"which CNN(s) (default {d.stream})")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"clips per step (default {d.batch_size})")
+    p.add_argument("--iters", type=int, help="SGD steps per stream instead of --epochs, the lr dropping 10x at the "
+                                             "paper's steps scaled to this length (default: epochs)")
+    p.add_argument("--amp", choices=constant(f"{_PRECISION}:AMP_MODES"),
+                   help=constant(f"{_PRECISION}:AMP_HELP") + f" (default {d.amp})")
     lrs: dict[str, list[str]] = {}  # lr -> the fits that use it when --lr is not given (train_cnn.default_lr)
     spatial_lr = constant(f"{_TRAIN_CNN}:SPATIAL_LR")
     for fit, lr in (("motion", constant(f"{_TRAIN_CNN}:MOTION_LR")), ("spatial head", spatial_lr["head"]),
@@ -77,7 +82,8 @@ def _train_cnn_config(args: argparse.Namespace, s: Settings):
     return TrainCNNConfig(
         store_uri=args.store, experiment=args.experiment, tracking_uri=tracking_uri(args, s),
         storage_options=s.resolved_storage_options(), address=args.address, **given(
-            stream=args.stream, split=args.split, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            stream=args.stream, split=args.split, epochs=args.epochs, iters=args.iters, amp=args.amp,
+            batch_size=args.batch_size, lr=args.lr,
             finetune=args.finetune, head_views=args.head_views, crop=args.crop, feature_dim=args.feature_dim,
             flip=args.flip, cross_fit=args.cross_fit,
             workers=args.workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu,
@@ -126,6 +132,8 @@ def _features_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--cnn-seed", type=int, help="only CNN runs fitted with this --seed (default: the newest)")
     p.add_argument("--videos-per-task", type=int, help=f"default {d.videos_per_task}")
     p.add_argument("--batch-size", type=int, help=f"clips per forward pass (default {d.batch_size})")
+    p.add_argument("--amp", choices=constant(f"{_PRECISION}:AMP_MODES"),
+                   help=constant(f"{_PRECISION}:AMP_HELP") + f" (default {d.amp})")
 
 
 def _features_config(args: argparse.Namespace, s: Settings):
@@ -143,7 +151,7 @@ def _features_config(args: argparse.Namespace, s: Settings):
             split=args.split, spatial_run_id=args.spatial_run if args.spatial_run is not None else spatial_run,
             motion_run_id=args.motion_run if args.motion_run is not None else motion_run, workers=args.workers,
             videos_per_task=args.videos_per_task, batch_size=args.batch_size, cross_fit=args.cross_fit,
-            cnn_seed=args.cnn_seed))
+            cnn_seed=args.cnn_seed, amp=args.amp))
 
 
 def _features_run(args: argparse.Namespace, s: Settings) -> int:

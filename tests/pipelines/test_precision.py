@@ -61,3 +61,17 @@ def test_iteration_milestones_are_the_papers_at_its_length():
     assert iteration_milestones("spatial", 26_000) == [14_000, 20_000]
     assert iteration_milestones("motion", 300_000) == [100_000, 200_000]
     assert iteration_milestones("motion", 30) == [10, 20]
+
+
+def test_amp_and_iters_flags_reach_the_stage_configs():
+    from hyvid.cluster.settings import Settings
+    from hyvid.pipelines.cli import COMMANDS, build_parser
+
+    s = Settings()
+    parser = build_parser(s)
+    cnn = COMMANDS["train-cnn"].config(parser.parse_args(["train-cnn", "--amp", "bf16", "--iters", "50"]), s)
+    assert (cnn.amp, cnn.iters) == ("bf16", 50)
+    feats = COMMANDS["features"].config(parser.parse_args(["features", "--amp", "off"]), s)
+    assert feats.amp == "off"
+    with pytest.raises(SystemExit):  # argparse refuses a mode outside AMP_MODES
+        parser.parse_args(["features", "--amp", "fp8"])
