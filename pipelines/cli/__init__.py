@@ -133,6 +133,27 @@ def _one_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def _task_root_cause(e: BaseException) -> BaseException | None:
+    """The innermost error of a failed Ray task (None for any other error).
+
+    Ray re-raises a task's error as a RayTaskError whose text starts with the task's name
+    (`ray::_features_task() (pid=...)`); the cause the user can act on (`No space left on device`)
+    is its `cause`, possibly a task error of a nested task in turn. Matched by name, so the CLI
+    needs no Ray import.
+    """
+    root = None
+    while type(e).__name__.startswith("RayTaskError") and isinstance(getattr(e, "cause", None), BaseException):
+        root = e = e.cause
+    return root
+
+
+def _error_line(e: BaseException, with_type: bool) -> str:
+    root = _task_root_cause(e)
+    if root is not None:
+        return f"{type(root).__name__}: {_one_line(root)} (in a Ray task)"
+    return f"{type(e).__name__}: {_one_line(e)}" if with_type else _one_line(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one `hyvid` command; returns its exit code (2 for a bad flag value or a missing input).
 
@@ -158,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         if verbose:
             traceback.print_exc()
-        print(f"{name}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{name}: error: {_error_line(e, with_type=False)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
@@ -167,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         if verbose:
             traceback.print_exc()
         hint = "" if verbose else " (run with --verbose for the traceback)"
-        print(f"{name}: error: {type(e).__name__}: {_one_line(e)}{hint}", file=sys.stderr)
+        print(f"{name}: error: {_error_line(e, with_type=True)}{hint}", file=sys.stderr)
         return 1
     finally:
         try:

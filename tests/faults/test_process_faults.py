@@ -66,3 +66,31 @@ def test_an_io_error_while_releasing_keeps_the_writers_own_error(store, monkeypa
     with Lease(store, EXTRACT_LEASE, "next", wait_s=0) as nxt:
         assert read_holder(store, EXTRACT_LEASE).token == nxt.token
     assert asdict(left)["owner"] == "hyvid extract"
+
+
+def _task_error(cause: BaseException, nested: bool = False) -> BaseException:
+    """What `ray.get` raises for a task that failed with `cause` (Ray's own exception classes)."""
+    from ray.exceptions import RayTaskError
+
+    err = RayTaskError("_features_task", "Traceback (most recent call last): ...", cause).as_instanceof_cause()
+    return RayTaskError("_outer_task", "Traceback ...", err).as_instanceof_cause() if nested else err
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_an_error_inside_a_ray_task_names_its_root_cause_in_one_line(nested, capsys):
+    from hyvid.pipelines.cli import COMMANDS, main
+
+    def probe(args, settings):
+        raise _task_error(OSError(28, "No space left on device"), nested)
+
+    COMMANDS["__task"] = COMMANDS["jobs"]._replace(run=probe, add_arguments=lambda p, s: None)
+    try:
+        rc = main(["__task"])
+    finally:
+        del COMMANDS["__task"]
+    err = capsys.readouterr().err.strip().splitlines()
+    # A task's OSError is a user error (rc 2) when Ray can subclass it; nested, Ray raises a plain RayTaskError.
+    assert rc == (1 if nested else 2)
+    assert len(err) == 1, err
+    assert err[0].startswith("hyvid __task: error: OSError: [Errno 28] No space left on device (in a Ray task)")
+    assert "_features_task" not in err[0] and "Traceback" not in err[0]
