@@ -29,6 +29,10 @@ DEFAULT_EXPERIMENT = "hyvid"
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 # How long connecting to an existing Ray cluster (`--address`) may take before it is an error.
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
+# Seconds one MLflow HTTP request may wait on the tracking server (connect, then each read), with one
+# retry: a closed port or a silent server fails in ~2x this plus a 2 s back-off, well inside 30 s,
+# where MLflow's own defaults (120 s, 7 retries) took 250-264 s.
+DEFAULT_TRACKING_TIMEOUT_S = 10.0
 
 # Environment variables that override the file, by settings field.
 ENV_VARS = {
@@ -38,6 +42,7 @@ ENV_VARS = {
     "experiment": "HYVID_EXPERIMENT",
     "dashboard_address": "HYVID_DASHBOARD",
     "connect_timeout_s": "HYVID_CONNECT_TIMEOUT",
+    "tracking_timeout_s": "HYVID_TRACKING_TIMEOUT",
 }
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -68,6 +73,8 @@ class Settings:
     dashboard_address: str = DEFAULT_DASHBOARD
     # Seconds `cluster.connect` waits for an existing cluster (`--address`) before failing.
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    # Seconds each MLflow HTTP call may wait on a tracking server before it fails (one retry).
+    tracking_timeout_s: float = DEFAULT_TRACKING_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if not isinstance(self.storage_options, dict) or not isinstance(self.workers, dict):
@@ -80,6 +87,14 @@ class Settings:
             raise ValueError(f"metadata.hyvid.connect_timeout_s (or HYVID_CONNECT_TIMEOUT) must be a number of "
                              f"seconds in (0, 3600], got {self.connect_timeout_s!r}")
         object.__setattr__(self, "connect_timeout_s", timeout)
+        try:
+            tracking_timeout = float(self.tracking_timeout_s)
+        except (TypeError, ValueError):
+            tracking_timeout = math.nan
+        if not (0 < tracking_timeout <= 600):
+            raise ValueError(f"metadata.hyvid.tracking_timeout_s (or HYVID_TRACKING_TIMEOUT) must be a number of "
+                             f"seconds in (0, 600], got {self.tracking_timeout_s!r}")
+        object.__setattr__(self, "tracking_timeout_s", tracking_timeout)
         for stage, n in self.workers.items():
             if not isinstance(n, int) or n < 1:
                 raise ValueError(f"metadata.hyvid.workers.{stage} must be a positive integer, got {n!r}")

@@ -175,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         name = f"hyvid {args.command}"
+        if hasattr(args, "tracking_uri"):  # a command that talks to MLflow: is the server there, before Ray
+            from hyvid.pipelines import tracking
+
+            tracking.check_tracking_server(tracking.resolve_tracking_uri(args.tracking_uri, settings),
+                                           settings.tracking_timeout_s)
         return int(COMMANDS[args.command].run(args, settings) or 0)
     except USER_ERRORS as e:
         if verbose:

@@ -94,3 +94,40 @@ def test_an_error_inside_a_ray_task_names_its_root_cause_in_one_line(nested, cap
     assert len(err) == 1, err
     assert err[0].startswith("hyvid __task: error: OSError: [Errno 28] No space left on device (in a Ray task)")
     assert "_features_task" not in err[0] and "Traceback" not in err[0]
+
+
+_MLFLOW_HTTP_VARS = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+
+
+@pytest.mark.parametrize("server", ["closed_port", "silent"])
+def test_a_tracking_server_that_is_gone_or_silent_fails_fast_in_one_line(server, monkeypatch, capsys):
+    """`hyvid runs` against a closed port or a server that accepts and never answers: one line naming
+    the server and the fix, long before MLflow's own 120 s x 7 retries (250-264 s measured)."""
+    import socket
+    import time
+
+    from hyvid.pipelines.cli import main
+
+    for var in _MLFLOW_HTTP_VARS:  # main() sets them for the process: restore their absence afterwards
+        monkeypatch.setenv(var, "0")
+        monkeypatch.delenv(var)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        if server == "silent":
+            listener.listen(8)  # the kernel completes connections; nobody ever reads or answers
+        else:
+            listener.close()
+        uri = f"http://127.0.0.1:{port}"
+        t0 = time.monotonic()
+        rc = main(["runs", "--tracking-uri", uri])
+        elapsed = time.monotonic() - t0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2
+    assert len(err) == 1, err
+    assert err[0].startswith(f"hyvid runs: error: tracking server {uri} did not answer within 10 s"), err
+    assert "MLFLOW_TRACKING_URI" in err[0] and "Traceback" not in err[0]
+    assert elapsed < 60, f"took {elapsed:.0f} s: the wait is not bounded"  # a hang guard, not a speed target
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"  # every later MLflow call is bounded too
