@@ -79,22 +79,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not isinstance(self.storage_options, dict) or not isinstance(self.workers, dict):
             raise ValueError("metadata.hyvid.storage_options and .workers must be mappings")
-        try:
-            timeout = float(self.connect_timeout_s)
-        except (TypeError, ValueError):
-            timeout = math.nan
-        if not (0 < timeout <= 3600):
-            raise ValueError(f"metadata.hyvid.connect_timeout_s (or HYVID_CONNECT_TIMEOUT) must be a number of "
-                             f"seconds in (0, 3600], got {self.connect_timeout_s!r}")
-        object.__setattr__(self, "connect_timeout_s", timeout)
-        try:
-            tracking_timeout = float(self.tracking_timeout_s)
-        except (TypeError, ValueError):
-            tracking_timeout = math.nan
-        if not (0 < tracking_timeout <= 600):
-            raise ValueError(f"metadata.hyvid.tracking_timeout_s (or HYVID_TRACKING_TIMEOUT) must be a number of "
-                             f"seconds in (0, 600], got {self.tracking_timeout_s!r}")
-        object.__setattr__(self, "tracking_timeout_s", tracking_timeout)
+        for name, upper in (("connect_timeout_s", 3600), ("tracking_timeout_s", 600)):
+            object.__setattr__(self, name, self._seconds(name, upper))
         for stage, n in self.workers.items():
             if not isinstance(n, int) or n < 1:
                 raise ValueError(f"metadata.hyvid.workers.{stage} must be a positive integer, got {n!r}")
@@ -105,6 +91,18 @@ class Settings:
                     f"metadata.hyvid.storage_options.{key} holds a literal secret; write it as "
                     f'"${{SOME_ENV_VAR}}" and export the variable instead'
                 )
+
+    def _seconds(self, name: str, upper: float) -> float:
+        """Field `name` as seconds in (0, upper], refused in one line naming it and its variable."""
+        value = getattr(self, name)
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not (0 < seconds <= upper):
+            raise ValueError(f"metadata.hyvid.{name} (or {ENV_VARS[name]}) must be a number of seconds in "
+                             f"(0, {upper:g}], got {value!r}")
+        return seconds
 
     def workers_for(self, stage: str, default: int) -> int:
         return int(self.workers.get(stage, default))
