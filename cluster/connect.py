@@ -22,10 +22,13 @@ Ray's minutes of retries.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 import ray
 from ray._private import ray_constants
@@ -63,7 +66,8 @@ def connect(address: str | None = None, num_cpus: int | None = None,
 
             timeout_s = load_settings().connect_timeout_s
         probe(address, timeout_s)
-        ray.init(address=address, log_to_driver=True)
+        with _keeping_sigterm_handler():
+            ray.init(address=address, log_to_driver=True)
         _state.update(local=False, owned=True)
     else:
         _start_local(num_cpus)
@@ -80,9 +84,10 @@ def _start_local(num_cpus: int | None) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         # address="local": never attach silently to some other cluster left running on this machine.
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=True,
-                 runtime_env={"worker_process_setup_hook": "hyvid.cluster.connect.setup_worker"})
+        with _keeping_sigterm_handler():
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     log_to_driver=True,
+                     runtime_env={"worker_process_setup_hook": "hyvid.cluster.connect.setup_worker"})
     except BaseException:
         disconnect()
         raise
@@ -91,6 +96,20 @@ def _start_local(num_cpus: int | None) -> None:
     _state.update(local=True, owned=True)
     # Anything in this process (or started by it) that looks Ray up finds this one.
     _setenv(_ADDRESS_ENV, ray.get_runtime_context().gcs_address)
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """`ray.init` replaces the process's SIGTERM handler (with `sys.exit`, or a local node's
+    kill-and-exit that dumps a stack). A driver that chose its own (the CLI's: unwind as an
+    interrupt, end the MLflow runs, then stop Ray) keeps it; a default one is left to Ray."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and callable(before):
+            signal.signal(signal.SIGTERM, before)
 
 
 def _setenv(name: str, value: str) -> None:

@@ -27,6 +27,9 @@ LOG_ENV = "HYVID_LOG"
 # The command line a `hyvid` command runs (redacted), for its MLflow runs' `hyvid.command` tag; in the
 # environment so that the Ray workers it starts tag their runs with it too.
 COMMAND_ENV = "HYVID_COMMAND"
+# The hyvid command process that owns the MLflow runs this process (or its Ray workers) opens:
+# "host:pid:start" (pipelines.ownership), so its interrupt, or the next command after a SIGKILL, closes them.
+OWNER_ENV = "HYVID_RUN_OWNER"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Set (if the user has not) in this process's environment, so Ray workers inherit them.
@@ -217,6 +220,12 @@ def set_command_line(argv: list[str]) -> None:
 
     _saved_env.setdefault(COMMAND_ENV, os.environ.get(COMMAND_ENV))
     os.environ[COMMAND_ENV] = redact(shlex.join(["hyvid", *argv]))
+
+
+def set_run_owner(owner: str) -> None:
+    """Record this command process as the owner of the runs it opens (`tracking.run_tags`); `restore` removes it."""
+    _saved_env.setdefault(OWNER_ENV, os.environ.get(OWNER_ENV))
+    os.environ[OWNER_ENV] = owner
 
 
 def configure(verbose: bool = False) -> None:

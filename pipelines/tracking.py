@@ -25,7 +25,7 @@ from mlflow.entities import Run
 
 from hyvid.cluster.settings import DEFAULT_TRACKING_URI, SECRET_KEY_RE, Settings, redact
 from hyvid.models import registry as R
-from hyvid.pipelines.logs import COMMAND_ENV
+from hyvid.pipelines.logs import COMMAND_ENV, OWNER_ENV
 from hyvid.store.lance_io import canonical_store_uri, open_table, table_uri, table_versions
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag for nested runs
 TAG_REFIT_OF = "hyvid.refit_of"  # a refit's (train + val) run -> the final fit whose choices it repeats
 TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own tag: the UI shows it as the run's source version
 TAG_COMMAND = "hyvid.command"  # the command line that made the run (redacted), from logs.COMMAND_ENV
+TAG_OWNER = "hyvid.owner"  # "host:pid:start" of the hyvid command that opened the run (pipelines.ownership)
+TAG_CLOSED_BY = "hyvid.closed_by"  # why hyvid, not the run's own code, ended it (interrupted, owner gone)
 
 # -- param prefixes -----------------------------------------------------------------------------
 LINEAGE_PREFIX = "lineage."  # lineage.store_uri, lineage.<table>.version
@@ -231,6 +233,11 @@ def git_commit() -> str | None:
         return None
 
 
+def run_owner() -> str | None:
+    """The hyvid command process that owns the runs this process opens (logs.OWNER_ENV), if any."""
+    return os.environ.get(OWNER_ENV) or None
+
+
 def command_line() -> str | None:
     """The `hyvid ...` command line this process (or the driver that started its Ray) runs, redacted."""
     return os.environ.get(COMMAND_ENV) or None
@@ -256,6 +263,9 @@ def run_tags(model: str, stage: str, split: int | None = None, store_uri: str | 
     command = command_line()
     if command:
         tags[TAG_COMMAND] = command[:5000]
+    owner = run_owner()
+    if owner:
+        tags[TAG_OWNER] = owner
     if split is not None:
         tags[TAG_SPLIT] = str(int(split))
     if store_uri:

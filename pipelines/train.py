@@ -373,6 +373,7 @@ def fit_config(cfg: TrainConfig, model: str, *, store_uri: str, tracking_uri: st
         "faults": faults.resolve(cfg.faults), "report_every_s": cfg.checkpoint_every_s,
         "storage_path": storage_path, "keep_checkpoints": cfg.keep_checkpoints,
         "command": tracking.command_line(),  # the runs' hyvid.command tag, on any node
+        "owner": tracking.run_owner(),  # the runs' hyvid.owner tag, on any node (pipelines.ownership)
     }
 
 

@@ -318,6 +318,7 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
     a Ray Train fit of that many data-parallel workers. Either way it checkpoints every epoch
     under the checkpoint path and resumes from there.
     """
+    import mlflow
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -368,6 +369,9 @@ def train_cnn(cfg: TrainCNNConfig) -> TrainCNNResult:
                 params.update(fold=fold)
             tracking.log_params_safe(params)
             run_id = run.info.run_id
+        # Leaving the `with` ended the run FINISHED, before any fit: it is RUNNING until `_log_results`
+        # ends it with its model (or FAILED), so an interrupt or a kill never leaves a FINISHED run without one.
+        mlflow.MlflowClient().update_run(run_id, status="RUNNING")
         loop_config = {
             "stream": stream, "store_uri": store_uri, "storage_options": cfg.storage_options,
             "clips_version": lineage["tables"]["clips"], "train_labels": fold_train, "val_labels": val_labels,

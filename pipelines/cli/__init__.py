@@ -12,12 +12,16 @@ take seconds.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Callable
 
 from hyvid.cluster.settings import Settings, load_settings, redact
-from hyvid.pipelines import logs
+from hyvid.pipelines import logs, ownership
 
 # Importing a command module registers its commands; `hyvid --help` lists them in this (pipeline) order.
 from hyvid.pipelines.cli import data, cnn, fit, results, store, chain, jobs  # noqa: F401  # isort: skip
@@ -154,6 +158,55 @@ def _error_line(e: BaseException, with_type: bool) -> str:
     return f"{type(e).__name__}: {_one_line(e)}" if with_type else _one_line(e)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so it unwinds as an interrupt does: the store's leases
+    released, MLflow runs ended, Ray stopped (Python's default would end the process on the spot,
+    and Ray's own handler exits through `sys.exit` with a stack dump)."""
+
+
+_received: list[int] = []  # the signals that interrupted this command
+
+
+def _on_sigterm(signum, frame) -> None:
+    _received.append(signum)
+    raise Terminated()
+
+
+def _exit_interrupted() -> int:
+    """128 + the signal, as shells report it. The signal is remembered rather than read off the
+    exception: code between the handler and `main` (Ray's `get`, a pool's cleanup) may re-raise a
+    plain KeyboardInterrupt."""
+    return 128 + (signal.SIGTERM if signal.SIGTERM in _received else signal.SIGINT)
+
+
+def _no_database(tracking_uri: str) -> bool:
+    """A sqlite URI whose file does not exist: no run to close, and looking would create the database."""
+    from hyvid.pipelines import tracking
+
+    path = tracking.sqlite_path(tracking_uri)
+    return path is not None and not os.path.exists(path)
+
+
+def _close_runs(tracking_uri: str | None, error: BaseException | None) -> None:
+    """A command that ends on an interrupt or an error leaves none of its MLflow runs RUNNING."""
+    if tracking_uri is None or error is None or _no_database(tracking_uri):
+        return
+    interrupted = isinstance(error, KeyboardInterrupt)
+    ownership.close_owned_runs(tracking_uri, ownership.process_owner(),
+                               ownership.KILLED if interrupted else ownership.FAILED,
+                               "interrupted" if interrupted else f"the command failed: {type(error).__name__}")
+
+
+def _close_orphans(tracking_uri: str) -> None:
+    """Runs left RUNNING by a killed hyvid command on this host are ended before this one adds its own."""
+    if _no_database(tracking_uri):
+        return
+    try:
+        ownership.close_orphaned_runs(tracking_uri)
+    except Exception as e:  # noqa: BLE001 - the command itself reports a tracking server that fails
+        logging.getLogger(__name__).debug("orphaned runs not checked: %s", e)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one `hyvid` command; returns its exit code (2 for a bad flag value or a missing input).
 
@@ -164,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout, sys.stderr = _Redacted(sys.stdout), _Redacted(sys.stderr)
     name = "hyvid"
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    _received.clear()
+    sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    tracking_uri: str | None = None
+    error: BaseException | None = None
     try:
         settings = load_settings()
         parser = build_parser(settings)
@@ -171,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         verbose = args.verbose
         logs.configure(args.verbose)  # library warnings to a log file unless --verbose
         logs.set_command_line(list(sys.argv[1:] if argv is None else argv))  # the runs' hyvid.command tag
+        logs.set_run_owner(ownership.process_owner())  # the runs' hyvid.owner tag, workers' included
         if not args.command:
             parser.print_help()
             return 2
@@ -178,18 +237,23 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "tracking_uri"):  # a command that talks to MLflow: is the server there, before Ray
             from hyvid.pipelines import tracking
 
-            tracking.check_tracking_server(tracking.resolve_tracking_uri(args.tracking_uri, settings),
-                                           settings.tracking_timeout_s)
+            uri = tracking.resolve_tracking_uri(args.tracking_uri, settings)
+            tracking.check_tracking_server(uri, settings.tracking_timeout_s)
+            tracking_uri = uri  # a server that answers: the runs this command opens are closed there if it fails
+            _close_orphans(tracking_uri)
         return int(COMMANDS[args.command].run(args, settings) or 0)
     except USER_ERRORS as e:
+        error = e
         if verbose:
             traceback.print_exc()
         print(f"{name}: error: {_error_line(e, with_type=False)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        error = e
         print(f"{name}: interrupted", file=sys.stderr)
-        return 130
+        return _exit_interrupted()
     except Exception as e:  # noqa: BLE001  # a library's own error (MLflow, Lance, Ray): one line, redacted
+        error = e
         if verbose:
             traceback.print_exc()
         hint = "" if verbose else " (run with --verbose for the traceback)"
@@ -197,10 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         try:
+            # Ray first: its workers must not open or log runs after they are closed.
             connect = sys.modules.get("hyvid.cluster.connect")  # imported only by commands that use Ray
             if connect is not None:
                 connect.disconnect()
+            _close_runs(tracking_uri, error)
         finally:
+            if sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
             logs.restore()
             sys.stdout.flush()
             sys.stderr.flush()

@@ -6,7 +6,7 @@ import sys
 
 from hyvid.cluster.settings import Settings
 from hyvid.models.registry import SPLITS
-from hyvid.pipelines.cli._common import command, common, given
+from hyvid.pipelines.cli._common import command, common, given, tracking_arg
 from hyvid.pipelines.cli._static import constant
 
 
@@ -183,6 +183,8 @@ def _doctor_args(p: argparse.ArgumentParser, s: Settings) -> None:
                    help="delete duplicate rows, keeping one per key (one commit per table; fails at once "
                         "while another command writes the store)")
     p.add_argument("--versions", type=int, default=5, help="commits of each table to list (default %(default)s)")
+    # Talking to MLflow is what ends the runs a killed command left RUNNING (pipelines/ownership.py).
+    tracking_arg(p)
 
 
 def _print_report(report) -> None:

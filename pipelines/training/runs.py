@@ -42,8 +42,11 @@ def open_run(config: dict, stage: str = tracking.STAGE_TRAIN, extra_tags: dict |
         return found[0].info.run_id
     tags = tracking.run_tags(config["model"], stage, config["split"], config["store_uri"],
                              **{tracking.TAG_FIT_ID: config["fit_id"]}, **(extra_tags or {}))
-    if config.get("command") and tracking.TAG_COMMAND not in tags:  # a worker on a node of its own
+    # A worker on a node of its own (or in a Ray started before the command) has not the driver's environment.
+    if config.get("command") and tracking.TAG_COMMAND not in tags:
         tags[tracking.TAG_COMMAND] = config["command"]
+    if config.get("owner"):  # the driver's word over whatever environment the worker's Ray was started with
+        tags[tracking.TAG_OWNER] = config["owner"]
     # Trials and folds keep the names the protocol gives them; final fits and refits tell apart by split and time.
     name = config.get("run_name") if config.get("cv_only") else tracking.run_name(
         config["model"] + ("-refit" if config.get("refit") else ""), config["split"])

@@ -1,0 +1,114 @@
+"""Interrupts of a real `hyvid train` (real Ray, Lance and MLflow on sqlite): SIGINT and SIGTERM end as
+interrupts and leave no run RUNNING; after a SIGKILL, the next command closes the orphans.
+
+Each test starts the command as its own process, waits until MLflow shows one of its runs RUNNING
+(so the signal lands mid-fit, not before the first run), sends the signal and inspects the process's
+exit, its stderr and every run of the experiment.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers.toy_store import build_toy_store
+
+from hyvid.pipelines import ownership, tracking
+
+EXPERIMENT = "interrupts"
+
+
+@pytest.fixture(scope="module")
+def toy_store(tmp_path_factory) -> str:
+    uri = str(tmp_path_factory.mktemp("interrupts") / "store")
+    build_toy_store(uri)
+    return uri
+
+
+def _train(store: str, db: str, workdir) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "hyvid.pipelines.cli", "train", "--store", store, "--experiment", EXPERIMENT,
+           "--tracking-uri", f"sqlite:///{db}"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _runs(db: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    return [] if exp is None else list(client.search_runs([exp.experiment_id], max_results=1000))
+
+
+def _wait_for_running(proc: subprocess.Popen, db: str, timeout_s: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"train ended before any run started: {proc.communicate()[1][-2000:]}"
+        try:
+            running = os.path.exists(db) and any(r.info.status == "RUNNING" for r in _runs(db))
+        except Exception:  # noqa: BLE001 - the command is still creating the database's tables
+            running = False
+        if running:
+            time.sleep(2.0)  # let the search open its trials too
+            return
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail("no MLflow run became RUNNING in time")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_train_exits_as_interrupted_and_leaves_no_run_running(toy_store, tmp_path, sig, code):
+    db = str(tmp_path / "mlflow.db")
+    proc = _train(toy_store, db, tmp_path)
+    _wait_for_running(proc, db)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == code, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1] == "hyvid train: interrupted", err[-2000:]
+    assert "Traceback" not in err  # neither Ray's SIGTERM stack dump nor ours
+    runs = _runs(db)
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert killed  # the ones the signal cut short are KILLED, not FINISHED or FAILED
+    assert all(r.data.tags.get(tracking.TAG_OWNER, "").split(":")[1] == str(proc.pid) for r in runs)
+
+
+def test_runs_of_a_killed_train_are_closed_by_the_next_command(toy_store, tmp_path):
+    db = str(tmp_path / "mlflow.db")
+    proc = _train(toy_store, db, tmp_path)
+    _wait_for_running(proc, db)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    time.sleep(1.0)
+    left = {r.info.run_id for r in _runs(db) if r.info.status == "RUNNING"}
+    assert left  # SIGKILL gives the command no chance to close anything
+    # `doctor` talks to the tracking server too: it closes them before it checks the store.
+    doctor = subprocess.run([sys.executable, "-m", "hyvid.pipelines.cli", "doctor", "--store", toy_store,
+                             "--tracking-uri", f"sqlite:///{db}"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=180)
+    assert doctor.returncode == 0, doctor.stderr[-2000:]
+    after = {r.info.run_id: r for r in _runs(db)}
+    assert all(after[i].info.status == "KILLED" for i in left)
+    assert all("is gone" in after[i].data.tags[tracking.TAG_CLOSED_BY] for i in left)
+    assert "closed" in doctor.stderr and "KILLED" in doctor.stderr
+
+
+def test_an_owner_is_alive_while_its_process_runs_and_not_after():
+    me = ownership.process_owner()
+    assert me.startswith(f"{socket.gethostname()}:{os.getpid()}:") and ownership.owner_alive(me) is True
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    owner = ownership.process_owner(child.pid)
+    assert ownership.owner_alive(owner) is True
+    child.kill()
+    child.wait()
+    assert ownership.owner_alive(owner) is False
+    host, pid, start = me.rsplit(":", 2)
+    assert ownership.owner_alive(f"{host}:{pid}:{int(start) + 1}") is False  # same pid, another process
+    assert ownership.owner_alive(f"some-other-host:{pid}:{start}") is None  # cannot be told from here
+    assert ownership.owner_alive("not an owner") is None
