@@ -64,6 +64,7 @@ from hyvid.pipelines.data.video import (
     peak_bytes,
     resolve_flow_device,
 )
+from hyvid.store.damage import drop_broken
 from hyvid.store.lance_io import (
     commit_fragments,
     commit_replacing,
@@ -217,6 +218,8 @@ class ExtractResult:
     skipped_failed: int = 0  # of the skipped: failed videos left as they were (file unchanged)
     retried: int = 0  # failed videos extracted again (--retry-failed, or their file changed)
     relabeled: int = 0  # videos whose manifest labels/subsets/groups/path changed: rows updated
+    redone: int = 0  # ok videos whose clip rows could not all be read: extracted again
+    fragments_dropped: int = 0  # unreadable fragments of videos/clips dropped before planning (store.damage)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (video_id, reason)
     frames: int = 0  # source frames decoded
     clips: int = 0  # clip rows committed
@@ -323,7 +326,7 @@ def _stop_flow_actors(actors: list) -> int:
     return pairs
 
 
-_STATE_COLUMNS = ["video_id", "extract_config", "status", "file_size", "file_mtime", *METADATA_COLUMNS]
+_STATE_COLUMNS = ["video_id", "extract_config", "status", "file_size", "file_mtime", "n_positions", *METADATA_COLUMNS]
 
 
 def _store_state(cfg: ExtractConfig) -> tuple[dict[str, dict], dict | None]:
@@ -337,8 +340,25 @@ def _store_state(cfg: ExtractConfig) -> tuple[dict[str, dict], dict | None]:
     return {r["video_id"]: r for r in rows}, (json.loads(meta) if meta else None)
 
 
+def _incomplete_videos(cfg: ExtractConfig, stored: dict[str, dict]) -> set[str]:
+    """Ok videos with fewer `clips` rows than their sampled positions: rows lost to a damaged
+    store (a data file deleted, its fragment dropped). They are extracted again, not skipped."""
+    so = cfg.storage_options
+    ok = {v: r["n_positions"] for v, r in stored.items() if r["status"] == STATUS_OK}
+    if not ok or not table_exists(cfg.store_uri, CLIPS.name, so):
+        return set(ok)
+    counts = pc.value_counts(open_table(cfg.store_uri, CLIPS.name, so).to_table(columns=["video_id"])
+                             .column("video_id")).to_pylist()
+    have = {str(c["values"]): int(c["counts"]) for c in counts}
+    missing = {v for v, n in ok.items() if have.get(v, 0) < (n or 0)}
+    if missing:
+        log.warning("%d video(s) marked ok have lost clip rows (e.g. %s): extracting them again",
+                    len(missing), sorted(missing)[0])
+    return missing
+
+
 def _plan(cfg: ExtractConfig, entries: list[VideoEntry], stored: dict[str, dict],
-          result: ExtractResult) -> tuple[list[VideoEntry], list[VideoEntry]]:
+          result: ExtractResult, incomplete: set[str] = frozenset()) -> tuple[list[VideoEntry], list[VideoEntry]]:
     """(videos to extract, videos whose manifest columns changed) of a run over `stored`.
 
     A failed video is extracted again with --retry-failed, or when its file changed since (size
@@ -350,6 +370,10 @@ def _plan(cfg: ExtractConfig, entries: list[VideoEntry], stored: dict[str, dict]
         row = stored.get(e.video_id)
         if row is None:
             pending.append(e)
+            continue
+        if e.video_id in incomplete and row["status"] == STATUS_OK:
+            pending.append(e)
+            result.redone += 1
             continue
         if row["status"] == STATUS_FAILED and (
                 cfg.retry_failed or file_signature(e.path) != (row["file_size"], row["file_mtime"])):
@@ -603,6 +627,8 @@ def _extract_leased(cfg: ExtractConfig, dataset: Dataset, lease: Lease) -> Extra
                          (VIDEOS.name, _videos_schema(cfg))):
         _empty_table(cfg, name, schema, truncate=cfg.overwrite)
     _add_new_columns(cfg)
+    for name in (VIDEOS.name, CLIPS.name):
+        result.fragments_dropped += len(drop_broken(cfg.store_uri, name, cfg.storage_options))
     stored, stored_settings = _store_state(cfg)
     other = {r["extract_config"] for r in stored.values() if r["extract_config"] != config_hash}
     if other:
@@ -615,7 +641,7 @@ def _extract_leased(cfg: ExtractConfig, dataset: Dataset, lease: Lease) -> Extra
         )
     _write_classes(cfg, dataset)
 
-    pending, relabel = _plan(cfg, dataset.entries, stored, result)
+    pending, relabel = _plan(cfg, dataset.entries, stored, result, _incomplete_videos(cfg, stored))
     if relabel:
         result.versions[VIDEOS.name] = _update_metadata(cfg, relabel)
         result.relabeled = len(relabel)

@@ -161,7 +161,7 @@ def _features_task(
     motion_run_id: str,
     tracking_uri: str,
     batch_size: int,
-    storage_options: dict | None,
+    storage_options: dict[str, str] | None,
     threads: int = 1,
     views: int = 1,
     amp: str = "off",
@@ -233,7 +233,7 @@ def _features_task(
 # The driver.
 
 
-def _existing_features(store_uri: str, split: int, storage_options: dict | None
+def _existing_features(store_uri: str, split: int, storage_options: dict[str, str] | None
                        ) -> tuple[dict[str, set], tuple | None, bool]:
     """video id -> set of (fold, spatial_run_id, motion_run_id) it has rows of `split` from; the table's
     dims; and whether the table has the old layout (no provenance columns: it is rebuilt)."""
@@ -256,13 +256,27 @@ def _existing_features(store_uri: str, split: int, storage_options: dict | None
     return out, dims, False
 
 
+def _drop_unreadable(store_uri: str, storage_options: dict[str, str] | None) -> None:
+    """Fragments of frame_features or video_scores whose files cannot be read are dropped (under the
+    features lease) before the plan, so the videos they held are computed again, not counted as done."""
+    from hyvid.store.damage import broken_fragments, drop_broken
+    from hyvid.store.lance_io import open_table, table_exists
+    from hyvid.store.lease import FEATURES_LEASE, SCORES_LEASE, Lease
+
+    for lease_name, table in ((FEATURES_LEASE, FRAME_FEATURES_NAME), (SCORES_LEASE, VIDEO_SCORES.name)):
+        if table_exists(store_uri, table, storage_options) and broken_fragments(
+                open_table(store_uri, table, storage_options)):  # the lease only when there is something to drop
+            with Lease(store_uri, lease_name, "hyvid features", storage_options=storage_options):
+                drop_broken(store_uri, table, storage_options)
+
+
 def _pair_runs(s_run: str, m_run: str) -> dict[str, str]:
     """The run id each CNN model's video_scores rows carry for one pair (two_stream_cnn: both)."""
     return {SPATIAL_CNN: s_run, MOTION_CNN: m_run, TWO_STREAM_CNN: f"{s_run}+{m_run}"}
 
 
 def _existing_scores(store_uri: str, split: int, expected: dict[str, dict[str, str]],
-                     storage_options: dict | None) -> set[str]:
+                     storage_options: dict[str, str] | None) -> set[str]:
     """Videos that already have all three CNN scores of this split from the runs `expected` names
     (video -> model -> run id)."""
     from hyvid.store.lance_io import open_table, table_exists
@@ -281,7 +295,7 @@ def _existing_scores(store_uri: str, split: int, expected: dict[str, dict[str, s
 
 
 def _commit_features(store_uri: str, fragments: list, written_ids: list[str], split: int, schema: pa.Schema,
-                     storage_options: dict | None, rebuild: bool = False) -> int:
+                     storage_options: dict[str, str] | None, rebuild: bool = False) -> int:
     """One atomic commit: append the new fragments, deleting the rows the table holds for the same
     videos and split (another pair of CNNs' features, or these committed meanwhile by a concurrent
     run). `rebuild`: the table has the old layout and is replaced by the new fragments.
@@ -442,6 +456,7 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
     expected = {v: _pair_runs(*pairs[fold_of[v]]) for v in ids}
     clips_version = open_table(store_uri, CLIPS.name, cfg.storage_options).version
 
+    _drop_unreadable(store_uri, cfg.storage_options)
     existing, table_dims, rebuild = _existing_features(store_uri, cfg.split, cfg.storage_options)
     have_scores = _existing_scores(store_uri, cfg.split, expected, cfg.storage_options)
     need_features = [v for v in ids if existing.get(v) != {(fold_of[v], *pairs[fold_of[v]])}]

@@ -1,4 +1,8 @@
-"""`hyvid doctor`: check a store for duplicate keys, orphan rows and its tables' version lineage.
+"""`hyvid doctor`: check a store for damage, duplicate keys, orphan rows and its tables' version lineage.
+
+Damage (`store.damage`: tables that cannot be opened, unreadable fragments, files no version names,
+tables never committed) is checked first, in every table; a damaged part is left out of the
+duplicate and orphan counts, which need whole scans. `repair` mends the damage first.
 
 Writers cannot duplicate rows any more (`store.lease`), but a store written by an older hyvid, or
 by a tool that bypassed the leases, may hold them. `diagnose` reports; `repair` deletes the surplus
@@ -20,9 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hyvid.store import damage as D
 from hyvid.store.lance_io import commit_replacing, open_table, row_addresses, table_exists
 from hyvid.store.lease import EXTRACT_LEASE, FEATURES_LEASE, LEASE_TABLES, SCORES_LEASE, Holder, Lease, leases
-from hyvid.store.tables import STATUS_OK, TABLE_KEYS, VIDEOS
+from hyvid.store.tables import CLIPS, STATUS_OK, TABLE_KEYS, VIDEOS
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,12 @@ class StoreReport:
     store_uri: str
     tables: dict[str, TableReport]
     leases: dict[str, tuple[Holder, bool]]  # lease -> (holder, stale?)
+    damage: dict[str, D.TableDamage] = field(default_factory=dict)  # damaged tables only
+    incomplete_videos: list[str] = field(default_factory=list)  # ok videos with clip rows missing
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.damage)
 
     @property
     def duplicate_rows(self) -> int:
@@ -123,13 +134,17 @@ def _surplus(ds: lance.LanceDataset, table: str) -> tuple[np.ndarray, list[tuple
 def diagnose(store_uri: str, storage_options: dict[str, str] | None = None, versions: int = 5) -> StoreReport:
     """Duplicates by each table's key, orphan rows and the last `versions` commits of each table."""
     reports: dict[str, TableReport] = {}
+    damages: dict[str, D.TableDamage] = {}
+    for table in TABLE_KEYS:
+        found = D.inspect_table(store_uri, table, storage_options)
+        if found is not None and found.damaged:
+            damages[table] = found
+    readable = [t for t in TABLE_KEYS if t not in damages and table_exists(store_uri, t, storage_options)]
     video_ids: set[str] | None = None
-    if table_exists(store_uri, VIDEOS.name, storage_options):
+    if VIDEOS.name in readable:
         video_ids = set(open_table(store_uri, VIDEOS.name, storage_options)
                         .to_table(columns=["video_id"]).column("video_id").to_pylist())
-    for table in TABLE_KEYS:
-        if not table_exists(store_uri, table, storage_options):
-            continue
+    for table in readable:
         ds = open_table(store_uri, table, storage_options)
         drop, examples, differing, n_keys = _surplus(ds, table)
         rep = TableReport(table, ds.count_rows(), n_keys, len(drop), examples, differing,
@@ -140,7 +155,51 @@ def diagnose(store_uri: str, storage_options: dict[str, str] | None = None, vers
             rep.orphan_rows = sum(orphans.values())
             rep.orphan_examples = sorted(orphans)[:EXAMPLES]
         reports[table] = rep
-    return StoreReport(store_uri, reports, leases(store_uri, storage_options))
+    return StoreReport(store_uri, reports, leases(store_uri, storage_options), damages,
+                       _incomplete_videos(store_uri, storage_options, damages))
+
+
+def _incomplete_videos(store_uri: str, storage_options: dict[str, str] | None,
+                       damages: dict[str, D.TableDamage]) -> list[str]:
+    """Ok videos whose readable `clips` rows are fewer than their positions: the ones to re-extract."""
+    if VIDEOS.name in damages or not table_exists(store_uri, VIDEOS.name, storage_options):
+        return []
+    videos = open_table(store_uri, VIDEOS.name, storage_options).to_table(
+        columns=["video_id", "status", "n_positions"]).to_pylist()
+    have: dict[str, int] = defaultdict(int)
+    clips = damages.get(CLIPS.name)
+    if clips is None or not clips.unopenable:
+        if table_exists(store_uri, CLIPS.name, storage_options):
+            skip = {b.fragment_id for b in clips.broken} if clips else set()
+            for v in D.readable_column(open_table(store_uri, CLIPS.name, storage_options), "video_id", skip):
+                have[str(v)] += 1
+    return sorted(r["video_id"] for r in videos
+                  if r["status"] == STATUS_OK and have[r["video_id"]] < (r["n_positions"] or 0))
+
+
+def repair_damage(store_uri: str, report: StoreReport, storage_options: dict[str, str] | None = None,
+                  wait_s: float = 0.0) -> list[str]:
+    """Mend what `diagnose` found damaged, each table under its writer's lease; a line per action.
+
+    Unreferenced files are deleted; an unopenable table goes back to its newest readable version
+    (or is moved aside); unreadable fragments are dropped. The videos whose clips that loses are
+    extracted again by the next `hyvid extract` (it counts each ok video's clip rows), and lost
+    features by the next `hyvid features`.
+    """
+    done: list[str] = []
+    for table, damage in report.damage.items():
+        with Lease(store_uri, _LEASE_OF.get(table, EXTRACT_LEASE), "hyvid doctor --repair", wait_s=wait_s,
+                   storage_options=storage_options):
+            if damage.unopenable:
+                done.append(f"{table}: {D.restore_readable(store_uri, damage)}")
+            if damage.broken:
+                version = D.drop_fragments(store_uri, table, [b.fragment_id for b in damage.broken], storage_options)
+                done.append(f"{table}: dropped {len(damage.broken)} unreadable fragment(s) of "
+                            f"{sum(b.rows for b in damage.broken)} rows -> version {version}")
+            if damage.unreferenced and not (damage.unopenable and damage.readable_version is None):
+                n = D.remove_unreferenced(store_uri, damage)
+                done.append(f"{table}: removed {n} data file(s) no version names")
+    return done
 
 
 def repair(store_uri: str, storage_options: dict[str, str] | None = None, wait_s: float = 0.0) -> dict[str, int]:

@@ -35,25 +35,69 @@ def canonical_store_uri(uri: str) -> str:
     return uri.rstrip("/")
 
 
+class TableDamaged(OSError):
+    """A table that exists and cannot be opened (its versions deleted, its newest manifest truncated).
+
+    An OSError, so the CLI reports it in one line; not a FileNotFoundError, so no stage mistakes it
+    for an absent table and rebuilds over it."""
+
+    def __init__(self, store_uri: str, table: str, reason: str):
+        self.table, self.reason = table, reason
+        super().__init__(f"table {table!r} of store {store_uri!r} is damaged ({reason}); run "
+                         f"`hyvid doctor --store {store_uri}` to see the damage and `--repair` to mend it")
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text.split(", /home/runner")[0].split(", /Users/")[0][:200]
+
+
+def table_state(store_uri: str, table: str, storage_options: dict[str, str] | None = None) -> str:
+    """"absent", "uncommitted" (data files and no commit: a writer died before the first one) or
+    "present" (which may still be damaged: `open_table` says). Object stores: "absent" or "present"."""
+    uri = table_uri(store_uri, table)
+    if not is_local_uri(uri):
+        return "present"
+    folder = uri.removeprefix("file://")
+    if not os.path.exists(folder):
+        return "absent"
+    committed = any(os.path.isdir(os.path.join(folder, d)) and os.listdir(os.path.join(folder, d))
+                    for d in ("_versions", "_transactions"))
+    return "present" if committed else "uncommitted"
+
+
 def table_exists(store_uri: str, table: str, storage_options: dict[str, str] | None = None) -> bool:
+    """Whether the table exists; a damaged one raises TableDamaged rather than passing for absent."""
     try:
         open_table(store_uri, table, storage_options)
         return True
-    except (FileNotFoundError, ValueError, OSError):
+    except FileNotFoundError:
         return False
 
 
 def open_table(
     store_uri: str, table: str, storage_options: dict[str, str] | None = None, version: int | None = None
 ) -> lance.LanceDataset:
-    """Open one table; raises FileNotFoundError naming the table and what creates it."""
+    """Open one table; FileNotFoundError naming the table and what creates it, TableDamaged when it
+    exists and cannot be opened."""
     uri = table_uri(store_uri, table)
-    if is_local_uri(uri) and not os.path.exists(uri.removeprefix("file://")):
+    state = table_state(store_uri, table, storage_options)
+    if state != "present":
+        leftover = (" (it holds data files of a write that was never committed: `hyvid doctor --repair` "
+                    "removes them)" if state == "uncommitted" else "")
         raise FileNotFoundError(
-            f"table {table!r} does not exist in store {store_uri!r} ({uri}); "
+            f"table {table!r} does not exist in store {store_uri!r} ({uri}){leftover}; "
             "run the stage that writes it first (see `hyvid --help`)"
         )
-    return lance.dataset(uri, version=version, storage_options=storage_options)
+    try:
+        return lance.dataset(uri, version=version, storage_options=storage_options)
+    except (OSError, ValueError) as e:
+        if not is_local_uri(uri) and "was not found" in str(e) and version is None:
+            raise FileNotFoundError(f"table {table!r} does not exist in store {store_uri!r} ({uri}); "
+                                    "run the stage that writes it first (see `hyvid --help`)") from None
+        if version is not None and "not found" in str(e).lower() and "_versions" not in str(e):
+            raise ValueError(f"table {table!r} has no version {version}: {_first_line(e)}") from None
+        raise TableDamaged(store_uri, table, _first_line(e)) from None
 
 
 def write_table_fragments(
@@ -82,15 +126,40 @@ def commit_fragments(
     """
     fragments = list(fragments)
     uri = table_uri(store_uri, table)
-    if table_exists(store_uri, table, storage_options) and not overwrite:
-        ds = open_table(store_uri, table, storage_options)
-        append = lance.LanceOperation.Append(fragments)
-        ds = lance.LanceDataset.commit(uri, append, read_version=ds.version, storage_options=storage_options)
-    else:
-        op = lance.LanceOperation.Overwrite(schema, fragments)
-        ds = lance.LanceDataset.commit(uri, op, storage_options=storage_options)
+    try:
+        if table_exists(store_uri, table, storage_options) and not overwrite:
+            ds = open_table(store_uri, table, storage_options)
+            append = lance.LanceOperation.Append(fragments)
+            ds = lance.LanceDataset.commit(uri, append, read_version=ds.version, storage_options=storage_options)
+        else:
+            op = lance.LanceOperation.Overwrite(schema, fragments)
+            ds = lance.LanceDataset.commit(uri, op, storage_options=storage_options)
+    except BaseException:
+        discard_fragments(store_uri, table, fragments)
+        raise
     log.debug("committed %d fragment(s) to %s -> version %d", len(fragments), uri, ds.version)
     return ds.version
+
+
+def discard_fragments(store_uri: str, table: str, fragments: Iterable[FragmentMetadata]) -> int:
+    """Delete the data files of fragments whose commit failed (a full disk, an interrupt), so no
+    file that no version names is left behind; how many. Local stores only: on an object store
+    they stay until `hyvid doctor --repair`."""
+    uri = table_uri(store_uri, table)
+    if not is_local_uri(uri):
+        return 0
+    folder = os.path.join(uri.removeprefix("file://"), "data")
+    n = 0
+    for frag in fragments:
+        for f in frag.data_files():
+            try:
+                os.remove(os.path.join(folder, f.path))
+                n += 1
+            except OSError:
+                pass
+    if n:
+        log.debug("%s: removed %d data file(s) of an uncommitted write", table, n)
+    return n
 
 
 def commit_replacing(
@@ -121,10 +190,15 @@ def commit_replacing(
             removed.append(int(fid))
         else:
             updated.append(new)
+    new_fragments = list(new_fragments)
     op = lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated,
-                                     new_fragments=list(new_fragments))
-    out = lance.LanceDataset.commit(table_uri(store_uri, table), op, read_version=ds.version,
-                                    storage_options=storage_options)
+                                     new_fragments=new_fragments)
+    try:
+        out = lance.LanceDataset.commit(table_uri(store_uri, table), op, read_version=ds.version,
+                                        storage_options=storage_options)
+    except BaseException:
+        discard_fragments(store_uri, table, new_fragments)
+        raise
     log.debug("%s: deleted %d row(s), added fragments -> version %d", table, len(addrs), out.version)
     return int(out.version)
 

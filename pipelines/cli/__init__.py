@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -132,9 +133,14 @@ class _Redacted:
         return getattr(self._stream, name)
 
 
+# Lance's errors end with the Rust source line that raised them (", /home/runner/.../writer.rs:254:9"):
+# of no use to the user, and it pushes the cause off the line.
+_RUST_LOCATION = re.compile(r",?\s*/\S+\.rs:\d+:\d+")
+
+
 def _one_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
+    return _RUST_LOCATION.sub("", lines[0]) if lines else type(e).__name__
 
 
 def _task_root_cause(e: BaseException) -> BaseException | None:

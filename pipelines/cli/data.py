@@ -185,6 +185,9 @@ def _extract_run(args: argparse.Namespace, s: Settings) -> int:
           f"[settings {r.config_hash}]")
     if r.retried or r.relabeled:
         print(f"retried {r.retried} failed videos; updated the labels/subsets/groups of {r.relabeled} videos")
+    if r.redone or r.fragments_dropped:
+        print(f"extracted {r.redone} videos again whose clip rows could not be read "
+              f"({r.fragments_dropped} unreadable fragments dropped from the store)")
     if r.node_spread:
         print("videos per node: " + per_node(r.node_spread))
     if r.flow_actors:

@@ -180,8 +180,10 @@ command("videos", "list a store's video ids, of one split, subset, class or stat
 def _doctor_args(p: argparse.ArgumentParser, s: Settings) -> None:
     common(p, s, split=False, experiment=False, address=False)
     p.add_argument("--repair", action="store_true",
-                   help="delete duplicate rows, keeping one per key (one commit per table; fails at once "
-                        "while another command writes the store)")
+                   help="mend damage (remove data files no version names; take a table that cannot be opened back "
+                        "to its newest readable version; drop unreadable fragments, whose videos the next "
+                        "extract/features redo) and delete duplicate rows, keeping one per key (one commit per "
+                        "table; fails at once while another command writes the store)")
     p.add_argument("--versions", type=int, default=5, help="commits of each table to list (default %(default)s)")
     # Talking to MLflow is what ends the runs a killed command left RUNNING (pipelines/ownership.py).
     tracking_arg(p)
@@ -199,30 +201,51 @@ def _print_report(report) -> None:
         print(f"  lease {name}: {'stale, ' if stale else ''}held by {holder.describe()}")
 
 
+def _print_damage(report, store_arg: str) -> None:
+    for table, damage in report.damage.items():
+        for line in damage.describe():
+            print(f"  {table}: DAMAGED: {line}")
+    if report.incomplete_videos:
+        n = len(report.incomplete_videos)
+        print(f"  {n} ok video(s) have lost clip rows (e.g. {', '.join(report.incomplete_videos[:3])}): "
+              "the next `hyvid extract` extracts them again")
+
+
 def _doctor_run(args: argparse.Namespace, s: Settings) -> int:
-    from hyvid.store.doctor import diagnose, repair
+    from hyvid.store.doctor import diagnose, repair, repair_damage
     from hyvid.store.lance_io import canonical_store_uri
 
     if args.versions < 0 or args.versions > 10_000:
         raise ValueError(f"--versions must be between 0 and 10000, got {args.versions}")
     store, so = canonical_store_uri(args.store), s.resolved_storage_options()
     report = diagnose(store, so, args.versions)
-    if not report.tables:
+    if not report.tables and not report.damage:
         raise FileNotFoundError(f"store {store!r} holds no hyvid table; check --store")
     _print_report(report)
+    _print_damage(report, args.store)
+    if args.repair and report.damaged:
+        for line in repair_damage(store, report, so):
+            print(f"repaired: {line}")
+        report = diagnose(store, so, 0)
+        _print_damage(report, args.store)
     if args.repair and report.duplicate_rows:
         removed = repair(store, so)
         print("repaired: removed " + ", ".join(f"{n} from {t}" for t, n in removed.items() if n))
         report = diagnose(store, so, 0)
+    if report.damaged:
+        print(f"damaged: {', '.join(report.damage)}: run `hyvid doctor --store {args.store} --repair`",
+              file=sys.stderr)
+        return 1
     if report.duplicate_rows:
         print(f"{report.duplicate_rows} duplicate rows: run `hyvid doctor --store {args.store} --repair`",
               file=sys.stderr)
         return 1
-    print("no duplicate rows" + (f"; {report.orphan_rows} orphan rows (the next extract/features run removes "
-                                 "orphan clips and features of videos it writes again)" if report.orphan_rows else ""))
+    print("no damage, no duplicate rows" + (
+        f"; {report.orphan_rows} orphan rows (the next extract/features run removes orphan clips and features "
+        "of videos it writes again)" if report.orphan_rows else ""))
     return 0
 
 
-command("doctor", "check a store: duplicate keys, orphan rows, each table's version lineage (--repair)",
+command("doctor", "check a store: damage, duplicate keys, orphan rows, each table's version lineage (--repair)",
         ("hyvid doctor --store store", "hyvid doctor --store s3://bucket/store --repair --versions 20"),
         _doctor_args, _doctor_run)
