@@ -135,6 +135,29 @@ class _Console(logging.Filter):
         return record.levelno >= logging.ERROR
 
 
+class _ConsoleFormat(logging.Formatter):
+    """Without --verbose, another library's record is one line on the console: its message's first
+    line and, for a logged exception, that exception's type and message instead of the traceback
+    (MLflow logs 80-line SQLAlchemy tracebacks at ERROR before it raises). The log file keeps all."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__(FORMAT)
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.verbose or record.name == "hyvid" or record.name.startswith("hyvid."):
+            return super().format(record)
+        lines = record.getMessage().strip().splitlines() or [""]
+        short = logging.makeLogRecord({**record.__dict__, "msg": lines[0], "args": None, "exc_info": None,
+                                       "exc_text": None, "stack_info": None})
+        text = super().format(short)
+        if record.exc_info and record.exc_info[1] is not None:
+            err = record.exc_info[1]
+            detail = " ".join(str(err).split())[:300]
+            text += f" ({type(err).__name__}: {detail}; the traceback is in {log_file()})"
+        return text
+
+
 class _AfterImport(importlib.abc.MetaPathFinder):
     """Calls `callback(module)` right after each module in `names` is first imported."""
 
@@ -243,7 +266,7 @@ def configure(verbose: bool = False) -> None:
     _saved_state.setdefault("root_level", root.level)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     console = logging.StreamHandler()  # writes to whatever sys.stderr is when it writes (main redacts it)
-    console.setFormatter(logging.Formatter(FORMAT))
+    console.setFormatter(_ConsoleFormat(verbose))
     console.addFilter(_Console(verbose))
     console._hyvid = True  # type: ignore[attr-defined]
     root.addHandler(console)

@@ -112,7 +112,8 @@ def close_owned_runs(tracking_uri: str, owner: str, status: str, why: str) -> in
                 _end(client, run, status, why)
                 ended += 1
     except Exception as e:  # noqa: BLE001
-        log.warning("could not mark this command's MLflow runs %s: %s", status, redact(str(e)))
+        first = (redact(str(e)).strip().splitlines() or [type(e).__name__])[0]
+        log.warning("could not mark this command's MLflow runs %s: %s", status, first)
     if ended:
         log.debug("marked %d MLflow run(s) of this command %s (%s)", ended, status, why)
     return ended

@@ -184,6 +184,33 @@ def sqlite_path(uri: str) -> str | None:
     return os.path.abspath(path)
 
 
+# What sqlite says (anywhere in an error's chain, a Ray task's remote traceback included) when the
+# tracking database itself is at fault, and what the user can do about it.
+_DATABASE_FAULTS = (
+    (("attempt to write a readonly database", "readonly database"), "is read-only",
+     "make the file and its folder writable, or pass --tracking-uri to a writable database"),
+    (("file is not a database", "database disk image is malformed", "malformed database schema"), "is corrupt",
+     "restore it from a backup, or pass --tracking-uri sqlite:///new.db to start a new one"),
+    (("unable to open database file",), "cannot be opened",
+     "check that its folder exists and is writable, or pass --tracking-uri to another database"),
+    (("database is locked",), "is locked by another process",
+     "wait for it, or use a tracking server (`mlflow server`) for concurrent writers"),
+)
+
+
+def database_fault(error_text: str, tracking_uri: str) -> str | None:
+    """One line naming a sqlite tracking database's own fault (read-only, corrupt, ...) and its fix,
+    from the text of an error and its causes; None when the error is not one of those."""
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return None
+    for needles, what, fix in _DATABASE_FAULTS:
+        found = next((n for n in needles if n in error_text), None)
+        if found:
+            return f"MLflow tracking database {path} {what} (sqlite: {found}): {fix}"
+    return None
+
+
 def artifact_location(tracking_uri: str) -> str | None:
     """Where a new experiment on this tracking store keeps its artifacts: `mlartifacts/` beside a
     sqlite database. None leaves MLflow's default, which is right for a file store (artifacts

@@ -12,8 +12,6 @@ take seconds.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import re
 import signal
 import sys
@@ -23,6 +21,7 @@ from typing import Callable
 
 from hyvid.cluster.settings import Settings, load_settings, redact
 from hyvid.pipelines import logs, ownership
+from hyvid.pipelines.cli import _endings
 
 # Importing a command module registers its commands; `hyvid --help` lists them in this (pipeline) order.
 from hyvid.pipelines.cli import data, cnn, fit, results, store, chain, jobs  # noqa: F401  # isort: skip
@@ -164,55 +163,6 @@ def _error_line(e: BaseException, with_type: bool) -> str:
     return f"{type(e).__name__}: {_one_line(e)}" if with_type else _one_line(e)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the command is, so it unwinds as an interrupt does: the store's leases
-    released, MLflow runs ended, Ray stopped (Python's default would end the process on the spot,
-    and Ray's own handler exits through `sys.exit` with a stack dump)."""
-
-
-_received: list[int] = []  # the signals that interrupted this command
-
-
-def _on_sigterm(signum, frame) -> None:
-    _received.append(signum)
-    raise Terminated()
-
-
-def _exit_interrupted() -> int:
-    """128 + the signal, as shells report it. The signal is remembered rather than read off the
-    exception: code between the handler and `main` (Ray's `get`, a pool's cleanup) may re-raise a
-    plain KeyboardInterrupt."""
-    return 128 + (signal.SIGTERM if signal.SIGTERM in _received else signal.SIGINT)
-
-
-def _no_database(tracking_uri: str) -> bool:
-    """A sqlite URI whose file does not exist: no run to close, and looking would create the database."""
-    from hyvid.pipelines import tracking
-
-    path = tracking.sqlite_path(tracking_uri)
-    return path is not None and not os.path.exists(path)
-
-
-def _close_runs(tracking_uri: str | None, error: BaseException | None) -> None:
-    """A command that ends on an interrupt or an error leaves none of its MLflow runs RUNNING."""
-    if tracking_uri is None or error is None or _no_database(tracking_uri):
-        return
-    interrupted = isinstance(error, KeyboardInterrupt)
-    ownership.close_owned_runs(tracking_uri, ownership.process_owner(),
-                               ownership.KILLED if interrupted else ownership.FAILED,
-                               "interrupted" if interrupted else f"the command failed: {type(error).__name__}")
-
-
-def _close_orphans(tracking_uri: str) -> None:
-    """Runs left RUNNING by a killed hyvid command on this host are ended before this one adds its own."""
-    if _no_database(tracking_uri):
-        return
-    try:
-        ownership.close_orphaned_runs(tracking_uri)
-    except Exception as e:  # noqa: BLE001 - the command itself reports a tracking server that fails
-        logging.getLogger(__name__).debug("orphaned runs not checked: %s", e)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one `hyvid` command; returns its exit code (2 for a bad flag value or a missing input).
 
@@ -224,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     name = "hyvid"
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
     in_main_thread = threading.current_thread() is threading.main_thread()
-    _received.clear()
-    sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
-    tracking_uri: str | None = None
+    _endings.received.clear()
+    sigterm = signal.signal(signal.SIGTERM, _endings.on_sigterm) if in_main_thread else None
+    tracking_uri: str | None = None  # set once the server answered: the runs to close on failure live there
+    database_uri: str | None = None  # set as soon as it is known: a database's own fault is named in the error
     error: BaseException | None = None
     try:
         settings = load_settings()
@@ -243,10 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "tracking_uri"):  # a command that talks to MLflow: is the server there, before Ray
             from hyvid.pipelines import tracking
 
-            uri = tracking.resolve_tracking_uri(args.tracking_uri, settings)
+            uri = database_uri = tracking.resolve_tracking_uri(args.tracking_uri, settings)
             tracking.check_tracking_server(uri, settings.tracking_timeout_s)
             tracking_uri = uri  # a server that answers: the runs this command opens are closed there if it fails
-            _close_orphans(tracking_uri)
+            _endings.close_orphans(tracking_uri)
         return int(COMMANDS[args.command].run(args, settings) or 0)
     except USER_ERRORS as e:
         error = e
@@ -257,11 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         error = e
         print(f"{name}: interrupted", file=sys.stderr)
-        return _exit_interrupted()
+        return _endings.exit_interrupted()
     except Exception as e:  # noqa: BLE001  # a library's own error (MLflow, Lance, Ray): one line, redacted
         error = e
         if verbose:
             traceback.print_exc()
+        fault = _endings.database_fault(e, database_uri)
+        if fault is not None:
+            print(f"{name}: error: {fault}", file=sys.stderr)
+            return 2
         hint = "" if verbose else " (run with --verbose for the traceback)"
         print(f"{name}: error: {_error_line(e, with_type=True)}{hint}", file=sys.stderr)
         return 1
@@ -271,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             connect = sys.modules.get("hyvid.cluster.connect")  # imported only by commands that use Ray
             if connect is not None:
                 connect.disconnect()
-            _close_runs(tracking_uri, error)
+            _endings.close_runs(tracking_uri, error)
         finally:
             if sigterm is not None:
                 signal.signal(signal.SIGTERM, sigterm)

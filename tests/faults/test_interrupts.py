@@ -7,6 +7,7 @@ exit, its stderr and every run of the experiment.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -45,14 +46,23 @@ def _runs(db: str) -> list:
     return [] if exp is None else list(client.search_runs([exp.experiment_id], max_results=1000))
 
 
+def _any_running(db: str) -> bool:
+    """Read-only sqlite, not an MlflowClient: a client would run MLflow's schema migrations on a
+    database the command is still creating, and the two migrations collide."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)) as con:
+            return con.execute("SELECT COUNT(*) FROM runs WHERE status = 'RUNNING'").fetchone()[0] > 0
+    except sqlite3.Error:  # no runs table yet, or locked by a write
+        return False
+
+
 def _wait_for_running(proc: subprocess.Popen, db: str, timeout_s: float = 240.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"train ended before any run started: {proc.communicate()[1][-2000:]}"
-        try:
-            running = os.path.exists(db) and any(r.info.status == "RUNNING" for r in _runs(db))
-        except Exception:  # noqa: BLE001 - the command is still creating the database's tables
-            running = False
+        running = os.path.exists(db) and _any_running(db)
         if running:
             time.sleep(2.0)  # let the search open its trials too
             return
