@@ -58,10 +58,11 @@ PAPER_TEST_VIEWS = 10
 PAPER_FEATURES_SETTINGS: dict[str, Any] = {"test_views": PAPER_TEST_VIEWS}
 
 # The MLflow tag, on the spatial run of each CNN pair, recording the test views of the features and
-# scores this store holds from that pair: the rows name only the runs, so without it a re-run with
-# another view count would skip every video. "" while a run rewrites them with another count, so an
-# interrupted rewrite is redone whatever the next count; no tag (rows written before it existed):
-# DEFAULT_TEST_VIEWS, the only count the shell could ask for then.
+# scores a store holds from that pair, as JSON {"views", "store", "motion_run_id"}: the rows name only
+# the runs, so without it a re-run with another view count would skip every video. A record of another
+# store or motion run says nothing of this pair's rows, and views null marks a rewrite under way: both
+# redo the pair, so an interrupted rewrite is finished whatever the next count. No tag (rows written
+# before it existed): DEFAULT_TEST_VIEWS, the only count the shell could ask for then.
 TAG_TEST_VIEWS = "hyvid.features.test_views"
 
 _CLIP_COLUMNS = ["video_id", "position", "frame_index", "timestamp", "frame", "flow_stack", "stack", "height",
@@ -164,20 +165,34 @@ def fold_runs(cfg: FeaturesConfig, store_uri: str) -> dict[int, tuple[str, str]]
     return {FOLD_ALL: (s_run, m_run)}
 
 
-def stored_test_views(spatial_run_id: str) -> int | None:
-    """The test views of the features and scores stored from this pair (TAG_TEST_VIEWS); None: unknown."""
+def stored_test_views(store_uri: str, spatial_run_id: str, motion_run_id: str) -> int | None:
+    """The test views of the features and scores `store_uri` holds from this pair (TAG_TEST_VIEWS);
+    None: unknown (another store's or pair's record, or a rewrite under way)."""
+    import json
+
     from mlflow import MlflowClient
 
-    value = MlflowClient().get_run(spatial_run_id).data.tags.get(TAG_TEST_VIEWS, str(DEFAULT_TEST_VIEWS))
-    return int(value) if value else None
+    raw = MlflowClient().get_run(spatial_run_id).data.tags.get(TAG_TEST_VIEWS)
+    if raw is None:
+        return DEFAULT_TEST_VIEWS
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("store") != store_uri or record.get("motion_run_id") != motion_run_id:
+        return None
+    return record.get("views")
 
 
-def _record_test_views(spatial_run_ids: list[str], views: int | str) -> None:
+def _record_test_views(store_uri: str, pairs: list[tuple[str, str]], views: int | None) -> None:
+    """TAG_TEST_VIEWS on each pair's spatial run: `views` (None: a rewrite under way)."""
+    import json
+
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    for run_id in spatial_run_ids:
-        client.set_tag(run_id, TAG_TEST_VIEWS, str(views))
+    for s_run, m_run in pairs:
+        client.set_tag(s_run, TAG_TEST_VIEWS, json.dumps({"views": views, "store": store_uri, "motion_run_id": m_run}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,7 +496,7 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
     existing, table_dims, rebuild = _existing_features(store_uri, cfg.split, cfg.storage_options)
     have_scores = _existing_scores(store_uri, cfg.split, expected, cfg.storage_options)
     # A pair whose stored rows were made with another view count (or by an interrupted rewrite) is redone whole.
-    stale = {f for f, (s_run, _) in pairs.items() if stored_test_views(s_run) != cfg.test_views}
+    stale = {f for f, pair in pairs.items() if stored_test_views(store_uri, *pair) != cfg.test_views}
     need_features = [v for v in ids if fold_of[v] in stale or existing.get(v) != {(fold_of[v], *pairs[fold_of[v]])}]
     need_scores = [v for v in ids if fold_of[v] in stale or v not in have_scores]
     replace = {v for v in need_features if v in existing}
@@ -496,7 +511,7 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
     ff_version: int | None = None
     vs_version: int | None = None
     if stale:
-        _record_test_views([pairs[f][0] for f in stale], "")
+        _record_test_views(store_uri, [pairs[f] for f in stale], None)
     if todo:
         resources = connect(cfg.address)
         in_flight = cfg.workers or max(1, int(float(resources.get("CPU", 1))))
@@ -576,7 +591,7 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
                     flush()
             flush()
     if stale:  # every video of these pairs now has rows and scores made with these views
-        _record_test_views([pairs[f][0] for f in stale], cfg.test_views)
+        _record_test_views(store_uri, [pairs[f] for f in stale], cfg.test_views)
 
     metrics = log_cnn_metrics(cfg, store_uri, pairs)
     if dims is None:
