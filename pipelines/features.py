@@ -16,9 +16,9 @@ With `--cross-fit K` the split's K CNN pairs each describe the videos of their f
 
 Idempotent and resumable: videos whose features exist from the same pair of runs, made with the
 same test views (TAG_TEST_VIEWS), are skipped (a re-run adds no rows), and so are scores already
-stored for those runs. The table holds one
-set of features per (video, split): a video whose rows of this split came from other runs has
-them replaced in the same atomic commit that adds the new ones.
+stored for those runs. The table holds one set of features per (video, split): a video whose rows
+of this split came from other runs or views has them replaced in the same atomic commit that adds
+the new ones.
 """
 from __future__ import annotations
 

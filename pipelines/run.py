@@ -45,6 +45,7 @@ CNN_EPOCHS = 6
 PAPER_FLOW = "tvl1-torch"
 PAPER_EXTRACT_SETTINGS: dict[str, object] = {"flow": PAPER_FLOW, "size": PAPER_SIZE}
 
+
 @dataclass(frozen=True)
 class RunConfig:
     """The whole chain on one dataset. Stage settings not named here keep their own defaults.
@@ -70,8 +71,8 @@ class RunConfig:
     finetune: str | None = None  # None: train-cnn's default (paper: its PAPER_FINETUNE)
     flip: bool = True  # random horizontal flips of training clips (off: classes defined by direction)
     cross_fit: int = DEFAULT_CROSS_FIT  # K >= 2: cross-fitted CNN pairs (training.folds)
-    # features
-    test_views: int | None = None  # crops averaged per clip (models.cnn.TEST_VIEWS); None: features' (paper: 10)
+    # features: crops averaged per clip (models.cnn.TEST_VIEWS); None: features' default (paper: its PAPER_TEST_VIEWS).
+    test_views: int | None = None
     # train
     models: tuple[str, ...] = DEFAULT_MODELS
     lstm_epochs: int | None = None  # None: the train stage's defaults
