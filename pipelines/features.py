@@ -14,10 +14,11 @@ the CNNs of split N never saw split N's test groups, and `--split 2` leaves spli
 With `--cross-fit K` the split's K CNN pairs each describe the videos of their fold
 (`training.folds`): a training video gets the features and scores of the pair that did not see it.
 
-Idempotent and resumable: videos whose features exist from the same pair of runs are skipped
-(a re-run adds no rows), and so are scores already stored for those runs. The table holds one
-set of features per (video, split): a video whose rows of this split came from other runs has
-them replaced in the same atomic commit that adds the new ones.
+Idempotent and resumable: videos whose features exist from the same pair of runs, made with the
+same test views (TAG_TEST_VIEWS), are skipped (a re-run adds no rows), and so are scores already
+stored for those runs. The table holds one set of features per (video, split): a video whose rows
+of this split came from other runs or views has them replaced in the same atomic commit that adds
+the new ones.
 """
 from __future__ import annotations
 
@@ -50,6 +51,19 @@ from hyvid.store.tables import (
 )
 
 log = logging.getLogger(__name__)
+
+# The test views (models.cnn.TEST_VIEWS) of two-stream testing, set by `--paper`: the centre and four
+# corner crops and their horizontal flips.
+PAPER_TEST_VIEWS = 10
+PAPER_FEATURES_SETTINGS: dict[str, Any] = {"test_views": PAPER_TEST_VIEWS}
+
+# The MLflow tag, on the spatial run of each CNN pair, recording the test views of the features and
+# scores a store holds from that pair, as JSON {"views", "store", "motion_run_id"}: the rows name only
+# the runs, so without it a re-run with another view count would skip every video. A record of another
+# store or motion run says nothing of this pair's rows, and views null marks a rewrite under way: both
+# redo the pair, so an interrupted rewrite is finished whatever the next count. No tag (rows written
+# before it existed): DEFAULT_TEST_VIEWS, the only count the shell could ask for then.
+TAG_TEST_VIEWS = "hyvid.features.test_views"
 
 _CLIP_COLUMNS = ["video_id", "position", "frame_index", "timestamp", "frame", "flow_stack", "stack", "height",
                  "width"]
@@ -93,6 +107,11 @@ class FeaturesConfig:
         if self.cross_fit and (self.spatial_run_id or self.motion_run_id):
             raise ValueError("explicit CNN run ids name one pair; with cross_fit the split's K pairs are found "
                              "by their fold tags (drop --run / --spatial-run / --motion-run)")
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "FeaturesConfig":
+        """Two-stream testing as the paper's CNNs are tested (PAPER_TEST_VIEWS); `overrides` win."""
+        return cls(**{**PAPER_FEATURES_SETTINGS, **overrides})
 
 
 @dataclass(frozen=True)
@@ -144,6 +163,36 @@ def fold_runs(cfg: FeaturesConfig, store_uri: str) -> dict[int, tuple[str, str]]
     for run_id, model in ((s_run, SPATIAL_CNN), (m_run, MOTION_CNN)):
         _check_run_split(run_id, model, cfg.split)
     return {FOLD_ALL: (s_run, m_run)}
+
+
+def stored_test_views(store_uri: str, spatial_run_id: str, motion_run_id: str) -> int | None:
+    """The test views of the features and scores `store_uri` holds from this pair (TAG_TEST_VIEWS);
+    None: unknown (another store's or pair's record, or a rewrite under way)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    raw = MlflowClient().get_run(spatial_run_id).data.tags.get(TAG_TEST_VIEWS)
+    if raw is None:
+        return DEFAULT_TEST_VIEWS
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("store") != store_uri or record.get("motion_run_id") != motion_run_id:
+        return None
+    return record.get("views")
+
+
+def _record_test_views(store_uri: str, pairs: list[tuple[str, str]], views: int | None) -> None:
+    """TAG_TEST_VIEWS on each pair's spatial run: `views` (None: a rewrite under way)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for s_run, m_run in pairs:
+        client.set_tag(s_run, TAG_TEST_VIEWS, json.dumps({"views": views, "store": store_uri, "motion_run_id": m_run}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +410,9 @@ def _two_stream_run(cfg: FeaturesConfig, store_uri: str, s_run: str, m_run: str)
     The two-stream CNN is not fitted (it averages the two streams' scores), so its run holds
     what it was made of (the two runs, as params) and its metrics, like every other model's run.
     """
-    params = {f"{tracking.CNN_PREFIX}{SPATIAL_CNN}.run_id": s_run, f"{tracking.CNN_PREFIX}{MOTION_CNN}.run_id": m_run}
+    # MLflow params are strings: the views as one, so that a re-run finds this run again.
+    params = {f"{tracking.CNN_PREFIX}{SPATIAL_CNN}.run_id": s_run, f"{tracking.CNN_PREFIX}{MOTION_CNN}.run_id": m_run,
+              "test_views": str(cfg.test_views)}
     tracking.setup(tracking.resolve_tracking_uri(cfg.tracking_uri), cfg.experiment)
     for run in tracking.finished_runs(cfg.experiment, stage=tracking.STAGE_FEATURES, model=TWO_STREAM_CNN,
                                       split=cfg.split):
@@ -459,18 +510,23 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
     _drop_unreadable(store_uri, cfg.storage_options)
     existing, table_dims, rebuild = _existing_features(store_uri, cfg.split, cfg.storage_options)
     have_scores = _existing_scores(store_uri, cfg.split, expected, cfg.storage_options)
-    need_features = [v for v in ids if existing.get(v) != {(fold_of[v], *pairs[fold_of[v]])}]
-    need_scores = [v for v in ids if v not in have_scores]
+    # A pair whose stored rows were made with another view count (or by an interrupted rewrite) is redone whole.
+    stale = {f for f, pair in pairs.items() if stored_test_views(store_uri, *pair) != cfg.test_views}
+    need_features = [v for v in ids if fold_of[v] in stale or existing.get(v) != {(fold_of[v], *pairs[fold_of[v]])}]
+    need_scores = [v for v in ids if fold_of[v] in stale or v not in have_scores]
     replace = {v for v in need_features if v in existing}
     todo = [v for v in ids if v in set(need_features) | set(need_scores)]
-    log.info("features: %d ok videos in split %d (%d CNN pair(s)); %d need features (%d replacing other runs'), "
-             "%d need scores", len(ids), cfg.split, len(pairs), len(need_features), len(replace), len(need_scores))
+    log.info("features: %d ok videos in split %d (%d CNN pair(s), %d test view(s)); %d need features (%d replacing "
+             "other runs' or other views'), %d need scores", len(ids), cfg.split, len(pairs), cfg.test_views,
+             len(need_features), len(replace), len(need_scores))
 
     node_tasks: Counter = Counter()
     n_rows = n_written = n_scored = 0
     dims: tuple[int, int] | None = None
     ff_version: int | None = None
     vs_version: int | None = None
+    if stale:
+        _record_test_views(store_uri, [pairs[f] for f in stale], None)
     if todo:
         resources = connect(cfg.address)
         in_flight = cfg.workers or max(1, int(float(resources.get("CPU", 1))))
@@ -549,6 +605,8 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
                 if len(batch) >= cfg.commit_every:
                     flush()
             flush()
+    if stale:  # every video of these pairs now has rows and scores made with these views
+        _record_test_views(store_uri, [pairs[f] for f in stale], cfg.test_views)
 
     metrics = log_cnn_metrics(cfg, store_uri, pairs)
     if dims is None:

@@ -4,7 +4,8 @@ extract -> train-cnn -> features -> train -> hybrid, per split. Each stage is th
 its own command calls; this module only decides what still needs doing:
 - extract and features are idempotent by construction (they skip committed videos);
 - train-cnn and train are skipped for a model whose finished MLflow run, in this experiment and
-  split, read the same Lance versions of its input tables (its lineage) as the store has now;
+  split, read the same Lance versions of its input tables (its lineage) as the store has now
+  (train-cnn's also fitted with the same crop, flips, schedule and fine-tuning);
 - hybrid always runs: it only reads `video_scores` and takes seconds.
 """
 from __future__ import annotations
@@ -18,23 +19,40 @@ from pathlib import Path
 from hyvid.cluster.connect import connect
 from hyvid.cluster.settings import DEFAULT_EXPERIMENT
 from hyvid.models import registry as R
+from hyvid.models.cnn import FINETUNE_MODES
 from hyvid.pipelines import tracking
-from hyvid.pipelines.data.video import DEFAULT_FLOW, DEFAULT_POSITIONS, DEFAULT_STACK
+from hyvid.pipelines.data.video import DEFAULT_POSITIONS, DEFAULT_STACK, FLOW_METHODS
 from hyvid.pipelines.evaluation.findings import findings, per_kind_accuracy, per_kind_markdown
 from hyvid.pipelines.extract import ExtractConfig, extract
 from hyvid.pipelines.features import FeaturesConfig, extract_features
 from hyvid.pipelines.hybrid import DEFAULT_WEIGHTS_FROM, HybridConfig, hybrid
+from hyvid.pipelines.inference.cnn import check_test_views
 from hyvid.pipelines.train import DEFAULT_MODELS, TrainConfig, expand_models, train
-from hyvid.pipelines.train_cnn import TrainCNNConfig, train_cnn
+from hyvid.pipelines.train_cnn import PAPER_SIZE, TrainCNNConfig, train_cnn
 from hyvid.pipelines.training.folds import DEFAULT_CROSS_FIT, check_cross_fit, cnn_pairs
 from hyvid.store.feature_store import FeatureStore
 from hyvid.store.tables import CLIPS, FRAME_FEATURES_NAME, VIDEOS
 
 log = logging.getLogger(__name__)
 
+# train-cnn's epochs per stream in a run: cheap for the spatial head (cached backbone); ~15 s per motion
+# epoch on the demo.
+CNN_EPOCHS = 6
+# `paper=True` for the whole chain: each stage's own paper preset (TrainCNNConfig.paper,
+# FeaturesConfig.paper, TrainConfig.paper), and extraction as the paper's CNNs need it: TV-L1 flow
+# (tvl1-torch: OpenCV's TV-L1 scheme in torch, batched, on the GPUs where the cluster has some) of
+# frames PAPER_SIZE px on the short side, for the 224-px training crops.
+PAPER_FLOW = "tvl1-torch"
+PAPER_EXTRACT_SETTINGS: dict[str, object] = {"flow": PAPER_FLOW, "size": PAPER_SIZE}
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """The whole chain on one dataset. Stage settings not named here keep their own defaults."""
+    """The whole chain on one dataset. Stage settings not named here keep their own defaults.
+
+    A None setting is the stage's default, or with `paper` the paper's (PAPER_EXTRACT_SETTINGS and the
+    stages' presets); a setting given wins over both.
+    """
 
     dataset: str
     store_uri: str
@@ -46,20 +64,22 @@ class RunConfig:
     # extract
     frames: int = DEFAULT_POSITIONS
     stack: int = DEFAULT_STACK
-    flow: str = DEFAULT_FLOW
-    size: int | None = None  # None: the extractor's default
+    flow: str | None = None  # None: the extractor's default (paper: PAPER_FLOW)
+    size: int | None = None  # None: the extractor's default (paper: PAPER_SIZE)
     # train-cnn
-    cnn_epochs: int = 6  # cheap for the spatial head (cached backbone); ~15 s per motion epoch on the demo
-    finetune: str = "head"
+    cnn_epochs: int | None = None  # None: CNN_EPOCHS (paper: the paper's iterations, cnn_loop.PAPER_CNN_ITERS)
+    finetune: str | None = None  # None: train-cnn's default (paper: its PAPER_FINETUNE)
     flip: bool = True  # random horizontal flips of training clips (off: classes defined by direction)
     cross_fit: int = DEFAULT_CROSS_FIT  # K >= 2: cross-fitted CNN pairs (training.folds)
+    # features: crops averaged per clip (models.cnn.TEST_VIEWS); None: features' default (paper: its PAPER_TEST_VIEWS).
+    test_views: int | None = None
     # train
     models: tuple[str, ...] = DEFAULT_MODELS
     lstm_epochs: int | None = None  # None: the train stage's defaults
     video_epochs: int | None = None
     lam2_grid: tuple[float, ...] | None = None  # fusion net's λ2/λ3 cross-validation; None: train's grid
     lam3_grid: tuple[float, ...] | None = None
-    paper: bool = False  # every paper setting of `train` (TrainConfig.paper)
+    paper: bool = False  # every paper setting: extract's, train-cnn's, features' and train's (see the class doc)
     cv_folds: int | None = None  # out-of-fold folds for the hybrid's weights; None: train's default
     refit: bool = False  # refit every chosen model on train + val before it scores test
     seeds: int = 1  # repeat train-cnn, features, train and hybrid with seeds 0..seeds-1 and report mean ± sd
@@ -76,6 +96,12 @@ class RunConfig:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         check_cross_fit(self.cross_fit)
+        if self.flow is not None and self.flow not in FLOW_METHODS:
+            raise ValueError(f"flow must be one of {', '.join(FLOW_METHODS)}, got {self.flow!r}")
+        if self.finetune is not None and self.finetune not in FINETUNE_MODES:
+            raise ValueError(f"finetune must be one of {', '.join(FINETUNE_MODES)}, got {self.finetune!r}")
+        if self.test_views is not None:
+            check_test_views(self.test_views)
         if self.seeds > 1 and len(self.splits) > 1:
             raise ValueError(f"--seeds {self.seeds} repeats the fits of one split; got splits {list(self.splits)}")
         if not os.path.exists(self.dataset):
@@ -137,14 +163,7 @@ def run(cfg: RunConfig) -> RunResult:
         res.seconds[name] = round(time.perf_counter() - t0, 1)
         return out
 
-    ex_kw = dict(frames=cfg.frames, stack=cfg.stack, flow=cfg.flow)
-    if cfg.size is not None:
-        ex_kw["size"] = cfg.size
-    ex = timed(
-        "extract", extract,
-        ExtractConfig(dataset=cfg.dataset, store_uri=cfg.store_uri, address=cfg.address,
-                      storage_options=cfg.storage_options, **ex_kw),
-    )
+    ex = timed("extract", extract, extract_config(cfg))
     print(f"extract: {ex.ok} ok, {ex.failed} failed, {ex.skipped} already there", flush=True)
     res.failed_videos = ex.failed + ex.skipped_failed
     if ex.exit_code != 0:
@@ -155,25 +174,14 @@ def run(cfg: RunConfig) -> RunResult:
             tag = f"split {split}" + (f" seed {seed}" if cfg.seeds > 1 else "")
             # With several seeds each one fits its own CNNs, so the spread covers the CNNs' variance too.
             cnn_seed = seed if cfg.seeds > 1 else None
-            if _current_cnns(cfg, split, cnn_seed, fs.versions()):
+            cnn_cfg = train_cnn_config(cfg, split, seed, tracking_uri)
+            if _current_cnns(cnn_cfg, cnn_seed, fs.versions()):
                 res.skipped.append(f"train-cnn {tag}")
                 print(f"\n== train-cnn {tag}: current runs found, skipped ==", flush=True)
             else:
-                timed(
-                    f"train-cnn {tag}", train_cnn,
-                    TrainCNNConfig(store_uri=cfg.store_uri, stream="both", split=split, epochs=cfg.cnn_epochs,
-                                   finetune=cfg.finetune, flip=cfg.flip, cross_fit=cfg.cross_fit, seed=seed,
-                                   experiment=cfg.experiment, tracking_uri=tracking_uri,
-                                   storage_options=cfg.storage_options, address=cfg.address,
-                                   plots_dir=cfg.out_dir),
-                )
+                timed(f"train-cnn {tag}", train_cnn, cnn_cfg)
 
-            timed(
-                f"features {tag}", extract_features,
-                FeaturesConfig(store_uri=cfg.store_uri, split=split, experiment=cfg.experiment,
-                               tracking_uri=tracking_uri, storage_options=cfg.storage_options,
-                               address=cfg.address, cross_fit=cfg.cross_fit, cnn_seed=cnn_seed),
-            )
+            timed(f"features {tag}", extract_features, features_config(cfg, split, cnn_seed, tracking_uri))
 
             versions = fs.versions()
             fit_runs = tracking.latest_runs_by_model(cfg.experiment, stage=tracking.STAGE_TRAIN, split=split,
@@ -207,19 +215,62 @@ def run(cfg: RunConfig) -> RunResult:
     return res
 
 
-def _current_cnns(cfg: RunConfig, split: int, seed: int | None, versions: dict[str, int]) -> bool:
-    """Whether the split has finished CNN runs of this cross-fit (and seed, and flip setting) that read the
-    store's present inputs: then train-cnn is skipped."""
+def _fit_settings(cnn: TrainCNNConfig, stream: str) -> dict[str, str]:
+    """The params (as MLflow stores them) that a fit of `stream` by `cnn` logs and a current run must share."""
+    iters = cnn.iters_for(stream)
+    out = {"crop": str(cnn.crop), "flip": str(cnn.flip),
+           **({"iters": str(iters)} if iters else {"epochs": str(cnn.epochs)})}
+    if stream == "spatial":
+        out["finetune"] = cnn.finetune
+    return out
+
+
+def _current_cnns(cnn: TrainCNNConfig, seed: int | None, versions: dict[str, int]) -> bool:
+    """Whether the split has finished CNN runs of this cross-fit (and seed) that read the store's present
+    inputs with the fit settings `cnn` would use (crop, flips, schedule, fine-tuning): then train-cnn is skipped."""
     from mlflow import MlflowClient
 
     try:
-        pairs = cnn_pairs(cfg.experiment, split, cfg.store_uri, cfg.cross_fit, seed)
+        pairs = cnn_pairs(cnn.experiment, cnn.split, cnn.store_uri, cnn.cross_fit, seed)
     except FileNotFoundError:
         return False
     client = MlflowClient()
-    runs = [client.get_run(r) for pair in pairs.values() for r in pair]
-    return all(_up_to_date(r, versions, TRAIN_CNN_INPUTS) and r.data.params.get("flip", "True") == str(cfg.flip)
-               for r in runs)
+    runs = [(stream, client.get_run(r)) for pair in pairs.values() for stream, r in zip(R.STREAMS, pair, strict=True)]
+    # Runs logged before flip was a param were fitted with flips (the only setting then).
+    return all(_up_to_date(r, versions, TRAIN_CNN_INPUTS)
+               and all(r.data.params.get(k, "True" if k == "flip" else None) == v
+                       for k, v in _fit_settings(cnn, stream).items())
+               for stream, r in runs)
+
+
+def extract_config(cfg: RunConfig) -> ExtractConfig:
+    """`extract`'s config: the run's settings on extract's (or, with `paper`, PAPER_EXTRACT_SETTINGS's) defaults."""
+    given = {k: v for k, v in (("flow", cfg.flow), ("size", cfg.size)) if v is not None}
+    preset = PAPER_EXTRACT_SETTINGS if cfg.paper else {}
+    return ExtractConfig(dataset=cfg.dataset, store_uri=cfg.store_uri, address=cfg.address,
+                         storage_options=cfg.storage_options, frames=cfg.frames, stack=cfg.stack,
+                         **{**preset, **given})
+
+
+def train_cnn_config(cfg: RunConfig, split: int, seed: int, tracking_uri: str | None) -> TrainCNNConfig:
+    """`train-cnn`'s config for one split and seed: both streams, the run's settings on train-cnn's
+    defaults (CNN_EPOCHS epochs), or with `paper` on TrainCNNConfig.paper's (a given cnn_epochs wins)."""
+    kw = dict(store_uri=cfg.store_uri, stream="both", split=split, flip=cfg.flip, cross_fit=cfg.cross_fit,
+              seed=seed, experiment=cfg.experiment, tracking_uri=tracking_uri,
+              storage_options=cfg.storage_options, address=cfg.address, plots_dir=cfg.out_dir)
+    if cfg.finetune is not None:
+        kw["finetune"] = cfg.finetune
+    if cfg.paper:
+        return TrainCNNConfig.paper(**kw, **({} if cfg.cnn_epochs is None else {"epochs": cfg.cnn_epochs}))
+    return TrainCNNConfig(**kw, epochs=CNN_EPOCHS if cfg.cnn_epochs is None else cfg.cnn_epochs)
+
+
+def features_config(cfg: RunConfig, split: int, cnn_seed: int | None, tracking_uri: str | None) -> FeaturesConfig:
+    """`features`' config for one split (and seed's CNNs): with `paper`, FeaturesConfig.paper's views."""
+    make = FeaturesConfig.paper if cfg.paper else FeaturesConfig
+    return make(store_uri=cfg.store_uri, split=split, experiment=cfg.experiment, tracking_uri=tracking_uri,
+                storage_options=cfg.storage_options, address=cfg.address, cross_fit=cfg.cross_fit,
+                cnn_seed=cnn_seed, **({} if cfg.test_views is None else {"test_views": cfg.test_views}))
 
 
 def _train_config(cfg: RunConfig, split: int, seed: int, models: tuple[str, ...], tracking_uri: str) -> TrainConfig:

@@ -179,9 +179,10 @@ class TrainCNNConfig:
     @classmethod
     def paper(cls, store_uri: str, **overrides: Any) -> "TrainCNNConfig":
         """The paper's CNN stage (see PAPER_CROP): 224 crops, whole-network spatial fine-tuning and the
-        two-stream iteration schedules; `overrides` win (an explicit `iters` replaces the paper's)."""
+        two-stream iteration schedules; `overrides` win (an explicit `iters` or `epochs` replaces the
+        paper's iteration counts)."""
         settings: dict[str, Any] = {**PAPER_CNN_SETTINGS, **overrides}
-        if settings.get("iters") is not None:
+        if settings.get("iters") is not None or overrides.get("epochs") is not None:
             settings["paper_iters"] = False
         return cls(store_uri=store_uri, **settings)
 

@@ -7,6 +7,7 @@ import sys
 from hyvid.cluster.settings import Settings
 from hyvid.pipelines.cli._common import command, common, csv, csv_numbers, defaults, given, shown, tracking_uri
 from hyvid.pipelines.cli._static import constant
+from hyvid.pipelines.cli.cnn import test_views_arg
 
 # Read from source by `_static` (see there): importing `run` imports every stage.
 _RUN, _SYNTH = "hyvid.pipelines.run", "hyvid.pipelines.data.synth"
@@ -14,26 +15,40 @@ _RUN, _SYNTH = "hyvid.pipelines.run", "hyvid.pipelines.data.synth"
 
 def _run_args(p: argparse.ArgumentParser, s: Settings) -> None:
     d, train = defaults(f"{_RUN}:RunConfig"), defaults("hyvid.pipelines.train:TrainConfig")
+    extract = defaults("hyvid.pipelines.extract:ExtractConfig")
+    cnn = defaults("hyvid.pipelines.train_cnn:TrainCNNConfig")
+    paper_extract = constant(f"{_RUN}:PAPER_EXTRACT_SETTINGS")
+    paper_cnn = constant("hyvid.pipelines.train_cnn:PAPER_CNN_SETTINGS")
+    paper_iters = constant("hyvid.pipelines.training.cnn_loop:PAPER_CNN_ITERS")
+    paper_views = constant("hyvid.pipelines.features:PAPER_FEATURES_SETTINGS")["test_views"]
     p.add_argument("dataset", help="UCF-101-layout folder or manifest CSV")
     common(p, s, f"{_RUN}:RunConfig")
     p.add_argument("--splits", help="comma-separated splits, e.g. 1,2,3 (the UCF-101 protocol); overrides --split")
     p.add_argument("--frames", type=int, help=f"sampled positions per video (default {d.frames})")
     p.add_argument("--stack", type=int, help=f"L flows per stack (default {d.stack})")
     p.add_argument("--flow", choices=constant("hyvid.pipelines.data.video:FLOW_METHODS"),
-                   help=f"optical flow (default {d.flow})")
-    p.add_argument("--size", type=int,
-                   help=f"stored short side in pixels (default: extract's, "
-                        f"{defaults('hyvid.pipelines.extract:ExtractConfig').size})")
-    p.add_argument("--cnn-epochs", type=int, help=f"train-cnn epochs of both streams (default {d.cnn_epochs})")
+                   help=f"optical flow (default: extract's, {extract.flow}; --paper: {paper_extract['flow']})")
+    p.add_argument("--size", type=int, help=f"stored short side in pixels (default: extract's, {extract.size}; "
+                                            f"--paper: {paper_extract['size']})")
+    p.add_argument("--cnn-epochs", type=int,
+                   help=f"train-cnn epochs of both streams (default {constant(f'{_RUN}:CNN_EPOCHS')}; --paper: "
+                        "the paper's iterations, unless given)")
     p.add_argument("--finetune", choices=constant("hyvid.models.cnn:FINETUNE_MODES"),
-                   help=f"spatial CNN fine-tuning (default {d.finetune})")
+                   help=f"spatial CNN fine-tuning (default: train-cnn's, {cnn.finetune}; --paper: "
+                        f"{paper_cnn['finetune']})")
     p.add_argument("--cross-fit", type=int, metavar="K",
                    help=constant("hyvid.pipelines.training.folds:CROSS_FIT_HELP") + f" (default {d.cross_fit})")
     p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
                    help="train-cnn without random horizontal flips (classes defined by direction); default: flips")
     p.add_argument("--models", help=f"models for `train` (default: {shown(d.models)}; 'all': every Table 2 row)")
+    test_views_arg(p, f"default: features', {defaults('hyvid.pipelines.features:FeaturesConfig').test_views}; "
+                      f"--paper: {paper_views}")
     p.add_argument("--paper", action="store_true", default=None,
-                   help="every paper setting for `train` (see `hyvid train --help`)")
+                   help=f"every paper setting of every stage: extract with --flow {paper_extract['flow']} "
+                        f"(TV-L1) at --size {paper_extract['size']}; train-cnn --paper (--crop {paper_cnn['crop']}, "
+                        f"--finetune {paper_cnn['finetune']}, {paper_iters['spatial']}/{paper_iters['motion']} "
+                        f"spatial/motion SGD iterations); features --test-views {paper_views}; train --paper (see "
+                        "`hyvid train --help`); each of these flags given as well wins")
     p.add_argument("--cv-folds", type=int, help=f"out-of-fold folds for the hybrid's weights (default: train's, "
                                                 f"{train.cv_folds}; 0: weights from val)")
     p.add_argument("--refit", action="store_true", default=None,
@@ -62,8 +77,7 @@ def _splits(args: argparse.Namespace) -> tuple[int, ...] | None:
 
 
 def _run_config(args: argparse.Namespace, s: Settings):
-    from hyvid.pipelines.extract import ExtractConfig
-    from hyvid.pipelines.run import RunConfig
+    from hyvid.pipelines.run import RunConfig, extract_config, train_cnn_config
     from hyvid.pipelines.train import TrainConfig
 
     lam_grid = csv_numbers(args.lam_grid, "--lam-grid", float, "0,1e-3,3e-3")
@@ -72,6 +86,7 @@ def _run_config(args: argparse.Namespace, s: Settings):
         address=args.address, storage_options=s.resolved_storage_options(), **given(
             splits=_splits(args), frames=args.frames, stack=args.stack, flow=args.flow, size=args.size,
             cnn_epochs=args.cnn_epochs, finetune=args.finetune, cross_fit=args.cross_fit, flip=args.flip,
+            test_views=args.test_views,
             models=csv(args.models, "--models"),
             lstm_epochs=args.lstm_epochs, video_epochs=args.video_epochs, lam2_grid=lam_grid, lam3_grid=lam_grid,
             paper=args.paper, cv_folds=args.cv_folds, refit=args.refit, seeds=args.seeds,
@@ -81,7 +96,8 @@ def _run_config(args: argparse.Namespace, s: Settings):
     # the stage configs that receive them check them now, before any extraction or training.
     TrainConfig(store_uri=cfg.store_uri, models=cfg.models, **given(
         lstm_epochs=cfg.lstm_epochs, video_epochs=cfg.video_epochs, cv_folds=cfg.cv_folds))
-    ExtractConfig(dataset=cfg.dataset, store_uri=cfg.store_uri, **given(size=cfg.size))
+    extract_config(cfg)  # the stages' own checks, --paper's settings included
+    train_cnn_config(cfg, cfg.splits[0], 0, None)
     return cfg
 
 

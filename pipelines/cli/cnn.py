@@ -73,13 +73,22 @@ def _train_cnn_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--checkpoint-path", help="Ray Train storage (default: STORE/_checkpoints)")
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue the last fit of this stream/split from its checkpoint")
+    paper_iters = constant("hyvid.pipelines.training.cnn_loop:PAPER_CNN_ITERS")
+    p.add_argument("--paper", action="store_true", default=None,
+                   help=f"the paper's CNN stage (TrainCNNConfig.paper): --crop {constant(f'{_TRAIN_CNN}:PAPER_CROP')} "
+                        f"(of frames extracted with --size {constant(f'{_TRAIN_CNN}:PAPER_SIZE')}), --finetune "
+                        f"{constant(f'{_TRAIN_CNN}:PAPER_FINETUNE')}, and two-stream's schedules: "
+                        f"{paper_iters['spatial']} spatial and {paper_iters['motion']} motion SGD iterations, the "
+                        "lr dropping 10x at the paper's steps; any flag given as well wins (--iters or --epochs "
+                        "replaces the iteration counts)")
     register_args(p, "each fitted CNN (a pyfunc of uint8 frames or flow stacks)")
 
 
 def _train_cnn_config(args: argparse.Namespace, s: Settings):
     from hyvid.pipelines.train_cnn import TrainCNNConfig
 
-    return TrainCNNConfig(
+    make = TrainCNNConfig.paper if args.paper else TrainCNNConfig
+    return make(
         store_uri=args.store, experiment=args.experiment, tracking_uri=tracking_uri(args, s),
         storage_options=s.resolved_storage_options(), address=args.address, **given(
             stream=args.stream, split=args.split, epochs=args.epochs, iters=args.iters, amp=args.amp,
@@ -134,6 +143,20 @@ def _features_args(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument("--batch-size", type=int, help=f"clips per forward pass (default {d.batch_size})")
     p.add_argument("--amp", choices=constant(f"{_PRECISION}:AMP_MODES"),
                    help=constant(f"{_PRECISION}:AMP_HELP") + f" (default {d.amp})")
+    paper_views = constant(f"{_FEATURES}:PAPER_TEST_VIEWS")
+    test_views_arg(p, f"default {d.test_views}; --paper: {paper_views}")
+    p.add_argument("--paper", action="store_true", default=None,
+                   help=f"two-stream testing as the paper's CNNs are tested (FeaturesConfig.paper): --test-views "
+                        f"{paper_views}; --test-views given as well wins")
+
+
+def test_views_arg(p: argparse.ArgumentParser, default: str) -> None:
+    """--test-views: checked by the config (check_test_views), so a bad count is one error line."""
+    views = ", ".join(map(str, constant("hyvid.models.cnn:TEST_VIEWS")))
+    p.add_argument("--test-views", type=int, metavar="N",
+                   help=f"crops per clip whose CNN features and scores are averaged, one of {views}: the centre "
+                        f"crop at the training size, + the four corners, + the flips of all five; a re-run "
+                        f"with another count recomputes every video ({default})")
 
 
 def _features_config(args: argparse.Namespace, s: Settings):
@@ -145,13 +168,14 @@ def _features_config(args: argparse.Namespace, s: Settings):
         if len(parts) != 2 or not all(parts):
             raise ValueError(f"--run {args.run!r}: expected SPATIAL_RUN_ID,MOTION_RUN_ID")
         spatial_run, motion_run = parts
-    return FeaturesConfig(
+    make = FeaturesConfig.paper if args.paper else FeaturesConfig
+    return make(
         store_uri=args.store, experiment=args.experiment, tracking_uri=tracking_uri(args, s),
         storage_options=s.resolved_storage_options(), address=args.address, **given(
             split=args.split, spatial_run_id=args.spatial_run if args.spatial_run is not None else spatial_run,
             motion_run_id=args.motion_run if args.motion_run is not None else motion_run, workers=args.workers,
             videos_per_task=args.videos_per_task, batch_size=args.batch_size, cross_fit=args.cross_fit,
-            cnn_seed=args.cnn_seed, amp=args.amp))
+            cnn_seed=args.cnn_seed, amp=args.amp, test_views=args.test_views))
 
 
 def _features_run(args: argparse.Namespace, s: Settings) -> int:
