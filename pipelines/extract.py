@@ -512,6 +512,13 @@ class _Committer:
     def commit(self) -> None:
         if not self.videos:
             return
+        try:
+            self._commit()
+        except Exception as err:
+            err.add_note(f"while committing {self.n_videos} video(s) to the clips and videos tables")
+            raise
+
+    def _commit(self) -> None:
         cfg, so = self.cfg, self.cfg.storage_options
         self.lease.check()  # a writer whose lease was taken over must not commit
         if self.fragments:
@@ -570,8 +577,17 @@ def _run_ray(cfg, shards, workers, settings, config_hash, committer, bar, flow_a
                 reason = (f"the worker process died {cfg.task_retries + 1} time(s) while extracting this video "
                           f"({type(err).__name__}): the decoder may crash on this file, or memory ran out")
                 shard = ShardResult([], _crash_row(entries[0], config_hash, reason), 0, 0, 0.0)
+            except Exception as err:  # an ordinary error ends the run: say which videos it met it on
+                err.add_note(_videos_note(entries))
+                raise
             committer.add(shard)
             committer.progress(bar, shard.videos.num_rows)
+
+
+def _videos_note(entries: list[VideoEntry]) -> str:
+    """The videos a failed task or commit concerned, for the error's one line."""
+    more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
+    return f"while extracting {entries[0].video_id}{more}"
 
 
 def _run_local(cfg, shards, settings, config_hash, committer, bar) -> None:

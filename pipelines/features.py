@@ -564,8 +564,12 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
             frags = [f for r in batch for f in r["fragments"]]
             written = [v for r in batch for v in r["written"]]
             if frags:
-                ff_version = _commit_features(store_uri, frags, written, cfg.split, frame_features_schema(*dims),
-                                              cfg.storage_options, rebuild=rebuild)
+                try:
+                    ff_version = _commit_features(store_uri, frags, written, cfg.split, frame_features_schema(*dims),
+                                                  cfg.storage_options, rebuild=rebuild)
+                except Exception as err:
+                    err.add_note(f"while committing {len(written)} video(s) to the {FRAME_FEATURES_NAME} table")
+                    raise
                 table_dims, rebuild = dims, False
             n_rows += sum(r["n_rows"] for r in batch)
             n_written += len(written)
@@ -594,7 +598,12 @@ def extract_features(cfg: FeaturesConfig) -> FeaturesResult:
                 done, _ = ray.wait(list(running), num_returns=1)
                 ref = done[0]
                 chunk = running.pop(ref)
-                res = ray.get(ref)
+                try:
+                    res = ray.get(ref)
+                except Exception as err:  # the run ends: say which videos the task held
+                    more = f" and {len(chunk) - 1} more" if len(chunk) > 1 else ""
+                    err.add_note(f"while computing the features of {chunk[0]}{more}")
+                    raise
                 if res["missing"]:
                     log.warning("%d video(s) have no clips at clips version %d, e.g. %s", len(res["missing"]),
                                 clips_version, res["missing"][:3])

@@ -156,11 +156,18 @@ def _task_root_cause(e: BaseException) -> BaseException | None:
     return root
 
 
+def _context(e: BaseException) -> str:
+    """What the stage was doing when it met the error (the video or table), from the notes it added."""
+    notes = [str(n) for n in getattr(e, "__notes__", ()) if str(n).startswith("while ")]
+    return f", {notes[0]}" if notes else ""
+
+
 def _error_line(e: BaseException, with_type: bool) -> str:
     root = _task_root_cause(e)
     if root is not None:
-        return f"{type(root).__name__}: {_one_line(root)} (in a Ray task)"
-    return f"{type(e).__name__}: {_one_line(e)}" if with_type else _one_line(e)
+        return f"{type(root).__name__}: {_one_line(root)} (in a Ray task{_context(e)})"
+    line = f"{type(e).__name__}: {_one_line(e)}" if with_type else _one_line(e)
+    return line + (f" ({_context(e)[2:]})" if _context(e) else "")
 
 
 def main(argv: list[str] | None = None) -> int:

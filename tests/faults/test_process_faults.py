@@ -81,7 +81,9 @@ def test_an_error_inside_a_ray_task_names_its_root_cause_in_one_line(nested, cap
     from hyvid.pipelines.cli import COMMANDS, main
 
     def probe(args, settings):
-        raise _task_error(OSError(28, "No space left on device"), nested)
+        err = _task_error(OSError(28, "No space left on device"), nested)
+        err.add_note("while computing the features of Up/v_Up_g01_c01 and 3 more")  # as features adds it
+        raise err
 
     COMMANDS["__task"] = COMMANDS["jobs"]._replace(run=probe, add_arguments=lambda p, s: None)
     try:
@@ -92,7 +94,8 @@ def test_an_error_inside_a_ray_task_names_its_root_cause_in_one_line(nested, cap
     # A task's OSError is a user error (rc 2) when Ray can subclass it; nested, Ray raises a plain RayTaskError.
     assert rc == (1 if nested else 2)
     assert len(err) == 1, err
-    assert err[0].startswith("hyvid __task: error: OSError: [Errno 28] No space left on device (in a Ray task)")
+    assert err[0].startswith("hyvid __task: error: OSError: [Errno 28] No space left on device (in a Ray task, "
+                             "while computing the features of Up/v_Up_g01_c01 and 3 more)")
     assert "_features_task" not in err[0] and "Traceback" not in err[0]
 
 

@@ -178,6 +178,7 @@ def test_a_full_disk_fails_in_one_line_and_leaves_nothing_to_mend(tmp_path, caps
         err = [ln for ln in capsys.readouterr().err.splitlines() if "hyvid extract:" in ln]
         assert rc != 0 and len(err) == 1 and "No space left on device" in err[0], err
         assert ".rs:" not in err[0]  # Lance's Rust source location is cut from the line
+        assert "while extracting" in err[0] or "while committing" in err[0], err[0]  # the videos it concerned
         report = diagnose(store)
         assert not report.damaged, {t: d.describe() for t, d in report.damage.items()}  # no file left unnamed
         assert report.duplicate_rows == 0
