@@ -122,3 +122,43 @@ def test_an_owner_is_alive_while_its_process_runs_and_not_after():
     assert ownership.owner_alive(f"{host}:{pid}:{int(start) + 1}") is False  # same pid, another process
     assert ownership.owner_alive(f"some-other-host:{pid}:{start}") is None  # cannot be told from here
     assert ownership.owner_alive("not an owner") is None
+
+
+def test_ctrl_c_during_features_is_an_interrupt_and_leaves_the_store_whole(tmp_path, monkeypatch):
+    import threading
+
+    from helpers.tiny_cnns import build_store_and_cnns
+
+    from hyvid.store.doctor import diagnose
+    from hyvid.store.lease import FEATURES_LEASE, read_holder
+
+    db = str(tmp_path / "mlflow.db")
+    uri = f"sqlite:///{db}"
+    store, runs = build_store_and_cnns(tmp_path, uri, EXPERIMENT, groups=8, frames=4)
+    cmd = [sys.executable, "-m", "hyvid.pipelines.cli", "features", "--store", store, "--experiment", EXPERIMENT,
+           "--tracking-uri", uri, "--spatial-run", runs["spatial"], "--motion-run", runs["motion"]]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    ray_up = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if "Ray resources" in line:
+                ray_up.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert ray_up.wait(180), "\n".join(lines[-20:])
+    time.sleep(1.0)  # the features tasks are starting on their workers
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=180)
+    reader.join(30)
+    text = [ln for ln in lines if ln.strip()]
+    assert proc.returncode == 130, "\n".join(text[-20:])
+    assert text[-1] == "hyvid features: interrupted" and not any("Traceback" in ln for ln in text)
+    assert read_holder(store, FEATURES_LEASE) is None  # released on the way out
+    report = diagnose(store)
+    assert report.duplicate_rows == 0 and not report.damaged
+    assert not [r.info.run_name for r in _runs(db) if r.info.status == "RUNNING"]

@@ -101,51 +101,15 @@ def test_run_refuses_a_bad_flow_or_finetune_in_python(tmp_path):
 # A re-run with another view count recomputes, on a real store with logged (untrained) CNNs.
 
 
-CLASSES = ("left", "right")
-STACK, CROP = 2, 16
-
-
 @pytest.fixture
 def store_and_cnns(tmp_path, monkeypatch, ray_session):
-    """6 tiny videos extracted into a Lance store, and a spatial and a motion CNN (untrained, seeded, with
-    weights large enough to tell inputs apart) logged as train-cnn runs of split 1 with a 16-px training
-    crop, as train-cnn logs them."""
-    import torch
-    from helpers.videos import moving_square_frames, write_manifest, write_video
-
-    from hyvid.models import registry as R
-    from hyvid.models.cnn import MotionCNN, SpatialCNN
-    from hyvid.pipelines import tracking
-    from hyvid.pipelines.extract import ExtractConfig, extract
-    from hyvid.pipelines.inference import packaging
+    """6 tiny videos in a Lance store and two logged, untrained CNNs (helpers.tiny_cnns)."""
+    from helpers.tiny_cnns import build_store_and_cnns
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    rows = []
-    for c, name in enumerate(CLASSES):
-        for g in range(1, 4):
-            path = write_video(tmp_path / "videos" / f"v_{name}_g{g:02d}_c01.avi",
-                               moving_square_frames(10, dx=2 if c else -2, w=48, h=32, seed=10 * c + g))
-            rows.append({"path": str(path.relative_to(tmp_path)), "labels": name,
-                         "subset": "test" if g == 3 else "train", "group": f"g{g:02d}"})
-    store = str(tmp_path / "store")
-    ex = extract(ExtractConfig(dataset=str(write_manifest(tmp_path / "manifest.csv", rows)), store_uri=store,
-                               frames=2, stack=STACK, size=24, use_ray=False, progress=False))
-    assert ex.ok == 6
-    tracking.setup(uri, "views")
-    torch.manual_seed(0)
-    runs = {}
-    for name, model, stream in ((R.SPATIAL_CNN, SpatialCNN(2, feature_dim=8, pretrained=False), "spatial"),
-                                (R.MOTION_CNN, MotionCNN(2, stack=STACK, feature_dim=8, widths=(4,) * 5), "motion")):
-        model.input_crop = CROP  # what train-cnn records: the test views are crops of this size
-        with torch.no_grad():  # freshly initialised nets give nearly the same features for every input
-            for p in model.parameters():
-                if p.dim() > 1:
-                    p.normal_(0, 0.3)
-        with tracking.start_run(name, tracking.STAGE_TRAIN_CNN, 1, store) as run:
-            packaging.log_cnn(model, name, stream, STACK, CLASSES, False)
-            runs[stream] = run.info.run_id
+    store, runs = build_store_and_cnns(tmp_path, uri, "views")
     return store, uri, runs
 
 
