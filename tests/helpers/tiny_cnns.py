@@ -15,8 +15,8 @@ def build_store_and_cnns(tmp_path: Path, tracking_uri: str, experiment: str, gro
     (weights large enough to tell inputs apart) logged as train-cnn runs of split 1 with a 16-px
     training crop; (store, {"spatial": run id, "motion": run id})."""
     import torch
-    from helpers.videos import moving_square_frames, write_manifest, write_video
 
+    from helpers.videos import moving_square_frames, write_manifest, write_video
     from hyvid.models import registry as R
     from hyvid.models.cnn import MotionCNN, SpatialCNN
     from hyvid.pipelines import tracking
