@@ -115,6 +115,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
+    from hyvid.models.registry import MODEL_NAMES
     from hyvid.pipelines.report import ReportConfig, collect, to_json
     from hyvid.pipelines.run import RunConfig, run
 
@@ -140,7 +141,9 @@ def main() -> None:
                             cnn_epochs=args.cnn_epochs, allow_failures=True))
         entry = {"seconds": res.seconds, "wall_s": round(time.perf_counter() - t0, 1), "load_after": os.getloadavg(),
                  "test": to_json(collect(ReportConfig(experiment=exp, tracking_uri=uri)))}
-        entry["train_vs_val"] = _in_sample_gap(store, 1, args.multilabel, list(entry["test"]))
+        # the report's rows include hybrid combinations ("a+b"), which store no scores of their own
+        entry["train_vs_val"] = _in_sample_gap(store, 1, args.multilabel,
+                                               [m for m in entry["test"] if m in MODEL_NAMES])
         if k >= 2:
             entry["views_vs_blend"] = _views_vs_blend(store, uri, 1, args.multilabel)
         results["runs"][str(k)] = entry
