@@ -162,3 +162,24 @@ def test_ctrl_c_during_features_is_an_interrupt_and_leaves_the_store_whole(tmp_p
     report = diagnose(store)
     assert report.duplicate_rows == 0 and not report.damaged
     assert not [r.info.run_name for r in _runs(db) if r.info.status == "RUNNING"]
+
+
+def test_an_interrupted_train_cnn_leaves_no_run_finished_without_a_model(tmp_path):
+    from helpers.tiny_cnns import extract_tiny_store
+
+    store = extract_tiny_store(tmp_path, groups=4, frames=3)
+    db = str(tmp_path / "mlflow.db")
+    cmd = [sys.executable, "-m", "hyvid.pipelines.cli", "train-cnn", "--store", store, "--experiment", EXPERIMENT,
+           "--tracking-uri", f"sqlite:///{db}", "--stream", "both", "--epochs", "50"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_running(proc, db)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-2000:]
+    assert [ln for ln in err.splitlines() if ln.strip()][-1] == "hyvid train-cnn: interrupted"
+    runs = _runs(db)
+    # 50 epochs cannot have finished: no run may say FINISHED (that meant "done, with a model");
+    # the fits the signal cut short are KILLED.
+    assert runs and not [(r.info.run_name, r.info.status) for r in runs if r.info.status in ("RUNNING", "FINISHED")]
+    assert any(r.info.status == "KILLED" for r in runs)

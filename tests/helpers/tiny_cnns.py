@@ -9,19 +9,11 @@ CLASSES = ("left", "right")
 STACK, CROP = 2, 16
 
 
-def build_store_and_cnns(tmp_path: Path, tracking_uri: str, experiment: str, groups: int = 3,
-                         frames: int = 2) -> tuple[str, dict[str, str]]:
-    """`groups` videos per class extracted (the last group is test) and a spatial and a motion CNN
-    (weights large enough to tell inputs apart) logged as train-cnn runs of split 1 with a 16-px
-    training crop; (store, {"spatial": run id, "motion": run id})."""
-    import torch
-
+def extract_tiny_store(tmp_path: Path, groups: int = 3, frames: int = 2) -> str:
+    """`groups` tiny videos per class (a square moving left or right; the last group is test),
+    extracted into `<tmp_path>/store` without Ray; the store's URI."""
     from helpers.videos import moving_square_frames, write_manifest, write_video
-    from hyvid.models import registry as R
-    from hyvid.models.cnn import MotionCNN, SpatialCNN
-    from hyvid.pipelines import tracking
     from hyvid.pipelines.extract import ExtractConfig, extract
-    from hyvid.pipelines.inference import packaging
 
     rows = []
     for c, name in enumerate(CLASSES):
@@ -34,6 +26,22 @@ def build_store_and_cnns(tmp_path: Path, tracking_uri: str, experiment: str, gro
     ex = extract(ExtractConfig(dataset=str(write_manifest(tmp_path / "manifest.csv", rows)), store_uri=store,
                                frames=frames, stack=STACK, size=24, use_ray=False, progress=False))
     assert ex.ok == len(rows)
+    return store
+
+
+def build_store_and_cnns(tmp_path: Path, tracking_uri: str, experiment: str, groups: int = 3,
+                         frames: int = 2) -> tuple[str, dict[str, str]]:
+    """`groups` videos per class extracted (the last group is test) and a spatial and a motion CNN
+    (weights large enough to tell inputs apart) logged as train-cnn runs of split 1 with a 16-px
+    training crop; (store, {"spatial": run id, "motion": run id})."""
+    import torch
+
+    from hyvid.models import registry as R
+    from hyvid.models.cnn import MotionCNN, SpatialCNN
+    from hyvid.pipelines import tracking
+    from hyvid.pipelines.inference import packaging
+
+    store = extract_tiny_store(tmp_path, groups, frames)
     tracking.setup(tracking_uri, experiment)
     torch.manual_seed(0)
     runs = {}
