@@ -73,6 +73,10 @@ def table_exists(store_uri: str, table: str, storage_options: dict[str, str] | N
         return True
     except FileNotFoundError:
         return False
+    except OSError:
+        if is_local_uri(table_uri(store_uri, table)):
+            raise  # TableDamaged: on a local disk, damage is told from absence
+        return False  # an object store that cannot be listed (no credentials, no endpoint) holds no table for us
 
 
 def open_table(
@@ -97,6 +101,8 @@ def open_table(
                                     "run the stage that writes it first (see `hyvid --help`)") from None
         if version is not None and "not found" in str(e).lower() and "_versions" not in str(e):
             raise ValueError(f"table {table!r} has no version {version}: {_first_line(e)}") from None
+        if not is_local_uri(uri):  # an object store's error may be the network's, not the table's
+            raise OSError(f"table {table!r} of store {store_uri!r} could not be read: {_first_line(e)}") from None
         raise TableDamaged(store_uri, table, _first_line(e)) from None
 
 
