@@ -64,15 +64,16 @@ def _wait_for_running(proc: subprocess.Popen, db: str, timeout_s: float = 240.0)
         assert proc.poll() is None, f"train ended before any run started: {proc.communicate()[1][-2000:]}"
         running = os.path.exists(db) and _any_running(db)
         if running:
-            time.sleep(2.0)  # let the search open its trials too
+            time.sleep(1.0)  # let the search open its trials too
             return
         time.sleep(0.5)
     proc.kill()
     pytest.fail("no MLflow run became RUNNING in time")
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupted_train_exits_as_interrupted_and_leaves_no_run_running(toy_store, tmp_path, sig, code):
+def test_an_interrupted_train_exits_as_interrupted_and_leaves_no_run_running(toy_store, tmp_path):
+    # SIGINT here; SIGTERM (143) is sent to train-cnn below: the same unwinding, one process each.
+    sig, code = signal.SIGINT, 130
     db = str(tmp_path / "mlflow.db")
     proc = _train(toy_store, db, tmp_path)
     _wait_for_running(proc, db)
@@ -164,7 +165,7 @@ def test_ctrl_c_during_features_is_an_interrupt_and_leaves_the_store_whole(tmp_p
     assert not [r.info.run_name for r in _runs(db) if r.info.status == "RUNNING"]
 
 
-def test_an_interrupted_train_cnn_leaves_no_run_finished_without_a_model(tmp_path):
+def test_a_terminated_train_cnn_leaves_no_run_finished_without_a_model(tmp_path):
     from helpers.tiny_cnns import extract_tiny_store
 
     store = extract_tiny_store(tmp_path, groups=4, frames=3)
@@ -174,10 +175,11 @@ def test_an_interrupted_train_cnn_leaves_no_run_finished_without_a_model(tmp_pat
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_running(proc, db)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)  # as a scheduler or `ray job stop` ends a job
     _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == 143, err[-2000:]
     assert [ln for ln in err.splitlines() if ln.strip()][-1] == "hyvid train-cnn: interrupted"
+    assert "Traceback" not in err  # not Ray's SIGTERM stack dump
     runs = _runs(db)
     # 50 epochs cannot have finished: no run may say FINISHED (that meant "done, with a model");
     # the fits the signal cut short are KILLED.
