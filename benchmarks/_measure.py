@@ -137,3 +137,14 @@ def machine() -> dict:
     """What the numbers were measured on, and how busy it was."""
     return {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
             "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+
+
+def best_seconds(fn, repeats: int) -> float:
+    """Seconds of the fastest of `repeats` calls of fn(), after one warm-up call (caches, lazy init)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best

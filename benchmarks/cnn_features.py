@@ -45,6 +45,7 @@ from hyvid.pipelines.inference.cnn import cnn_forward
 from hyvid.store.clips import decode_flow_stack, decode_frame, encode_flow_stack, encode_frame
 
 from ._common import RESULTS_DIR, add_scratch_args, arg_parser, write_json
+from ._measure import best_seconds
 
 log = logging.getLogger("bench.cnn_features")
 PAPER_CLIPS_PER_S = 25 / 9.0  # Sec. 4.2.3: 9 s of CNN features for a 25-position UCF-101 video (K40)
@@ -70,13 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def _rate(fn, n_items: int, repeats: int) -> float:
     """Items per second of fn() (one warm-up call, then the best of `repeats` timed calls)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return n_items / best
+    return n_items / best_seconds(fn, repeats)
 
 
 def _sync(device: torch.device) -> None:

@@ -59,6 +59,7 @@ from hyvid.pipelines.training.cnn_loop import train_step
 
 from . import cnn_loader
 from ._common import add_scratch_args, arg_parser, write_json
+from ._measure import best_seconds
 from .flow import epe, opencv_flow, photo_pairs
 
 log = logging.getLogger("bench.gpu")
@@ -308,17 +309,6 @@ def _eval_model(stream: str, stack: int, crop: int, device: torch.device) -> tor
     return channels_last(model)
 
 
-def _timed(fn, repeats: int) -> float:
-    """Seconds of the fastest of `repeats` calls of fn(), after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def features_section(args: argparse.Namespace, device: str) -> dict:
     """features' forward pass clips/s by stream and autocast: forward-only on the device (the bound),
     from decoded host clips, and fed by the stage's read; the loader alone beside them."""
@@ -365,9 +355,9 @@ def features_section(args: argparse.Namespace, device: str) -> dict:
 
             n_loaded = with_loader()
             r = {"dtype": _dtype_name(amp),
-                 "forward_only_clips_per_s": round(len(batch) / _timed(forward_only, z["repeats"] + 2), 1),
-                 "from_host_clips_per_s": round(n_host / _timed(from_host, z["repeats"]), 1),
-                 "with_loader_clips_per_s": round(n_loaded / _timed(with_loader, z["repeats"]), 1)}
+                 "forward_only_clips_per_s": round(len(batch) / best_seconds(forward_only, z["repeats"] + 2), 1),
+                 "from_host_clips_per_s": round(n_host / best_seconds(from_host, z["repeats"]), 1),
+                 "with_loader_clips_per_s": round(n_loaded / best_seconds(with_loader, z["repeats"]), 1)}
             r["vs_forward_only"] = round(r["with_loader_clips_per_s"] / r["forward_only_clips_per_s"], 3)
             r["met_target"] = None if args.cpu_smoke else r["vs_forward_only"] >= TARGET_FEATURES_VS_FORWARD
             res[name] = r
@@ -393,7 +383,7 @@ def features_section(args: argparse.Namespace, device: str) -> dict:
         n_both = stage_read()
         fwd = 1.0 / sum(1.0 / out[s][name]["forward_only_clips_per_s"] for s in STREAMS)
         r = {"dtype": out["spatial"][name]["dtype"], "forward_only_clips_per_s": round(fwd, 1),
-             "with_loader_clips_per_s": round(n_both / _timed(stage_read, z["repeats"]), 1)}
+             "with_loader_clips_per_s": round(n_both / best_seconds(stage_read, z["repeats"]), 1)}
         r["vs_forward_only"] = round(r["with_loader_clips_per_s"] / r["forward_only_clips_per_s"], 3)
         r["met_target"] = None if args.cpu_smoke else r["vs_forward_only"] >= TARGET_FEATURES_VS_FORWARD
         both[name] = r
