@@ -64,7 +64,7 @@ from hyvid.pipelines.data.video import (
     peak_bytes,
     resolve_flow_device,
 )
-from hyvid.store.damage import drop_broken
+from hyvid.store.damage import drop_broken, videos_missing_clips
 from hyvid.store.lance_io import (
     commit_fragments,
     commit_replacing,
@@ -343,14 +343,8 @@ def _store_state(cfg: ExtractConfig) -> tuple[dict[str, dict], dict | None]:
 def _incomplete_videos(cfg: ExtractConfig, stored: dict[str, dict]) -> set[str]:
     """Ok videos with fewer `clips` rows than their sampled positions: rows lost to a damaged
     store (a data file deleted, its fragment dropped). They are extracted again, not skipped."""
-    so = cfg.storage_options
     ok = {v: r["n_positions"] for v, r in stored.items() if r["status"] == STATUS_OK}
-    if not ok or not table_exists(cfg.store_uri, CLIPS.name, so):
-        return set(ok)
-    counts = pc.value_counts(open_table(cfg.store_uri, CLIPS.name, so).to_table(columns=["video_id"])
-                             .column("video_id")).to_pylist()
-    have = {str(c["values"]): int(c["counts"]) for c in counts}
-    missing = {v for v, n in ok.items() if have.get(v, 0) < (n or 0)}
+    missing = videos_missing_clips(cfg.store_uri, ok, cfg.storage_options) if ok else set()
     if missing:
         log.warning("%d video(s) marked ok have lost clip rows (e.g. %s): extracting them again",
                     len(missing), sorted(missing)[0])

@@ -28,7 +28,16 @@ from dataclasses import dataclass, field
 
 import lance
 
-from hyvid.store.lance_io import TableDamaged, is_local_uri, open_table, table_state, table_uri
+from hyvid.store.lance_io import (
+    TableDamaged,
+    is_local_uri,
+    lance_error_text,
+    open_table,
+    table_exists,
+    table_state,
+    table_uri,
+)
+from hyvid.store.tables import CLIPS
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +89,7 @@ def _local_dir(store_uri: str, table: str) -> str | None:
 
 
 def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    for noise in (", /home/", ", /Users/", " /home/runner"):
-        text = text.split(noise)[0]
-    return f"{type(e).__name__}: {text[:200]}"
+    return f"{type(e).__name__}: {lance_error_text(e)}"
 
 
 def manifest_versions(table_dir: str) -> list[int]:
@@ -116,9 +122,7 @@ def broken_fragments(ds: lance.LanceDataset) -> list[BrokenFragment]:
         files = tuple(f.path for f in frag.metadata.data_files())
         try:
             frag.to_table(columns=column)
-        except (OSError, ValueError, RuntimeError) as e:
-            broken.append(BrokenFragment(frag.fragment_id, files, frag.metadata.physical_rows, _short(e)))
-        except Exception as e:  # noqa: BLE001 - pyarrow.ArrowInvalid "External error: Not found"
+        except Exception as e:  # noqa: BLE001 - OSError, or pyarrow.ArrowInvalid "External error: Not found"
             broken.append(BrokenFragment(frag.fragment_id, files, frag.metadata.physical_rows, _short(e)))
     return broken
 
@@ -215,6 +219,17 @@ def drop_fragments(store_uri: str, table: str, fragment_ids: list[int], storage_
     return int(out.version)
 
 
+def videos_missing_clips(store_uri: str, positions: dict[str, int], storage_options: dict[str, str] | None = None,
+                         skip: set[int] | None = None) -> set[str]:
+    """Of the videos in `positions` (video -> its sampled positions), those with fewer readable
+    `clips` rows than that: rows lost to damage. `skip`: clips fragments known to be unreadable."""
+    have: dict[str, int] = {}
+    if table_exists(store_uri, CLIPS.name, storage_options):
+        for v in readable_column(open_table(store_uri, CLIPS.name, storage_options), "video_id", skip):
+            have[str(v)] = have.get(str(v), 0) + 1
+    return {v for v, n in positions.items() if have.get(v, 0) < (n or 0)}
+
+
 def readable_column(ds: lance.LanceDataset, column: str, skip: set[int] | None = None) -> list[object]:
     """`column` of every fragment that reads, leaving out `skip` (broken fragments)."""
     values: list[object] = []
@@ -229,8 +244,6 @@ def drop_broken(store_uri: str, table: str,
                 storage_options: dict[str, str] | None = None) -> list[BrokenFragment]:
     """A writer's first step under its lease: drop the table's unreadable fragments (one commit, a
     warning naming them), so its plan reads what is left and redoes the videos they held."""
-    from hyvid.store.lance_io import table_exists
-
     if not table_exists(store_uri, table, storage_options):
         return []
     ds = open_table(store_uri, table, storage_options)

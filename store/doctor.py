@@ -162,19 +162,15 @@ def diagnose(store_uri: str, storage_options: dict[str, str] | None = None, vers
 def _incomplete_videos(store_uri: str, storage_options: dict[str, str] | None,
                        damages: dict[str, D.TableDamage]) -> list[str]:
     """Ok videos whose readable `clips` rows are fewer than their positions: the ones to re-extract."""
-    if VIDEOS.name in damages or not table_exists(store_uri, VIDEOS.name, storage_options):
+    clips = damages.get(CLIPS.name)
+    if VIDEOS.name in damages or (clips is not None and clips.unopenable) \
+            or not table_exists(store_uri, VIDEOS.name, storage_options):
         return []
     videos = open_table(store_uri, VIDEOS.name, storage_options).to_table(
         columns=["video_id", "status", "n_positions"]).to_pylist()
-    have: dict[str, int] = defaultdict(int)
-    clips = damages.get(CLIPS.name)
-    if clips is None or not clips.unopenable:
-        if table_exists(store_uri, CLIPS.name, storage_options):
-            skip = {b.fragment_id for b in clips.broken} if clips else set()
-            for v in D.readable_column(open_table(store_uri, CLIPS.name, storage_options), "video_id", skip):
-                have[str(v)] += 1
-    return sorted(r["video_id"] for r in videos
-                  if r["status"] == STATUS_OK and have[r["video_id"]] < (r["n_positions"] or 0))
+    positions = {r["video_id"]: r["n_positions"] for r in videos if r["status"] == STATUS_OK}
+    skip = {b.fragment_id for b in clips.broken} if clips else None
+    return sorted(D.videos_missing_clips(store_uri, positions, storage_options, skip))
 
 
 def repair_damage(store_uri: str, report: StoreReport, storage_options: dict[str, str] | None = None,

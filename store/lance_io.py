@@ -47,7 +47,8 @@ class TableDamaged(OSError):
                          f"`hyvid doctor --store {store_uri}` to see the damage and `--repair` to mend it")
 
 
-def _first_line(e: BaseException) -> str:
+def lance_error_text(e: BaseException) -> str:
+    """A Lance error's text on one line, without the Rust source location it ends with."""
     text = " ".join(str(e).split())
     return text.split(", /home/runner")[0].split(", /Users/")[0][:200]
 
@@ -100,10 +101,10 @@ def open_table(
             raise FileNotFoundError(f"table {table!r} does not exist in store {store_uri!r} ({uri}); "
                                     "run the stage that writes it first (see `hyvid --help`)") from None
         if version is not None and "not found" in str(e).lower() and "_versions" not in str(e):
-            raise ValueError(f"table {table!r} has no version {version}: {_first_line(e)}") from None
+            raise ValueError(f"table {table!r} has no version {version}: {lance_error_text(e)}") from None
         if not is_local_uri(uri):  # an object store's error may be the network's, not the table's
-            raise OSError(f"table {table!r} of store {store_uri!r} could not be read: {_first_line(e)}") from None
-        raise TableDamaged(store_uri, table, _first_line(e)) from None
+            raise OSError(f"table {table!r} of store {store_uri!r} could not be read: {lance_error_text(e)}") from None
+        raise TableDamaged(store_uri, table, lance_error_text(e)) from None
 
 
 def write_table_fragments(
